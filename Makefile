@@ -1,0 +1,38 @@
+# recbrew: the two commands a new user needs are `make quickstart` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+# Re-install when the package definition changes.
+STAMP := $(VENV)/.recbrew-setup
+OUT ?= gpu-check-out
+
+.PHONY: setup test quickstart lint gpu-check clean
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet "pip>=24"
+	$(PY) -m pip install --quiet -e '.[cpu,dev]'
+	$(PY) -m pip install --quiet --no-deps $$($(PY) -c "import tomllib;print(' '.join(tomllib.load(open('pyproject.toml','rb'))['tool']['recbrew']['no-deps']))")
+	$(PY) -m pip uninstall --quiet -y $$($(PY) -c "import tomllib;print(' '.join(tomllib.load(open('pyproject.toml','rb'))['tool']['recbrew']['remove']))") || true
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+quickstart: $(STAMP)
+	$(VENV)/bin/recbrew quickstart
+
+lint: $(STAMP)
+	$(PY) -m ruff check recbrew kernels eval tests
+
+# Runs the gpu-marked tests and the GPU benchmarks; writes JSON under $(OUT).
+gpu-check: $(STAMP)
+	mkdir -p $(OUT)
+	$(PY) -m pytest -q -m gpu --junitxml=$(OUT)/gpu-tests.xml || true
+	$(VENV)/bin/recbrew bench world --json > $(OUT)/bench-world.json
+
+clean:
+	rm -rf build dist *.egg-info

@@ -1,0 +1,109 @@
+"""Settings of the synthetic network: sizes, surfaces, and the hidden behaviour model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+#: 2026-01-01 00:00:00 UTC: day 0 of every generated world.
+WORLD_START = 1_767_225_600
+DAY = 86_400
+
+
+@dataclass(frozen=True)
+class SurfaceSpec:
+    """One place members see items, the item type it shows and the actions it logs."""
+
+    name: str
+    item_type: str
+    #: Actions with their base logits; the first is the surface's main action.
+    actions: tuple[tuple[str, float], ...]
+    #: Expected impressions per member per day at activity 1.
+    rate: float
+    #: Share of impressions drawn from what the member's connections engaged with.
+    social_share: float = 0.2
+    #: Share drawn from items matching the member's visible interests (a targeting system).
+    interest_share: float = 0.4
+
+    @property
+    def main_action(self) -> str:
+        return self.actions[0][0]
+
+
+SURFACES: tuple[SurfaceSpec, ...] = (
+    SurfaceSpec("feed", "post", (("like", -2.3), ("comment", -4.2), ("share", -4.8)), 0.9, 0.35, 0.35),
+    SurfaceSpec("jobs", "job", (("apply", -3.0), ("save", -3.6)), 0.30, 0.15, 0.45),
+    SurfaceSpec("pymk", "member", (("connect", -2.4),), 0.15, 0.0, 0.5),
+    SurfaceSpec("notifications", "post", (("click", -1.9),), 0.15, 0.6, 0.2),
+    SurfaceSpec("ads", "ad", (("click", -3.4),), 0.15, 0.1, 0.4),
+    SurfaceSpec("learning", "course", (("enroll", -3.0),), 0.08, 0.15, 0.4),
+    SurfaceSpec("groups", "group", (("join", -2.8),), 0.06, 0.25, 0.35),
+    SurfaceSpec("events", "event", (("register", -3.0),), 0.06, 0.25, 0.35),
+    SurfaceSpec("newsletters", "newsletter", (("subscribe", -3.0),), 0.05, 0.2, 0.4),
+)
+
+
+@dataclass(frozen=True)
+class ItemKindSpec:
+    """How many items of one kind exist and arrive, and how long they stay shown."""
+
+    #: New items per member per day, and the floor for tiny worlds.
+    per_member_day: float
+    min_per_day: float
+    #: Days an item stays in the pool; 0 means forever (catalogue items).
+    lifetime: int
+    #: Catalogue size at day 0 for lifetime-0 kinds (per member, floor).
+    catalogue_per_member: float = 0.0
+    catalogue_min: int = 0
+
+
+ITEM_KINDS: dict[str, ItemKindSpec] = {
+    "post": ItemKindSpec(0.02, 12, 7),
+    "job": ItemKindSpec(0.004, 3, 30),
+    "ad": ItemKindSpec(0.0006, 1, 14),
+    "event": ItemKindSpec(0.0005, 1, 21),
+    "course": ItemKindSpec(0.0002, 0.3, 0, 0.01, 24),
+    "group": ItemKindSpec(0.0001, 0.2, 0, 0.005, 16),
+    "newsletter": ItemKindSpec(0.0001, 0.2, 0, 0.004, 12),
+}
+
+
+@dataclass(frozen=True)
+class BehaviourModel:
+    """Weights of the hidden action model: logit = base + Σ weight · feature."""
+
+    interest: float = 2.0
+    social: float = 0.9
+    quality: float = 0.6
+    recency: float = 0.8
+    activity: float = 0.4
+    position: float = 0.35
+    #: Noise of the latent interests that the profile does not show.
+    interest_noise: float = 0.35
+    #: How far interests move over 30 days (in units of the own-function interest).
+    drift: float = 0.6
+    #: Days of engagement that count as social proof.
+    social_window: int = 5
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Everything `recbrew world generate` needs; the same config and seed give the same bytes."""
+
+    members: int = 2000
+    days: int = 30
+    seed: int = 0
+    #: Share of members who join during the window (cold-start members).
+    new_member_share: float = 0.15
+    members_per_company: int = 40
+    mean_degree: float = 24.0
+    behaviour: BehaviourModel = field(default_factory=BehaviourModel)
+    surfaces: tuple[SurfaceSpec, ...] = SURFACES
+    #: Impression rows handed to the Parquet writer at once.
+    chunk_rows: int = 1_000_000
+
+    def with_behaviour(self, **changes) -> WorldConfig:
+        return replace(self, behaviour=replace(self.behaviour, **changes))
+
+    @property
+    def companies(self) -> int:
+        return max(12, self.members // self.members_per_company)

@@ -1,0 +1,208 @@
+"""`recbrew world generate`: build the synthetic network and stream it to Parquet, day by day."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from recbrew.errors import UserError
+from recbrew.world.behavior import Simulator, interaction_schema
+from recbrew.world.card import ActionStats
+from recbrew.world.config import DAY, ITEM_KINDS, WORLD_START, WorldConfig
+from recbrew.world.entities import ITEM_SCHEMA, Companies, ItemStore, Members, item_table
+from recbrew.world.graph import EDGE_SCHEMA, SocialGraph, edge_table
+from recbrew.world.items import ItemFactory
+
+PARQUET_OPTIONS = {"compression": "zstd", "use_dictionary": True, "write_statistics": True}
+CARD_FILE = "world_card.json"
+
+
+def _rng(config: WorldConfig, *stream: int) -> np.random.Generator:
+    """One independent, reproducible random stream per stage (and per day)."""
+    return np.random.default_rng([config.seed, *stream])
+
+
+def validate(config: WorldConfig) -> None:
+    if config.members < 50:
+        raise UserError(f"--members must be at least 50 (got {config.members})")
+    if config.days < 1:
+        raise UserError(f"--days must be at least 1 (got {config.days})")
+    if config.seed < 0:
+        raise UserError(f"--seed must be non-negative (got {config.seed})")
+
+
+def generate_world(config: WorldConfig, out: str | Path, *, force: bool = False, progress: bool = True) -> dict:
+    """Generate the world into ``out`` (written aside, then moved in place) and return its card."""
+    validate(config)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise UserError(f"{out} already exists and is not empty; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        card = _generate(config, staging, progress)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            staging.rename(out)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return card
+
+
+class _Sink:
+    """A Parquet file written in row groups as data arrives."""
+
+    def __init__(self, path: Path, schema: pa.Schema, chunk_rows: int):
+        self.writer = pq.ParquetWriter(path, schema, **PARQUET_OPTIONS)
+        self.chunk_rows = chunk_rows
+        self.buffer: list[pa.Table] = []
+        self.buffered = 0
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if len(table) == 0:
+            return
+        self.buffer.append(table)
+        self.buffered += len(table)
+        if self.buffered >= self.chunk_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.writer.write_table(pa.concat_tables(self.buffer), row_group_size=self.chunk_rows)
+            self.rows += self.buffered
+            self.buffer, self.buffered = [], 0
+
+    def close(self) -> int:
+        self.flush()
+        self.writer.close()
+        return self.rows
+
+
+def _member_cards(members_table: pa.Table, store: ItemStore) -> pa.Table:
+    """Members as items, so people-you-may-know impressions point at an item like every other surface."""
+    ids = members_table["member_id"].to_numpy()
+    return item_table(
+        store.member_item(ids), "member",
+        title=members_table["name"], text=members_table["headline"], ref_id=ids,
+        company_id=members_table["company_id"], company=members_table["company"],
+        function=members_table["function"], industry=members_table["industry"],
+        location=members_table["location"], seniority=members_table["seniority"],
+        skills=members_table["skills"], created_at=members_table["joined_at"],
+    )
+
+
+def _new_items(config: WorldConfig, kind: str, rng: np.random.Generator, initial: bool) -> tuple[int, np.ndarray]:
+    """How many items of ``kind`` to create, and their creation days (initial stock or one day's arrivals)."""
+    spec = ITEM_KINDS[kind]
+    daily = max(spec.min_per_day, spec.per_member_day * config.members)
+    if not initial:
+        n = int(rng.poisson(daily))
+        return n, np.zeros(n, dtype=np.int32)
+    if spec.lifetime:
+        n = int(rng.poisson(daily * spec.lifetime))
+        return n, -rng.integers(1, spec.lifetime + 1, size=n).astype(np.int32)
+    n = max(spec.catalogue_min, int(spec.catalogue_per_member * config.members))
+    return n, -rng.integers(1, 366, size=n).astype(np.int32)
+
+
+def _generate(config: WorldConfig, out: Path, progress: bool) -> dict:
+    rng = _rng(config, 0)
+    companies = Companies.generate(rng, config.companies)
+    members = Members.generate(rng, config, companies)
+    members_table = members.table(_rng(config, 1), companies)
+    pq.write_table(members_table, out / "members.parquet", **PARQUET_OPTIONS)
+
+    graph = SocialGraph.generate(_rng(config, 2), config, members)
+    edges = _Sink(out / "edges.parquet", EDGE_SCHEMA, config.chunk_rows)
+    edges.write(graph.connections())
+    for table in graph.follows(_rng(config, 3), members, companies):
+        edges.write(table)
+
+    store = ItemStore(companies, members, _rng(config, 4))
+    factory = ItemFactory(store, members, companies)
+    items = _Sink(out / "items.parquet", ITEM_SCHEMA, config.chunk_rows)
+    items.write(companies.table())
+    items.write(_member_cards(members_table, store))
+    del members_table
+    sim = Simulator(config, members, store, graph)
+    item_counts = {"company": len(companies), "member": len(members)}
+
+    def create(rng: np.random.Generator, day: int | None) -> None:
+        authors = np.flatnonzero(members.joined_day <= (day if day is not None else -1))
+        for kind in ITEM_KINDS:
+            n, days = _new_items(config, kind, rng, initial=day is None)
+            if n == 0:
+                continue
+            table = factory.create(kind, rng, n, days + (day or 0), authors)
+            items.write(table)
+            sim.add_to_pool(kind, table["item_id"].to_numpy())
+            item_counts[kind] = item_counts.get(kind, 0) + n
+
+    create(_rng(config, 5), None)
+    interactions = _Sink(out / "interactions.parquet", interaction_schema(config.surfaces), config.chunk_rows)
+    stats = ActionStats()
+    new_connections = 0
+    for day in tqdm(range(config.days), desc="simulating days", unit="day", disable=not progress):
+        day_rng = _rng(config, 6, day)
+        log = sim.run_day(day, day_rng)
+        interactions.write(log.interactions)
+        src, dst, ts = log.connections
+        edges.write(edge_table(src, dst, "connection", ts))
+        new_connections += len(src)
+        for surface, action, oracle, popularity, label in log.scored:
+            stats.add(surface, action, oracle, popularity, label)
+        surfaces = log.interactions["surface"].value_counts()
+        for entry in surfaces.to_pylist():
+            stats.count_impressions(entry["values"], entry["counts"])
+        # Items created today are shown from tomorrow on.
+        create(day_rng, day)
+
+    n_interactions = interactions.close()
+    n_items = items.close()
+    n_edges = edges.close()
+    card = {
+        "seed": config.seed,
+        "members": config.members,
+        "days": config.days,
+        "start": WORLD_START,
+        "end": WORLD_START + config.days * DAY,
+        "sizes": {
+            "members": len(members),
+            "new_members": int((members.joined_day >= 0).sum()),
+            "companies": len(companies),
+            "items": n_items,
+            "items_by_type": item_counts,
+            "interactions": n_interactions,
+            "edges": n_edges,
+            "connections": len(graph.src) + new_connections,
+            "connections_made_in_window": new_connections,
+        },
+        "surfaces": {
+            s.name: {"item_type": s.item_type, "actions": [a for a, _ in s.actions], "main_action": s.main_action,
+                     "impressions": stats.impressions.get(s.name, 0)}
+            for s in config.surfaces
+        },
+        "actions": stats.summary({s.name: s.main_action for s in config.surfaces}),
+        "behaviour": {k: getattr(config.behaviour, k) for k in config.behaviour.__dataclass_fields__},
+        "notes": {
+            "oracle_auc": "AUC of the true action probability logged with each impression",
+            "popularity_auc": "AUC of the item's smoothed action rate over earlier days",
+        },
+    }
+    (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    return card
