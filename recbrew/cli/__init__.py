@@ -37,9 +37,9 @@ def _register() -> None:
 
     app.add_typer(world.app, name="world")
     app.add_typer(data.app, name="data")
-    app.add_typer(bench.app, name="bench")
     for name, sub in stages.apps().items():
         app.add_typer(sub, name=name)
+    app.add_typer(bench.app, name="bench")
     app.command("quickstart")(quickstart.quickstart)
 
 

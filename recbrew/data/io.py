@@ -95,8 +95,11 @@ def _coerce(col: pa.ChunkedArray, want: pa.DataType, name: str, source: str) -> 
     if name in EPOCH_COLUMNS and want.equals(I64):
         if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
             return _epoch_seconds(col)
-        if _is_string(col.type) and not _casts(col, want):
-            return _parse_iso(col, name, source)
+        if _is_string(col.type):
+            try:
+                return col.cast(want, safe=True)  # digits: already epoch seconds
+            except _ARROW_ERRORS:
+                return _parse_iso(col, name, source)
     if want.equals(STR_LIST) and _is_string(col.type):
         return _parse_string_lists(col, name, source)
     try:
@@ -113,7 +116,7 @@ def _type_error(source: str, name: str, want: pa.DataType, col: pa.ChunkedArray,
     )
 
 
-def _first_failure(col: pa.ChunkedArray, convert: Callable[[pa.ChunkedArray], object]) -> int:
+def _first_failure(col: pa.Array | pa.ChunkedArray, convert: Callable[..., object]) -> int:
     """Index of the first value ``convert`` rejects, found by bisection over slices."""
     lo, hi = 0, len(col)  # col[:lo] converts; the failure lies in col[lo:hi]
     while hi - lo > 1:
@@ -142,14 +145,6 @@ def _check_unique(ids: pa.ChunkedArray, key: str, table: str, source: str) -> No
 
 def _is_string(typ: pa.DataType) -> bool:
     return pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
-
-
-def _casts(col: pa.ChunkedArray, want: pa.DataType) -> bool:
-    try:
-        col.cast(want, safe=True)
-    except _ARROW_ERRORS:
-        return False
-    return True
 
 
 def _epoch_seconds(col: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -181,18 +176,18 @@ def _parse_string_lists(col: pa.ChunkedArray, name: str, source: str) -> pa.Chun
     """CSV cells holding a JSON list (``["a", "b"]``) or ``a|b`` -> list<string>; "" -> []."""
     text = pc.utf8_trim_whitespace(col.cast(STR).combine_chunks())
     is_json = pc.fill_null(pc.starts_with(text, "["), False)
-    lists = _split_pipes(text)
-    if pc.any(is_json).as_py():
-        try:
-            parsed = _parse_json_lists(pc.if_else(is_json, text, "null"))
-        except _ARROW_ERRORS:
-            row = _first_failure(pa.chunked_array([text]), _parse_json_lists_chunked)
-            raise SchemaError(
-                f"{source}: column '{name}' must be a list of strings (a JSON list or 'a|b'); "
-                f"cannot parse {text[row].as_py()!r} at row {row + 1}"
-            ) from None
-        lists = pc.if_else(is_json, parsed, lists)
-    return pa.chunked_array([lists])
+    if not pc.any(is_json).as_py():
+        return pa.chunked_array([_split_pipes(text)])
+    json_cells = pc.if_else(is_json, text, "null")
+    try:
+        parsed = _parse_json_lists(json_cells)
+    except _ARROW_ERRORS:
+        row = _first_failure(json_cells, _parse_json_lists)
+        raise SchemaError(
+            f"{source}: column '{name}' must be a list of strings (a JSON list or 'a|b'); "
+            f"cannot parse {text[row].as_py()!r} at row {row + 1}"
+        ) from None
+    return pa.chunked_array([pc.if_else(is_json, parsed, _split_pipes(text))])
 
 
 def _split_pipes(text: pa.Array) -> pa.Array:
@@ -216,12 +211,6 @@ def _parse_json_lists(text: pa.Array) -> pa.Array:
     if parsed.num_rows != len(text):  # a cell with a raw line break
         raise pa.ArrowInvalid("line break inside a list cell")
     return parsed.column("v").combine_chunks()
-
-
-def _parse_json_lists_chunked(part: pa.ChunkedArray) -> pa.Array:
-    text = part.combine_chunks()
-    is_json = pc.fill_null(pc.starts_with(text, "["), False)
-    return _parse_json_lists(pc.if_else(is_json, text, "null"))
 
 
 # --------------------------------------------------------------------------- files
@@ -252,7 +241,12 @@ def read_table(path: str | os.PathLike, table: str | None = None) -> pa.Table:
             return pq.read_table(path)
         if fmt == "jsonl":
             return pjson.read_json(path)
-        return pcsv.read_csv(path, convert_options=_csv_convert_options(table))
+        return pcsv.read_csv(
+            path,
+            # Quoted cells may hold line breaks (the writer keeps them as they are).
+            parse_options=pcsv.ParseOptions(newlines_in_values=True),
+            convert_options=_csv_convert_options(table),
+        )
     except _ARROW_ERRORS as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path}: cannot read as {fmt}: {reason}") from None
@@ -314,9 +308,7 @@ def _json_default(value: object) -> object:
 
 def _write_csv(tbl: pa.Table, path: Path) -> None:
     # CSV has no nested values: list (and other nested) columns are written as JSON text.
-    columns = [
-        _to_json_text(col) if pa.types.is_nested(col.type) else col for col in tbl.columns
-    ]
+    columns = [_to_json_text(col) if pa.types.is_nested(col.type) else col for col in tbl.columns]
     pcsv.write_csv(pa.table(columns, names=tbl.column_names), path)
 
 

@@ -44,12 +44,21 @@ def _group_positions(keys: np.ndarray) -> np.ndarray:
     return np.arange(n) - np.repeat(starts, run)
 
 
-def _pick_in_rows(rng, indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A uniformly random column from each CSR row; ``ok`` is False where the row is empty."""
+def _pick_in_rows(rng, matrix: sp.csr_matrix, rows: np.ndarray, weighted: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A random column from each CSR row (uniform, or in proportion to the entries); ``ok`` is False where
+    the row is empty."""
+    indptr, indices = matrix.indptr, matrix.indices
     length = indptr[rows + 1] - indptr[rows]
     ok = length > 0
-    pos = indptr[rows] + np.floor(rng.random(len(rows)) * length).astype(np.int64)
-    return np.where(ok, indices[np.minimum(pos, len(indices) - 1)] if len(indices) else -1, -1), ok
+    if len(indices) == 0:
+        return np.full(len(rows), -1), ok
+    if weighted:
+        cum = np.concatenate([[0.0], np.cumsum(matrix.data, dtype=np.float64)])
+        lo, hi = cum[indptr[rows]], cum[indptr[rows + 1]]
+        pos = np.searchsorted(cum, lo + rng.random(len(rows)) * (hi - lo), side="right") - 1
+    else:
+        pos = indptr[rows] + np.floor(rng.random(len(rows)) * length).astype(np.int64)
+    return np.where(ok, indices[np.clip(pos, 0, len(indices) - 1)], -1), ok
 
 
 @dataclass
@@ -81,6 +90,8 @@ class Simulator:
         self.item_actions = {a: np.zeros(0, dtype=np.float32) for a in self.actions}
         self.action_rate = {(s.name, a): 1.0 / (1.0 + np.exp(-base)) for s in config.surfaces for a, base in s.actions}
         self.next_impression = 0
+        #: Connections made during the window (sorted keys low * n + high), kept out of suggestions.
+        self.made = np.zeros(0, dtype=np.int64)
 
     # Pools --------------------------------------------------------------------------------------
     def add_to_pool(self, kind: str, ids: np.ndarray) -> None:
@@ -160,17 +171,17 @@ class Simulator:
         item = self._random_pick(rng, pool, len(who))
         item[interest] = self._interest_pick(rng, pool, who[interest])
         if proof is not None and social.any():
-            picked, ok = _pick_in_rows(rng, proof.indptr, proof.indices, who[social])
+            picked, ok = _pick_in_rows(rng, proof, who[social], weighted=True)
             item[np.flatnonzero(social)[ok]] = picked[ok]
         return item
 
     def _people(self, rng, who, fof, homophily) -> np.ndarray:
         """People-you-may-know: friends of friends, colleagues and classmates, or anyone."""
         adj = self.graph.adjacency
-        joined = np.flatnonzero(self.members.joined_day <= self._day)
+        joined = np.flatnonzero(self.members.joined_day < self._day)
         other = joined[rng.integers(0, len(joined), size=len(who))]
-        friend, ok = _pick_in_rows(rng, adj.indptr, adj.indices, who[fof])
-        fof_pick, ok2 = _pick_in_rows(rng, adj.indptr, adj.indices, np.where(ok, friend, 0))
+        friend, ok = _pick_in_rows(rng, adj, who[fof])
+        fof_pick, ok2 = _pick_in_rows(rng, adj, np.where(ok, friend, 0))
         sel = np.flatnonzero(fof)[ok & ok2]
         other[sel] = fof_pick[ok & ok2]
         hsel = np.flatnonzero(homophily)
@@ -179,15 +190,29 @@ class Simulator:
         other[hc] = same_group(rng, self.members.company, who[hc])
         other[hs] = same_group(rng, self.members.school, who[hs])
         # Members who have not joined yet cannot be suggested: map them to self, dropped by the caller.
-        other = np.where(self.members.joined_day[other] <= self._day, other, who)
+        other = np.where(self.members.joined_day[other] < self._day, other, who)
         return self.store.member_item(other)
+
+    def _pair_keys(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.minimum(a, b).astype(np.int64) * len(self.members) + np.maximum(a, b)
+
+    def _made(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.isin(self._pair_keys(a, b), self.made)
+
+    def _connect(self, who: np.ndarray, cand: np.ndarray, log: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """New edges from today's connects; a pair that connected both ways today becomes one edge."""
+        c = np.flatnonzero(log["acted"])
+        _, first = np.unique(self._pair_keys(who[c], cand[c]), return_index=True)
+        c = c[np.sort(first)]
+        self.made = np.union1d(self.made, self._pair_keys(who[c], cand[c]))
+        return who[c], cand[c], log["timestamp"][c]
 
     # One day --------------------------------------------------------------------------------------
     def run_day(self, day: int, rng: np.random.Generator) -> DayLog:
         self._day = day
         self._expire(day)
         self._grow_stats()
-        active = np.flatnonzero(self.members.joined_day <= day)
+        active = np.flatnonzero(self.members.joined_day < day)
         proofs: dict[str, sp.csr_matrix] = {}
         parts, scored, engaged = [], [], []
         new_edges = (np.zeros(0, np.int64),) * 3
@@ -209,7 +234,7 @@ class Simulator:
             who, item = who[first], item[first]
             if surface.item_type == "member":
                 cand = item - self.store.member_base
-                already = self._lookup(self.graph.adjacency, who, cand) > 0
+                already = (self._lookup(self.graph.adjacency, who, cand) > 0) | self._made(who, cand)
                 keep = (cand != who) & ~already
                 who, item = who[keep], item[keep]
             # Sources were drawn independently per slot, so slot order carries no source signal.
@@ -218,8 +243,7 @@ class Simulator:
             parts.append(log["table"])
             scored.extend(log["scored"])
             if surface.item_type == "member":
-                c = log["acted"]
-                new_edges = (who[c], item[c] - self.store.member_base, log["timestamp"][c])
+                new_edges = self._connect(who, item - self.store.member_base, log)
             else:
                 c = log["acted"]
                 engaged.append((who[c], item[c]))
@@ -255,7 +279,7 @@ class Simulator:
                          + 0.6 * ((m.location[who] == st.location[item]) | st.remote[item]) + 1.0 * m.open_to_work[who])
             elif surface.item_type == "event":
                 extra = 0.8 * (m.location[who] == st.location[item])
-        shared = (b.interest * interest + b.social * np.log1p(social) + b.quality * st.quality[item]
+        shared = (b.interest * interest + b.social * (np.log1p(social) - b.social_center) + b.quality * st.quality[item]
                   - b.recency * recency + b.activity * np.log(m.activity[who]) - b.position * np.log1p(position)
                   + extra).astype(np.float64)
         logits = np.stack([base + shared for _, base in surface.actions], axis=1)

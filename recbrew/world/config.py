@@ -30,10 +30,10 @@ class SurfaceSpec:
 
 
 SURFACES: tuple[SurfaceSpec, ...] = (
-    SurfaceSpec("feed", "post", (("like", -2.3), ("comment", -4.2), ("share", -4.8)), 0.9, 0.35, 0.35),
+    SurfaceSpec("feed", "post", (("like", -3.2), ("comment", -5.0), ("share", -5.6)), 0.9, 0.35, 0.2),
     SurfaceSpec("jobs", "job", (("apply", -3.0), ("save", -3.6)), 0.30, 0.15, 0.45),
-    SurfaceSpec("pymk", "member", (("connect", -2.4),), 0.15, 0.0, 0.5),
-    SurfaceSpec("notifications", "post", (("click", -1.9),), 0.15, 0.6, 0.2),
+    SurfaceSpec("pymk", "member", (("connect", -3.2),), 0.15, 0.0, 0.5),
+    SurfaceSpec("notifications", "post", (("click", -2.8),), 0.15, 0.6, 0.2),
     SurfaceSpec("ads", "ad", (("click", -3.4),), 0.15, 0.1, 0.4),
     SurfaceSpec("learning", "course", (("enroll", -3.0),), 0.08, 0.15, 0.4),
     SurfaceSpec("groups", "group", (("join", -2.8),), 0.06, 0.25, 0.35),
@@ -72,8 +72,11 @@ class BehaviourModel:
     """Weights of the hidden action model: logit = base + Σ weight · feature."""
 
     interest: float = 2.0
-    social: float = 0.9
-    quality: float = 0.6
+    social: float = 1.5
+    #: Typical log1p(social proof): the social term is centred on it so that turning social proof off
+    #: (``social=0``) keeps the base rates and removes only the signal.
+    social_center: float = 0.3
+    quality: float = 1.0
     recency: float = 0.8
     activity: float = 0.4
     position: float = 0.35
@@ -99,7 +102,7 @@ class WorldConfig:
     behaviour: BehaviourModel = field(default_factory=BehaviourModel)
     surfaces: tuple[SurfaceSpec, ...] = SURFACES
     #: Impression rows handed to the Parquet writer at once.
-    chunk_rows: int = 1_000_000
+    chunk_rows: int = 250_000
 
     def with_behaviour(self, **changes) -> WorldConfig:
         return replace(self, behaviour=replace(self.behaviour, **changes))

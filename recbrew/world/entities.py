@@ -125,6 +125,8 @@ class Members:
     activity: np.ndarray
     open_to_work: np.ndarray
     joined_day: np.ndarray
+    #: Epoch seconds of joining; a member is active from the day after.
+    joined_at: np.ndarray
     #: Latent interests at day 0 (functions then industries) and their drift per 30 days.
     interest: np.ndarray
     drift: np.ndarray
@@ -155,6 +157,7 @@ class Members:
             rng.integers(0, max(config.days, 1), size=n),
             -rng.integers(1, 3650, size=n),
         ).astype(np.int32)
+        joined_at = WORLD_START + joined_day.astype(np.int64) * DAY + rng.integers(0, DAY, size=n)
 
         b = config.behaviour
         interest = np.zeros((n, INTEREST_DIMS), dtype=np.float32)
@@ -165,7 +168,7 @@ class Members:
         interest += rng.normal(0.0, b.interest_noise, size=interest.shape).astype(np.float32)
         drift = rng.normal(0.0, b.drift, size=(n, N_FUNCTIONS)).astype(np.float32)
         return cls(function, secondary, industry, seniority, location, school, company, activity,
-                   open_to_work, joined_day, interest, drift)
+                   open_to_work, joined_day, joined_at, interest, drift)
 
     def interest_on(self, day: int, members: np.ndarray, functions: np.ndarray, industries: np.ndarray) -> np.ndarray:
         """Latent interest of each member in an item's function and industry on ``day``."""
@@ -217,7 +220,7 @@ class Members:
                 "degree": text.pick(text.vocab(vocab.DEGREES), rng.integers(0, len(vocab.DEGREES), size=n)),
                 "years_experience": years,
                 "open_to_work": self.open_to_work,
-                "joined_at": WORLD_START + self.joined_day.astype(np.int64) * DAY + rng.integers(0, DAY, size=n),
+                "joined_at": self.joined_at,
             },
             schema=MEMBERS.arrow_schema(
                 ["member_id", "name", "headline", "title", "company_id", "company", "industry", "function",

@@ -143,7 +143,8 @@ def _generate(config: WorldConfig, out: Path, progress: bool) -> dict:
     item_counts = {"company": len(companies), "member": len(members)}
 
     def create(rng: np.random.Generator, day: int | None) -> None:
-        authors = np.flatnonzero(members.joined_day <= (day if day is not None else -1))
+        # Authors joined before the items' creation day (the initial stock reaches back a year).
+        authors = np.flatnonzero(members.joined_day < (day if day is not None else -366))
         for kind in ITEM_KINDS:
             n, days = _new_items(config, kind, rng, initial=day is None)
             if n == 0:

@@ -14,7 +14,7 @@ from recbrew.world.entities import Companies, Members
 
 EDGE_SCHEMA = EDGES.arrow_schema(["src", "dst", "kind", "timestamp"])
 #: Share of connection proposals by how the partner is found.
-_MODES = {"company": 0.3, "school": 0.12, "industry": 0.13, "location": 0.15, "attachment": 0.3}
+_MODES = {"company": 0.25, "function": 0.2, "school": 0.1, "industry": 0.1, "location": 0.12, "attachment": 0.23}
 
 
 def same_group(rng: np.random.Generator, key: np.ndarray, who: np.ndarray) -> np.ndarray:
@@ -36,12 +36,11 @@ def edge_table(src, dst, kind: str, timestamp) -> pa.Table:
 
 def _formed_at(rng, members: Members, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """When an edge between members a and b formed: after both joined, before day 0 if both were there."""
-    later = np.maximum(members.joined_day[a], members.joined_day[b]).astype(np.int64)
+    later = np.maximum(members.joined_at[a], members.joined_at[b])
     # Edges of members already there spread between the later join and day 0; a newcomer's
-    # connections form on the day they join (contact import).
-    span = np.where(later < 0, -later, 1)
-    day = later + np.floor(rng.random(len(a)) * span).astype(np.int64)
-    return WORLD_START + day * DAY + rng.integers(0, DAY, size=len(a))
+    # connections form within hours of joining (contact import).
+    span = np.where(later < WORLD_START, WORLD_START - later, 6 * 3600)
+    return later + np.floor(rng.random(len(a)) * span).astype(np.int64)
 
 
 @dataclass
@@ -56,12 +55,12 @@ class SocialGraph:
     @classmethod
     def generate(cls, rng: np.random.Generator, config: WorldConfig, members: Members) -> SocialGraph:
         n = len(members)
-        influence = (rng.pareto(1.5, size=n) + 1.0) * members.activity
+        influence = (rng.pareto(1.1, size=n) + 1.0) * members.activity
         proposals = rng.poisson(config.mean_degree / 2.0 * np.sqrt(members.activity))
         who = np.repeat(np.arange(n), proposals)
         mode = rng.choice(len(_MODES), size=len(who), p=np.array(list(_MODES.values())))
         partner = np.empty_like(who)
-        keys = {"company": members.company, "school": members.school, "industry": members.industry,
+        keys = {"company": members.company, "function": members.function, "school": members.school, "industry": members.industry,
                 "location": members.location}
         for code, name in enumerate(_MODES):
             sel = mode == code
@@ -94,7 +93,7 @@ class SocialGraph:
         src = np.concatenate([np.arange(n), who])
         pair = np.unique(src.astype(np.int64) * len(companies) + np.concatenate([members.company, other]))
         src, dst = pair // len(companies), pair % len(companies)
-        company_ts = WORLD_START + np.maximum(members.joined_day[src], -30).astype(np.int64) * DAY
+        company_ts = np.maximum(members.joined_at[src], WORLD_START - 30 * DAY)
         # Creators: half chosen in the member's own function, half by overall pull.
         k = rng.poisson(3.0, size=n)
         fwho = np.repeat(np.arange(n), k)

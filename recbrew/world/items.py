@@ -8,14 +8,30 @@ import pyarrow as pa
 from recbrew.world import text, vocab
 from recbrew.world.config import DAY, WORLD_START
 from recbrew.world.entities import (
-    _CITIES, _FUNCTION_WEIGHTS, _FUNCTIONS, _HASHTAGS, _INDUSTRIES, _LOCATION_WEIGHTS, _LOCATIONS, _SENIORITIES,
-    _SENIORITY_WEIGHTS, _SKILLS, _TITLES, N_FUNCTIONS, N_INDUSTRIES, N_SKILLS_PER_FUNCTION, Companies, ItemStore,
-    Members, _skill_ids, item_table,
+    _CITIES,
+    _FUNCTION_WEIGHTS,
+    _FUNCTIONS,
+    _HASHTAGS,
+    _INDUSTRIES,
+    _LOCATION_WEIGHTS,
+    _LOCATIONS,
+    _SENIORITIES,
+    _SENIORITY_WEIGHTS,
+    _SKILLS,
+    _TITLES,
+    N_FUNCTIONS,
+    N_INDUSTRIES,
+    N_SKILLS_PER_FUNCTION,
+    Companies,
+    ItemStore,
+    Members,
+    _skill_ids,
+    item_table,
 )
 
 
 def _split_patterns(patterns) -> tuple[pa.Array, pa.Array]:
-    heads, tails = zip(*(p.split("{}") for p in patterns))
+    heads, tails = zip(*(p.split("{}") for p in patterns), strict=False)
     return text.vocab(heads), text.vocab(tails)
 
 

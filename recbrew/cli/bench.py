@@ -1,0 +1,34 @@
+"""`recbrew bench ...`: benchmarks that print JSON with ratios against a baseline measured in the same run."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+app = typer.Typer(help="Benchmarks: JSON with ratios against a baseline measured in the same run.",
+                  no_args_is_help=True)
+
+
+@app.command()
+def world(
+    members: int = typer.Option(5000, help="Members at the base size."),
+    days: int = typer.Option(3, help="Days at the base size."),
+    scale: int = typer.Option(10, help="Factor for the larger runs (days and members each)."),
+    seed: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+) -> None:
+    """World generation: member-days/s, impressions/s and peak RSS at two sizes `scale`x apart."""
+    from recbrew.errors import UserError
+    from recbrew.world.bench import bench_world
+
+    if scale < 2:
+        raise UserError("--scale must be at least 2")
+    result = bench_world(members, days, scale, seed)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    for name, row in result["runs"].items():
+        typer.echo(f"{name:>14}: {row['members']:>9,} members x {row['days']:>3} days  {row['seconds']:8.2f} s  "
+                   f"{row['impressions_per_s']:>12,.0f} impressions/s  peak RSS {row['peak_rss_mib']:8.1f} MiB")
+    typer.echo(json.dumps(result["ratios"]))

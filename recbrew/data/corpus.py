@@ -1,0 +1,190 @@
+"""The Corpus: members, items, interactions and edges, saved together in one directory.
+
+A saved corpus is a directory holding ``members``, ``items``, ``interactions`` and ``edges``
+tables (all in one format: ``.parquet``, ``.jsonl`` or ``.csv``), ``corpus.json`` (free-form
+metadata) and, for a synthetic world, ``world_card.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from recbrew.data.io import EXTENSIONS, FORMATS, conform, empty_table, read_table, write_table
+from recbrew.data.schema import TABLES
+from recbrew.errors import ConfigError, SchemaError, UserError
+
+TABLE_NAMES = tuple(TABLES)
+META_FILE = "corpus.json"
+CARD_FILE = "world_card.json"
+#: Tables a corpus directory may lack (read as empty).
+OPTIONAL_TABLES = frozenset({"edges"})
+
+
+@dataclass
+class Corpus:
+    """The four tables every later stage reads, plus metadata and the world card if synthetic."""
+
+    members: pa.Table
+    items: pa.Table
+    interactions: pa.Table
+    edges: pa.Table
+    meta: dict = field(default_factory=dict)
+    #: The synthetic world's card (``world_card.json``); None for other corpora.
+    card: dict | None = None
+
+    @property
+    def tables(self) -> dict[str, pa.Table]:
+        return {name: getattr(self, name) for name in TABLE_NAMES}
+
+    # ----------------------------------------------------------------------- disk
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, *, tables: list[str] | None = None) -> Corpus:
+        """Read and conform a saved corpus; tables left out of ``tables`` come back empty."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise UserError(f"{directory}: no such corpus directory")
+        wanted = TABLE_NAMES if tables is None else tuple(tables)
+        unknown = sorted(set(wanted) - set(TABLE_NAMES))
+        if unknown:
+            raise ConfigError(f"unknown table(s) {', '.join(unknown)} (tables are: {', '.join(TABLE_NAMES)})")
+
+        loaded = {}
+        for name in TABLE_NAMES:
+            path = _table_file(directory, name) if name in wanted else None
+            if path is None:
+                loaded[name] = empty_table(name)
+            else:
+                loaded[name] = conform(name, read_table(path, name), str(path))
+        return cls(
+            **loaded,
+            meta=_read_json(directory / META_FILE) or {},
+            card=_read_json(directory / CARD_FILE),
+        )
+
+    def save(self, directory: str | os.PathLike, fmt: str = "parquet") -> Path:
+        """Write the corpus to ``directory`` as a whole; on any error the directory is left untouched.
+
+        Everything is written to a sibling temp directory first and only then moved in. Table files
+        of another format (and a world card this corpus lacks) are removed so the result is one corpus.
+        """
+        if fmt not in EXTENSIONS:
+            raise ConfigError(f"unknown corpus format '{fmt}' (use one of {', '.join(EXTENSIONS)})")
+        directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise UserError(f"{directory}: exists and is not a directory")
+        tables = {name: conform(name, tbl, f"{name} table") for name, tbl in self.tables.items()}
+        files = {f"{name}{EXTENSIONS[fmt]}": tbl for name, tbl in tables.items()}
+
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+        try:
+            for filename, tbl in files.items():
+                write_table(tbl, staging / filename)
+            _write_json(staging / META_FILE, self.meta)
+            if self.card is not None:
+                _write_json(staging / CARD_FILE, self.card)
+
+            directory.mkdir(exist_ok=True)
+            for path in sorted(staging.iterdir()):
+                os.replace(path, directory / path.name)
+            stale = [directory / f"{name}{ext}" for name in TABLE_NAMES for ext in FORMATS]
+            if self.card is None:
+                stale.append(directory / CARD_FILE)
+            for path in stale:
+                if path.name not in files:
+                    path.unlink(missing_ok=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return directory
+
+    # ----------------------------------------------------------------------- checks and views
+
+    def check_references(self) -> None:
+        """Raise SchemaError unless every interaction's member and item, and every edge's src, exist."""
+        member_ids = self.members.column("member_id")
+        item_ids = self.items.column("item_id")
+        checks = (
+            ("interactions", "member_id", member_ids, "members"),
+            ("interactions", "item_id", item_ids, "items"),
+            ("edges", "src", member_ids, "members"),
+        )
+        for table, column, known, target in checks:
+            values = getattr(self, table).column(column)
+            unknown = pc.invert(pc.is_in(values, value_set=known.combine_chunks()))
+            count = pc.sum(unknown).as_py() or 0
+            if count:
+                first = values[pc.index(unknown, True).as_py()].as_py()
+                raise SchemaError(
+                    f"{table}: {count} row(s) have a {column} missing from {target}, first {column} {first}"
+                )
+
+    def summary(self) -> dict:
+        """Row counts, item types, actions, surfaces, edge kinds and the interactions' time range."""
+        return {
+            "source": self.meta.get("source") or ("synthetic-world" if self.card is not None else None),
+            "rows": {name: tbl.num_rows for name, tbl in self.tables.items()},
+            "item_types": _value_counts(self.items, "item_type"),
+            "actions": _value_counts(self.interactions, "action"),
+            "surfaces": _value_counts(self.interactions, "surface"),
+            "edge_kinds": _value_counts(self.edges, "kind"),
+            "time_range": _time_range(self.interactions.column("timestamp")),
+        }
+
+
+def _table_file(directory: Path, name: str) -> Path | None:
+    found = [directory / f"{name}{ext}" for ext in FORMATS if (directory / f"{name}{ext}").is_file()]
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise UserError(f"{directory}: several {name} tables ({names}); keep one")
+    if not found:
+        if name in OPTIONAL_TABLES:
+            return None
+        raise UserError(f"{directory}: no {name} table ({name}.parquet, {name}.jsonl or {name}.csv)")
+    return found[0]
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return value
+
+
+def _write_json(path: Path, value: dict) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _value_counts(tbl: pa.Table, column: str) -> dict[str, int]:
+    """Counts of a column's non-null values, most frequent first (ties by value)."""
+    if column not in tbl.column_names or tbl.num_rows == 0:
+        return {}
+    counts = pc.value_counts(tbl.column(column).drop_null())
+    pairs = zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
+    return {str(v): int(n) for v, n in sorted(pairs, key=lambda p: (-p[1], str(p[0])))}
+
+
+def _time_range(timestamps: pa.ChunkedArray) -> dict | None:
+    bounds = pc.min_max(timestamps)
+    start, end = bounds["min"].as_py(), bounds["max"].as_py()
+    if start is None:
+        return None
+    return {"start": start, "end": end, "start_utc": _iso(start), "end_utc": _iso(end)}
+
+
+def _iso(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,64 @@
+"""The wheel carries the root folders: recbrew.kernels, recbrew.eval and the shipped catalog."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_imports_root_folders(tmp_path):
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(dist), str(ROOT)],
+        check=True, cwd=tmp_path,
+    )
+    (wheel,) = dist.glob("recbrew-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "recbrew/kernels/__init__.py" in names and "recbrew/eval/__init__.py" in names
+    assert "recbrew/assets/configs/world/default.yaml" in names
+    assert not any(n.startswith(("kernels/", "eval/", "tests/")) for n in names)
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    # The fresh venv sees the dependencies of this environment, but not its editable recbrew.
+    (Path(site) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "--quiet",
+                    str(wheel)], check=True)
+    check = textwrap.dedent(
+        f"""
+        import recbrew, recbrew.kernels, recbrew.eval
+        from recbrew import assets
+        venv = {str(venv)!r}
+        assert recbrew.__file__.startswith(venv), recbrew.__file__
+        assert recbrew.kernels.__file__.startswith(venv) and recbrew.eval.__file__.startswith(venv)
+        for kind in assets.KINDS:
+            assert str(assets.path(kind)).startswith(venv), assets.path(kind)
+        assert (assets.path("configs") / "world" / "default.yaml").is_file()
+        print("ok")
+        """
+    )
+    out = subprocess.run([py, "-c", check], check=True, capture_output=True, text=True, cwd=tmp_path)
+    assert out.stdout.strip() == "ok"
+
+
+def test_editable_install_maps_root_folders():
+    import recbrew.eval
+    import recbrew.kernels
+
+    from recbrew import assets
+
+    assert Path(recbrew.kernels.__file__).parent == ROOT / "kernels"
+    assert Path(recbrew.eval.__file__).parent == ROOT / "eval"
+    assert assets.path("tasks") == ROOT / "tasks"
