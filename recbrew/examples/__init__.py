@@ -1,0 +1,1 @@
+"""Examples: ranking requests built from a Corpus and the task catalog, rendered and featurized."""

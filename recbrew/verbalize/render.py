@@ -1,0 +1,196 @@
+"""Render a task's prompt: shared prefix + candidate segments, fitted to a token budget.
+
+The instruction, the candidate(s) and the question are never cut; history entries are dropped
+(by the task's truncation strategy) until the longest prefix + candidate prompt fits.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import jinja2
+
+from recbrew.tasks.spec import Kind, TaskSpec
+from recbrew.verbalize.environment import TemplateError, make_environment, template_error
+
+_BLANK_RUN = re.compile(r"\n{3,}")
+_WORD = re.compile(r"[a-z0-9]+")
+#: Tokens of the history section header and its spacing, in the budget estimate.
+_SECTION_COST = 8
+_STOP = frozenset("a an and at by for from in of on the to with our we you your is are this that what".split())
+
+
+@dataclass
+class HistoryEntry:
+    """One past interaction shown in a history group."""
+
+    group: int  # index into task.history.groups
+    timestamp: int
+    item: dict  # neutralized item fields
+    age: str | None = None
+
+
+@dataclass
+class RenderedPrompt:
+    prefix: str
+    #: One segment per candidate for pointwise tasks; a single segment for listwise / generative.
+    segments: list[str]
+    prefix_tokens: int | None = None
+    segment_tokens: list[int] | None = None
+    history_kept: int = 0
+    history_cut: int = 0
+    cut_by_group: dict[str, int] = field(default_factory=dict)
+    #: True when even without history the prompt exceeds the budget (nothing essential is cut).
+    over_budget: bool = False
+
+    def text(self, i: int = 0) -> str:
+        return self.prefix + self.segments[i]
+
+    @property
+    def max_tokens(self) -> int | None:
+        if self.prefix_tokens is None or not self.segment_tokens:
+            return None
+        return self.prefix_tokens + max(self.segment_tokens)
+
+
+def _words(item: dict) -> set[str]:
+    text = " ".join(str(item.get(k) or "") for k in ("title", "topic", "name", "headline", "company"))
+    text += " " + " ".join(item.get("skills") or []) + " " + " ".join(item.get("genres") or [])
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOP}
+
+
+class Renderer:
+    """Renders one task's prompts with its template; counts tokens when given a tokenizer."""
+
+    def __init__(self, task: TaskSpec, *, env: jinja2.Environment | None = None, prompts_dir=None,
+                 tokenizer=None, style: str | None = None):
+        self.task = task if style is None else task.with_style(style)
+        self.env = env or make_environment(prompts_dir)
+        self.tokenizer = tokenizer
+        name = self.task.template_file
+        try:
+            self.template = self.env.get_template(name)
+            self.entry_macro = self.env.get_template("macros/history.j2").module.entry
+        except jinja2.TemplateError as exc:
+            raise template_error(exc, name) from None
+        for block in ("prefix", "candidate"):
+            if block not in self.template.blocks:
+                raise TemplateError(f"{self.template.filename}: template must define a '{{% block {block} %}}'")
+        self._headers: list[int] | None = None
+        self.task_vars = {"name": self.task.name, "instruction": self.task.instruction,
+                          "question": self.task.question, "words": list(self.task.answer.words), "k": self.task.k}
+
+    # Jinja ----------------------------------------------------------------------------------------
+    def _block(self, block: str, variables: dict) -> str:
+        try:
+            ctx = self.template.new_context({"task": self.task_vars, **variables})
+            return _BLANK_RUN.sub("\n\n", "".join(self.template.blocks[block](ctx)))
+        except jinja2.TemplateError as exc:
+            raise template_error(exc, self.template.filename or self.task.template_file) from None
+        except TemplateError:
+            raise
+        except Exception as exc:  # e.g. a sandbox SecurityError raised from inside a call
+            raise template_error(exc, self.template.filename or self.task.template_file) from None
+
+    def _groups(self, entries: Sequence[HistoryEntry]) -> list[dict]:
+        recent_first = self.task.history.order == "recent_first"
+        out = []
+        for g, spec in enumerate(self.task.history.groups):
+            items = sorted((e for e in entries if e.group == g), key=lambda e: e.timestamp, reverse=recent_first)
+            if items:
+                out.append({"phrase": spec.phrase, "items": [{"age": e.age, "item": e.item} for e in items]})
+        return out
+
+    def prefix(self, member: dict, network: dict | None, entries: Sequence[HistoryEntry]) -> str:
+        return self._block("prefix", {"member": member, "network": network, "history": self._groups(entries)})
+
+    def segments(self, candidates: Sequence[dict]) -> list[str]:
+        if self.task.kind == Kind.binary:
+            return [self._block("candidate", {"candidate": c}) for c in candidates]
+        if self.task.kind == Kind.listwise:
+            return [self._block("candidate", {"candidates": list(candidates)})]
+        return [self._block("candidate", {})]
+
+    # Tokens ---------------------------------------------------------------------------------------
+    def count(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [len(x) for x in ids]
+
+    def _header_tokens(self) -> list[int]:
+        """Tokens of each history group's header as the shipped macro writes it (cached per renderer)."""
+        if self._headers is None:
+            self._headers = self.count([f"Member has {g.phrase}:\n" for g in self.task.history.groups])
+        return self._headers
+
+    def _priority(self, entries: list[HistoryEntry], candidates: Sequence[dict]) -> list[HistoryEntry]:
+        """History entries, most worth keeping first, by the task's truncation strategy."""
+        recent = sorted(entries, key=lambda e: -e.timestamp)
+        strategy = self.task.history.truncation
+        if strategy == "relevant" and candidates:
+            # Relevance to the member's whole candidate set, so the prefix stays shared by all of them.
+            target = set().union(*(_words(c) for c in candidates))
+            return sorted(recent, key=lambda e: -len(_words(e.item) & target))  # stable: ties stay recent-first
+        if strategy == "stratified":
+            by_group: dict[int, list[HistoryEntry]] = {}
+            for e in recent:
+                by_group.setdefault(e.group, []).append(e)
+            order, depth = [], 0
+            while len(order) < len(recent):
+                for g in sorted(by_group):
+                    if depth < len(by_group[g]):
+                        order.append(by_group[g][depth])
+                depth += 1
+            return order
+        return recent
+
+    def render(self, member: dict, candidates: Sequence[dict], history: Sequence[HistoryEntry] = (),
+               network: dict | None = None, max_tokens: int | None = None) -> RenderedPrompt:
+        """Prefix + segments; with a tokenizer, history is cut to fit ``max_tokens`` (default: the task's)."""
+        ranked = self._priority(list(history), candidates)[: self.task.history.max_items]
+        dropped_early = len(history) - len(ranked)
+        segments = self.segments(candidates)
+        if self.tokenizer is None:
+            prefix = self.prefix(member, network, ranked)
+            return RenderedPrompt(prefix, segments, history_kept=len(ranked), history_cut=dropped_early,
+                                  cut_by_group=self._cut_by_group(history, ranked))
+        budget = max_tokens or self.task.history.max_tokens
+        # One tokenizer call for the segments, the history-less prefix and each entry's own line; the
+        # entry costs are estimates (plus each group's header once), verified by the exact count below.
+        lines = [str(self.entry_macro({"age": e.age, "item": e.item})) + "\n" for e in ranked]
+        counts = self.count([*segments, self.prefix(member, network, []), *lines])
+        seg_tokens, base, costs = counts[: len(segments)], counts[len(segments)], counts[len(segments) + 1:]
+        room = budget - base - max(seg_tokens)
+        over = room < 0
+        header = self._header_tokens()
+        kept, used, seen = [], _SECTION_COST, set()
+        for entry, cost in zip(ranked, costs, strict=True):
+            extra = cost + (0 if entry.group in seen else header[entry.group])
+            if used + extra > room:
+                break
+            kept.append(entry)
+            seen.add(entry.group)
+            used += extra
+        while True:
+            prefix = self.prefix(member, network, kept)
+            prefix_tokens = self.count([prefix])[0]
+            if prefix_tokens + max(seg_tokens) <= budget or not kept:
+                break
+            kept = kept[:-1]
+        return RenderedPrompt(
+            prefix, segments, prefix_tokens=prefix_tokens, segment_tokens=seg_tokens, history_kept=len(kept),
+            history_cut=len(history) - len(kept), cut_by_group=self._cut_by_group(history, kept), over_budget=over,
+        )
+
+    def _cut_by_group(self, history: Sequence[HistoryEntry], kept: Sequence[HistoryEntry]) -> dict[str, int]:
+        cut: dict[str, int] = {}
+        kept_ids = {id(e) for e in kept}
+        for e in history:
+            if id(e) not in kept_ids:
+                phrase = self.task.history.groups[e.group].phrase
+                cut[phrase] = cut.get(phrase, 0) + 1
+        return cut
+
