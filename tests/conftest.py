@@ -21,3 +21,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """SmolLM2's tokenizer, converted from the installed GGUF once and cached."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from recbrew.models.tokenizers import load_tokenizer
+
+    return load_tokenizer()

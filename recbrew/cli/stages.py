@@ -9,7 +9,6 @@ from __future__ import annotations
 import typer
 
 STAGES = {
-    "tasks": "Author, list and validate ranking tasks (YAML) and render their prompts.",
     "train": "Fine-tune a language model across the task mixture (TRL + PEFT + DeepSpeed).",
     "serve": "Serve a model behind vLLM's OpenAI-compatible endpoint plus /v1/rank.",
     "baselines": "Train and score the classic rankers: LiRank, LiGR, DCNv2, popularity.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from recbrew import assets
 from recbrew.errors import UserError
@@ -55,9 +55,9 @@ def prompts_dir(directory: str | Path | None = None) -> list[Path]:
     return [path, shipped]
 
 
-def make_environment(directory: str | Path | None = None) -> SandboxedEnvironment:
-    """Sandboxed, strict environment: unknown variables and unsafe attribute access are errors."""
-    return SandboxedEnvironment(
+def make_environment(directory: str | Path | None = None) -> ImmutableSandboxedEnvironment:
+    """Sandboxed, strict environment: unknown variables, internals and mutating calls are errors."""
+    return ImmutableSandboxedEnvironment(
         loader=jinja2.FileSystemLoader([str(p) for p in prompts_dir(directory)]),
         undefined=jinja2.StrictUndefined,
         autoescape=False,

@@ -87,12 +87,13 @@ class Renderer:
         try:
             ctx = self.template.new_context({"task": self.task_vars, **variables})
             return _BLANK_RUN.sub("\n\n", "".join(self.template.blocks[block](ctx)))
-        except jinja2.TemplateError as exc:
-            raise template_error(exc, self.template.filename or self.task.template_file) from None
-        except TemplateError:
+        except Exception:
+            # Let Jinja rewrite the traceback so its frames carry template lines, then report one line.
+            try:
+                self.env.handle_exception()
+            except Exception as exc:
+                raise template_error(exc, self.template.filename or self.task.template_file) from None
             raise
-        except Exception as exc:  # e.g. a sandbox SecurityError raised from inside a call
-            raise template_error(exc, self.template.filename or self.task.template_file) from None
 
     def _groups(self, entries: Sequence[HistoryEntry]) -> list[dict]:
         recent_first = self.task.history.order == "recent_first"

@@ -1,0 +1,164 @@
+"""`recbrew tasks ...`: list, validate, show and render the ranking tasks of a catalog."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from recbrew.errors import UserError
+
+app = typer.Typer(help="Author, list and validate ranking tasks (YAML) and render their prompts.",
+                  no_args_is_help=True)
+
+TasksDir = Annotated[Path | None, typer.Option("--tasks-dir", help="Your task folder (default: the shipped catalog).")]
+PromptsDir = Annotated[Path | None, typer.Option("--prompts-dir", help="Your templates, searched before the shipped ones.")]
+Tokenizer = Annotated[str, typer.Option("--tokenizer", help="'smollm2', a local tokenizer folder, or 'none'.")]
+
+#: A profile and item with every field filled: validation renders each template with them.
+_PROBE_MEMBER = {
+    "name": "«Probe Member»", "headline": "«Engineer»", "title": "«Engineer»", "company": "Acme", "industry": "Tech",
+    "function": "Engineering", "seniority": "Senior", "location": "Berlin", "skills": ["Python"], "school": "MIT",
+    "degree": "MSc", "years_experience": 5, "open_to_work": True, "age": 30, "gender": "female", "occupation": "engineer",
+}
+_PROBE_ITEM = {
+    "item_type": "job", "title": "«Engineer»", "text": "«We build things.»", "author": "«Probe Author»",
+    "company": "Acme", "topic": "Engineering", "industry": "Tech", "location": "Berlin", "remote": True,
+    "seniority": "Senior", "skills": ["Python"], "hashtags": ["Python"], "format": "text", "genres": None, "year": None,
+    "name": None, "headline": None,
+    "social": {"engaged_count": 1, "engaged_names": ["«A»"], "mutual_count": 2, "mutual_names": ["«B»"],
+               "shared_company": True, "shared_school": False},
+}
+
+
+def _tokenizer(name: str):
+    if name == "none":
+        return None
+    from recbrew.models.tokenizers import load_tokenizer
+
+    return load_tokenizer(name)
+
+
+def _summary(task) -> dict:
+    return {"name": task.name, "version": task.version, "surface": task.surface, "kind": task.kind.value,
+            "split": task.split.value, "candidate_type": task.candidate_type, "style": task.style,
+            "description": task.description}
+
+
+@app.command("list")
+def list_tasks(tasks_dir: TasksDir = None,
+               as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the tasks of a catalog: name, surface, kind, T1/T2 split."""
+    from recbrew.tasks import load_catalog
+
+    rows = [_summary(t) for t in load_catalog(tasks_dir).values()]
+    if as_json:
+        typer.echo(json.dumps({"tasks": rows, "count": len(rows),
+                               "surfaces": sorted({r["surface"] for r in rows}),
+                               "splits": {s: sum(r["split"] == s for r in rows) for s in ("T1", "T2")}}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} tasks")
+    for col in ("name", "surface", "kind", "split", "style", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["surface"], r["kind"], r["split"], r["style"], r["description"])
+    Console(width=160).print(table)
+
+
+def validate_catalog(tasks_dir=None, prompts_dir=None, tokenizer=None) -> list[str]:
+    """Load every task, render its template with a probe profile, check its answer words; returns names."""
+    from recbrew.models.tokenizers import answer_token_ids
+    from recbrew.tasks import load_catalog
+    from recbrew.tasks.spec import Kind
+    from recbrew.verbalize.environment import make_environment
+    from recbrew.verbalize.render import HistoryEntry, Renderer
+
+    env = make_environment(prompts_dir)
+    catalog = load_catalog(tasks_dir)
+    for task in catalog.values():
+        renderer = Renderer(task, env=env)
+        k = task.k if task.kind == Kind.listwise else 1
+        history = [HistoryEntry(g, 0, dict(_PROBE_ITEM), "1d ago") for g in range(len(task.history.groups))]
+        network = {"connections": 3, "companies": ["Acme"], "creators": ["«C»"]}
+        renderer.render(_PROBE_MEMBER, [dict(_PROBE_ITEM)] * k, history, network=network)
+        if tokenizer is not None and task.kind != Kind.generative:
+            answer_token_ids(task, tokenizer)
+    return list(catalog)
+
+
+@app.command("validate")
+def validate(
+    directory: Annotated[Path | None, typer.Argument(help="Task folder (default: the shipped catalog).")] = None,
+    prompts_dir: PromptsDir = None,
+    tokenizer: Tokenizer = "smollm2",
+) -> None:
+    """Check every task: YAML fields, its template renders, answer words are single tokens."""
+    names = validate_catalog(directory, prompts_dir, _tokenizer(tokenizer))
+    typer.echo(f"{len(names)} tasks valid")
+
+
+@app.command("show")
+def show(name: Annotated[str, typer.Argument(help="Task name.")], tasks_dir: TasksDir = None,
+         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Print one task's full definition (defaults filled in)."""
+    import yaml
+
+    from recbrew.tasks import get_task
+
+    data = get_task(name, tasks_dir).model_dump(mode="json")
+    typer.echo(json.dumps(data, indent=2) if as_json else yaml.safe_dump(data, sort_keys=False, width=100))
+
+
+@app.command("render")
+def render(
+    name: Annotated[str, typer.Argument(help="Task name.")],
+    corpus: Annotated[Path, typer.Option("--corpus", help="Corpus folder (e.g. a generated world).")],
+    member: Annotated[int, typer.Option("--member", help="member_id whose latest request is rendered.")],
+    style: Annotated[str | None, typer.Option(help="Prompt style (e.g. compact, prose).")] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Token budget of the prompt.")] = None,
+    tasks_dir: TasksDir = None,
+    prompts_dir: PromptsDir = None,
+    tokenizer: Tokenizer = "smollm2",
+) -> None:
+    """Render the member's most recent request of a task; print the prompt, its tokens and what was cut."""
+    import numpy as np
+
+    from recbrew.data.corpus import Corpus
+    from recbrew.examples.requests import SplitPlan, build_requests, time_range
+    from recbrew.tasks import get_task
+    from recbrew.verbalize.context import CorpusView
+    from recbrew.verbalize.render import Renderer
+
+    task = get_task(name, tasks_dir)
+    renderer = Renderer(task, prompts_dir=prompts_dir, tokenizer=_tokenizer(tokenizer), style=style)
+    data = Corpus.load(corpus)
+    start, end = time_range(data)
+    req = build_requests(data, task, SplitPlan(cutoff=end + 1, gap_seconds=0, end=end), seed=0)
+    mine = np.flatnonzero(req.member_id == member)
+    if len(mine) == 0:
+        some = ", ".join(str(m) for m in np.unique(req.member_id)[:5])
+        raise UserError(f"member {member} has no request for task {name} in {corpus}"
+                        + (f"; members that do: {some}" if some else ""))
+    i = int(mine[-1])
+    view = CorpusView(data)
+    t = int(req.timestamp[i])
+    cands = [int(c) for c in req.candidates[req.offsets[i]:req.offsets[i + 1]]]
+    friends = view.connections(member, t)
+    prompt = renderer.render(view.member(member, req.hide_skill[i] if req.hide_skill else None),
+                             [view.candidate(member, c, t, task, friends) for c in cands],
+                             view.history(member, t, task), network=view.network(member, t), max_tokens=max_tokens)
+    typer.echo(prompt.text(0))
+    typer.echo("-" * 60)
+    if prompt.prefix_tokens is not None:
+        typer.echo(f"tokens: {prompt.max_tokens} (prefix {prompt.prefix_tokens} shared by {len(prompt.segments)} "
+                   f"segment(s) of {min(prompt.segment_tokens)}-{max(prompt.segment_tokens)}); budget "
+                   f"{max_tokens or renderer.task.history.max_tokens}{'; OVER BUDGET' if prompt.over_budget else ''}")
+    cut = ", ".join(f"{n} from '{g}'" for g, n in prompt.cut_by_group.items()) or "nothing"
+    typer.echo(f"history: kept {prompt.history_kept}, cut {prompt.history_cut} ({cut})")
+    if req.target:
+        typer.echo(f"target: {req.target[i]}")
