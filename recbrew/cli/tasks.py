@@ -70,7 +70,7 @@ def list_tasks(tasks_dir: TasksDir = None,
     Console(width=160).print(table)
 
 
-def validate_catalog(tasks_dir=None, prompts_dir=None, tokenizer=None) -> list[str]:
+def validate_catalog(tasks_dir=None, prompts_dir=None, tokenizer: str = "none") -> list[str]:
     """Load every task, render its template with a probe profile, check its answer words; returns names."""
     from recbrew.models.tokenizers import answer_token_ids
     from recbrew.tasks import load_catalog
@@ -86,8 +86,12 @@ def validate_catalog(tasks_dir=None, prompts_dir=None, tokenizer=None) -> list[s
         history = [HistoryEntry(g, 0, dict(_PROBE_ITEM), "1d ago") for g in range(len(task.history.groups))]
         network = {"connections": 3, "companies": ["Acme"], "creators": ["«C»"]}
         renderer.render(_PROBE_MEMBER, [dict(_PROBE_ITEM)] * k, history, network=network)
-        if tokenizer is not None and task.kind != Kind.generative:
-            answer_token_ids(task, tokenizer)
+    # The tokenizer loads only once the files themselves are known to be good.
+    tok = _tokenizer(tokenizer)
+    if tok is not None:
+        for task in catalog.values():
+            if task.kind != Kind.generative:
+                answer_token_ids(task, tok)
     return list(catalog)
 
 
@@ -98,7 +102,7 @@ def validate(
     tokenizer: Tokenizer = "smollm2",
 ) -> None:
     """Check every task: YAML fields, its template renders, answer words are single tokens."""
-    names = validate_catalog(directory, prompts_dir, _tokenizer(tokenizer))
+    names = validate_catalog(directory, prompts_dir, tokenizer)
     typer.echo(f"{len(names)} tasks valid")
 
 

@@ -65,8 +65,3 @@ def tokenizer_dir() -> Path:
 
     return _convert_once(cache_dir() / NAME / "tokenizer", build)
 
-
-def load_tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tokenizer_dir())
