@@ -70,15 +70,17 @@ def _commands(body: str) -> list[str]:
     return out
 
 
-def _strings(value) -> set[str]:
-    """Every string (keys included) inside a JSON value."""
-    if isinstance(value, str):
-        return {value}
-    if isinstance(value, dict):
-        return set(value).union(*(_strings(v) for v in value.values()))
-    if isinstance(value, list):
-        return set().union(*(_strings(v) for v in value))
-    return set()
+def _run(line: str, cwd: Path, **placeholders: Path) -> tuple[list[str], subprocess.CompletedProcess]:
+    """Run one command line of the guide (placeholders such as WORLD_DIR replaced); it must exit 0."""
+    for name, value in placeholders.items():
+        line = line.replace(name, str(value))
+    argv = shlex.split(line)
+    assert argv[0] in ("recbrew", "mkdir"), f"the guide's commands may only run recbrew and mkdir: {line}"
+    if argv[0] == "recbrew":
+        argv[0] = str(RECBREW)
+    out = subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
+    assert out.returncode == 0, f"`{line}` exited {out.returncode}:\n{out.stderr}\n{out.stdout}"
+    return argv, out
 
 
 @pytest.fixture(scope="module")
@@ -105,15 +107,15 @@ def test_annotated_example_is_the_shipped_file():
 
 
 def _field_names(model: type[BaseModel], prefix: str = "") -> list[str]:
-    """Dotted names of a model's fields and its nested models' (list items as ``name[].field``)."""
+    """Dotted names of the leaf fields of a model and its nested models (list items as ``name[].field``)."""
     names = []
     for name, info in model.model_fields.items():
-        dotted = prefix + name
-        names.append(dotted)
-        ann = info.annotation
-        for sub in typing.get_args(ann) or (ann,):
-            if isinstance(sub, type) and issubclass(sub, BaseModel):
-                names += _field_names(sub, dotted + ("[]." if typing.get_origin(ann) is list else "."))
+        dotted, ann = prefix + name, info.annotation
+        nested = [s for s in typing.get_args(ann) or (ann,) if isinstance(s, type) and issubclass(s, BaseModel)]
+        for sub in nested:
+            names += _field_names(sub, dotted + ("[]." if typing.get_origin(ann) is list else "."))
+        if not nested:
+            names.append(dotted)
     return names
 
 
@@ -138,19 +140,14 @@ def test_walkthrough_commands_run(tmp_path, world):
         if lang != "bash":
             continue
         for line in _commands(body):
-            line = line.replace("WORLD_DIR", str(world)).replace("EXAMPLES_DIR", str(examples))
-            argv = shlex.split(line)
-            assert argv[0] in ("recbrew", "mkdir"), f"the walkthrough may only run recbrew and mkdir: {line}"
-            if argv[0] == "recbrew":
-                argv[0] = str(RECBREW)
-            out = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
-            assert out.returncode == 0, f"`{line}` exited {out.returncode}:\n{out.stderr}\n{out.stdout}"
+            argv, out = _run(line, tmp_path, WORLD_DIR=world, EXAMPLES_DIR=examples)
             words = argv[1:3]
             if words == ["tasks", "validate"]:
                 seen["validate"] += 1
             elif words == ["tasks", "list"]:
                 assert "--json" in argv
-                assert spec.name in _strings(json.loads(out.stdout)), out.stdout
+                listed = json.loads(out.stdout)
+                assert spec.name in [t["name"] for t in listed["tasks"]], out.stdout
                 seen["list"] += 1
             elif words == ["tasks", "render"]:
                 assert spec.question in out.stdout and "Answer:" in out.stdout, out.stdout
@@ -167,7 +164,7 @@ def test_walkthrough_commands_run(tmp_path, world):
 
 
 def test_guide_template_renders(tmp_path, world):
-    """The terse template of the guide renders the walkthrough task with a shared prefix."""
+    """The guide's template renders the walkthrough task: shared prefix, one segment per candidate."""
     from recbrew.data.corpus import Corpus
     from recbrew.verbalize.context import CorpusView
     from recbrew.verbalize.render import Renderer
@@ -191,6 +188,17 @@ def test_guide_template_renders(tmp_path, world):
         text = prompt.text(i)
         assert spec.question in text and text.endswith("Answer:")
     assert len(set(prompt.segments)) == len(jobs)
+
+    # The guide's command renders the walkthrough task with the template.
+    task_file = tmp_path / TASK_FILE
+    task_file.parent.mkdir(parents=True)
+    task_file.write_text(_titled(_section(WALKTHROUGH), "yaml", TASK_FILE), encoding="utf-8")
+    commands = [line for lang, _, body in _blocks(_section(TEMPLATES)) if lang == "bash" for line in _commands(body)]
+    assert commands, "the template section shows no command"
+    for line in commands:
+        argv, out = _run(line, tmp_path, WORLD_DIR=world)
+        if argv[1:3] == ["tasks", "render"]:
+            assert f"--style {style}" in line and "Candidate: " in out.stdout and spec.question in out.stdout
 
 
 def test_shipped_catalog_breadth():

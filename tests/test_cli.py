@@ -60,10 +60,10 @@ def test_generate_then_card(tmp_path):
 
 
 def test_quickstart_reuses_the_world(tmp_path):
-    first = run("quickstart", "--out", str(tmp_path / "q"), "--members", "150", "--days", "3")
+    first = run("quickstart", "--out", str(tmp_path / "q"), "--members", "150", "--days", "12", "--max-train", "10", "--max-test", "5")
     assert first.returncode == 0, first.stderr
-    assert "generating" in first.stdout and "world card:" in first.stdout
+    assert "generating" in first.stdout and "world card:" in first.stdout and "rendering the task catalog" in first.stdout
     stamp = (tmp_path / "q" / "world" / "interactions.parquet").stat().st_mtime_ns
-    second = run("quickstart", "--out", str(tmp_path / "q"), "--members", "150", "--days", "3")
-    assert "re-using" in second.stdout
+    second = run("quickstart", "--out", str(tmp_path / "q"), "--members", "150", "--days", "12", "--max-train", "10", "--max-test", "5")
+    assert second.stdout.count("re-using") == 2
     assert (tmp_path / "q" / "world" / "interactions.parquet").stat().st_mtime_ns == stamp

@@ -32,3 +32,19 @@ def world(
         typer.echo(f"{name:>14}: {row['members']:>9,} members x {row['days']:>3} days  {row['seconds']:8.2f} s  "
                    f"{row['impressions_per_s']:>12,.0f} impressions/s  peak RSS {row['peak_rss_mib']:8.1f} MiB")
     typer.echo(json.dumps(result["ratios"]))
+
+
+@app.command()
+def render(
+    members: int = typer.Option(1000, help="Members of the generated world the prompts come from."),
+    days: int = typer.Option(14, help="Days of that world."),
+    requests: int = typer.Option(200, help="Requests (members x moments) to render."),
+    max_tokens: int = typer.Option(512, "--max-tokens", help="Prompt budget."),
+    task: str = typer.Option("feed_like", help="Task whose prompts are rendered."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+) -> None:
+    """Prompt rendering + tokenization on one core (shared prefix vs. one prompt per candidate), build rows/s."""
+    from recbrew.examples.bench import bench_render
+
+    result = bench_render(members, days, requests, max_tokens, task)
+    typer.echo(json.dumps(result, indent=None if not as_json else 2))

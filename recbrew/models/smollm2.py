@@ -58,6 +58,7 @@ def tokenizer_dir() -> Path:
     """A plain HF tokenizer folder for SmolLM2, converted from the GGUF file on first use."""
 
     def build(tmp: Path) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never ask a hub
         from transformers import AutoTokenizer
 
         gguf = gguf_path()

@@ -60,6 +60,8 @@ def make_environment(directory: str | Path | None = None) -> ImmutableSandboxedE
     return ImmutableSandboxedEnvironment(
         loader=jinja2.FileSystemLoader([str(p) for p in prompts_dir(directory)]),
         undefined=jinja2.StrictUndefined,
+        # Templates do not change during a run: skip the per-lookup file checks.
+        auto_reload=False,
         autoescape=False,
         trim_blocks=True,
         lstrip_blocks=True,

@@ -159,11 +159,19 @@ class Renderer:
             return RenderedPrompt(prefix, segments, history_kept=len(ranked), history_cut=dropped_early,
                                   cut_by_group=self._cut_by_group(history, ranked))
         budget = max_tokens or self.task.history.max_tokens
-        # One tokenizer call for the segments, the history-less prefix and each entry's own line; the
-        # entry costs are estimates (plus each group's header once), verified by the exact count below.
+        # Fast path: the whole ranked history fits (one render, one tokenizer call).
+        prefix = self.prefix(member, network, ranked)
+        counts = self.count([*segments, prefix])
+        seg_tokens, prefix_tokens = counts[:-1], counts[-1]
+        if prefix_tokens + max(seg_tokens) <= budget:
+            return RenderedPrompt(prefix, segments, prefix_tokens=prefix_tokens, segment_tokens=seg_tokens,
+                                  history_kept=len(ranked), history_cut=dropped_early,
+                                  cut_by_group=self._cut_by_group(history, ranked))
+        # Otherwise estimate each entry's cost from its own line (plus its group's header once), pick
+        # entries in priority order, and verify with an exact count.
         lines = [str(self.entry_macro({"age": e.age, "item": e.item})) + "\n" for e in ranked]
-        counts = self.count([*segments, self.prefix(member, network, []), *lines])
-        seg_tokens, base, costs = counts[: len(segments)], counts[len(segments)], counts[len(segments) + 1:]
+        counts = self.count([self.prefix(member, network, []), *lines])
+        base, costs = counts[0], counts[1:]
         room = budget - base - max(seg_tokens)
         over = room < 0
         header = self._header_tokens()
