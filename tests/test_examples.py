@@ -202,3 +202,23 @@ def test_cli_render_prints_prompt_tokens_and_cut(world, tokenizer):
     listed = json.loads(subprocess.run([str(RECBREW), "tasks", "list", "--json"], capture_output=True,
                                        text=True).stdout)
     assert listed["count"] >= 30 and len(listed["surfaces"]) >= 8 and listed["splits"]["T2"] >= 4
+
+
+def test_listwise_candidates_are_distinct_real_impressions(built, world):
+    out, _ = built
+    text = _load(out)
+    shown = Corpus.load(world).interactions.to_pandas()
+    shown = shown[shown.surface == "jobs"]
+    jobs = set(shown.item_id)
+    rows = [r for s in ("train", "test") for r in text[s] if r["task"] == "jobs_apply_listwise"]
+    assert rows
+    for r in rows:
+        assert len(set(r["candidate_ids"])) == len(r["candidate_ids"]) == 4
+        assert set(r["candidate_ids"]) <= jobs
+
+
+def test_next_title_has_one_answer_per_prompt(built):
+    out, _ = built
+    rows = [r for r in _load(out)["train"] if r["task"] == "jobs_next_title"]
+    keys = [(r["member_id"], r["timestamp"] // DAY) for r in rows]
+    assert rows and len(keys) == len(set(keys))

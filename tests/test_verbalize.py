@@ -28,7 +28,7 @@ def _member(**extra):
 def _item(title, text="Body", **extra):
     base = dict(item_type="post", title=title, text=text, author="Ben Walker", topic="Data Science",
                 hashtags=["Spark"], company=None, industry=None, seniority=None, location=None, remote=None,
-                skills=["Spark"], genres=None, year=None, name=None, headline=None)
+                skills=["Spark"], genres=None, year=None, name=None, headline=None, format=None)
     base.update(extra)
     out = neutralize_row(base)
     out["social"] = {"engaged_count": 0, "engaged_names": [], "mutual_count": None, "mutual_names": [],

@@ -153,11 +153,16 @@ def listwise(corpus: Corpus, task: TaskSpec, plan: SplitPlan, rng: np.random.Gen
             continue
         negs = s + np.flatnonzero(lab == 0)
         if len(negs) < k - 1:
-            # Fill with real impressions the member did not act on, from the same day's log.
-            same_day = neg_pool[(sorted_["ts"][neg_pool] // DAY == sorted_["ts"][s] // DAY)
-                                & (sorted_["member"][neg_pool] != sorted_["member"][s])]
-            extra = rng.choice(same_day if len(same_day) else neg_pool, size=k - 1 - len(negs))
-            negs = np.concatenate([negs, extra])
+            # Fill with other members' real impressions without the action, preferably from the same
+            # day; never an item already in this session, never the same item twice.
+            need = k - 1 - len(negs)
+            fresh = neg_pool[~np.isin(sorted_["item"][neg_pool], sorted_["item"][s:e])]
+            day = fresh[sorted_["ts"][fresh] // DAY == sorted_["ts"][s] // DAY]
+            pool = day if len(np.unique(sorted_["item"][day])) >= need else fresh
+            _, first = np.unique(sorted_["item"][pool], return_index=True)
+            if len(first) < need:
+                continue
+            negs = np.concatenate([negs, rng.choice(pool[first], size=need, replace=False)])
         else:
             negs = rng.choice(negs, size=k - 1, replace=False)
         slot = np.concatenate([[s + pos[0]], negs])
@@ -179,7 +184,11 @@ def generative(corpus: Corpus, task: TaskSpec, plan: SplitPlan, rng: np.random.G
     """next_job_title: each positive action's item title; held_out_skill: one profile skill, hidden."""
     imp = _impressions(corpus, task)
     if task.generative.target == "next_job_title":
+        # The first positive of each session: one prompt, one answer.
         rows = np.flatnonzero(imp["label"] == 1)
+        rows = rows[np.lexsort((imp["ts"][rows], imp["ts"][rows] // DAY, imp["member"][rows]))]
+        key = imp["member"][rows] * 100_000 + imp["ts"][rows] // DAY
+        rows = np.sort(rows[np.r_[True, key[1:] != key[:-1]]])
         titles = corpus.items["title"].to_pylist()
         ids = corpus.items["item_id"].to_numpy()
         where = {int(i): r for r, i in enumerate(ids)}
@@ -192,7 +201,10 @@ def generative(corpus: Corpus, task: TaskSpec, plan: SplitPlan, rng: np.random.G
     members = corpus.members
     if "skills" not in members.column_names:
         return _empty()
-    skills = dict(zip(members["member_id"].to_pylist(), members["skills"].to_pylist(), strict=True))
+    headlines = (members["headline"].to_pylist() if "headline" in members.column_names else [None] * len(members))
+    # Only skills the headline does not name can be held out: the profile must not give the answer.
+    skills = {m: [s for s in (sk or []) if not (h and s in h)] for m, sk, h in
+              zip(members["member_id"].to_pylist(), members["skills"].to_pylist(), headlines, strict=True)}
     order, starts = _sessions(imp)
     m, t = imp["member"][order][starts], imp["ts"][order][starts]
     split = plan.split_of(t)
@@ -200,7 +212,7 @@ def generative(corpus: Corpus, task: TaskSpec, plan: SplitPlan, rng: np.random.G
     m, t, split = m[keep], t[keep], split[keep]
     _, first = np.unique(np.char.add(m.astype(str), split.astype(str)), return_index=True)
     first.sort()
-    rows = [i for i in first if len(skills.get(int(m[i])) or []) >= 2]
+    rows = [i for i in first if len(skills.get(int(m[i])) or []) >= 1]
     target = [skills[int(m[i])][int(rng.integers(0, len(skills[int(m[i])])))] for i in rows]
     rows = np.array(rows, dtype=np.int64)
     return Requests(m[rows], t[rows], split[rows], np.zeros(len(rows) + 1, np.int64), np.zeros(0, np.int64),

@@ -7,7 +7,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from recbrew.data.schema import NO_ACTION
+from recbrew.data.schema import ITEMS, NO_ACTION
+
+#: What a candidate can show: the item columns of the Corpus, plus the author's name.
+CANDIDATE_FIELDS = frozenset(c.name for c in ITEMS.columns) | {"author", "name", "headline"}
 
 
 class _Strict(BaseModel):
@@ -105,6 +108,14 @@ class TaskSpec(_Strict):
     #: Listwise: candidates per question (the answer words label the slots).
     k: int | None = Field(None, ge=2, le=26)
     generative: Generative | None = None
+
+    @field_validator("candidate_fields")
+    @classmethod
+    def _known_fields(cls, fields: list[str]) -> list[str]:
+        unknown = sorted(set(fields) - CANDIDATE_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown candidate field(s) {unknown}; known: {', '.join(sorted(CANDIDATE_FIELDS))}")
+        return fields
 
     @model_validator(mode="after")
     def _kind_consistent(self) -> TaskSpec:

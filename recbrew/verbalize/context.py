@@ -169,7 +169,8 @@ class CorpusView:
             for g, spec in enumerate(groups):
                 if spec.action == action and (spec.surface is None or spec.surface == surface):
                     ts = int(self.h_ts[i])
-                    out.append(HistoryEntry(g, ts, self.item(int(self.h_item[i]), fields), age_text(t - ts)))
+                    age = age_text(t - ts) if task.history.show_age else None
+                    out.append(HistoryEntry(g, ts, self.item(int(self.h_item[i]), fields), age))
                     break
             if len(out) >= limit:
                 break

@@ -24,7 +24,11 @@ _LOCATIONS = text.vocab(vocab.LOCATIONS)
 _SENIORITIES = text.vocab(vocab.SENIORITIES)
 _SKILLS = text.vocab([s for group in vocab.SKILLS for s in group])
 _HASHTAGS = text.vocab(text.hashtag([s for group in vocab.SKILLS for s in group]))
-_TITLES = text.vocab([p + r for r in vocab.ROLES for p in vocab.SENIORITY_PREFIX])
+# Title per (function, seniority): "Senior Data Scientist", and "Director of Data Science" at the top.
+_TITLES = text.vocab([
+    f"Director of {f}" if p == "Director of " else p + r
+    for f, r in zip(vocab.FUNCTIONS, vocab.ROLES, strict=True) for p in vocab.SENIORITY_PREFIX
+])
 _CITIES = text.vocab([loc.split(",")[0] for loc in vocab.LOCATIONS])
 
 # Functions draw hires unevenly: engineering, sales and operations are the big ones.
