@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
@@ -48,3 +49,14 @@ def render(
 
     result = bench_render(members, days, requests, max_tokens, task)
     typer.echo(json.dumps(result, indent=None if not as_json else 2))
+
+
+@app.command()
+def baselines(
+    examples: Path = typer.Option(Path("runs/quickstart/examples"), "--examples", help="Examples built by `recbrew data build`."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+) -> None:
+    """Training examples/s and scoring candidates/s on CPU for each classic ranker."""
+    from recbrew.baselines.bench import bench_baselines
+
+    typer.echo(json.dumps(bench_baselines(examples), indent=2 if as_json else None))

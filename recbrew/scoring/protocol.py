@@ -1,0 +1,49 @@
+"""`Scorer`: requests in, one probability per candidate out.
+
+A request is one row of the examples built by `recbrew data build`, with the text view
+(``prefix``, ``segments``) and the structured view (ids, categoricals, history sequences) merged
+on ``request_id``. Scorers read what they need and ignore the rest, so eval and serving hand every
+model the same requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from recbrew.errors import UserError
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Anything that ranks: ``score(requests)[i][j]`` is P(positive) of candidate j of request i.
+
+    For listwise requests the k probabilities are over the request's slots (they sum to 1);
+    for binary requests each candidate's probability stands alone.
+    """
+
+    name: str
+
+    def score(self, requests: Sequence[dict]) -> list[np.ndarray]: ...
+
+
+def load_requests(examples_dir: str | Path, split: str = "test", tasks: Sequence[str] | None = None) -> list[dict]:
+    """Rows of ``split`` with the text and structured views merged, optionally for some tasks only."""
+    import datasets
+
+    root = Path(examples_dir)
+    if not (root / "manifest.json").is_file():
+        raise UserError(f"{root}: not an examples folder (no manifest.json); build one with `recbrew data build`")
+    text = datasets.load_from_disk(str(root / "text"))[split]
+    structured = datasets.load_from_disk(str(root / "structured"))[split]
+    wanted = set(tasks) if tasks else None
+    rows = []
+    for t, s in zip(text, structured, strict=True):
+        if t["request_id"] != s["request_id"]:
+            raise UserError(f"{root}: text and structured views are out of step; rebuild the examples")
+        if wanted is None or t["task"] in wanted:
+            rows.append({**s, **t})
+    return rows
