@@ -33,11 +33,12 @@ def _root(
 
 def _register() -> None:
     # Imported here so `recbrew --version` stays fast and each stage's imports stay lazy.
-    from recbrew.cli import baselines, bench, data, quickstart, stages, tasks, world
+    from recbrew.cli import baselines, bench, data, models, quickstart, stages, tasks, world
 
     app.add_typer(world.app, name="world")
     app.add_typer(tasks.app, name="tasks")
     app.add_typer(data.app, name="data")
+    app.add_typer(models.app, name="models")
     for name, sub in stages.apps().items():
         app.add_typer(sub, name=name)
     app.add_typer(baselines.app, name="baselines")

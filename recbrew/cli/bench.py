@@ -60,3 +60,23 @@ def baselines(
     from recbrew.baselines.bench import bench_baselines
 
     typer.echo(json.dumps(bench_baselines(examples), indent=2 if as_json else None))
+
+
+@app.command()
+def score(
+    model: str = typer.Option("smollm2", help="'smollm2' or a model folder."),
+    examples: Path = typer.Option(Path("runs/quickstart/examples"), "--examples", help="Where real prompts come from."),
+    grid: str = typer.Option("250x10,250x50,1000x10,1000x50", help="PREFIX_TOKENSxCANDIDATES cells."),
+    modes: str = typer.Option("naive,prefix,multi", help="Modes to time (the first is the reference)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+) -> None:
+    """Candidates/s and tokens processed per scoring mode, with speed-ups against naive in the same run."""
+    from recbrew.errors import UserError
+    from recbrew.scoring.bench import bench_score
+
+    try:
+        cells = tuple(tuple(int(x) for x in cell.split("x")) for cell in grid.split(","))
+    except ValueError:
+        raise UserError(f"--grid {grid!r}: expected cells like 250x10,1000x50") from None
+    result = bench_score(model, str(examples), cells, tuple(m.strip() for m in modes.split(",")))
+    typer.echo(json.dumps(result, indent=2 if as_json else None))

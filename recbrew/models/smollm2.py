@@ -66,3 +66,28 @@ def tokenizer_dir() -> Path:
 
     return _convert_once(cache_dir() / NAME / "tokenizer", build)
 
+
+def model_dir() -> Path:
+    """A plain fp32 Hugging Face folder (weights + tokenizer) for SmolLM2, converted on first use.
+
+    A GGUF-loaded model carries a quantization config and cannot be saved as is: rebuild a clean
+    model from its config and load the dequantized state dict into it.
+    """
+
+    def build(tmp: Path) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        gguf = gguf_path()
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        clean = type(loaded)(config)
+        clean.load_state_dict(loaded.state_dict())
+        clean.to(torch.float32).save_pretrained(tmp)
+        shutil.copytree(tokenizer_dir(), tmp, dirs_exist_ok=True)
+
+    return _convert_once(cache_dir() / NAME / "model", build)
+

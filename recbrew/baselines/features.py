@@ -1,0 +1,317 @@
+"""Features of the classic rankers, read from the structured view of the examples.
+
+What a structured row holds (see ``recbrew/examples/build.py``): ids, the member's categorical
+profile, each candidate's categoricals, and the member's last actions as (item, action, surface,
+time) sequences, most recent last. This module turns rows into padded integer arrays:
+
+- member and item ids -> indices into id tables (0 = unknown); the tables are QR-compressed in
+  ``embedding.py``, :func:`qr_split` is the index arithmetic;
+- categoricals -> stable hashes into a small table per field (0 = missing / padding);
+- history -> right-aligned sequences of item, item categoricals (from the attributes the item
+  showed as a training candidate), action, surface and a log-scale age bucket.
+
+:class:`FeatureSpace` holds what is fitted on the training rows (tasks, id ranges, item
+attributes) and is saved with every model as plain lists, so ``torch.load(weights_only=True)``
+reads it back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recbrew.errors import UserError
+from recbrew.examples.build import ITEM_FEATURES, MEMBER_FEATURES, STRUCTURED_HISTORY
+
+MEMBER_FIELDS = tuple(f"member_{f}" for f in MEMBER_FEATURES)
+ITEM_FIELDS = tuple(f"cand_{f}" for f in ITEM_FEATURES)
+#: Hash buckets of the small vocabularies (surface, action).
+SMALL_BUCKETS = 64
+#: Slot embedding rows: slot 1..MAX_SLOTS, 0 = padding.
+MAX_SLOTS = 32
+#: Dense request features: log member activity, log history length, candidates in the request.
+DENSE = 3
+
+
+@dataclass
+class FeatureConfig:
+    """How rows become integer features."""
+
+    #: Hash buckets per categorical field (profile and item fields).
+    cat_buckets: int = 512
+    #: Quotient-remainder compression of the id tables (False: one row per id).
+    qr: bool = True
+    #: Remainder table size; None picks ceil(sqrt(ids)), which minimizes the rows kept.
+    qr_remainder: int | None = None
+    #: History steps fed to the sequence modules (most recent kept).
+    history_len: int = STRUCTURED_HISTORY
+    #: Age buckets of a history step: floor(log2(1 + minutes)), capped.
+    age_buckets: int = 24
+
+
+def stable_hash(values: Sequence, salt: str, buckets: int) -> np.ndarray:
+    """1 + crc32(salt=value) mod (buckets - 1) per value; None and '' map to 0 (missing)."""
+    cache: dict = {}
+    out = np.zeros(len(values), dtype=np.int64)
+    for i, v in enumerate(values):
+        if v is None or v == "":
+            continue
+        h = cache.get(v)
+        if h is None:
+            h = cache[v] = 1 + zlib.crc32(f"{salt}={v}".encode()) % (buckets - 1)
+        out[i] = h
+    return out
+
+
+def qr_split(index: torch.Tensor, remainder: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quotient and remainder of an id index: the pair is unique per id, each half shared by many."""
+    return torch.div(index, remainder, rounding_mode="floor"), index % remainder
+
+
+def qr_rows(num_ids: int, remainder: int) -> int:
+    """Rows kept by a QR table pair for ``num_ids`` ids."""
+    return math.ceil(num_ids / remainder) + remainder
+
+
+def default_remainder(num_ids: int) -> int:
+    return max(2, math.ceil(math.sqrt(num_ids)))
+
+
+def right_align(seqs: Sequence[Sequence], length: int, dtype=np.int64) -> np.ndarray:
+    """[n, length] array with each sequence's last ``length`` values at the right, 0-padded on the left."""
+    out = np.zeros((len(seqs), length), dtype=dtype)
+    lengths = np.fromiter((min(len(s), length) for s in seqs), dtype=np.int64, count=len(seqs))
+    if lengths.sum() == 0:
+        return out
+    flat = np.concatenate([np.asarray(s[len(s) - n:], dtype=dtype) for s, n in zip(seqs, lengths, strict=True)
+                           if n])
+    rows = np.repeat(np.arange(len(seqs)), lengths)
+    cols = length - np.repeat(lengths, lengths) + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths,
+                                                                                        lengths))
+    out[rows, cols] = flat
+    return out
+
+
+def left_align(seqs: Sequence[Sequence], length: int, dtype=np.int64) -> np.ndarray:
+    """[n, length] array with each sequence's first ``length`` values at the left, 0-padded."""
+    out = np.zeros((len(seqs), length), dtype=dtype)
+    for i, s in enumerate(seqs):
+        n = min(len(s), length)
+        if n:
+            out[i, :n] = np.asarray(s[:n], dtype=dtype)
+    return out
+
+
+def columns(rows: Sequence[dict]) -> dict[str, list]:
+    """Rows (dicts) -> columns (lists); a columns dict passes through."""
+    if isinstance(rows, dict):
+        return rows
+    if not rows:
+        return {}
+    return {k: [r.get(k) for r in rows] for k in rows[0]}
+
+
+@dataclass
+class FeatureSpace:
+    """What is fitted on the training rows; everything else about a row is hashed on the fly."""
+
+    config: FeatureConfig
+    #: Trained tasks; task index i + 1 (0 = a task the model never trained on).
+    tasks: list[str] = field(default_factory=list)
+    task_surface: dict[str, str] = field(default_factory=dict)
+    #: Row kind per task name ('binary' | 'listwise'), from the examples' manifest.
+    kinds: dict[str, str] = field(default_factory=dict)
+    #: Id ranges: ids in [0, n) get index id + 1, others the unknown index 0.
+    member_ids: int = 1
+    item_ids: int = 1
+    #: Hashed categoricals of items seen as training candidates, sorted by item id.
+    attr_ids: list[int] = field(default_factory=list)
+    attr_cats: list[list[int]] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ fitting
+
+    @classmethod
+    def fit(cls, rows: Sequence[dict] | dict, config: FeatureConfig, kinds: dict[str, str] | None = None) -> FeatureSpace:
+        """Tasks, id ranges and item attributes of the training rows."""
+        cols = columns(rows)
+        if not cols or not cols.get("task"):
+            raise UserError("no training rows: the examples hold no T1 train requests with candidates")
+        tasks = sorted(set(cols["task"]))
+        surfaces = {t: s for t, s in zip(cols["task"], cols["surface"], strict=True)}
+        cand = np.concatenate([np.asarray(c, dtype=np.int64) for c in cols["candidate_ids"]])
+        hist = [np.asarray(h, dtype=np.int64) for h in cols["hist_item_ids"] if len(h)]
+        items = np.concatenate([cand, *hist]) if hist else cand
+        space = cls(config, tasks, surfaces, dict(kinds or {}),
+                    member_ids=int(max(cols["member_id"])) + 1, item_ids=int(items.max()) + 1 if len(items) else 1)
+        cats = np.stack([stable_hash([v for vs in cols[f] for v in vs], f, config.cat_buckets) for f in ITEM_FIELDS], 1)
+        ids, first = np.unique(cand, return_index=True)
+        space.attr_ids, space.attr_cats = ids.tolist(), cats[first].tolist()
+        return space
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks) + 1
+
+    @property
+    def remainder(self) -> dict[str, int]:
+        """Remainder table size of the member and item id tables."""
+        r = self.config.qr_remainder
+        return {"member": r or default_remainder(self.member_ids + 1), "item": r or default_remainder(self.item_ids + 1)}
+
+    def compression(self) -> dict:
+        """Id table rows with and without QR compression, and their ratio."""
+        out = {}
+        for name, n in (("member", self.member_ids + 1), ("item", self.item_ids + 1)):
+            kept = qr_rows(n, self.remainder[name]) if self.config.qr else n
+            out[name] = {"ids": n, "rows": kept, "ratio": round(n / kept, 2)}
+        total_ids = sum(v["ids"] for v in out.values())
+        total_rows = sum(v["rows"] for v in out.values())
+        out["total"] = {"ids": total_ids, "rows": total_rows, "ratio": round(total_ids / total_rows, 2)}
+        return out
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode(self, rows: Sequence[dict] | dict) -> dict[str, np.ndarray]:
+        """Rows -> padded arrays: request-level [B, ...] and candidate-level [B, K, ...]."""
+        cfg = self.config
+        cols = columns(rows)
+        n = len(cols["task"])
+        task_index = {t: i + 1 for i, t in enumerate(self.tasks)}
+        L = cfg.history_len
+        cand_lists = cols["candidate_ids"]
+        K = max([len(c) for c in cand_lists] + [1])
+
+        member = np.asarray(cols["member_id"], dtype=np.int64)
+        out = {
+            "task": np.array([task_index.get(t, 0) for t in cols["task"]], dtype=np.int64),
+            "surface": stable_hash(cols["surface"], "surface", SMALL_BUCKETS),
+            "listwise": np.array([self.kind_of(t, cols.get("kind", [None] * n)[i]) == "listwise"
+                                  for i, t in enumerate(cols["task"])], dtype=bool),
+            "member": np.where((member >= 0) & (member < self.member_ids), member + 1, 0),
+            "member_cats": np.stack([stable_hash(cols[f], f, cfg.cat_buckets) for f in MEMBER_FIELDS], 1),
+        }
+        hist_len = np.array([len(h) for h in cols["hist_item_ids"]], dtype=np.float32)
+        n_cands = np.array([len(c) for c in cand_lists], dtype=np.float32)
+        activity = np.asarray([m or 0 for m in cols["member_interactions"]], dtype=np.float32)
+        out["dense"] = np.stack([np.log1p(activity) / 5, np.log1p(hist_len) / 4, n_cands / 16], 1).astype(np.float32)
+
+        # History, right-aligned (most recent last).
+        h_item = right_align(cols["hist_item_ids"], L)
+        out["hist_mask"] = right_align([[1] * len(h) for h in cols["hist_item_ids"]], L).astype(bool)
+        out["hist_item"] = self._item_index(h_item) * out["hist_mask"]
+        out["hist_cats"] = self._attrs(h_item) * out["hist_mask"][..., None]
+        out["hist_action"] = right_align([stable_hash(a, "action", SMALL_BUCKETS) for a in cols["hist_actions"]], L)
+        out["hist_surface"] = right_align([stable_hash(s, "surface", SMALL_BUCKETS) for s in cols["hist_surfaces"]], L)
+        ts = np.asarray(cols["timestamp"], dtype=np.int64)
+        h_ts = right_align(cols["hist_timestamps"], L)
+        minutes = np.maximum(ts[:, None] - h_ts, 0) / 60.0
+        age = 1 + np.minimum(np.floor(np.log2(1 + minutes)), cfg.age_buckets - 1).astype(np.int64)
+        out["hist_age"] = np.where(out["hist_mask"], age, 0)
+
+        # Candidates, left-aligned in slot order.
+        c_item = left_align(cand_lists, K)
+        out["cand_mask"] = left_align([[1] * len(c) for c in cand_lists], K).astype(bool)
+        out["cand_item"] = self._item_index(c_item) * out["cand_mask"]
+        out["cand_cats"] = np.stack([left_align(
+            [stable_hash(v, f, cfg.cat_buckets) for v in cols[f]], K) for f in ITEM_FIELDS], -1)
+        out["cand_slot"] = np.where(out["cand_mask"], np.minimum(np.arange(K) + 1, MAX_SLOTS - 1), 0)
+        out["labels"] = left_align(cols["labels"], K, dtype=np.float32)
+        return out
+
+    def kind_of(self, task: str, kind: str | None = None) -> str:
+        return kind or self.kinds.get(task) or "binary"
+
+    def _item_index(self, ids: np.ndarray) -> np.ndarray:
+        return np.where((ids >= 0) & (ids < self.item_ids), ids + 1, 0)
+
+    def _attrs(self, ids: np.ndarray) -> np.ndarray:
+        """Hashed categoricals of items seen as training candidates; 0 for the others."""
+        known = np.asarray(self.attr_ids, dtype=np.int64)
+        table = np.asarray(self.attr_cats, dtype=np.int64).reshape(-1, len(ITEM_FIELDS))
+        if len(known) == 0:
+            return np.zeros((*ids.shape, len(ITEM_FIELDS)), dtype=np.int64)
+        pos = np.clip(np.searchsorted(known, ids), 0, len(known) - 1)
+        found = known[pos] == ids
+        return np.where(found[..., None], table[pos], 0)
+
+    # ------------------------------------------------------------------ saving
+
+    def to_dict(self) -> dict:
+        return {"config": vars(self.config).copy(), "tasks": self.tasks, "task_surface": self.task_surface,
+                "kinds": self.kinds, "member_ids": self.member_ids, "item_ids": self.item_ids,
+                "attr_ids": self.attr_ids, "attr_cats": self.attr_cats}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FeatureSpace:
+        return cls(FeatureConfig(**d["config"]), list(d["tasks"]), dict(d["task_surface"]), dict(d["kinds"]),
+                   int(d["member_ids"]), int(d["item_ids"]), list(d["attr_ids"]), [list(c) for c in d["attr_cats"]])
+
+
+def batch_tensors(enc: dict[str, np.ndarray], rows: np.ndarray | slice) -> dict[str, torch.Tensor]:
+    """Rows of an encoded split as tensors, candidate columns trimmed to the batch's widest request."""
+    k = max(int(enc["cand_mask"][rows].sum(1).max()), 1)
+    out = {}
+    for name, value in enc.items():
+        v = value[rows]
+        if name.startswith("cand_") or name == "labels":
+            v = v[:, :k]
+        out[name] = torch.from_numpy(np.ascontiguousarray(v))
+    return out
+
+
+# ---------------------------------------------------------------------- loading rows
+
+STRUCTURED_COLUMNS = ("request_id", "task", "split_tag", "surface", "member_id", "timestamp", "candidate_ids",
+                      "labels", "true_probs", "member_interactions", "hist_item_ids", "hist_actions",
+                      "hist_surfaces", "hist_timestamps", *MEMBER_FIELDS, *ITEM_FIELDS)
+
+
+def manifest_kinds(examples_dir: str | Path) -> dict[str, str]:
+    """Task name -> kind, from the examples' manifest."""
+    path = Path(examples_dir) / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"{examples_dir}: not an examples folder (no manifest.json); build one with `recbrew data build`")
+    return {name: t["kind"] for name, t in json.loads(path.read_text())["tasks"].items()}
+
+
+def load_rows(examples_dir: str | Path, split: str, split_tag: str | None = None,
+              tasks: Sequence[str] | None = None) -> list[dict]:
+    """Rankable rows (binary and listwise, with candidates) of the structured view, with their kind.
+
+    Reads only the structured view (no prompts), so training loads fast; ``split_tag='T1'`` keeps
+    the tasks baselines may train on.
+    """
+    import datasets
+
+    kinds = manifest_kinds(examples_dir)
+    path = Path(examples_dir) / "structured"
+    if not path.is_dir():
+        raise UserError(f"{examples_dir}: no structured/ view; rebuild the examples with `recbrew data build`")
+    ds = datasets.load_from_disk(str(path))
+    if split not in ds:
+        raise UserError(f"{examples_dir}: no {split!r} split (have: {', '.join(ds)})")
+    missing = [c for c in STRUCTURED_COLUMNS if c not in ds[split].column_names]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; rebuild the examples with `recbrew data build`")
+    cols = ds[split].select_columns(list(STRUCTURED_COLUMNS))[:]
+    wanted = set(tasks) if tasks else None
+    rows = []
+    for i, task in enumerate(cols["task"]):
+        kind = kinds.get(task, "binary")
+        if kind == "generative" or not cols["candidate_ids"][i]:
+            continue
+        if split_tag and cols["split_tag"][i] != split_tag:
+            continue
+        if wanted is not None and task not in wanted:
+            continue
+        row = {c: cols[c][i] for c in STRUCTURED_COLUMNS}
+        row["kind"] = kind
+        rows.append(row)
+    return rows

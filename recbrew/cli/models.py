@@ -1,0 +1,87 @@
+"""`recbrew models ...`: prepare the default model, build recbrew-tiny, score examples with an LM."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="Language models: SmolLM2 (default), recbrew-tiny, or any local HF folder.",
+                  no_args_is_help=True)
+
+
+@app.command()
+def prepare(name: Annotated[str, typer.Argument(help="Model to convert and cache.")] = "smollm2") -> None:
+    """Convert SmolLM2 from the installed GGUF into a plain fp32 HF folder once; print its path."""
+    from recbrew.models.loading import resolve
+
+    typer.echo(str(resolve(name)))
+
+
+@app.command()
+def tiny(
+    corpus: Annotated[Path, typer.Option("--corpus", help="Corpus whose text trains the tokenizer.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the model and tokenizer.")],
+    preset: Annotated[str, typer.Option(help="Size: tiny, small or base.")] = "small",
+    seed: Annotated[int, typer.Option(help="Initialization seed.")] = 0,
+    vocab_size: Annotated[int, typer.Option("--vocab-size", help="BPE vocabulary size.")] = 4096,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Build a recbrew-tiny model (randomly initialized Llama + BPE tokenizer trained on the corpus)."""
+    from recbrew.models.tiny import PRESETS, build_tiny
+
+    path = build_tiny(corpus, out, preset, seed, vocab_size, force)
+    typer.echo(f"wrote {path} (preset {preset}: {PRESETS[preset]})")
+
+
+@app.command()
+def score(
+    examples: Annotated[Path, typer.Option("--examples", help="Examples built by `recbrew data build`.")],
+    model: Annotated[str, typer.Option("--model", help="'smollm2' or a model folder.")] = "smollm2",
+    mode: Annotated[str, typer.Option(help="naive, prefix or multi.")] = "multi",
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated tasks (default: all scored tasks).")] = None,
+    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    limit: Annotated[int | None, typer.Option(help="At most this many requests per task.")] = None,
+    tasks_dir: Annotated[Path | None, typer.Option("--tasks-dir", help="The catalog the examples came from.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Score examples with a language model (P of the answer word) and print AUC per task."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+    from tqdm.auto import tqdm
+
+    from recbrew.models.loading import load_model
+    from recbrew.scoring import load_requests
+    from recbrew.scoring.hf import HFScorer
+
+    rows = [r for r in load_requests(examples, split, tasks.split(",") if tasks else None) if r["kind"] != "generative"]
+    if limit:
+        per_task: Counter = Counter()
+        kept = []
+        for row in rows:
+            if per_task[row["task"]] < limit:
+                kept.append(row)
+                per_task[row["task"]] += 1
+        rows = kept
+    lm, tok = load_model(model)
+    scorer = HFScorer(lm, tok, mode=mode, tasks_dir=tasks_dir)
+    by_task: dict[str, tuple[list, list]] = {}
+    for row in tqdm(rows, desc=f"scoring ({mode})", unit="req"):
+        probs = scorer.score([row])[0]
+        labels, scores = by_task.setdefault(row["task"], ([], []))
+        labels.extend(row["labels"])
+        scores.extend(probs.tolist())
+    result = {}
+    for task, (labels, scores) in sorted(by_task.items()):
+        y = np.array(labels)
+        auc = float(roc_auc_score(y, scores)) if 0 < y.sum() < len(y) else None
+        result[task] = {"requests": sum(r["task"] == task for r in rows), "candidates": len(y), "auc": auc}
+    if as_json:
+        typer.echo(json.dumps({"model": model, "mode": mode, "split": split, "tasks": result}, indent=2))
+        return
+    for task, r in result.items():
+        auc = "-" if r["auc"] is None else f"{r['auc']:.3f}"
+        typer.echo(f"{task:34} requests {r['requests']:5}  candidates {r['candidates']:6}  AUC {auc}")

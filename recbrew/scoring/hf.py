@@ -1,0 +1,191 @@
+"""Score ranking requests with a Hugging Face causal LM: P(answer word) at the answer position.
+
+Three execution modes give the same probabilities (fp32, within 1e-4):
+
+- ``naive``: one full prompt (prefix + segment) per candidate, batched with right padding;
+- ``prefix``: the member's prefix runs once into a KV cache, every candidate segment continues
+  from a copy of it;
+- ``multi``: one sequence = prefix + K candidate segments. Each segment token sees the prefix and
+  the earlier tokens of its own segment only (recbrew's multi-item attention, registered as a
+  Hugging Face attention function and described by segment lengths, not a dense mask), and
+  positions restart after the prefix for every segment, so each segment is computed exactly as if
+  it followed the prefix alone. Candidates that do not fit ``max_pass_tokens`` go into further
+  passes.
+
+Only the hidden states at answer positions meet the LM head, and only its answer-word rows: no
+[tokens x vocab] logits tensor is ever built.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from recbrew.errors import UserError
+
+MODES = ("naive", "prefix", "multi")
+
+
+@dataclass
+class Encoded:
+    prefix: list[int]
+    segments: list[list[int]]
+    label_ids: list[int]
+    listwise: bool
+
+
+def multi_item_positions(prefix_len: int, segment_lens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position ids (restarting after the prefix for every segment) and each segment's answer index."""
+    positions = torch.cat([torch.arange(prefix_len)] + [prefix_len + torch.arange(n) for n in segment_lens])
+    ends = prefix_len + torch.cumsum(torch.tensor(segment_lens), 0) - 1
+    return positions, ends
+
+
+class HFScorer:
+    """The Scorer of a causal LM; ``mode`` picks how candidates share the member's prefix."""
+
+    def __init__(self, model, tokenizer, *, mode: str = "multi", tasks_dir=None, batch_size: int = 16,
+                 max_pass_tokens: int | None = None, name: str | None = None):
+        if mode not in MODES:
+            raise UserError(f"unknown scoring mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.model, self.tokenizer, self.mode = model, tokenizer, mode
+        self.tasks_dir, self.batch_size = tasks_dir, batch_size
+        if mode == "multi":
+            # Segment-aware attention (O(tokens) memory, no dense L x L mask); plain SDPA otherwise.
+            from recbrew.kernels.multi_item_attention import ATTN_NAME, register
+
+            if model.config._attn_implementation != ATTN_NAME:
+                model.set_attn_implementation(register())
+        self.decoder = model.get_decoder()
+        self.head = model.get_output_embeddings()
+        limit = getattr(model.config, "max_position_embeddings", 4096)
+        self.max_pass_tokens = min(max_pass_tokens or 8192, limit)
+        self.name = name or f"{getattr(model.config, '_name_or_path', 'model') or 'model'}:{mode}"
+        self._labels: dict[str, list[int]] = {}
+        self._catalog = None
+        #: Tokens run through the model by the last `score` call (for benchmarks).
+        self.tokens_processed = 0
+
+    # Requests -> token ids --------------------------------------------------------------------
+    def label_ids(self, task_name: str) -> list[int]:
+        if task_name not in self._labels:
+            from recbrew.models.tokenizers import answer_token_ids
+            from recbrew.tasks import load_catalog
+
+            if self._catalog is None:
+                self._catalog = load_catalog(self.tasks_dir)
+            if task_name not in self._catalog:
+                raise UserError(f"unknown task {task_name!r} in the requests; pass the catalog they came from")
+            self._labels[task_name] = answer_token_ids(self._catalog[task_name], self.tokenizer)
+        return self._labels[task_name]
+
+    def encode(self, row: dict) -> Encoded:
+        if row.get("kind") == "generative":
+            raise UserError(f"request {row.get('request_id')}: generative tasks are scored by generation, not P(answer)")
+        ids = self.tokenizer([row["prefix"], *row["segments"]], add_special_tokens=False)["input_ids"]
+        return Encoded(ids[0], ids[1:], self.label_ids(row["task"]), row.get("kind") == "listwise")
+
+    # Hidden states -> probabilities -----------------------------------------------------------
+    def _answer_probs(self, hidden: torch.Tensor, enc: Encoded) -> np.ndarray:
+        weight = self.head.weight[enc.label_ids]
+        logits = hidden @ weight.T
+        if getattr(self.head, "bias", None) is not None:
+            logits = logits + self.head.bias[enc.label_ids]
+        probs = torch.softmax(logits.float(), dim=-1)
+        # Binary: P(first word) per segment. Listwise: the slot distribution of the one segment.
+        return probs[0].cpu().numpy() if enc.listwise else probs[:, 0].cpu().numpy()
+
+    def _run(self, input_ids, use_cache: bool = False, **kwargs):
+        return self.decoder(input_ids=input_ids, use_cache=use_cache, **kwargs)
+
+    # Modes --------------------------------------------------------------------------------------
+    def _naive(self, encoded: list[Encoded]) -> list[np.ndarray]:
+        flat = [(i, p.prefix + s) for i, p in enumerate(encoded) for s in p.segments]
+        hidden = [None] * len(flat)
+        for start in range(0, len(flat), self.batch_size):
+            batch = flat[start:start + self.batch_size]
+            width = max(len(ids) for _, ids in batch)
+            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            mask = torch.zeros(len(batch), width, dtype=torch.long)
+            for b, (_, seq) in enumerate(batch):
+                ids[b, : len(seq)] = torch.tensor(seq)
+                mask[b, : len(seq)] = 1
+            states = self._run(ids, attention_mask=mask).last_hidden_state
+            last = mask.sum(1) - 1
+            for b in range(len(batch)):
+                hidden[start + b] = states[b, last[b]]
+            self.tokens_processed += int(mask.sum())
+        out, k = [], 0
+        for enc in encoded:
+            n = len(enc.segments)
+            out.append(self._answer_probs(torch.stack(hidden[k:k + n]), enc))
+            k += n
+        return out
+
+    def _prefix(self, encoded: list[Encoded]) -> list[np.ndarray]:
+        out = []
+        for enc in encoded:
+            plen = len(enc.prefix)
+            prefix_out = self._run(torch.tensor([enc.prefix]), use_cache=True)
+            self.tokens_processed += plen
+            rows = []
+            for start in range(0, len(enc.segments), self.batch_size):
+                segs = enc.segments[start:start + self.batch_size]
+                width = max(len(s) for s in segs)
+                ids = torch.zeros(len(segs), width, dtype=torch.long)
+                mask = torch.zeros(len(segs), plen + width, dtype=torch.long)
+                mask[:, :plen] = 1
+                for b, seq in enumerate(segs):
+                    ids[b, : len(seq)] = torch.tensor(seq)
+                    mask[b, plen:plen + len(seq)] = 1
+                cache = copy.deepcopy(prefix_out.past_key_values)
+                cache.batch_repeat_interleave(len(segs))
+                positions = (plen + torch.arange(width))[None].expand(len(segs), -1)
+                states = self._run(ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                                   use_cache=True).last_hidden_state
+                for b, seq in enumerate(segs):
+                    rows.append(states[b, len(seq) - 1])
+                self.tokens_processed += sum(len(s) for s in segs)
+            out.append(self._answer_probs(torch.stack(rows), enc))
+        return out
+
+    def _passes(self, enc: Encoded) -> list[list[int]]:
+        """Segment indices per pass: as many as fit ``max_pass_tokens`` after the prefix (at least one)."""
+        passes, current, used = [], [], len(enc.prefix)
+        for j, seg in enumerate(enc.segments):
+            if current and used + len(seg) > self.max_pass_tokens:
+                passes.append(current)
+                current, used = [], len(enc.prefix)
+            current.append(j)
+            used += len(seg)
+        passes.append(current)
+        return passes
+
+    def _multi(self, encoded: list[Encoded]) -> list[np.ndarray]:
+        out = []
+        for enc in encoded:
+            rows = [None] * len(enc.segments)
+            for group in self._passes(enc):
+                segs = [enc.segments[j] for j in group]
+                lens = [len(s) for s in segs]
+                positions, ends = multi_item_positions(len(enc.prefix), lens)
+                ids = torch.tensor([enc.prefix + [t for s in segs for t in s]])
+                states = self._run(ids, position_ids=positions[None],
+                                   multi_item=(len(enc.prefix), lens)).last_hidden_state[0]
+                for j, end in zip(group, ends.tolist(), strict=True):
+                    rows[j] = states[end]
+                self.tokens_processed += ids.shape[1]
+            out.append(self._answer_probs(torch.stack(rows), enc))
+        return out
+
+    @torch.no_grad()
+    def score_encoded(self, encoded: list[Encoded]) -> list[np.ndarray]:
+        self.tokens_processed = 0
+        return {"naive": self._naive, "prefix": self._prefix, "multi": self._multi}[self.mode](encoded)
+
+    def score(self, requests: Sequence[dict]) -> list[np.ndarray]:
+        return self.score_encoded([self.encode(r) for r in requests])
