@@ -59,7 +59,7 @@ def bench_score(model_name: str = "smollm2", examples: str = "runs/quickstart/ex
             }
         naive = cell["modes"].get("naive")
         if naive:
-            for mode, row in cell["modes"].items():
+            for row in cell["modes"].values():
                 row["speedup_vs_naive"] = round(row["candidates_per_s"] / naive["candidates_per_s"], 2)
                 # Time the model would take for just the necessary tokens at naive's per-token speed.
                 row["bound_fraction"] = round(bound / naive["tokens_per_s"] / row["seconds"], 3)

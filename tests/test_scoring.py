@@ -1,0 +1,107 @@
+"""LLM scoring: the three execution modes agree; multi-item attention equals its dense reference."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from recbrew.errors import UserError
+from recbrew.examples.build import BuildConfig, build_examples
+from recbrew.kernels.multi_item_attention import multi_item_attention_reference, multi_item_attention_torch
+from recbrew.scoring import Scorer, load_requests
+from recbrew.scoring.hf import MODES, HFScorer
+from recbrew.world import WorldConfig, generate_world
+
+TASKS = ["feed_like", "jobs_apply_listwise", "pymk_connect"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from recbrew.models.loading import load_model
+    from recbrew.models.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("scoring")
+    generate_world(WorldConfig(members=300, days=14, seed=2), root / "world", progress=False)
+    build_examples(root / "world", root / "ex", BuildConfig(tasks=TASKS, test_days=4, gap_days=1, max_train=5,
+                                                            max_test=12, tokenizer="none"), progress=False)
+    build_tiny(root / "world", root / "tiny", "tiny", seed=0)
+    model, tok = load_model(str(root / "tiny"))
+    rows = load_requests(root / "ex", "test")
+    return model, tok, rows
+
+
+@pytest.mark.parametrize("prefix, segments, heads, kv_heads, dim", [
+    (37, [5, 11, 1], 4, 2, 64), (0, [3, 7], 2, 2, 32), (16, [1], 2, 1, 64), (23, [9] * 20, 4, 4, 32),
+])
+def test_multi_item_attention_equals_dense_reference(prefix, segments, heads, kv_heads, dim):
+    torch.manual_seed(0)
+    total = prefix + sum(segments)
+    q = torch.randn(2, heads, total, dim)
+    k, v = torch.randn(2, kv_heads, total, dim), torch.randn(2, kv_heads, total, dim)
+    fast = multi_item_attention_torch(q, k, v, prefix, segments, segments_per_chunk=3)
+    torch.testing.assert_close(fast, multi_item_attention_reference(q, k, v, prefix, segments), atol=1e-5, rtol=1e-5)
+
+
+def test_modes_agree_on_recbrew_tiny(setup):
+    model, tok, rows = setup
+    counts = {len(r["candidate_ids"]) for r in rows}
+    assert 1 in counts and max(counts) > 2 and {r["kind"] for r in rows} == {"binary", "listwise"}
+    results = {mode: HFScorer(model, tok, mode=mode, batch_size=4).score(rows) for mode in MODES}
+    chunked = HFScorer(model, tok, mode="multi", max_pass_tokens=max(len(tok(r["prefix"])["input_ids"])
+                                                                       for r in rows) + 40).score(rows)
+    for mode in ("prefix", "multi"):
+        for a, b in zip(results["naive"], results[mode], strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-4)
+    for a, b in zip(results["naive"], chunked, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    for row, probs in zip(rows, results["multi"], strict=True):
+        assert probs.shape == (len(row["candidate_ids"]),)
+        assert ((probs > 0) & (probs < 1)).all()
+        if row["kind"] == "listwise":
+            assert probs.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_answer_probability_equals_full_logits_softmax(setup):
+    model, tok, rows = setup
+    row = next(r for r in rows if r["kind"] == "binary")
+    scorer = HFScorer(model, tok, mode="naive")
+    yes, no = scorer.label_ids(row["task"])
+    ids = tok(row["prefix"])["input_ids"] + tok(row["segments"][0])["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1]
+    expected = torch.softmax(logits[[yes, no]], -1)[0].item()
+    assert scorer.score([row])[0][0] == pytest.approx(expected, abs=1e-5)
+    assert isinstance(scorer, Scorer)
+
+
+def test_bad_mode_and_generative_requests_are_user_errors(setup):
+    model, tok, rows = setup
+    with pytest.raises(UserError, match="unknown scoring mode"):
+        HFScorer(model, tok, mode="fast")
+    with pytest.raises(UserError, match="generative tasks are scored by generation"):
+        HFScorer(model, tok).score([{**rows[0], "kind": "generative"}])
+
+
+@pytest.mark.slow
+def test_smollm2_converts_offline_and_modes_agree(setup, tmp_path, monkeypatch):
+    """From the installed GGUF into a fresh cache, then the three modes on real prompts."""
+    monkeypatch.setenv("RECBREW_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from recbrew.models.loading import load_model
+
+    model, tok = load_model("smollm2")
+    folder = tmp_path / "cache" / "smollm2-135m" / "model"
+    config = json.loads((folder / "config.json").read_text())
+    assert "quantization_config" not in config and config["num_hidden_layers"] == 30
+    assert tok(" yes")["input_ids"] == [9805] and tok(" no")["input_ids"] == [787]
+    _, _, rows = setup
+    rows = sorted((r for r in rows if r["kind"] == "binary"), key=lambda r: len(r["prefix"]))
+    # Three members: the shortest history with one candidate, and two with several of uneven length.
+    picked = [rows[0], *[r for r in rows if len(r["candidate_ids"]) > 1][:2]]
+    results = {mode: HFScorer(model, tok, mode=mode).score(picked) for mode in MODES}
+    for mode in ("prefix", "multi"):
+        for a, b in zip(results["naive"], results[mode], strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-4)
