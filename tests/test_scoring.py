@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from recbrew.kernels.multi_item_attention import multi_item_attention_reference, multi_item_attention_torch
 
 from recbrew.errors import UserError
 from recbrew.examples.build import BuildConfig, build_examples
-from recbrew.kernels.multi_item_attention import multi_item_attention_reference, multi_item_attention_torch
 from recbrew.scoring import Scorer, load_requests
 from recbrew.scoring.hf import MODES, HFScorer
 from recbrew.world import WorldConfig, generate_world
