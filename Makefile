@@ -28,11 +28,12 @@ quickstart: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check recbrew kernels eval tests
 
-# Runs the gpu-marked tests and the GPU benchmarks; writes JSON under $(OUT).
+# Runs the gpu-marked tests and the GPU benchmarks (a few minutes); writes results under $(OUT).
 gpu-check: $(STAMP)
 	mkdir -p $(OUT)
-	$(PY) -m pytest -q -m gpu --junitxml=$(OUT)/gpu-tests.xml || true
-	$(VENV)/bin/recbrew bench world --json > $(OUT)/bench-world.json
+	$(PY) -m pytest -q -m gpu --junitxml=$(OUT)/gpu-tests.xml; echo $$? > $(OUT)/gpu-tests.rc
+	$(VENV)/bin/recbrew bench kernels --json > $(OUT)/bench-kernels.json
+	$(VENV)/bin/recbrew bench score --json > $(OUT)/bench-score.json
 
 clean:
 	rm -rf build dist *.egg-info

@@ -80,3 +80,11 @@ def score(
         raise UserError(f"--grid {grid!r}: expected cells like 250x10,1000x50") from None
     result = bench_score(model, str(examples), cells, tuple(m.strip() for m in modes.split(",")))
     typer.echo(json.dumps(result, indent=2 if as_json else None))
+
+
+@app.command()
+def kernels(as_json: bool = typer.Option(False, "--json", help="Print JSON only.")) -> None:
+    """Multi-item attention vs dense-mask SDPA / FlexAttention, and the answer head vs torch: time and memory."""
+    from recbrew.kernels.bench import bench_kernels
+
+    typer.echo(json.dumps(bench_kernels(), indent=2 if as_json else None))

@@ -23,8 +23,8 @@ def resolve(name: str) -> Path:
     return path
 
 
-def load_model(name: str = DEFAULT_MODEL, *, dtype=None, attn_implementation: str = "sdpa"):
-    """(model, tokenizer) in eval mode; fp32 unless ``dtype`` says otherwise (bf16 is for GPUs)."""
+def load_model(name: str = DEFAULT_MODEL, *, dtype=None, attn_implementation: str = "sdpa", device: str | None = None):
+    """(model, tokenizer) in eval mode on ``device`` (CUDA when present); fp32 unless ``dtype`` says otherwise."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoModelForCausalLM
@@ -37,5 +37,5 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype=None, attn_implementation: st
                                                      attn_implementation=attn_implementation)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"{path}: cannot load a causal language model: {exc}") from None
-    model.eval()
+    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
     return model, load_tokenizer(str(path))

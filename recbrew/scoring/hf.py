@@ -100,7 +100,9 @@ class HFScorer:
         return probs[0].cpu().numpy() if enc.listwise else probs[:, 0].cpu().numpy()
 
     def _run(self, input_ids, use_cache: bool = False, **kwargs):
-        return self.decoder(input_ids=input_ids, use_cache=use_cache, **kwargs)
+        device = self.head.weight.device
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        return self.decoder(input_ids=input_ids.to(device), use_cache=use_cache, **moved)
 
     # Modes --------------------------------------------------------------------------------------
     def _naive(self, encoded: list[Encoded]) -> list[np.ndarray]:
