@@ -4,74 +4,101 @@ Each segment token attends to the whole prefix and to the earlier tokens of its 
 segments never see each other. Described by ``(prefix_len, segment_lens)`` instead of a dense
 mask, so the work is O(P² + Σ S·(P+S)) instead of O(L²) for L = P + Σ S, and no L x L mask exists.
 
-This file holds the pure-torch implementation (the CPU path and the reference the Triton kernel
-is tested against) and its registration as a Hugging Face attention function: a model whose
-``attn_implementation`` is :data:`ATTN_NAME` behaves exactly like SDPA unless a forward call
-carries ``multi_item=(prefix_len, segment_lens)``.
+The file holds, in the Liger shape:
+
+- :func:`multi_item_attention_torch`: the pure-torch implementation (the CPU path), and
+  :func:`multi_item_attention_reference`, the same result from a dense mask (tests only);
+- the Triton kernels: a flash-style forward (query tiles, online softmax, log-sum-exp kept per row)
+  and a backward that recomputes the probabilities (one kernel for dQ over query tiles, one for
+  dK/dV over key tiles that also sums the query heads of a grouped-query group). Every tile only
+  visits the key (or query) blocks its layout can see, so fully masked tiles are never computed;
+- :class:`MultiItemAttentionFunction` (Triton forward/backward) and :func:`multi_item_attention`,
+  which dispatches on device (see :mod:`recbrew.kernels.dispatch`);
+- :func:`register`: a Hugging Face attention function. A model whose ``attn_implementation`` is
+  :data:`ATTN_NAME` behaves exactly like SDPA unless a forward call carries
+  ``multi_item=(prefix_len, segment_lens)``.
+
+Layouts. ``prefix_len`` is an int and ``segment_lens`` a list of ints shared by the whole batch, or
+``prefix_len`` is a list with one int per sequence and ``segment_lens`` a list of lists. A layout may
+cover fewer tokens than the sequence length; the rest is padding, whose outputs are zero and which
+no valid token attends to.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
+from numbers import Integral
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recbrew.kernels.dispatch import interpreter_blocks, tl, triton, use_triton
+
 ATTN_NAME = "recbrew_multi_item"
 
+# Segment ids of the layout table: the prefix and padding; candidate segments are 0, 1, 2, ...
+PREFIX, PADDING = -1, -2
+_LOG2E = 1.4426950408889634
 
-def _expand_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
-    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+def expand_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Key/value heads repeated for their query heads (head i serves queries i*groups ... i*groups+groups-1)."""
+    if groups == 1:
+        return x
+    b, h, n, d = x.shape
+    return x[:, :, None].expand(b, h, groups, n, d).reshape(b, h * groups, n, d)
 
 
+# Pure torch --------------------------------------------------------------------------------------
 def multi_item_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_len: int,
                                segment_lens: Sequence[int], scaling: float | None = None,
-                               segments_per_chunk: int = 16) -> torch.Tensor:
-    """Attention output [B, H, L, D] for q [B, H, L, D] and k, v [B, Hkv, L, D] (grouped-query allowed)."""
+                               segments_per_chunk: int | None = None, tokens_per_chunk: int | None = None
+                               ) -> torch.Tensor:
+    """Attention output [B, H, L, D] for q [B, H, L, D] and k, v [B, Hkv, L, D] (grouped-query allowed).
+
+    The prefix is one causal SDPA call. Candidate rows go in chunks of whole consecutive segments (at most
+    ``segments_per_chunk`` segments and about ``tokens_per_chunk`` tokens); a chunk attends to the prefix
+    keys plus its own keys under a [chunk x (prefix + chunk)] mask, so no L x L mask and no per-segment
+    copy of the prefix is made.
+    """
     b, h, total, d = q.shape
     groups = h // k.shape[1]
-    k, v = _expand_kv(k, groups), _expand_kv(v, groups)
     scale = scaling if scaling is not None else d ** -0.5
-    out = torch.empty_like(q)
-    p = prefix_len
-    if p:
-        out[:, :, :p] = F.scaled_dot_product_attention(q[:, :, :p], k[:, :, :p], v[:, :, :p], is_causal=True,
-                                                       scale=scale)
-    starts = [p]
-    for n in segment_lens:
-        starts.append(starts[-1] + n)
-    if starts[-1] != total:
-        raise ValueError(f"prefix {p} + segments {sum(segment_lens)} != sequence length {total}")
-    # Segments in chunks: each query block sees [prefix keys | own segment keys], padded to the longest.
-    for c in range(0, len(segment_lens), segments_per_chunk):
-        lens = list(segment_lens[c:c + segments_per_chunk])
-        width = max(lens)
-        n = len(lens)
-        index = torch.zeros(n, width, dtype=torch.long)
-        valid = torch.zeros(n, width, dtype=torch.bool)
-        for j, length in enumerate(lens):
-            index[j, :length] = torch.arange(starts[c + j], starts[c + j] + length)
-            valid[j, :length] = True
-        flat = index.reshape(-1)
-        # [B, n, H, width, D] -> [B*n, H, width, D]
-        qs = q[:, :, flat].reshape(b, h, n, width, d).transpose(1, 2).reshape(b * n, h, width, d)
-        ks = k[:, :, flat].reshape(b, h, n, width, d).transpose(1, 2).reshape(b * n, h, width, d)
-        vs = v[:, :, flat].reshape(b, h, n, width, d).transpose(1, 2).reshape(b * n, h, width, d)
-        kp = k[:, :, :p].unsqueeze(1).expand(b, n, h, p, d).reshape(b * n, h, p, d)
-        vp = v[:, :, :p].unsqueeze(1).expand(b, n, h, p, d).reshape(b * n, h, p, d)
-        own = torch.tril(torch.ones(width, width, dtype=torch.bool))[None] & valid[:, None, :]
-        # Padded query rows see the prefix only (never an empty row), and are dropped below.
-        mask = torch.cat([torch.ones(n, width, p, dtype=torch.bool), own], dim=2)
-        mask[:, :, p:] &= valid[:, :, None]
-        if p == 0:
-            mask[:, :, 0] |= ~valid  # keep every row non-empty
-        mask = mask.unsqueeze(1).repeat(b, 1, 1, 1)
-        o = F.scaled_dot_product_attention(qs, torch.cat([kp, ks], 2), torch.cat([vp, vs], 2), attn_mask=mask,
-                                           scale=scale)
-        o = o.reshape(b, n, h, width, d).transpose(1, 2).reshape(b, h, n * width, d)
-        keep = valid.reshape(-1)
-        out[:, :, flat[keep]] = o[:, :, keep]
-    return out
+    dev, p = q.device, prefix_len
+    lens = [int(n) for n in segment_lens if n]
+    if p + sum(lens) != total:
+        raise ValueError(f"prefix {p} + segments {sum(lens)} != sequence length {total}")
+
+    def attend(qs, ks, vs, **kw):
+        if groups > 1:  # the GQA flag of SDPA is missing from older torch builds; expanding is equivalent
+            ks, vs = expand_kv(ks, groups), expand_kv(vs, groups)
+        return F.scaled_dot_product_attention(qs, ks, vs, scale=scale, **kw)
+
+    parts = [attend(q[:, :, :p], k[:, :, :p], v[:, :, :p], is_causal=True)] if p else []
+    # Chunks that keep the masked-out share (chunk x chunk) small next to the prefix share (chunk x prefix).
+    budget = tokens_per_chunk or max(256, min(2048, p // 2))
+    seg_ids = torch.repeat_interleave(torch.arange(len(lens), device=dev), torch.tensor(lens, device=dev))
+    start, first = p, 0
+    while first < len(lens):
+        last, width = first + 1, lens[first]
+        while (last < len(lens) and width + lens[last] <= budget
+               and (segments_per_chunk is None or last - first < segments_per_chunk)):
+            width += lens[last]
+            last += 1
+        end = start + width
+        ids = seg_ids[start - p:end - p]
+        rows = torch.arange(width, device=dev)
+        own = (ids[None, :] == ids[:, None]) & (rows[None, :] <= rows[:, None])
+        mask = torch.cat([torch.ones(width, p, dtype=torch.bool, device=dev), own], dim=1)
+        keys = slice(0, end) if start == p else None
+        ks = k[:, :, keys] if keys else torch.cat([k[:, :, :p], k[:, :, start:end]], 2)
+        vs = v[:, :, keys] if keys else torch.cat([v[:, :, :p], v[:, :, start:end]], 2)
+        parts.append(attend(q[:, :, start:end], ks, vs, attn_mask=mask))
+        start, first = end, last
+    return torch.cat(parts, dim=2)
 
 
 def multi_item_attention_reference(q, k, v, prefix_len: int, segment_lens: Sequence[int], scaling=None):
@@ -85,10 +112,390 @@ def multi_item_attention_reference(q, k, v, prefix_len: int, segment_lens: Seque
     idx = torch.arange(total)
     allowed = (idx[None] <= idx[:, None]) & ((seg[None] == -1) | (seg[None] == seg[:, None]))
     groups = q.shape[1] // k.shape[1]
-    return F.scaled_dot_product_attention(q, _expand_kv(k, groups), _expand_kv(v, groups), attn_mask=allowed,
-                                          scale=scaling)
+    return F.scaled_dot_product_attention(q, expand_kv(k, groups), expand_kv(v, groups),
+                                          attn_mask=allowed.to(q.device), scale=scaling)
 
 
+def dense_mask(prefix_len: int, segment_lens: Sequence[int], device=None) -> torch.Tensor:
+    """The [L, L] boolean mask (True = may attend) equivalent to a layout; for baselines and tests."""
+    total = prefix_len + sum(segment_lens)
+    seg = torch.full((total,), PREFIX, device=device)
+    seg[prefix_len:] = torch.repeat_interleave(torch.arange(len(segment_lens), device=device),
+                                               torch.tensor(list(segment_lens), device=device))
+    idx = torch.arange(total, device=device)
+    return (idx[None] <= idx[:, None]) & ((seg[None] == PREFIX) | (seg[None] == seg[:, None]))
+
+
+# Layouts -----------------------------------------------------------------------------------------
+Layout = tuple[int, tuple[int, ...]]
+
+
+def normalize_layouts(prefix_len, segment_lens, batch: int, total: int) -> tuple[Layout, ...]:
+    """One ``(prefix_len, segment_lens)`` per sequence, validated against the sequence length."""
+    if isinstance(prefix_len, Integral):
+        rows = [(int(prefix_len), segment_lens)] * batch
+    else:
+        rows = list(zip(prefix_len, segment_lens, strict=True))
+        if len(rows) != batch:
+            raise ValueError(f"{len(rows)} per-sequence layouts for a batch of {batch}")
+    out = []
+    for p, segs in rows:
+        segs = tuple(int(n) for n in segs)
+        if p < 0 or any(n < 0 for n in segs):
+            raise ValueError(f"negative length in layout prefix={p} segments={list(segs)}")
+        if p + sum(segs) > total:
+            raise ValueError(f"prefix {p} + segments {sum(segs)} > sequence length {total}")
+        out.append((int(p), tuple(n for n in segs if n)))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class LayoutTables:
+    """What the kernels read instead of a mask, O(tokens) in size.
+
+    ``seg`` [B, L] int32: -1 prefix, j for segment j, -2 padding.
+    ``q_tiles`` [B, Tq, 4] int32: query rows [start, end), then ``pre_end`` and ``kv_start``: the tile
+    sees keys [0, pre_end) unmasked and keys [kv_start, end) where segment ids match and key <= query.
+    ``k_tiles`` [B, Tk, 3] int32: key rows [start, end) and ``q_end``: the queries that can see them lie
+    in [start, q_end). Unused (padding) tiles are all zero and do nothing.
+    """
+
+    seg: torch.Tensor
+    q_tiles: torch.Tensor
+    k_tiles: torch.Tensor
+
+
+def _layout_arrays(layouts: tuple[Layout, ...], total: int, block_m: int, block_n: int):
+    batch = len(layouts)
+    seg = np.full((batch, total), PADDING, np.int32)
+    q_rows, k_rows = [], []
+    for b, (p, segs) in enumerate(layouts):
+        lens = np.asarray(segs, dtype=np.int64)
+        starts = p + np.concatenate([[0], np.cumsum(lens)])
+        end = int(starts[-1])
+        seg[b, :p] = PREFIX
+        seg[b, p:end] = np.repeat(np.arange(len(lens)), lens)
+        # Query tiles: the prefix (causal over itself), then the candidate rows, which may pack several
+        # short segments into one tile; kv_start is the start of the tile's first segment.
+        qs = np.arange(0, p, block_m)
+        q_prefix = np.stack([qs, np.minimum(qs + block_m, p), 0 * qs, 0 * qs], 1)
+        ss = np.arange(p, end, block_m)
+        q_cand = np.stack([ss, np.minimum(ss + block_m, end), np.full_like(ss, p), starts[seg[b, ss]]], 1)
+        q_rows.append(np.concatenate([q_prefix, q_cand]))
+        # Key tiles: a prefix key is seen by every later query; a candidate key by the rest of its segment.
+        ks = np.arange(0, p, block_n)
+        k_prefix = np.stack([ks, np.minimum(ks + block_n, p), np.full_like(ks, end)], 1)
+        cs = np.arange(p, end, block_n)
+        ce = np.minimum(cs + block_n, end)
+        k_cand = np.stack([cs, ce, starts[seg[b, np.maximum(ce - 1, 0)] + 1]], 1) if len(cs) else np.zeros((0, 3))
+        k_rows.append(np.concatenate([k_prefix, k_cand]))
+    q_tiles = np.zeros((batch, max(1, *(len(r) for r in q_rows)), 4), np.int32)
+    k_tiles = np.zeros((batch, max(1, *(len(r) for r in k_rows)), 3), np.int32)
+    for b in range(batch):
+        q_tiles[b, : len(q_rows[b])] = q_rows[b]
+        k_tiles[b, : len(k_rows[b])] = k_rows[b]
+    return seg, q_tiles, k_tiles
+
+
+@functools.lru_cache(maxsize=32)
+def layout_tables(layouts: tuple[Layout, ...], total: int, block_m: int, block_n: int,
+                  device: torch.device) -> LayoutTables:
+    """Tile tables for a batch of layouts (cached: every layer of a model call asks for the same ones)."""
+    seg, q_tiles, k_tiles = _layout_arrays(layouts, total, block_m, block_n)
+    return LayoutTables(*(torch.from_numpy(a).to(device) for a in (seg, q_tiles, k_tiles)))
+
+
+# Triton kernels ----------------------------------------------------------------------------------
+if triton is not None:
+
+    @triton.jit
+    def _mia_fwd_kernel(Q, K, V, O, LSE, SEG, QT, sm_scale,
+                        stride_qb, stride_qh, stride_ql, stride_qd,
+                        stride_kb, stride_kh, stride_kl, stride_kd,
+                        stride_vb, stride_vh, stride_vl, stride_vd,
+                        stride_ob, stride_oh, stride_ol, stride_od,
+                        H, GROUPS, L, D, NUM_TILES,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                        PRECISION: tl.constexpr):
+        tile = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = (bh // H).to(tl.int64)
+        h = bh % H
+        hk = h // GROUPS
+        t = QT + (b * NUM_TILES + tile) * 4
+        q_start = tl.load(t)
+        q_end = tl.load(t + 1)
+        pre_end = tl.load(t + 2)
+        kv_start = tl.load(t + 3)
+        qk_scale = tl.cast(sm_scale, tl.float32) * 1.4426950408889634  # softmax in base 2
+
+        # 64-bit offsets: large batches overflow 32-bit element offsets.
+        offs_m = q_start + tl.arange(0, BLOCK_M).to(tl.int64)
+        offs_d = tl.arange(0, BLOCK_D).to(tl.int64)
+        row_ok = offs_m < q_end
+        md = row_ok[:, None] & (offs_d[None, :] < D)
+        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :] * stride_qd,
+                    mask=md, other=0.0)
+        seg = SEG + b * L
+        seg_q = tl.load(seg + offs_m, mask=row_ok, other=-4)
+        Kb = K + b * stride_kb + hk * stride_kh
+        Vb = V + b * stride_vb + hk * stride_vh
+        # A finite start keeps rows that have seen nothing yet free of inf - inf.
+        m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        # Key blocks [0, pre_end) (candidate tiles: the whole prefix, unmasked), then [kv_start, q_end)
+        # (own segment(s), or the prefix for prefix tiles: causal where segment ids match).
+        n_pre = tl.cdiv(pre_end, BLOCK_N)
+        n_own = tl.cdiv(q_end - kv_start, BLOCK_N)
+        for i in range(0, n_pre + n_own):
+            pre = i < n_pre
+            start = tl.where(pre, i * BLOCK_N, kv_start + (i - n_pre) * BLOCK_N)
+            limit = tl.where(pre, pre_end, q_end)
+            offs_n = start + tl.arange(0, BLOCK_N).to(tl.int64)
+            in_range = offs_n < limit
+            kv_mask = in_range[:, None] & (offs_d[None, :] < D)
+            k = tl.load(Kb + offs_n[:, None] * stride_kl + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
+            v = tl.load(Vb + offs_n[:, None] * stride_vl + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+            seg_k = tl.load(seg + offs_n, mask=in_range, other=-3)
+            visible = in_range[None, :] & (pre | ((seg_k[None, :] == seg_q[:, None])
+                                                  & (offs_n[None, :] <= offs_m[:, None])))
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+            s = tl.where(visible, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+        l_safe = tl.where(l_i > 0, l_i, 1.0)
+        out = acc / l_safe[:, None]
+        tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :] * stride_od,
+                 out, mask=md)
+        tl.store(LSE + (b * H + h) * L + offs_m, m_i + tl.log2(l_safe), mask=row_ok)
+
+    @triton.jit
+    def _mia_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, SEG, QT, sm_scale,
+                           stride_qb, stride_qh, stride_ql, stride_qd,
+                           stride_kb, stride_kh, stride_kl, stride_kd,
+                           stride_vb, stride_vh, stride_vl, stride_vd,
+                           stride_ob, stride_oh, stride_ol, stride_od,
+                           H, GROUPS, L, D, NUM_TILES,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                           PRECISION: tl.constexpr):
+        # The forward's tile walk, recomputing probabilities from the saved log-sum-exp.
+        # DO and DQ share the strides passed as stride_o*.
+        tile = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = (bh // H).to(tl.int64)
+        h = bh % H
+        hk = h // GROUPS
+        t = QT + (b * NUM_TILES + tile) * 4
+        q_start = tl.load(t)
+        q_end = tl.load(t + 1)
+        pre_end = tl.load(t + 2)
+        kv_start = tl.load(t + 3)
+        qk_scale = tl.cast(sm_scale, tl.float32) * 1.4426950408889634
+
+        offs_m = q_start + tl.arange(0, BLOCK_M).to(tl.int64)
+        offs_d = tl.arange(0, BLOCK_D).to(tl.int64)
+        row_ok = offs_m < q_end
+        md = row_ok[:, None] & (offs_d[None, :] < D)
+        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :] * stride_qd,
+                    mask=md, other=0.0)
+        do = tl.load(DO + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :] * stride_od,
+                     mask=md, other=0.0)
+        lse = tl.load(LSE + (b * H + h) * L + offs_m, mask=row_ok, other=0.0)
+        delta = tl.load(DELTA + (b * H + h) * L + offs_m, mask=row_ok, other=0.0)
+        seg = SEG + b * L
+        seg_q = tl.load(seg + offs_m, mask=row_ok, other=-4)
+        Kb = K + b * stride_kb + hk * stride_kh
+        Vb = V + b * stride_vb + hk * stride_vh
+        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        n_pre = tl.cdiv(pre_end, BLOCK_N)
+        n_own = tl.cdiv(q_end - kv_start, BLOCK_N)
+        for i in range(0, n_pre + n_own):
+            pre = i < n_pre
+            start = tl.where(pre, i * BLOCK_N, kv_start + (i - n_pre) * BLOCK_N)
+            limit = tl.where(pre, pre_end, q_end)
+            offs_n = start + tl.arange(0, BLOCK_N).to(tl.int64)
+            in_range = offs_n < limit
+            kv_mask = in_range[:, None] & (offs_d[None, :] < D)
+            k = tl.load(Kb + offs_n[:, None] * stride_kl + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
+            v = tl.load(Vb + offs_n[:, None] * stride_vl + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+            seg_k = tl.load(seg + offs_n, mask=in_range, other=-3)
+            visible = in_range[None, :] & (pre | ((seg_k[None, :] == seg_q[:, None])
+                                                  & (offs_n[None, :] <= offs_m[:, None])))
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+            p = tl.where(visible, tl.exp2(s - lse[:, None]), 0.0)
+            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+        dq = dq * tl.cast(sm_scale, tl.float32)
+        tl.store(DQ + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :] * stride_od,
+                 dq, mask=md)
+
+    @triton.jit
+    def _mia_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, SEG, KT, sm_scale,
+                             stride_qb, stride_qh, stride_ql, stride_qd,
+                             stride_kb, stride_kh, stride_kl, stride_kd,
+                             stride_vb, stride_vh, stride_vl, stride_vd,
+                             stride_ob, stride_oh, stride_ol, stride_od,
+                             H, HKV, GROUPS, L, D, NUM_TILES,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                             PRECISION: tl.constexpr):
+        # DO shares the strides passed as stride_o*; DK and DV are contiguous [B, HKV, L, D].
+        tile = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = (bh // HKV).to(tl.int64)
+        hk = bh % HKV
+        t = KT + (b * NUM_TILES + tile) * 3
+        k_start = tl.load(t)
+        k_end = tl.load(t + 1)
+        q_end = tl.load(t + 2)
+        qk_scale = tl.cast(sm_scale, tl.float32) * 1.4426950408889634
+
+        offs_n = k_start + tl.arange(0, BLOCK_N).to(tl.int64)
+        offs_d = tl.arange(0, BLOCK_D).to(tl.int64)
+        key_ok = offs_n < k_end
+        nd = key_ok[:, None] & (offs_d[None, :] < D)
+        k = tl.load(K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_kl + offs_d[None, :] * stride_kd,
+                    mask=nd, other=0.0)
+        v = tl.load(V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vl + offs_d[None, :] * stride_vd,
+                    mask=nd, other=0.0)
+        seg_k = tl.load(SEG + b * L + offs_n, mask=key_ok, other=-3)
+        dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        for g in range(0, GROUPS):
+            h = hk * GROUPS + g
+            Qb = Q + b * stride_qb + h * stride_qh
+            DOb = DO + b * stride_ob + h * stride_oh
+            for start in range(k_start, q_end, BLOCK_M):
+                offs_m = start + tl.arange(0, BLOCK_M).to(tl.int64)
+                row_ok = offs_m < q_end
+                md = row_ok[:, None] & (offs_d[None, :] < D)
+                q = tl.load(Qb + offs_m[:, None] * stride_ql + offs_d[None, :] * stride_qd, mask=md, other=0.0)
+                do = tl.load(DOb + offs_m[:, None] * stride_ol + offs_d[None, :] * stride_od, mask=md, other=0.0)
+                lse = tl.load(LSE + (b * H + h) * L + offs_m, mask=row_ok, other=0.0)
+                delta = tl.load(DELTA + (b * H + h) * L + offs_m, mask=row_ok, other=0.0)
+                seg_q = tl.load(SEG + b * L + offs_m, mask=row_ok, other=-4)
+                visible = (row_ok[None, :] & (offs_n[:, None] <= offs_m[None, :])
+                           & ((seg_k[:, None] == seg_q[None, :]) | (seg_k[:, None] == -1)))
+                s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
+                p_t = tl.where(visible, tl.exp2(s_t - lse[None, :]), 0.0)
+                dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
+                dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+                ds_t = p_t * (dp_t - delta[None, :])
+                dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
+        dk = dk * tl.cast(sm_scale, tl.float32)
+        out = (b * HKV + hk) * L * D + offs_n[:, None] * D + offs_d[None, :]
+        tl.store(DK + out, dk, mask=nd)
+        tl.store(DV + out, dv, mask=nd)
+
+
+def _blocks(d: int, block_m: int | None, block_n: int | None) -> tuple[int, int, int]:
+    block_d = max(16, triton.next_power_of_2(d))
+    return (block_m or interpreter_blocks(64, 16), block_n or interpreter_blocks(64, 16), block_d)
+
+
+def _precision(x: torch.Tensor) -> str:
+    # fp32 inputs stay exact (the torch path does not use TF32); half types use the tensor cores anyway.
+    return "ieee" if x.dtype == torch.float32 else "tf32"
+
+
+def _triton_forward(q, k, v, tables: LayoutTables, scale: float, block_m: int, block_n: int, block_d: int):
+    b, h, total, d = q.shape
+    hkv = k.shape[1]
+    # Written as [B, L, H, D] so the Hugging Face caller's transpose back is free.
+    o = torch.zeros(b, total, h, d, dtype=q.dtype, device=q.device).transpose(1, 2)
+    lse = torch.zeros(b, h, total, dtype=torch.float32, device=q.device)
+    num_tiles = tables.q_tiles.shape[1]
+    _mia_fwd_kernel[(num_tiles, b * h)](
+        q, k, v, o, lse, tables.seg, tables.q_tiles, scale,
+        *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+        h, h // hkv, total, d, num_tiles,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=_precision(q))
+    return o, lse
+
+
+def _triton_backward(do, q, k, v, o, lse, tables: LayoutTables, scale: float, block_m: int, block_n: int,
+                     block_d: int):
+    b, h, total, d = q.shape
+    hkv = k.shape[1]
+    if do.stride() != o.stride():  # DO and DQ are read and written with the output's strides
+        do = torch.empty_like(o).copy_(do)
+    delta = (o.float() * do.float()).sum(-1).contiguous()
+    dq = torch.zeros_like(o)
+    dk = torch.zeros(b, hkv, total, d, dtype=k.dtype, device=k.device)
+    dv = torch.zeros(b, hkv, total, d, dtype=v.dtype, device=v.device)
+    precision = _precision(q)
+    num_q = tables.q_tiles.shape[1]
+    _mia_bwd_dq_kernel[(num_q, b * h)](
+        q, k, v, do, dq, lse, delta, tables.seg, tables.q_tiles, scale,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(),
+        h, h // hkv, total, d, num_q,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=precision)
+    num_k = tables.k_tiles.shape[1]
+    _mia_bwd_dkdv_kernel[(num_k, b * hkv)](
+        q, k, v, do, dk, dv, lse, delta, tables.seg, tables.k_tiles, scale,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(),
+        h, hkv, h // hkv, total, d, num_k,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=precision)
+    return dq, dk, dv
+
+
+class MultiItemAttentionFunction(torch.autograd.Function):
+    """Triton forward and backward; the layout travels as precomputed :class:`LayoutTables`."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, tables: LayoutTables, scale: float, block_m: int, block_n: int):
+        block_d = _blocks(q.shape[-1], block_m, block_n)[2]
+        o, lse = _triton_forward(q, k, v, tables, scale, block_m, block_n, block_d)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.tables, ctx.scale, ctx.blocks = tables, scale, (block_m, block_n, block_d)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = _triton_backward(do, q, k, v, o, lse, ctx.tables, ctx.scale, *ctx.blocks)
+        return dq, dk, dv, None, None, None, None
+
+
+# Dispatch ----------------------------------------------------------------------------------------
+def _torch_path(q, k, v, layouts: tuple[Layout, ...], scale: float) -> torch.Tensor:
+    total = q.shape[2]
+    if len(set(layouts)) == 1 and layouts[0][0] + sum(layouts[0][1]) == total:
+        return multi_item_attention_torch(q, k, v, layouts[0][0], layouts[0][1], scale)
+    rows = []
+    for b, (p, segs) in enumerate(layouts):
+        n = p + sum(segs)
+        row = multi_item_attention_torch(q[b:b + 1, :, :n], k[b:b + 1, :, :n], v[b:b + 1, :, :n], p, segs, scale)
+        rows.append(F.pad(row, (0, 0, 0, total - n)))
+    return torch.cat(rows)
+
+
+def multi_item_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_len, segment_lens,
+                         scaling: float | None = None, *, block_m: int | None = None,
+                         block_n: int | None = None) -> torch.Tensor:
+    """Multi-item attention [B, H, L, D] for q [B, H, L, D], k, v [B, Hkv, L, D]: Triton on CUDA, torch on CPU.
+
+    ``prefix_len``/``segment_lens`` describe one layout for the batch, or one per sequence (see the module
+    docstring). ``block_m``/``block_n`` override the Triton tile sizes (tests use them to cover tiling).
+    """
+    b, h, total, d = q.shape
+    if h % k.shape[1]:
+        raise ValueError(f"{h} query heads are not a multiple of {k.shape[1]} key/value heads")
+    layouts = normalize_layouts(prefix_len, segment_lens, b, total)
+    scale = float(scaling) if scaling is not None else d ** -0.5
+    if not use_triton(q, k, v):
+        return _torch_path(q, k, v, layouts, scale)
+    block_m, block_n, _ = _blocks(d, block_m, block_n)
+    tables = layout_tables(layouts, total, block_m, block_n, q.device)
+    return MultiItemAttentionFunction.apply(q, k, v, tables, scale, block_m, block_n)
+
+
+# Hugging Face ------------------------------------------------------------------------------------
 def _hf_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     layout = kwargs.get("multi_item")
     if layout is None:
@@ -96,8 +503,10 @@ def _hf_attention(module, query, key, value, attention_mask, scaling=None, dropo
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
+    if dropout:
+        raise ValueError("multi-item attention has no attention dropout; set the model's attention_dropout to 0")
     prefix_len, segment_lens = layout
-    out = multi_item_attention_torch(query, key, value, prefix_len, segment_lens, scaling)
+    out = multi_item_attention(query, key, value, prefix_len, segment_lens, scaling)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -6,7 +6,7 @@ One sequence per request:
 
 The context token carries the member profile, task, surface and dense features; history tokens
 carry (item, item categoricals, action, surface, age); candidate tokens carry (item, categoricals,
-slot). Context and history attend to context and history only, so the history is encoded once per
+slot) and the context's fields. Context and history attend to context and history only, so the history is encoded once per
 request whatever the candidates. Each candidate attends to the context, the whole history and
 itself, plus, with set-wise attention on, to the other candidates of its request. All candidates
 of a request are scored in the same pass; without set-wise attention each candidate's score equals
@@ -114,7 +114,9 @@ class LiGR(nn.Module):
         self.embeddings = FeatureEmbeddings(space, e, cfg.id_dropout)
         self.context = nn.Linear(FeatureEmbeddings.MEMBER_FIELDS * e + DENSE, cfg.dim)
         self.history = nn.Linear(FeatureEmbeddings.HISTORY_FIELDS * e, cfg.dim)
-        self.candidate = nn.Linear(FeatureEmbeddings.CANDIDATE_FIELDS * e, cfg.dim)
+        # A candidate token sees the request context too, so its first FFN can cross member and item.
+        self.candidate = nn.Linear((FeatureEmbeddings.CANDIDATE_FIELDS + FeatureEmbeddings.MEMBER_FIELDS) * e + DENSE,
+                                   cfg.dim)
         self.blocks = nn.ModuleList(GatedBlock(cfg.dim, cfg.heads, cfg.ffn_mult, cfg.dropout)
                                     for _ in range(cfg.layers))
         self.ln_f = nn.LayerNorm(cfg.dim)
@@ -124,14 +126,16 @@ class LiGR(nn.Module):
     def forward(self, b: dict) -> torch.Tensor:
         """Logits [B, K] of every candidate slot (padding slots hold 0), all from one pass."""
         emb = self.embeddings
-        context = self.context(torch.cat([emb.member_fields(b).flatten(1), b["dense"]], 1))
+        request = torch.cat([emb.member_fields(b).flatten(1), b["dense"]], 1)
+        context = self.context(request)
         history = self.history(emb.history_fields(b).flatten(2))
-        cands = self.candidate(emb.candidate_fields(b).flatten(2))
+        cand_fields = emb.candidate_fields(b).flatten(2)
+        k = cand_fields.shape[1]
+        cands = self.candidate(torch.cat([cand_fields, request[:, None].expand(-1, k, -1)], 2))
         h = torch.cat([context[:, None], history, cands], 1)
         allowed = attention_mask(b["hist_mask"], b["cand_mask"], self.config.setwise)
         for block in self.blocks:
             h = block(h, allowed)
-        k = cands.shape[1]
         out = self.mlp(self.ln_f(h[:, -k:]))
         logits = self.heads(out, b["task"][:, None].expand(-1, k))
         return logits * b["cand_mask"]

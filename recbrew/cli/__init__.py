@@ -33,7 +33,7 @@ def _root(
 
 def _register() -> None:
     # Imported here so `recbrew --version` stays fast and each stage's imports stay lazy.
-    from recbrew.cli import baselines, bench, data, models, quickstart, stages, tasks, world
+    from recbrew.cli import baselines, bench, data, models, quickstart, serve, stages, tasks, world
 
     app.add_typer(world.app, name="world")
     app.add_typer(tasks.app, name="tasks")
@@ -42,6 +42,7 @@ def _register() -> None:
     for name, sub in stages.apps().items():
         app.add_typer(sub, name=name)
     app.add_typer(baselines.app, name="baselines")
+    app.command("serve")(serve.serve)
     app.add_typer(bench.app, name="bench")
     app.command("quickstart")(quickstart.quickstart)
 

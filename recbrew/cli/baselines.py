@@ -2,6 +2,133 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
+from recbrew.errors import UserError
+
 app = typer.Typer(help="Train and score the classic rankers: LiRank, LiGR, DCNv2, popularity.", no_args_is_help=True)
+
+TRAINABLE = ("lirank", "ligr", "dcnv2", "popularity")
+
+
+def _check_out(out: Path, force: bool, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (force or resume):
+        raise UserError(f"{out} already exists and is not empty; pass --force to overwrite its model "
+                        "or --resume to continue from its checkpoint")
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Argument(help="lirank, ligr, dcnv2 or popularity.")],
+    examples: Annotated[Path, typer.Option("--examples", help="Examples built by `recbrew data build`.")],
+    out: Annotated[Path, typer.Option("--out", help="Model folder to write (model.pt, train.json, checkpoint.pt).")],
+    config: Annotated[Path | None, typer.Option("--config", help="YAML config (default: configs/baselines/MODEL.yaml).")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="section.field=value overrides, e.g. train.epochs=3.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from --out/checkpoint.pt.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+) -> None:
+    """Train a ranker on the T1 training requests; the folder loads back with `recbrew.baselines.load_scorer`."""
+    if model not in TRAINABLE:
+        raise UserError(f"unknown model {model!r} (one of: {', '.join(TRAINABLE)})")
+    _check_out(out, force, resume)
+    if model == "popularity":
+        from recbrew.baselines.features import load_rows
+        from recbrew.baselines.popularity import Popularity, PopularityConfig
+
+        if overrides:
+            raise UserError("popularity takes no overrides")
+        pop = Popularity.fit(load_rows(examples, "train", split_tag="T1"), PopularityConfig())
+        typer.echo(f"wrote {pop.save(out)}")
+        return
+    from recbrew import assets
+    from recbrew.baselines.config import run_config
+    from recbrew.baselines.train import train_model
+
+    if config is None:
+        shipped = assets.path("configs") / "baselines" / f"{model}.yaml"
+        config = shipped if shipped.is_file() else None
+    cfg = run_config(model, config, overrides)
+    _, _, log = train_model(cfg, examples, out, resume=resume, progress=progress)
+    comp = log["compression"]["total"]
+    typer.echo(f"{model}: best epoch {log['best_epoch']}, validation macro AUC {log['best_val_auc']}, "
+               f"{log['parameters']:,} parameters, id tables {comp['ids']:,} ids in {comp['rows']:,} rows "
+               f"(QR x{comp['ratio']}), {log['seconds']:.0f} s -> {out}")
+
+
+def scorer_for(spec: str, examples: Path):
+    """'oracle', 'popularity' (fitted on the examples' T1 training requests) or a model folder."""
+    if spec == "oracle":
+        from recbrew.baselines.oracle import Oracle
+
+        return Oracle()
+    if spec == "popularity" and not Path(spec).exists():
+        from recbrew.baselines.features import load_rows
+        from recbrew.baselines.popularity import Popularity
+
+        return Popularity.fit(load_rows(examples, "train", split_tag="T1"))
+    from recbrew.baselines.scorer import load_scorer
+
+    return load_scorer(spec)
+
+
+@app.command()
+def score(
+    model: Annotated[list[str], typer.Option("--model", help="Model folder, 'popularity' or 'oracle'; repeat to compare.")],
+    examples: Annotated[Path, typer.Option("--examples", help="Examples built by `recbrew data build`.")],
+    split: Annotated[str, typer.Option(help="Split to score.")] = "test",
+    quantize: Annotated[int | None, typer.Option("--quantize", help="Score with b-bit embedding tables (e.g. 8).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Per-task AUC and macro AUC over T1 and T2 tasks of each scorer on the same requests."""
+    import torch
+
+    from recbrew.baselines.features import load_rows
+    from recbrew.baselines.metrics import evaluate
+    from recbrew.baselines.scorer import load_scorer
+
+    torch.set_num_threads(1)
+    rows = load_rows(examples, split)
+    results = []
+    for spec in model:
+        scorer = load_scorer(spec, quantize) if quantize and Path(spec).is_dir() else scorer_for(spec, examples)
+        results.append(evaluate(scorer, rows))
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    names = [r["scorer"] for r in results]
+    typer.echo(f"{'task':34} {'tag':3} " + " ".join(f"{n:>12}" for n in names))
+    for task, info in results[0]["tasks"].items():
+        cells = []
+        for r in results:
+            auc = r["tasks"][task]["auc"]
+            cells.append(f"{'-' if auc is None else f'{auc:.4f}':>12}")
+        typer.echo(f"{task:34} {info['split_tag']:3} " + " ".join(cells))
+    for tag in ("T1", "T2"):
+        typer.echo(f"{'macro AUC ' + tag:38} " + " ".join(f"{str(r['macro_auc'][tag]):>12}" for r in results))
+    typer.echo(f"{'ECE (T1 binary)':38} " + " ".join(f"{str(r['ece_t1_binary']):>12}" for r in results))
+
+
+@app.command()
+def ablate(
+    examples: Annotated[Path, typer.Option("--examples", help="Examples built by `recbrew data build`.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for ablation.md, ablation.json and the trained variants.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="section.field=value applied to every variant.")] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per variant (AUCs are averaged).")] = 1,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+) -> None:
+    """The ablation table: DCNv2 vs RDCN, dense gating, isotonic calibration ECE, 8-bit embeddings,
+    QR vs full vocabulary, LiGR set-wise attention."""
+    from recbrew.baselines.ablation import run_ablation
+
+    if seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    result = run_ablation(examples, out, overrides=overrides, seeds=seeds, progress=progress)
+    typer.echo(result["markdown"])
+    typer.echo(f"wrote {out / 'ablation.md'} and {out / 'ablation.json'}")

@@ -10,7 +10,6 @@ import typer
 
 STAGES = {
     "train": "Fine-tune a language model across the task mixture (TRL + PEFT + DeepSpeed).",
-    "serve": "Serve a model behind vLLM's OpenAI-compatible endpoint plus /v1/rank.",
     "eval": "Score every model on the same test requests and write the report.",
 }
 

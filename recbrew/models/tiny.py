@@ -23,6 +23,9 @@ PRESETS: dict[str, dict] = {
              "intermediate_size": 768},
 }
 SPECIAL = "<|endoftext|>"
+#: A plain chat format, so OpenAI chat routes work against a served recbrew-tiny.
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
 #: Lines that make every shipped answer word a single token after "Answer:".
 _ANSWERS = [f"Answer: {w}" for w in ("yes", "no", "A", "B", "C", "D", "E", "F")]
 
@@ -84,7 +87,9 @@ def build_tiny(corpus_dir: str | Path, out: str | Path, preset: str = "small", s
     shutil.rmtree(staging, ignore_errors=True)
     try:
         model.save_pretrained(staging)
-        PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=SPECIAL, pad_token=SPECIAL).save_pretrained(staging)
+        hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=SPECIAL, pad_token=SPECIAL)
+        hf_tok.chat_template = CHAT_TEMPLATE
+        hf_tok.save_pretrained(staging)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)

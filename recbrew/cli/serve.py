@@ -1,0 +1,29 @@
+"""`recbrew serve MODEL`: vLLM's OpenAI routes plus /v1/rank on one port."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def serve(
+    model: Annotated[str, typer.Argument(help="'smollm2', a recbrew-tiny folder or any HF model folder.")],
+    lora: Annotated[Path | None, typer.Option("--lora", help="A LoRA adapter folder to serve on top.")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the API.")] = 8000,
+    api_key: Annotated[str | None, typer.Option("--api-key", help="Require 'Authorization: Bearer KEY'.")] = None,
+    corpus: Annotated[Path | None, typer.Option("--corpus", help="Corpus whose member/item ids /v1/rank accepts.")] = None,
+    tasks_dir: Annotated[Path | None, typer.Option("--tasks-dir", help="Your task folder.")] = None,
+    prompts_dir: Annotated[Path | None, typer.Option("--prompts-dir", help="Your templates folder.")] = None,
+    max_candidates: Annotated[int, typer.Option("--max-candidates", help="Candidates per /v1/rank request.")] = 100,
+    max_model_len: Annotated[int, typer.Option("--max-model-len", help="Context length of the engine.")] = 4096,
+    prefix_caching: Annotated[bool, typer.Option("--prefix-caching/--no-prefix-caching")] = True,
+) -> None:
+    """Serve a model with vLLM (prefix caching on) behind recbrew's gateway: OpenAI routes + /v1/rank."""
+    from recbrew.serve.server import serve as run
+
+    run(model, lora=lora, host=host, port=port, api_key=api_key, corpus=corpus, tasks_dir=tasks_dir,
+        prompts_dir=prompts_dir, max_candidates=max_candidates, max_model_len=max_model_len,
+        prefix_caching=prefix_caching, log=typer.echo)

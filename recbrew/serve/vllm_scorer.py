@@ -1,0 +1,73 @@
+"""`VLLMScorer`: offline batch scoring of examples through `vllm.LLM` (same prompts as the HF scorer).
+
+Scripts that build a `vllm.LLM` need an ``if __name__ == "__main__":`` guard: the engine starts
+worker processes that re-import the main module.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from recbrew.errors import UserError
+
+
+class VLLMScorer:
+    def __init__(self, model: str, *, tasks_dir=None, max_model_len: int = 4096, prefix_caching: bool = True,
+                 name: str | None = None):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from vllm import LLM
+
+        from recbrew.models.loading import resolve
+        from recbrew.models.tokenizers import load_tokenizer
+
+        path = resolve(model)
+        self.tokenizer = load_tokenizer(str(path))
+        self.llm = LLM(model=str(Path(path)), dtype="float32", enforce_eager=True, max_model_len=max_model_len,
+                       enable_prefix_caching=prefix_caching)
+        self.tasks_dir = tasks_dir
+        self.name = name or f"vllm:{Path(path).name}"
+        self._labels: dict[str, list[int]] = {}
+
+    def _label_ids(self, task: str) -> list[int]:
+        if task not in self._labels:
+            from recbrew.models.tokenizers import answer_token_ids
+            from recbrew.tasks import load_catalog
+
+            catalog = load_catalog(self.tasks_dir)
+            if task not in catalog:
+                raise UserError(f"unknown task {task!r} in the requests")
+            self._labels[task] = answer_token_ids(catalog[task], self.tokenizer)
+        return self._labels[task]
+
+    def score(self, requests: Sequence[dict]) -> list[np.ndarray]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts, owners, params = [], [], []
+        for i, row in enumerate(requests):
+            if row.get("kind") == "generative":
+                raise UserError(f"request {row.get('request_id')}: generative tasks are not scored by P(answer)")
+            labels = self._label_ids(row["task"])
+            ids = self.tokenizer([row["prefix"], *row["segments"]], add_special_tokens=False)["input_ids"]
+            for seg in ids[1:]:
+                prompts.append(TokensPrompt(prompt_token_ids=ids[0] + seg))
+                owners.append(i)
+                params.append(SamplingParams(max_tokens=1, temperature=0.0, logprobs=len(labels),
+                                             logprob_token_ids=labels))
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        per_request: list[list[list[float]]] = [[] for _ in requests]
+        for owner, out, p in zip(owners, outputs, params, strict=True):
+            step = out.outputs[0].logprobs[0]
+            per_request[owner].append([step[t].logprob for t in p.logprob_token_ids])
+        result = []
+        for row, lps in zip(requests, per_request, strict=True):
+            lp = np.array(lps)
+            probs = np.exp(lp - lp.max(axis=1, keepdims=True))
+            probs /= probs.sum(axis=1, keepdims=True)
+            result.append(probs[0] if row.get("kind") == "listwise" else probs[:, 0])
+        return result
