@@ -88,3 +88,17 @@ def kernels(as_json: bool = typer.Option(False, "--json", help="Print JSON only.
     from recbrew.kernels.bench import bench_kernels
 
     typer.echo(json.dumps(bench_kernels(), indent=2 if as_json else None))
+
+
+@app.command()
+def serve(
+    model: str = typer.Option("smollm2", help="'smollm2' or a model folder."),
+    world: Path = typer.Option(Path("runs/quickstart/world"), "--world", help="Corpus the requests come from."),
+    candidates: int = typer.Option(50, help="Candidates per /v1/rank request."),
+    requests: int = typer.Option(3, help="Requests (members with the longest histories)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+) -> None:
+    """/v1/rank candidates/s with vLLM prefix caching on vs off, and vs the HF multi-item scorer."""
+    from recbrew.serve.bench import bench_serve
+
+    typer.echo(json.dumps(bench_serve(model, str(world), candidates, requests), indent=2 if as_json else None))
