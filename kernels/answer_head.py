@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-
 from recbrew.kernels.dispatch import interpreter_blocks, tl, triton, use_triton
 
 DEFAULT_VOCAB_CHUNK = 8192
@@ -213,6 +212,8 @@ def answer_head(hidden: torch.Tensor, positions: torch.Tensor, weight: torch.Ten
     full-vocabulary log-probabilities of those tokens, the log-sum-exp taken ``vocab_chunk`` rows at a time.
     Triton on CUDA, the torch path elsewhere (see :mod:`recbrew.kernels.dispatch`).
     """
+    if hidden.dtype != weight.dtype:
+        raise TypeError(f"hidden states ({hidden.dtype}) and LM head weight ({weight.dtype}) must share a dtype")
     flat = hidden.reshape(-1, hidden.shape[-1])
     if flat.stride(-1) != 1:
         flat = flat.contiguous()

@@ -16,12 +16,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-
 from recbrew.kernels.answer_head import answer_head
 from recbrew.kernels.dispatch import use_triton
 from recbrew.kernels.multi_item_attention import (
-    expand_kv,
     dense_mask,
+    expand_kv,
     layout_tables,
     multi_item_attention,
     normalize_layouts,

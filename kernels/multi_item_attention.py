@@ -34,7 +34,6 @@ from numbers import Integral
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from recbrew.kernels.dispatch import interpreter_blocks, tl, triton, use_triton
 
 ATTN_NAME = "recbrew_multi_item"
@@ -209,7 +208,7 @@ def layout_tables(layouts: tuple[Layout, ...], total: int, block_m: int, block_n
 if triton is not None:
 
     @triton.jit
-    def _mia_fwd_kernel(Q, K, V, O, LSE, SEG, QT, sm_scale,
+    def _mia_fwd_kernel(Q, K, V, Out, LSE, SEG, QT, sm_scale,
                         stride_qb, stride_qh, stride_ql, stride_qd,
                         stride_kb, stride_kh, stride_kl, stride_kd,
                         stride_vb, stride_vh, stride_vl, stride_vd,
@@ -270,7 +269,7 @@ if triton is not None:
             m_i = m_new
         l_safe = tl.where(l_i > 0, l_i, 1.0)
         out = acc / l_safe[:, None]
-        tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :] * stride_od,
+        tl.store(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :] * stride_od,
                  out, mask=md)
         tl.store(LSE + (b * H + h) * L + offs_m, m_i + tl.log2(l_safe), mask=row_ok)
 
@@ -429,18 +428,19 @@ def _triton_backward(do, q, k, v, o, lse, tables: LayoutTables, scale: float, bl
     dk = torch.zeros(b, hkv, total, d, dtype=k.dtype, device=k.device)
     dv = torch.zeros(b, hkv, total, d, dtype=v.dtype, device=v.device)
     precision = _precision(q)
+    warps = 8 if block_d >= 128 else 4  # the backward holds more tiles per program than the forward
     num_q = tables.q_tiles.shape[1]
     _mia_bwd_dq_kernel[(num_q, b * h)](
         q, k, v, do, dq, lse, delta, tables.seg, tables.q_tiles, scale,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(),
         h, h // hkv, total, d, num_q,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=precision)
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=precision, num_warps=warps)
     num_k = tables.k_tiles.shape[1]
     _mia_bwd_dkdv_kernel[(num_k, b * hkv)](
         q, k, v, do, dk, dv, lse, delta, tables.seg, tables.k_tiles, scale,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(),
         h, hkv, h // hkv, total, d, num_k,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=precision)
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=precision, num_warps=warps)
     return dq, dk, dv
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from recbrew.kernels.answer_head import answer_head
 from recbrew.kernels.dispatch import INTERPRETED, kernel_backend
 from recbrew.kernels.multi_item_attention import ATTN_NAME, register
+
 from recbrew.scoring.hf import multi_item_positions
 
 CUDA = torch.cuda.is_available()
@@ -46,6 +46,14 @@ def test_scoring_hidden_states_match(model):
             states[backend] = model.model(input_ids=ids, position_ids=positions,
                                           multi_item=(PREFIX, SEGMENTS)).last_hidden_state
     torch.testing.assert_close(states["triton"], states["torch"], atol=2e-5, rtol=2e-5)
+    # Each candidate's states equal a plain causal pass over the prefix and that candidate alone.
+    start = PREFIX
+    for n in SEGMENTS:
+        alone = torch.cat([ids[:, :PREFIX], ids[:, start:start + n]], 1)
+        with torch.no_grad():
+            single = model.model(input_ids=alone).last_hidden_state
+        torch.testing.assert_close(states["triton"][:, start:start + n], single[:, PREFIX:], atol=2e-5, rtol=2e-5)
+        start += n
     # Without multi_item the registered function is plain causal SDPA: candidates then see each other.
     with torch.no_grad():
         causal = model.model(input_ids=ids, position_ids=positions).last_hidden_state

@@ -218,3 +218,33 @@ def test_rank_equals_hf_scorer_on_smollm2(stack):
         _check_against_hf({**stack, "url": url}, resolve("smollm2"), picked)
     finally:
         assert _stop(proc) == []
+
+
+_VLLM_SCRIPT = """
+import json, sys
+from recbrew.scoring import load_requests
+from recbrew.serve.vllm_scorer import VLLMScorer
+
+if __name__ == "__main__":
+    rows = [r for r in load_requests(sys.argv[2], "test") if r["kind"] != "generative"][:6]
+    scorer = VLLMScorer(sys.argv[1], max_model_len=2048)
+    print("RESULT " + json.dumps([p.tolist() for p in scorer.score(rows)]))
+"""
+
+
+@pytest.mark.slow
+def test_vllm_scorer_equals_hf_scorer(stack, tmp_path):
+    from recbrew.models.loading import load_model
+    from recbrew.scoring.hf import HFScorer
+
+    script = tmp_path / "score_with_vllm.py"
+    script.write_text(_VLLM_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), str(stack["root"] / "tiny"), str(stack["root"] / "ex")],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    served = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    rows = [r for r in load_requests(stack["root"] / "ex", "test") if r["kind"] != "generative"][:6]
+    model, tok = load_model(str(stack["root"] / "tiny"), device="cpu")
+    expected = HFScorer(model, tok, mode="multi").score(rows)
+    for got, want in zip(served, expected, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-3)

@@ -36,8 +36,8 @@ ITEM_FIELDS = tuple(f"cand_{f}" for f in ITEM_FEATURES)
 SMALL_BUCKETS = 64
 #: Slot embedding rows: slot 1..MAX_SLOTS, 0 = padding.
 MAX_SLOTS = 32
-#: Dense request features: log member activity, log history length, candidates in the request.
-DENSE = 3
+#: Dense request features: log of the history steps in the window, candidates in the request.
+DENSE = 2
 
 
 @dataclass
@@ -52,6 +52,10 @@ class FeatureConfig:
     qr_remainder: int | None = None
     #: History steps fed to the sequence modules (most recent kept).
     history_len: int = STRUCTURED_HISTORY
+    #: Only steps younger than this many days (None: any age). Members accumulate history over the
+    #: log, so test requests carry longer histories than most training requests; a window keeps the
+    #: two alike.
+    history_days: float | None = 7.0
     #: Age buckets of a history step: floor(log2(1 + minutes)), capped.
     age_buckets: int = 24
 
@@ -197,23 +201,26 @@ class FeatureSpace:
             "member": np.where((member >= 0) & (member < self.member_ids), member + 1, 0),
             "member_cats": np.stack([stable_hash(cols[f], f, cfg.cat_buckets) for f in MEMBER_FIELDS], 1),
         }
-        hist_len = np.array([len(h) for h in cols["hist_item_ids"]], dtype=np.float32)
-        n_cands = np.array([len(c) for c in cand_lists], dtype=np.float32)
-        activity = np.asarray([m or 0 for m in cols["member_interactions"]], dtype=np.float32)
-        out["dense"] = np.stack([np.log1p(activity) / 5, np.log1p(hist_len) / 4, n_cands / 16], 1).astype(np.float32)
-
         # History, right-aligned (most recent last).
-        h_item = right_align(cols["hist_item_ids"], L)
-        out["hist_mask"] = right_align([[1] * len(h) for h in cols["hist_item_ids"]], L).astype(bool)
-        out["hist_item"] = self._item_index(h_item) * out["hist_mask"]
-        out["hist_cats"] = self._attrs(h_item) * out["hist_mask"][..., None]
-        out["hist_action"] = right_align([stable_hash(a, "action", SMALL_BUCKETS) for a in cols["hist_actions"]], L)
-        out["hist_surface"] = right_align([stable_hash(s, "surface", SMALL_BUCKETS) for s in cols["hist_surfaces"]], L)
         ts = np.asarray(cols["timestamp"], dtype=np.int64)
         h_ts = right_align(cols["hist_timestamps"], L)
+        mask = right_align([[1] * len(h) for h in cols["hist_item_ids"]], L).astype(bool)
+        if cfg.history_days is not None:
+            mask &= (ts[:, None] - h_ts) < cfg.history_days * 86_400
+        out["hist_mask"] = mask
+        h_item = right_align(cols["hist_item_ids"], L)
+        out["hist_item"] = self._item_index(h_item) * mask
+        out["hist_cats"] = self._attrs(h_item) * mask[..., None]
+        out["hist_action"] = right_align([stable_hash(a, "action", SMALL_BUCKETS) for a in cols["hist_actions"]], L) * mask
+        out["hist_surface"] = right_align([stable_hash(s, "surface", SMALL_BUCKETS) for s in cols["hist_surfaces"]],
+                                          L) * mask
         minutes = np.maximum(ts[:, None] - h_ts, 0) / 60.0
         age = 1 + np.minimum(np.floor(np.log2(1 + minutes)), cfg.age_buckets - 1).astype(np.int64)
-        out["hist_age"] = np.where(out["hist_mask"], age, 0)
+        out["hist_age"] = np.where(mask, age, 0)
+        # Dense: recent activity (steps in the window) and the request's size. The all-time action count
+        # is left out on purpose: it grows with the log, so test requests would sit outside its training range.
+        n_cands = np.array([len(c) for c in cand_lists], dtype=np.float32)
+        out["dense"] = np.stack([np.log1p(mask.sum(1)) / 3, n_cands / 16], 1).astype(np.float32)
 
         # Candidates, left-aligned in slot order.
         c_item = left_align(cand_lists, K)
