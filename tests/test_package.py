@@ -14,7 +14,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
 def test_wheel_installs_and_imports_root_folders(tmp_path):
     dist = tmp_path / "dist"
     subprocess.run(

@@ -20,6 +20,9 @@ from recbrew.serve.engine import free_port
 from recbrew.serve.protocol import RankRequest
 from recbrew.world import WorldConfig, generate_world
 
+# Every test here talks to a real vLLM server, which takes 30-150 s to start on CPU.
+pytestmark = pytest.mark.slow
+
 RECBREW = Path(sys.executable).parent / "recbrew"
 KEY = "test-key"
 TASKS = ["feed_like", "jobs_apply_listwise", "pymk_connect"]
@@ -80,10 +83,7 @@ def _hf_scores(model_dir: Path, world: Path, body: dict) -> np.ndarray:
     from recbrew.serve.ranker import RankService
 
     svc = RankService(engine_url="", engine_key="", served_model="", model_dir=model_dir, corpus_dir=world)
-    req = RankRequest(**body)
-    task = svc._task(req)
-    member, cands, history, network = svc.context(req, task)
-    prompt = svc._renderer(task, None).render(member, cands, history, network=network)
+    task, prompt = svc.prompt(RankRequest(**body))
     model, tok = load_model(str(model_dir), device="cpu")
     row = {"prefix": prompt.prefix, "segments": prompt.segments, "task": task.name, "kind": task.kind.value}
     return HFScorer(model, tok, mode="multi").score([row])[0]
@@ -173,7 +173,6 @@ def test_inline_member_and_items(stack):
     assert _post(stack, late).status_code == 400
 
 
-@pytest.mark.slow
 def test_load_32_clients_30_seconds(stack):
     from recbrew.serve.load import run_load
 
@@ -206,7 +205,6 @@ def test_sigterm_stops_every_child(stack):
         httpx.get(f"{stack['url']}/health", timeout=2)
 
 
-@pytest.mark.slow
 def test_rank_equals_hf_scorer_on_smollm2(stack):
     from recbrew.models.loading import resolve
 
@@ -232,7 +230,6 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.slow
 def test_vllm_scorer_equals_hf_scorer(stack, tmp_path):
     from recbrew.models.loading import load_model
     from recbrew.scoring.hf import HFScorer

@@ -158,7 +158,6 @@ def test_signal_is_learnable_and_personal(default_world):
         assert stats["popularity_auc"] <= stats["oracle_auc"] - 0.08, (spec.name, stats)
 
 
-@pytest.mark.slow
 def test_social_proof_carries_signal_on_the_feed(default_world, tmp_path):
     _, with_social = default_world
     without = generate_world(WorldConfig().with_behaviour(social=0.0), tmp_path / "w", progress=False)

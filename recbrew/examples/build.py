@@ -121,7 +121,7 @@ def build_task(view: CorpusView, task: TaskSpec, renderer: Renderer, req: Reques
             "member_interactions": interactions, "history_length": len(history),
             "days_from_cutoff": (t - plan.cutoff) / DAY, "style": renderer.task.style,
         })
-        h_lo, h_hi = view._before(view.h_member, view.h_ts, member, t)
+        h_lo, h_hi = view.actions_range(member, t)
         h_lo = max(h_lo, h_hi - STRUCTURED_HISTORY)
         profile = view.member(member)
         row = {

@@ -93,10 +93,7 @@ def _hf(model: str, world: Path, bodies: list[dict], k: int) -> dict:
     scorer = HFScorer(lm, tok, mode="multi")
     rows = []
     for body in bodies:
-        req = RankRequest(**body)
-        task = svc._task(req)
-        member, cands, history, network = svc.context(req, task)
-        p = svc._renderer(task, None).render(member, cands, history, network=network, max_tokens=req.max_tokens)
+        task, p = svc.prompt(RankRequest(**body))
         rows.append({"prefix": p.prefix, "segments": p.segments, "task": task.name, "kind": task.kind.value})
     start = time.perf_counter()
     scorer.score(rows)

@@ -20,7 +20,7 @@ from recbrew.tasks import load_catalog
 from recbrew.tasks.spec import Kind, TaskSpec
 from recbrew.verbalize.environment import make_environment
 from recbrew.verbalize.neutralize import neutralize_row
-from recbrew.verbalize.render import HistoryEntry, Renderer
+from recbrew.verbalize.render import HistoryEntry, RenderedPrompt, Renderer
 
 _MEMBER_FIELDS = [c.name for c in MEMBERS.columns if c.name != "member_id"]
 _ITEM_FIELDS = [c.name for c in ITEMS.columns if c.name != "item_id"] + ["author", "name", "headline"]
@@ -153,6 +153,14 @@ class RankService:
             raise RankError(502 if resp.status_code >= 500 else 400, f"vLLM: {detail}")
         return resp.json()
 
+    def prompt(self, req: RankRequest) -> tuple[TaskSpec, RenderedPrompt]:
+        """The task and the prompt a request renders to (what `rank` sends to the engine)."""
+        task = self._task(req)
+        member, candidates, history, network = self.context(req, task)
+        prompt = self._renderer(task, req.style).render(member, candidates, history, network=network,
+                                                        max_tokens=req.max_tokens)
+        return task, prompt
+
     async def rank(self, req: RankRequest) -> RankResponse:
         task = self._task(req)
         kind = task.kind
@@ -163,9 +171,7 @@ class RankService:
                                  "per request (--max-candidates)")
         if kind == Kind.listwise and len(req.candidates) != task.k:
             raise RankError(400, f"task {task.name} is listwise over exactly {task.k} candidates, got {len(req.candidates)}")
-        renderer = self._renderer(task, req.style)
-        member, candidates, history, network = self.context(req, task)
-        prompt = renderer.render(member, candidates, history, network=network, max_tokens=req.max_tokens)
+        _, prompt = self.prompt(req)
         longest = prompt.max_tokens
         if longest >= self.max_model_len:
             raise RankError(400, f"the prompt is {longest} tokens, longer than the model's context of "

@@ -145,19 +145,23 @@ class CorpusView:
         return None if row is None or self._ref is None else self._ref[row]
 
     # Time-bounded views ---------------------------------------------------------------------------
-    def _before(self, keys: np.ndarray, times: np.ndarray, key: int, t: int) -> tuple[int, int]:
+    def _range(self, keys: np.ndarray, times: np.ndarray, key: int, t: int) -> tuple[int, int]:
         """Index range of rows with ``keys == key`` and ``times < t`` in arrays sorted by (key, time)."""
         lo = np.searchsorted(keys, key, side="left")
         hi = np.searchsorted(keys, key, side="right")
         return int(lo), int(lo + np.searchsorted(times[lo:hi], t, side="left"))
 
+    def actions_range(self, member_id: int, t: int) -> tuple[int, int]:
+        """Index range into the ``h_*`` arrays of the member's actions before ``t`` (oldest first)."""
+        return self._range(self.h_member, self.h_ts, member_id, t)
+
     def actions_before(self, member_id: int, t: int) -> int:
-        lo, hi = self._before(self.h_member, self.h_ts, member_id, t)
+        lo, hi = self.actions_range(member_id, t)
         return hi - lo
 
     def history(self, member_id: int, t: int, task: TaskSpec, limit: int | None = None) -> list[HistoryEntry]:
         """The member's interactions before ``t`` that the task's history groups select, newest first."""
-        lo, hi = self._before(self.h_member, self.h_ts, member_id, t)
+        lo, hi = self._range(self.h_member, self.h_ts, member_id, t)
         groups = task.history.groups
         if not groups or hi == lo:
             return []
@@ -207,7 +211,7 @@ class CorpusView:
                 out["shared_company"] = bool(me["company"]) and me["company"] == them["company"]
                 out["shared_school"] = bool(me["school"]) and me["school"] == them["school"]
         elif spec.engaged_connections:
-            lo, hi = self._before(self.e_item, self.e_ts, item_id, t)
+            lo, hi = self._range(self.e_item, self.e_ts, item_id, t)
             engaged = np.intersect1d(np.unique(self.e_member[lo:hi]), friends)
             out["engaged_count"] = int(len(engaged))
             out["engaged_names"] = [neutralize("name", self.member_name(m) or "") for m in engaged[: spec.max_names]]
