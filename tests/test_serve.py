@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-import psutil
 import pytest
 
 from recbrew.examples.build import BuildConfig, build_examples
 from recbrew.scoring import load_requests
 from recbrew.serve.engine import free_port
+from recbrew.serve.launch import start_serve, stop_serve
 from recbrew.serve.protocol import RankRequest
 from recbrew.world import WorldConfig, generate_world
 
@@ -28,32 +26,8 @@ KEY = "test-key"
 TASKS = ["feed_like", "jobs_apply_listwise", "pymk_connect"]
 
 
-def _start(model: Path | str, world: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([str(RECBREW), "serve", str(model), "--corpus", str(world), "--port", str(port),
-                             "--api-key", KEY, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"recbrew serve exited: {proc.stdout.read()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    proc.kill()
-    raise RuntimeError("server did not start")
-
-
-def _stop(proc: subprocess.Popen) -> list[int]:
-    """SIGTERM the gateway; returns the pids of its descendants that are still alive afterwards."""
-    children = psutil.Process(proc.pid).children(recursive=True)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
-    gone, alive = psutil.wait_procs(children, timeout=30)
-    return [p.pid for p in alive]
+def _start(model: Path | str, world: Path, *extra: str):
+    return start_serve(model, "--corpus", str(world), "--api-key", KEY, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +42,7 @@ def stack(tmp_path_factory):
     proc, url = _start(root / "tiny", root / "world", "--max-candidates", "8", "--max-model-len", "1024")
     yield {"root": root, "url": url, "proc": proc, "rows": load_requests(root / "ex", "test")}
     if proc.poll() is None:
-        _stop(proc)
+        stop_serve(proc)
 
 
 def _post(stack, body, key=KEY):
@@ -199,7 +173,7 @@ def test_port_in_use_and_bad_model_are_one_line_errors(stack, tmp_path):
 
 def test_sigterm_stops_every_child(stack):
     # Runs last in this module: it stops the shared server.
-    alive = _stop(stack["proc"])
+    alive = stop_serve(stack["proc"])
     assert alive == []
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{stack['url']}/health", timeout=2)
@@ -215,7 +189,7 @@ def test_rank_equals_hf_scorer_on_smollm2(stack):
                   next(r for r in rows if r["task"] == "jobs_apply_listwise")]
         _check_against_hf({**stack, "url": url}, resolve("smollm2"), picked)
     finally:
-        assert _stop(proc) == []
+        assert stop_serve(proc) == []
 
 
 _VLLM_SCRIPT = """

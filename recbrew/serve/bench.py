@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-from recbrew.serve.engine import free_port
+from recbrew.serve.launch import start_serve, stop_serve
 
 KEY = "bench"
 
@@ -33,25 +30,6 @@ def _requests(world: Path, k: int, members: int) -> list[dict]:
     return [{"task": "feed_like", "member": int(m), "candidates": posts, "at": at, "max_tokens": 1400} for m in who]
 
 
-def _serve(model: str, world: Path, caching: bool) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [str(Path(sys.executable).parent / "recbrew"), "serve", model, "--corpus", str(world), "--port", str(port),
-           "--api-key", KEY, "--max-model-len", "2048", "--prefix-caching" if caching else "--no-prefix-caching"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(900):
-        if proc.poll() is not None:
-            raise RuntimeError(f"recbrew serve exited: {proc.stderr.read()[-500:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    proc.kill()
-    raise RuntimeError("server did not start in 15 minutes")
-
-
 def bench_serve(model: str = "smollm2", world: str = "runs/quickstart/world", k: int = 50, members: int = 3) -> dict:
     world_dir = Path(world)
     bodies = _requests(world_dir, k, members)
@@ -59,7 +37,8 @@ def bench_serve(model: str = "smollm2", world: str = "runs/quickstart/world", k:
                     "runs": {}}
     prompt_tokens = []
     for caching in (True, False):
-        proc, url = _serve(model, world_dir, caching)
+        proc, url = start_serve(model, "--corpus", str(world_dir), "--api-key", KEY, "--max-model-len", "2048",
+                                "--prefix-caching" if caching else "--no-prefix-caching")
         try:
             headers = {"Authorization": f"Bearer {KEY}"}
             start = time.perf_counter()
@@ -69,8 +48,7 @@ def bench_serve(model: str = "smollm2", world: str = "runs/quickstart/world", k:
                 prompt_tokens.append(resp.json()["prompt_tokens"])
             seconds = time.perf_counter() - start
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=120)
+            stop_serve(proc)
         result["runs"]["vllm_prefix_cache_on" if caching else "vllm_prefix_cache_off"] = {
             "seconds": round(seconds, 2), "candidates_per_s": round(k * len(bodies) / seconds, 2)}
     result["mean_prompt_tokens"] = round(float(np.mean(prompt_tokens)), 1)
