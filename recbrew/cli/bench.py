@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -13,11 +14,11 @@ app = typer.Typer(help="Benchmarks: JSON with ratios against a baseline measured
 
 @app.command()
 def world(
-    members: int = typer.Option(5000, help="Members at the base size."),
-    days: int = typer.Option(3, help="Days at the base size."),
-    scale: int = typer.Option(10, help="Factor for the larger runs (days and members each)."),
-    seed: int = typer.Option(0),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+    members: Annotated[int, typer.Option(help="Members at the base size.")] = 5000,
+    days: Annotated[int, typer.Option(help="Days at the base size.")] = 3,
+    scale: Annotated[int, typer.Option(help="Factor for the larger runs (days and members each).")] = 10,
+    seed: Annotated[int, typer.Option()] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """World generation: member-days/s, impressions/s and peak RSS at two sizes `scale`x apart."""
     from recbrew.errors import UserError
@@ -37,12 +38,12 @@ def world(
 
 @app.command()
 def render(
-    members: int = typer.Option(1000, help="Members of the generated world the prompts come from."),
-    days: int = typer.Option(14, help="Days of that world."),
-    requests: int = typer.Option(200, help="Requests (members x moments) to render."),
-    max_tokens: int = typer.Option(512, "--max-tokens", help="Prompt budget."),
-    task: str = typer.Option("feed_like", help="Task whose prompts are rendered."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+    members: Annotated[int, typer.Option(help="Members of the generated world the prompts come from.")] = 1000,
+    days: Annotated[int, typer.Option(help="Days of that world.")] = 14,
+    requests: Annotated[int, typer.Option(help="Requests (members x moments) to render.")] = 200,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Prompt budget.")] = 512,
+    task: Annotated[str, typer.Option(help="Task whose prompts are rendered.")] = "feed_like",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Prompt rendering + tokenization on one core (shared prefix vs. one prompt per candidate), build rows/s."""
     from recbrew.examples.bench import bench_render
@@ -53,8 +54,8 @@ def render(
 
 @app.command()
 def baselines(
-    examples: Path = typer.Option(Path("runs/quickstart/examples"), "--examples", help="Examples built by `recbrew data build`."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+    examples: Annotated[Path, typer.Option("--examples", help="Examples built by `recbrew data build`.")] = Path("runs/quickstart/examples"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Training examples/s and scoring candidates/s on CPU for each classic ranker."""
     from recbrew.baselines.bench import bench_baselines
@@ -64,11 +65,11 @@ def baselines(
 
 @app.command()
 def score(
-    model: str = typer.Option("smollm2", help="'smollm2' or a model folder."),
-    examples: Path = typer.Option(Path("runs/quickstart/examples"), "--examples", help="Where real prompts come from."),
-    grid: str = typer.Option("250x10,250x50,1000x10,1000x50", help="PREFIX_TOKENSxCANDIDATES cells."),
-    modes: str = typer.Option("naive,prefix,multi", help="Modes to time (the first is the reference)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+    model: Annotated[str, typer.Option(help="'smollm2' or a model folder.")] = "smollm2",
+    examples: Annotated[Path, typer.Option("--examples", help="Where real prompts come from.")] = Path("runs/quickstart/examples"),
+    grid: Annotated[str, typer.Option(help="PREFIX_TOKENSxCANDIDATES cells.")] = "250x10,250x50,1000x10,1000x50",
+    modes: Annotated[str, typer.Option(help="Modes to time (the first is the reference).")] = "naive,prefix,multi",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Candidates/s and tokens processed per scoring mode, with speed-ups against naive in the same run."""
     from recbrew.errors import UserError
@@ -83,7 +84,7 @@ def score(
 
 
 @app.command()
-def kernels(as_json: bool = typer.Option(False, "--json", help="Print JSON only.")) -> None:
+def kernels(as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False) -> None:
     """Multi-item attention vs dense-mask SDPA / FlexAttention, and the answer head vs torch: time and memory."""
     from recbrew.kernels.bench import bench_kernels
 
@@ -92,11 +93,11 @@ def kernels(as_json: bool = typer.Option(False, "--json", help="Print JSON only.
 
 @app.command()
 def serve(
-    model: str = typer.Option("smollm2", help="'smollm2' or a model folder."),
-    world: Path = typer.Option(Path("runs/quickstart/world"), "--world", help="Corpus the requests come from."),
-    candidates: int = typer.Option(50, help="Candidates per /v1/rank request."),
-    requests: int = typer.Option(3, help="Requests (members with the longest histories)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+    model: Annotated[str, typer.Option(help="'smollm2' or a model folder.")] = "smollm2",
+    world: Annotated[Path, typer.Option("--world", help="Corpus the requests come from.")] = Path("runs/quickstart/world"),
+    candidates: Annotated[int, typer.Option(help="Candidates per /v1/rank request.")] = 50,
+    requests: Annotated[int, typer.Option(help="Requests (members with the longest histories).")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """/v1/rank candidates/s with vLLM prefix caching on vs off, and vs the HF multi-item scorer."""
     from recbrew.serve.bench import bench_serve

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -23,12 +24,12 @@ def _reusable(path: Path, wanted: dict) -> dict | None:
 
 
 def quickstart(
-    out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Where every step writes its outputs."),
-    members: int = typer.Option(2000, help="Members of the generated world."),
-    days: int = typer.Option(30, help="Days of the generated world."),
-    seed: int = typer.Option(0, help="Seed of the whole run."),
-    max_train: int = typer.Option(300, "--max-train", help="Training requests per task."),
-    max_test: int = typer.Option(150, "--max-test", help="Test requests per task."),
+    out: Annotated[Path, typer.Option("--out", help="Where every step writes its outputs.")] = Path("runs/quickstart"),
+    members: Annotated[int, typer.Option(help="Members of the generated world.")] = 2000,
+    days: Annotated[int, typer.Option(help="Days of the generated world.")] = 30,
+    seed: Annotated[int, typer.Option(help="Seed of the whole run.")] = 0,
+    max_train: Annotated[int, typer.Option("--max-train", help="Training requests per task.")] = 300,
+    max_test: Annotated[int, typer.Option("--max-test", help="Test requests per task.")] = 150,
 ) -> None:
     """Run the pipeline end to end: world -> examples for the whole catalog (later stages join as they land)."""
     from recbrew.cli.world import print_card

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -39,13 +40,13 @@ def print_card(card: dict) -> None:
 
 @app.command()
 def generate(
-    out: Path = typer.Option(..., "--out", help="Directory to write the Corpus and world_card.json into."),
-    members: int = typer.Option(2000, help="Number of members (about 15% join during the window)."),
-    days: int = typer.Option(30, help="Days of activity to simulate."),
-    seed: int = typer.Option(0, help="Random seed: the same seed gives byte-identical files."),
-    force: bool = typer.Option(False, "--force", help="Replace OUT if it already holds files."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    as_json: bool = typer.Option(False, "--json", help="Print the world card as JSON."),
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the Corpus and world_card.json into.")],
+    members: Annotated[int, typer.Option(help="Number of members (about 15% join during the window).")] = 2000,
+    days: Annotated[int, typer.Option(help="Days of activity to simulate.")] = 30,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives byte-identical files.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it already holds files.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the world card as JSON.")] = False,
 ) -> None:
     """Generate a world: members, items, social graph and every impression with its true probabilities."""
     from recbrew.world import WorldConfig, generate_world
@@ -60,8 +61,8 @@ def generate(
 
 
 @app.command()
-def card(world: Path = typer.Argument(..., help="A directory written by `recbrew world generate`."),
-         as_json: bool = typer.Option(False, "--json", help="Print the card as JSON.")) -> None:
+def card(world: Annotated[Path, typer.Argument(help="A directory written by `recbrew world generate`.")],
+         as_json: Annotated[bool, typer.Option("--json", help="Print the card as JSON.")] = False) -> None:
     """Print a generated world's card: sizes, action rates, oracle and popularity AUC."""
     from recbrew.world import CARD_FILE
 
