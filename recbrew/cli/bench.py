@@ -14,8 +14,8 @@ app = typer.Typer(help="Benchmarks: JSON with ratios against a baseline measured
 
 @app.command()
 def world(
-    members: Annotated[int, typer.Option(help="Members at the base size.")] = 5000,
-    days: Annotated[int, typer.Option(help="Days at the base size.")] = 3,
+    members: Annotated[int, typer.Option(help="Members at the base size.")] = 20000,
+    days: Annotated[int, typer.Option(help="Days at the base size (enough to fill one Parquet row group).")] = 10,
     scale: Annotated[int, typer.Option(help="Factor for the larger runs (days and members each).")] = 10,
     seed: Annotated[int, typer.Option()] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,

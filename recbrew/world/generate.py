@@ -64,13 +64,19 @@ def generate_world(config: WorldConfig, out: str | Path, *, force: bool = False,
 
 
 class _Sink:
-    """A Parquet file written in row groups as data arrives."""
+    """A Parquet file written in row groups as data arrives.
 
-    def __init__(self, path: Path, schema: pa.Schema, chunk_rows: int):
+    A row group is written once ``chunk_rows`` rows or ``max_bytes`` bytes are buffered, whichever
+    comes first, so memory stays bounded however many days are simulated (item rows carry text and
+    reach the byte limit long before the row limit).
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema, chunk_rows: int, max_bytes: int = 16 << 20):
         self.writer = pq.ParquetWriter(path, schema, **PARQUET_OPTIONS)
-        self.chunk_rows = chunk_rows
+        self.chunk_rows, self.max_bytes = chunk_rows, max_bytes
         self.buffer: list[pa.Table] = []
         self.buffered = 0
+        self.buffered_bytes = 0
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
@@ -78,14 +84,15 @@ class _Sink:
             return
         self.buffer.append(table)
         self.buffered += len(table)
-        if self.buffered >= self.chunk_rows:
+        self.buffered_bytes += table.nbytes
+        if self.buffered >= self.chunk_rows or self.buffered_bytes >= self.max_bytes:
             self.flush()
 
     def flush(self) -> None:
         if self.buffer:
             self.writer.write_table(pa.concat_tables(self.buffer), row_group_size=self.chunk_rows)
             self.rows += self.buffered
-            self.buffer, self.buffered = [], 0
+            self.buffer, self.buffered, self.buffered_bytes = [], 0, 0
 
     def close(self) -> int:
         self.flush()
