@@ -45,6 +45,11 @@ def validation_auc(model, space: FeatureSpace, rows: list[dict], enc: dict) -> f
     return macro_auc(per_task_auc(rows, probs))["T1"]
 
 
+def _resumable(config: dict) -> dict:
+    """The parts of a config a resumed run must share with the checkpoint."""
+    return {**config, "train": {k: v for k, v in config["train"].items() if k not in ("epochs", "patience")}}
+
+
 def train_model(cfg: RunConfig, examples: str | Path, out: str | Path | None = None, *, rows: list[dict] | None = None,
                 resume: bool = False, progress: bool = True) -> tuple[torch.nn.Module, FeatureSpace, dict]:
     """Train ``cfg`` on the T1 train requests of ``examples`` (or on ``rows``); save into ``out`` if given.
@@ -83,8 +88,9 @@ def train_model(cfg: RunConfig, examples: str | Path, out: str | Path | None = N
     ckpt_path = out / CHECKPOINT if out is not None else None
     if resume and ckpt_path is not None and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt["config"] != cfg.to_dict():
-            raise UserError(f"{ckpt_path}: was written with another config; drop --resume or use the same config")
+        if _resumable(ckpt["config"]) != _resumable(cfg.to_dict()):
+            raise UserError(f"{ckpt_path}: was written with another config (only train.epochs and train.patience "
+                            "may change on --resume); drop --resume or use the same config")
         model.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(ckpt["optimizer"])
         best = {"auc": ckpt["best_auc"], "epoch": ckpt["best_epoch"], "state": ckpt["best_state"]}
