@@ -63,7 +63,7 @@ def fake_rows(rng: np.random.Generator, n: int, tasks=("feed_like", "jobs_apply"
 @pytest.fixture(scope="module")
 def space_and_rows():
     rows = fake_rows(np.random.default_rng(0), 40)
-    return FeatureSpace.fit(rows, FeatureConfig(history_len=10)), rows
+    return FeatureSpace.fit(rows, FeatureConfig(history_len=10, item_store=False)), rows
 
 
 # ----------------------------------------------------------------------------- isotonic calibration
@@ -178,7 +178,7 @@ def test_feature_space_compression_ratio(space_and_rows):
     comp = space.compression()
     item = comp["item"]
     assert item["rows"] == qr_rows(item["ids"], space.remainder["item"]) and item["ratio"] > 1
-    full = FeatureSpace(FeatureConfig(qr=False), space.tasks, item_ids=space.item_ids, member_ids=space.member_ids)
+    full = FeatureSpace(FeatureConfig(qr=False, item_store=False), space.tasks, item_ids=space.item_ids, member_ids=space.member_ids)
     assert full.compression()["total"]["ratio"] == 1
 
 
@@ -199,7 +199,7 @@ def test_encoding_masks_old_history_and_unknown_ids(space_and_rows):
                labels=[0, 1], hist_item_ids=[7, 8], hist_actions=["like", "like"], hist_surfaces=["feed", "feed"],
                hist_timestamps=[rows[0]["timestamp"] - 30 * DAY, rows[0]["timestamp"] - 60],
                **{f: ["x", "y"] for f in ITEM_FIELDS})
-    cfg = FeatureConfig(history_len=10, history_days=7)
+    cfg = FeatureConfig(history_len=10, history_days=7, item_store=False)
     enc = FeatureSpace.fit(rows, cfg).encode([row])
     assert enc["member"][0] == 0 and enc["cand_item"][0, 0] == 0 and enc["cand_item"][0, 1] > 0
     np.testing.assert_array_equal(enc["hist_mask"][0, -2:], [False, True])  # 30 days old: out of the window

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,30 +12,49 @@ from recbrew.baselines import Oracle, Popularity, load_scorer
 from recbrew.baselines.ablation import run_ablation
 from recbrew.baselines.bench import bench_baselines
 from recbrew.baselines.config import run_config
-from recbrew.baselines.features import load_rows
+from recbrew.baselines.features import STORE_FIELDS, load_rows, stable_hash
 from recbrew.baselines.metrics import evaluate
 from recbrew.baselines.scorer import ModelScorer
 from recbrew.baselines.train import train_model
+from recbrew.cli import main
+from recbrew.data.corpus import Corpus
 from recbrew.examples.build import BuildConfig, build_examples
 from recbrew.scoring.protocol import Scorer, load_requests
 from recbrew.world import WorldConfig, generate_world
 
 torch.set_num_threads(1)
-RECBREW = Path(sys.executable).parent / "recbrew"
-TASKS = ["feed_like", "jobs_apply", "jobs_apply_listwise", "pymk_connect", "notifications_click", "ads_click",
-         "learning_enroll", "events_register", "jobs_next_title"]
-SMALL = ["features.history_len=10", "train.batch_size=32"]
+TASKS = ["feed_like", "jobs_apply", "jobs_apply_listwise", "notifications_click", "events_register", "jobs_next_title"]
+SMALL = ["features.history_len=10", "train.val_fraction=0"]
 
 
-def run(*args):
-    return subprocess.run([str(RECBREW), *map(str, args)], capture_output=True, text=True)
+class Done:
+    def __init__(self, code: int, out: str, err: str):
+        self.returncode, self.stdout, self.stderr = code, out, err
+
+
+@pytest.fixture
+def run(capsys):
+    """The `recbrew` command line, run in this process (as `recbrew.cli:main`)."""
+    def call(*args) -> Done:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        out = capsys.readouterr()
+        return Done(code, out.out, out.err)
+    return call
 
 
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory):
+    """A small world whose engagement is driven mostly by what the structured view can see."""
     root = tmp_path_factory.mktemp("baselines")
-    generate_world(WorldConfig(members=300, days=14, seed=1), root / "world", progress=False)
-    cfg = BuildConfig(tasks=TASKS, test_days=4, gap_days=1, max_train=150, max_test=80, seed=0, tokenizer="none")
+    world = WorldConfig(members=400, days=20, seed=1).with_behaviour(interest=4.0, social=0.0, interest_noise=0.1,
+                                                                      drift=0.0)
+    generate_world(world, root / "world", progress=False)
+    cfg = BuildConfig(tasks=TASKS, test_days=4, gap_days=1, max_train=400, max_test=80, seed=0, tokenizer="none")
     build_examples(root / "world", root / "ex", cfg, progress=False)
     return root / "ex"
 
@@ -46,10 +62,18 @@ def examples(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cli_model(examples, tmp_path_factory):
     out = tmp_path_factory.mktemp("model") / "dcnv2"
-    done = run("baselines", "train", "dcnv2", "--examples", examples, "--out", out, "--no-progress",
-               "train.epochs=2", *SMALL)
-    assert done.returncode == 0, done.stderr
+    code = main_code("baselines", "train", "dcnv2", "--examples", examples, "--out", out, "--no-progress",
+                     "train.epochs=2", *SMALL)
+    assert code == 0
     return out
+
+
+def main_code(*args) -> int:
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0
 
 
 def test_cli_train_saves_a_model_that_loads_back_as_a_scorer(cli_model, examples):
@@ -68,7 +92,7 @@ def test_cli_train_saves_a_model_that_loads_back_as_a_scorer(cli_model, examples
     assert all(np.array_equal(a, b) for a, b in zip(probs, again, strict=True))
 
 
-def test_cli_refuses_existing_output_and_resumes_from_the_checkpoint(cli_model, examples):
+def test_cli_refuses_existing_output_and_resumes_from_the_checkpoint(cli_model, examples, run):
     refused = run("baselines", "train", "dcnv2", "--examples", examples, "--out", cli_model)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--force" in refused.stderr
     unknown = run("baselines", "train", "xgboost", "--examples", examples, "--out", cli_model / "x")
@@ -84,7 +108,7 @@ def test_cli_refuses_existing_output_and_resumes_from_the_checkpoint(cli_model, 
     assert [e["epoch"] for e in after] == [1, 2, 3] and after[:2] == before
 
 
-def test_score_command_prints_per_task_and_macro_auc(cli_model, examples):
+def test_score_command_prints_per_task_and_macro_auc(cli_model, examples, run):
     out = run("baselines", "score", "--model", cli_model, "--model", "popularity", "--model", "oracle",
               "--examples", examples)
     assert out.returncode == 0, out.stderr
@@ -98,11 +122,26 @@ def test_rankers_beat_popularity_on_t1_and_stay_below_the_oracle(examples):
     pop = evaluate(Popularity.fit(train_rows), test_rows)["macro_auc"]["T1"]
     oracle = evaluate(Oracle(), test_rows)["macro_auc"]["T1"]
     for name in ("lirank", "ligr"):
-        cfg = run_config(name, overrides=["train.epochs=6", *SMALL])
+        cfg = run_config(name, overrides=["train.epochs=4", *SMALL])
         model, space, _ = train_model(cfg, examples, rows=train_rows, progress=False)
         auc = evaluate(ModelScorer(name, model, space), test_rows)["macro_auc"]
-        assert pop + 0.03 < auc["T1"] < oracle, (name, pop, auc, oracle)
+        assert pop + 0.1 < auc["T1"] < oracle, (name, pop, auc, oracle)
         assert auc["T2"] is not None  # scored on T2 tasks it never trained on
+
+
+def test_item_store_carries_what_the_structured_view_leaves_out(cli_model, examples):
+    """Job candidates show no function in the structured view; the item store has it."""
+    row = next(r for r in load_rows(examples, "test") if r["task"] == "jobs_apply_listwise")
+    assert row["cand_topic"][0] is None
+    space = load_scorer(cli_model).space
+    items = Corpus.load(examples.parent / "world", tables=["items"]).items
+    function = dict(zip(items["item_id"].to_pylist(), items["function"].to_pylist(), strict=True))
+    enc = space.encode([row])
+    got = enc["cand_store"][0, : len(row["candidate_ids"]), STORE_FIELDS.index("function")]
+    want = stable_hash([function[c] for c in row["candidate_ids"]], "function", space.config.cat_buckets)
+    np.testing.assert_array_equal(got, want)
+    same = [function[c] == row["member_function"] for c in row["candidate_ids"]]
+    np.testing.assert_array_equal(enc["cand_match"][0, : len(same), 0], same)
 
 
 def test_ablation_writes_table_and_reuses_trained_variants(examples, tmp_path):

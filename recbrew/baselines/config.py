@@ -36,16 +36,18 @@ SECTIONS = ("model", "features", "train")
 class TrainConfig:
     """How a ranker is trained: T1 train requests, their candidates as pointwise labels, BCE."""
 
-    epochs: int = 8
+    epochs: int = 10
     #: Requests per step (each brings all its candidates).
     batch_size: int = 64
     lr: float = 2e-3
-    weight_decay: float = 1e-5
+    #: The learning rate decays along a cosine to this fraction of ``lr`` at the last step.
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.05
     seed: int = 0
     #: The latest fraction of the training requests, held out to pick the best epoch.
     val_fraction: float = 0.1
     #: Stop after this many epochs without a better validation macro AUC.
-    patience: int = 3
+    patience: int = 4
     #: Torch CPU threads.
     threads: int = 1
     #: Use at most this many training requests (the latest ones); None: all.

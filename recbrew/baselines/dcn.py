@@ -1,7 +1,8 @@
 """DCNv2, the plain baseline: embedded fields -> low-rank cross net -> MLP -> one logit.
 
-Fields: member id and profile, task and surface, candidate id, categoricals and slot, the mean of
-the member's history tokens, and the dense request features. No history module, no gating, no
+Fields: member id and profile, task and surface, candidate id, categoricals, item-store fields,
+age and slot, member-candidate match indicators, the mean of the member's history tokens, and the
+dense request features. No history module, no gating, no
 calibration and a single head (the task is an input field): what LiRank adds is measured against it.
 """
 
@@ -30,7 +31,7 @@ class DCNv2Config:
     hidden: list[int] = field(default_factory=lambda: [256, 128])
     dropout: float = 0.1
     #: Rate at which ids are replaced by 'unknown' while training (cold-start robustness).
-    id_dropout: float = 0.05
+    id_dropout: float = 0.3
 
 
 def valid_candidates(b: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,8 +58,8 @@ class DCNv2(nn.Module):
         super().__init__()
         self.config = cfg
         self.embeddings = FeatureEmbeddings(space, cfg.dim, cfg.id_dropout)
-        fields = FeatureEmbeddings.MEMBER_FIELDS + FeatureEmbeddings.CANDIDATE_FIELDS + FeatureEmbeddings.HISTORY_FIELDS
-        x_dim = fields * cfg.dim + DENSE
+        fields = FeatureEmbeddings.MEMBER_FIELDS + FeatureEmbeddings.HISTORY_FIELDS
+        x_dim = fields * cfg.dim + DENSE + self.embeddings.candidate_dim()
         self.cross = CrossNet(x_dim, cfg.cross_layers, cfg.cross_rank)
         self.mlp = GatedMLP(self.cross.out_dim, cfg.hidden, gating=False, dropout=cfg.dropout)
         self.head = nn.Linear(self.mlp.out_dim, 1)
@@ -68,6 +69,6 @@ class DCNv2(nn.Module):
         bi, ki = valid_candidates(b)
         request = torch.cat([self.embeddings.member_fields(b).flatten(1), pooled_history(self.embeddings, b),
                              b["dense"]], 1)
-        cand = self.embeddings.candidate_fields(b)[bi, ki].flatten(1)
+        cand = self.embeddings.candidate_vector(b)[bi, ki]
         x0 = torch.cat([request[bi], cand], 1)
         return scatter_logits(b, bi, ki, self.head(self.mlp(self.cross(x0)))[:, 0])

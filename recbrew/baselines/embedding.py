@@ -14,10 +14,13 @@ import torch
 from torch import nn
 
 from recbrew.baselines.features import (
+    ITEM_AGE_BUCKETS,
     ITEM_FIELDS,
+    MATCH_FIELDS,
     MAX_SLOTS,
     MEMBER_FIELDS,
     SMALL_BUCKETS,
+    STORE_FIELDS,
     FeatureSpace,
     qr_split,
 )
@@ -82,6 +85,8 @@ class FeatureEmbeddings(nn.Module):
         self.item_id = IdEmbedding(space.item_ids + 1, dim, cfg.qr, rem["item"], id_dropout)
         self.member_cats = FieldEmbedding(len(MEMBER_FIELDS), cfg.cat_buckets, dim)
         self.item_cats = FieldEmbedding(len(ITEM_FIELDS), cfg.cat_buckets, dim)
+        self.item_store = FieldEmbedding(len(STORE_FIELDS), cfg.cat_buckets, dim)
+        self.item_age = _init(nn.Embedding(ITEM_AGE_BUCKETS, dim))
         self.task = _init(nn.Embedding(space.num_tasks, dim))
         self.surface = _init(nn.Embedding(SMALL_BUCKETS, dim))
         self.action = _init(nn.Embedding(SMALL_BUCKETS, dim))
@@ -90,8 +95,11 @@ class FeatureEmbeddings(nn.Module):
 
     #: Fields returned by :meth:`member_fields` and :meth:`candidate_fields`.
     MEMBER_FIELDS = 3 + len(MEMBER_FIELDS)
-    CANDIDATE_FIELDS = 2 + len(ITEM_FIELDS)
-    HISTORY_FIELDS = 4 + len(ITEM_FIELDS)
+    CANDIDATE_FIELDS = 3 + len(ITEM_FIELDS) + len(STORE_FIELDS)
+    HISTORY_FIELDS = 4 + len(ITEM_FIELDS) + len(STORE_FIELDS)
+
+    def candidate_dim(self) -> int:
+        return self.CANDIDATE_FIELDS * self.dim + len(MATCH_FIELDS)
 
     def member_fields(self, b: dict) -> torch.Tensor:
         """[B, MEMBER_FIELDS, dim]: member id, profile categoricals, task, surface."""
@@ -99,12 +107,18 @@ class FeatureEmbeddings(nn.Module):
                           self.task(b["task"])[:, None], self.surface(b["surface"])[:, None]], 1)
 
     def candidate_fields(self, b: dict) -> torch.Tensor:
-        """[B, K, CANDIDATE_FIELDS, dim]: item id, item categoricals, slot."""
+        """[B, K, CANDIDATE_FIELDS, dim]: item id, item categoricals, item-store fields, item age, slot."""
         return torch.cat([self.item_id(b["cand_item"])[:, :, None], self.item_cats(b["cand_cats"]),
+                          self.item_store(b["cand_store"]), self.item_age(b["cand_age"])[:, :, None],
                           self.slot(b["cand_slot"])[:, :, None]], 2)
 
+    def candidate_vector(self, b: dict) -> torch.Tensor:
+        """[B, K, CANDIDATE_DIM]: the candidate's fields flattened, then its member-match indicators."""
+        return torch.cat([self.candidate_fields(b).flatten(2), b["cand_match"]], 2)
+
     def history_fields(self, b: dict) -> torch.Tensor:
-        """[B, L, HISTORY_FIELDS, dim]: item id, item categoricals, action, surface, age."""
+        """[B, L, HISTORY_FIELDS, dim]: item id, item categoricals, item-store fields, action, surface, age."""
         return torch.cat([self.item_id(b["hist_item"])[:, :, None], self.item_cats(b["hist_cats"]),
+                          self.item_store(b["hist_store"]),
                           self.action(b["hist_action"])[:, :, None], self.surface(b["hist_surface"])[:, :, None],
                           self.age(b["hist_age"])[:, :, None]], 2)

@@ -8,7 +8,15 @@ time) sequences, most recent last. This module turns rows into padded integer ar
   ``embedding.py``, :func:`qr_split` is the index arithmetic;
 - categoricals -> stable hashes into a small table per field (0 = missing / padding);
 - history -> right-aligned sequences of item, item categoricals (from the attributes the item
-  showed as a training candidate), action, surface and a log-scale age bucket.
+  showed as a training candidate), action, surface and a log-scale age bucket;
+- item store (optional, on by default): the static attributes of every item of the Corpus the
+  examples were built from (type, function, industry, seniority, location, company, format,
+  remote, first genre, decade; school for member items) and its creation time, hashed once at
+  fit time. The structured view only carries the categoricals a task's prompt shows, which for
+  jobs leaves out function and seniority; a production ranker reads them from its item feature
+  store, and so do these. Item metadata holds no labels;
+- member-candidate match indicators (same function, industry, seniority, location, company,
+  school), the classic hand-made crosses of a people/jobs ranker.
 
 :class:`FeatureSpace` holds what is fitted on the training rows (tasks, id ranges, item
 attributes) and is saved with every model as plain lists, so ``torch.load(weights_only=True)``
@@ -28,7 +36,7 @@ import numpy as np
 import torch
 
 from recbrew.errors import UserError
-from recbrew.examples.build import ITEM_FEATURES, MEMBER_FEATURES, STRUCTURED_HISTORY
+from recbrew.examples.build import ITEM_FEATURES, MEMBER_FEATURES
 
 MEMBER_FIELDS = tuple(f"member_{f}" for f in MEMBER_FEATURES)
 ITEM_FIELDS = tuple(f"cand_{f}" for f in ITEM_FEATURES)
@@ -36,6 +44,16 @@ ITEM_FIELDS = tuple(f"cand_{f}" for f in ITEM_FEATURES)
 SMALL_BUCKETS = 64
 #: Slot embedding rows: slot 1..MAX_SLOTS, 0 = padding.
 MAX_SLOTS = 32
+#: Item-store fields (hashed) and the buckets of a candidate's age: floor(log2(1 + days)) + 1.
+STORE_FIELDS = ("item_type", "function", "industry", "seniority", "location", "company", "format", "remote",
+                "genre", "decade", "school")
+ITEM_AGE_BUCKETS = 16
+#: Member-candidate agreement indicators: the member's value equals the candidate's (same function,
+#: industry, ...). Hashed with one salt per domain on both sides so that equal strings compare equal.
+MATCH_FIELDS = ("function", "industry", "seniority", "location", "company", "school")
+#: Structured-view candidate fields that carry a match domain.
+_CAND_DOMAIN = {"cand_topic": "function", "cand_industry": "industry", "cand_location": "location",
+                "cand_company": "company"}
 #: Dense request features: log of the history steps in the window, candidates in the request.
 DENSE = 2
 
@@ -51,13 +69,15 @@ class FeatureConfig:
     #: Remainder table size; None picks ceil(sqrt(ids)), which minimizes the rows kept.
     qr_remainder: int | None = None
     #: History steps fed to the sequence modules (most recent kept).
-    history_len: int = STRUCTURED_HISTORY
+    history_len: int = 20
     #: Only steps younger than this many days (None: any age). Members accumulate history over the
     #: log, so test requests carry longer histories than most training requests; a window keeps the
     #: two alike.
     history_days: float | None = 7.0
     #: Age buckets of a history step: floor(log2(1 + minutes)), capped.
     age_buckets: int = 24
+    #: Static item attributes from the examples' Corpus (see the module docstring).
+    item_store: bool = True
 
 
 def stable_hash(values: Sequence, salt: str, buckets: int) -> np.ndarray:
@@ -138,12 +158,17 @@ class FeatureSpace:
     #: Hashed categoricals of items seen as training candidates, sorted by item id.
     attr_ids: list[int] = field(default_factory=list)
     attr_cats: list[list[int]] = field(default_factory=list)
+    #: Item store: hashed static attributes and creation time (-1: unknown) of every item, sorted by id.
+    store_ids: list[int] = field(default_factory=list)
+    store_cats: list[list[int]] = field(default_factory=list)
+    store_created: list[int] = field(default_factory=list)
 
     # ------------------------------------------------------------------ fitting
 
     @classmethod
-    def fit(cls, rows: Sequence[dict] | dict, config: FeatureConfig, kinds: dict[str, str] | None = None) -> FeatureSpace:
-        """Tasks, id ranges and item attributes of the training rows."""
+    def fit(cls, rows: Sequence[dict] | dict, config: FeatureConfig, kinds: dict[str, str] | None = None,
+            corpus: str | Path | None = None) -> FeatureSpace:
+        """Tasks, id ranges and item attributes of the training rows (+ the item store of ``corpus``)."""
         cols = columns(rows)
         if not cols or not cols.get("task"):
             raise UserError("no training rows: the examples hold no T1 train requests with candidates")
@@ -157,6 +182,11 @@ class FeatureSpace:
         cats = np.stack([stable_hash([v for vs in cols[f] for v in vs], f, config.cat_buckets) for f in ITEM_FIELDS], 1)
         ids, first = np.unique(cand, return_index=True)
         space.attr_ids, space.attr_cats = ids.tolist(), cats[first].tolist()
+        if config.item_store:
+            if corpus is None:
+                raise UserError("features.item_store needs the Corpus the examples were built from "
+                                "(named in their manifest.json); set features.item_store=false to go without")
+            space.store_ids, space.store_cats, space.store_created = item_store(corpus, config.cat_buckets)
         return space
 
     @property
@@ -211,6 +241,7 @@ class FeatureSpace:
         h_item = right_align(cols["hist_item_ids"], L)
         out["hist_item"] = self._item_index(h_item) * mask
         out["hist_cats"] = self._attrs(h_item) * mask[..., None]
+        out["hist_store"] = self._store(h_item)[0] * mask[..., None]
         out["hist_action"] = right_align([stable_hash(a, "action", SMALL_BUCKETS) for a in cols["hist_actions"]], L) * mask
         out["hist_surface"] = right_align([stable_hash(s, "surface", SMALL_BUCKETS) for s in cols["hist_surfaces"]],
                                           L) * mask
@@ -228,6 +259,12 @@ class FeatureSpace:
         out["cand_item"] = self._item_index(c_item) * out["cand_mask"]
         out["cand_cats"] = np.stack([left_align(
             [stable_hash(v, f, cfg.cat_buckets) for v in cols[f]], K) for f in ITEM_FIELDS], -1)
+        store, created = self._store(c_item)
+        out["cand_store"] = store * out["cand_mask"][..., None]
+        out["cand_match"] = self._matches(cols, store, K) * out["cand_mask"][..., None]
+        days = np.maximum(ts[:, None] - created, 0) / 86_400.0
+        age = 1 + np.minimum(np.floor(np.log2(1 + days)), ITEM_AGE_BUCKETS - 2).astype(np.int64)
+        out["cand_age"] = np.where(out["cand_mask"] & (created >= 0), age, 0)
         out["cand_slot"] = np.where(out["cand_mask"], np.minimum(np.arange(K) + 1, MAX_SLOTS - 1), 0)
         out["labels"] = left_align(cols["labels"], K, dtype=np.float32)
         return out
@@ -248,17 +285,71 @@ class FeatureSpace:
         found = known[pos] == ids
         return np.where(found[..., None], table[pos], 0)
 
+    def _matches(self, cols: dict, store: np.ndarray, k: int) -> np.ndarray:
+        """[B, K, MATCH_FIELDS] float: 1 where the member's value equals the candidate's."""
+        buckets = self.config.cat_buckets
+        out = np.zeros((*store.shape[:2], len(MATCH_FIELDS)), dtype=np.float32)
+        row_fields = {d: f for f, d in _CAND_DOMAIN.items()}
+        for m, domain in enumerate(MATCH_FIELDS):
+            member = stable_hash(cols[f"member_{domain}"], domain, buckets)[:, None]
+            hit = (store[..., STORE_FIELDS.index(domain)] == member) & (member > 0)
+            if domain in row_fields:
+                cand = left_align([stable_hash(v, domain, buckets) for v in cols[row_fields[domain]]], k)
+                hit |= (cand == member) & (member > 0)
+            out[..., m] = hit
+        return out
+
+    def _store(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Item-store categoricals [..., STORE_FIELDS] and creation times [...] (0 and -1 when unknown)."""
+        if not self.store_ids:
+            return np.zeros((*ids.shape, len(STORE_FIELDS)), dtype=np.int64), np.full(ids.shape, -1, dtype=np.int64)
+        known = np.asarray(self.store_ids, dtype=np.int64)
+        pos = np.clip(np.searchsorted(known, ids), 0, len(known) - 1)
+        found = known[pos] == ids
+        cats = np.asarray(self.store_cats, dtype=np.int64)[pos]
+        created = np.asarray(self.store_created, dtype=np.int64)[pos]
+        return np.where(found[..., None], cats, 0), np.where(found, created, -1)
+
     # ------------------------------------------------------------------ saving
 
     def to_dict(self) -> dict:
         return {"config": vars(self.config).copy(), "tasks": self.tasks, "task_surface": self.task_surface,
                 "kinds": self.kinds, "member_ids": self.member_ids, "item_ids": self.item_ids,
-                "attr_ids": self.attr_ids, "attr_cats": self.attr_cats}
+                "attr_ids": self.attr_ids, "attr_cats": self.attr_cats, "store_ids": self.store_ids,
+                "store_cats": self.store_cats, "store_created": self.store_created}
 
     @classmethod
     def from_dict(cls, d: dict) -> FeatureSpace:
         return cls(FeatureConfig(**d["config"]), list(d["tasks"]), dict(d["task_surface"]), dict(d["kinds"]),
-                   int(d["member_ids"]), int(d["item_ids"]), list(d["attr_ids"]), [list(c) for c in d["attr_cats"]])
+                   int(d["member_ids"]), int(d["item_ids"]), list(d["attr_ids"]), [list(c) for c in d["attr_cats"]],
+                   list(d["store_ids"]), [list(c) for c in d["store_cats"]], list(d["store_created"]))
+
+
+def item_store(corpus_dir: str | Path, buckets: int) -> tuple[list[int], list[list[int]], list[int]]:
+    """Hashed static attributes and creation times of every item of a Corpus, sorted by item id."""
+    import pyarrow.compute as pc
+
+    from recbrew.data.corpus import Corpus
+
+    corpus = Corpus.load(corpus_dir, tables=["items", "members"])
+    items = corpus.items.sort_by("item_id")
+    n = items.num_rows
+
+    def col(name: str) -> list:
+        return items[name].to_pylist() if name in items.column_names else [None] * n
+
+    values = {f: col(f) for f in ("item_type", "function", "industry", "seniority", "location", "company", "format")}
+    values["remote"] = [None if v is None else str(v) for v in col("remote")]
+    values["genre"] = [g[0] if g else None for g in col("genres")]
+    values["decade"] = [None if y is None else str(y // 10 * 10) for y in col("year")]
+    # Member items (people-you-may-know candidates): the school of the member they stand for.
+    members = corpus.members
+    school = (dict(zip(members["member_id"].to_pylist(), members["school"].to_pylist(), strict=True))
+              if "school" in members.column_names else {})
+    values["school"] = [school.get(r) if r is not None else None for r in col("ref_id")]
+    cats = np.stack([stable_hash(values[f], f, buckets) for f in STORE_FIELDS], 1)
+    created = pc.fill_null(items["created_at"], -1).to_numpy() if "created_at" in items.column_names else np.full(n, -1)
+    return items["item_id"].to_pylist(), cats.tolist(), [int(c) for c in created]
 
 
 def batch_tensors(enc: dict[str, np.ndarray], rows: np.ndarray | slice) -> dict[str, torch.Tensor]:
@@ -280,12 +371,25 @@ STRUCTURED_COLUMNS = ("request_id", "task", "split_tag", "surface", "member_id",
                       "hist_surfaces", "hist_timestamps", *MEMBER_FIELDS, *ITEM_FIELDS)
 
 
-def manifest_kinds(examples_dir: str | Path) -> dict[str, str]:
-    """Task name -> kind, from the examples' manifest."""
+def manifest(examples_dir: str | Path) -> dict:
     path = Path(examples_dir) / "manifest.json"
     if not path.is_file():
         raise UserError(f"{examples_dir}: not an examples folder (no manifest.json); build one with `recbrew data build`")
-    return {name: t["kind"] for name, t in json.loads(path.read_text())["tasks"].items()}
+    return json.loads(path.read_text())
+
+
+def manifest_kinds(examples_dir: str | Path) -> dict[str, str]:
+    """Task name -> kind, from the examples' manifest."""
+    return {name: t["kind"] for name, t in manifest(examples_dir)["tasks"].items()}
+
+
+def manifest_corpus(examples_dir: str | Path) -> Path:
+    """The Corpus folder the examples were built from; UserError when it is gone."""
+    corpus = manifest(examples_dir).get("corpus")
+    if not corpus or not Path(corpus).is_dir():
+        raise UserError(f"{examples_dir}: the Corpus it was built from ({corpus}) is not there; the item store "
+                        "reads it (or set features.item_store=false)")
+    return Path(corpus)
 
 
 def load_rows(examples_dir: str | Path, split: str, split_tag: str | None = None,

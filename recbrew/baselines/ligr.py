@@ -50,7 +50,7 @@ class LiGRConfig:
     head_hidden: int = 64
     dropout: float = 0.1
     #: Rate at which ids are replaced by 'unknown' while training (cold-start robustness).
-    id_dropout: float = 0.05
+    id_dropout: float = 0.3
 
 
 class SwiGLU(nn.Module):
@@ -115,7 +115,7 @@ class LiGR(nn.Module):
         self.context = nn.Linear(FeatureEmbeddings.MEMBER_FIELDS * e + DENSE, cfg.dim)
         self.history = nn.Linear(FeatureEmbeddings.HISTORY_FIELDS * e, cfg.dim)
         # A candidate token sees the request context too, so its first FFN can cross member and item.
-        self.candidate = nn.Linear((FeatureEmbeddings.CANDIDATE_FIELDS + FeatureEmbeddings.MEMBER_FIELDS) * e + DENSE,
+        self.candidate = nn.Linear(self.embeddings.candidate_dim() + FeatureEmbeddings.MEMBER_FIELDS * e + DENSE,
                                    cfg.dim)
         self.blocks = nn.ModuleList(GatedBlock(cfg.dim, cfg.heads, cfg.ffn_mult, cfg.dropout)
                                     for _ in range(cfg.layers))
@@ -129,7 +129,7 @@ class LiGR(nn.Module):
         request = torch.cat([emb.member_fields(b).flatten(1), b["dense"]], 1)
         context = self.context(request)
         history = self.history(emb.history_fields(b).flatten(2))
-        cand_fields = emb.candidate_fields(b).flatten(2)
+        cand_fields = emb.candidate_vector(b)
         k = cand_fields.shape[1]
         cands = self.candidate(torch.cat([cand_fields, request[:, None].expand(-1, k, -1)], 2))
         h = torch.cat([context[:, None], history, cands], 1)

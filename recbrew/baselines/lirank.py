@@ -59,7 +59,7 @@ class LiRankConfig:
     history_last: int = 3
     dropout: float = 0.1
     #: Rate at which ids are replaced by 'unknown' while training (cold-start robustness).
-    id_dropout: float = 0.05
+    id_dropout: float = 0.3
 
 
 class LiRank(nn.Module):
@@ -68,7 +68,7 @@ class LiRank(nn.Module):
         self.config = cfg
         d = cfg.dim
         self.embeddings = FeatureEmbeddings(space, d, cfg.id_dropout)
-        cand_dim = FeatureEmbeddings.CANDIDATE_FIELDS * d
+        cand_dim = self.embeddings.candidate_dim()
         x_dim = FeatureEmbeddings.MEMBER_FIELDS * d + cand_dim + DENSE
         if cfg.history:
             self.history = TransAct(FeatureEmbeddings.HISTORY_FIELDS * d, cand_dim, cfg.history_dim,
@@ -92,7 +92,7 @@ class LiRank(nn.Module):
         calibration layer (the raw head logit)."""
         bi, ki = valid_candidates(b)
         emb = self.embeddings
-        cand = emb.candidate_fields(b)[bi, ki].flatten(1)
+        cand = emb.candidate_vector(b)[bi, ki]
         parts = [emb.member_fields(b).flatten(1)[bi], cand, b["dense"][bi]]
         if self.history is not None:
             tokens = emb.history_fields(b).flatten(2)

@@ -2,7 +2,7 @@
 
 Recipe: fit the feature space on the training requests; hold out the latest ``val_fraction`` of
 them; minimize binary cross-entropy over every candidate (listwise slots count as pointwise
-labels) with AdamW; after each epoch measure the validation macro AUC, write ``checkpoint.pt``
+labels) with AdamW and a cosine learning-rate decay; after each epoch measure the validation macro AUC, write ``checkpoint.pt``
 (atomically) and keep the best weights; stop after ``patience`` epochs without improvement.
 The model folder gets ``model.pt`` (best weights) and ``train.json``.
 """
@@ -10,6 +10,7 @@ The model folder gets ``model.pt`` (best weights) and ``train.json``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from recbrew.baselines.config import RunConfig, build_model
-from recbrew.baselines.features import FeatureSpace, batch_tensors, load_rows, manifest_kinds
+from recbrew.baselines.features import FeatureSpace, batch_tensors, load_rows, manifest_corpus, manifest_kinds
 from recbrew.baselines.metrics import macro_auc, per_task_auc
 from recbrew.baselines.scorer import MODEL_FILE, atomic_save, model_payload, predict_logits, probabilities
 from recbrew.errors import UserError
@@ -73,7 +74,8 @@ def train_model(cfg: RunConfig, examples: str | Path, out: str | Path | None = N
         rows = rows[-tc.max_rows:]
     train_rows, val_rows = split_by_time(rows, tc.val_fraction)
     kinds = manifest_kinds(examples) if examples is not None else {r["task"]: r["kind"] for r in rows}
-    space = FeatureSpace.fit(train_rows, cfg.features, kinds)
+    corpus = manifest_corpus(examples) if cfg.features.item_store and examples is not None else None
+    space = FeatureSpace.fit(train_rows, cfg.features, kinds, corpus)
     enc = space.encode(train_rows)
     val_enc = space.encode(val_rows) if val_rows else None
     model = build_model(cfg, space)
@@ -83,6 +85,12 @@ def train_model(cfg: RunConfig, examples: str | Path, out: str | Path | None = N
            "val_requests": len(val_rows), "train_candidates": int(enc["cand_mask"].sum()),
            "parameters": sum(p.numel() for p in model.parameters()), "compression": space.compression(),
            "epochs": []}
+    n = len(train_rows)
+    steps = -(-n // tc.batch_size)
+    # Cosine decay from lr to min_lr_ratio * lr over the whole run: late epochs move the weights
+    # less, so the epoch picked on validation is less a matter of luck.
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (
+        1 + math.cos(math.pi * min(i / max(tc.epochs * steps, 1), 1.0))))
     best = {"auc": -1.0, "epoch": -1, "state": None}
     start_epoch = 0
     ckpt_path = out / CHECKPOINT if out is not None else None
@@ -93,14 +101,13 @@ def train_model(cfg: RunConfig, examples: str | Path, out: str | Path | None = N
                             "may change on --resume); drop --resume or use the same config")
         model.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["schedule"])
         best = {"auc": ckpt["best_auc"], "epoch": ckpt["best_epoch"], "state": ckpt["best_state"]}
         log["epochs"] = ckpt["epochs"]
         start_epoch = ckpt["epoch"] + 1
         rng = np.random.default_rng([tc.seed, start_epoch])
         torch.manual_seed(tc.seed + start_epoch)
 
-    n = len(train_rows)
-    steps = -(-n // tc.batch_size)
     began = time.perf_counter()
     for epoch in range(start_epoch, tc.epochs):
         model.train()
@@ -115,6 +122,7 @@ def train_model(cfg: RunConfig, examples: str | Path, out: str | Path | None = N
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            schedule.step()
             total += loss.item() * int(mask.sum())
             count += int(mask.sum())
             if step % 20 == 0:
@@ -132,7 +140,7 @@ def train_model(cfg: RunConfig, examples: str | Path, out: str | Path | None = N
                        f"val macro AUC {auc if auc is None else round(auc, 4)}  {seconds:.1f} s")
         if ckpt_path is not None:
             atomic_save({"config": cfg.to_dict(), "epoch": epoch, "state_dict": model.state_dict(),
-                         "optimizer": opt.state_dict(), "best_auc": best["auc"], "best_epoch": best["epoch"],
+                         "optimizer": opt.state_dict(), "schedule": schedule.state_dict(), "best_auc": best["auc"], "best_epoch": best["epoch"],
                          "best_state": best["state"], "epochs": log["epochs"]}, ckpt_path)
         if best["epoch"] <= epoch + 1 - tc.patience:
             break
