@@ -11,7 +11,9 @@ import io
 import json
 import os
 import secrets
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -325,3 +327,28 @@ _WRITERS: dict[str, Callable[[pa.Table, Path], None]] = {
     "jsonl": _write_jsonl,
     "csv": _write_csv,
 }
+
+
+@contextmanager
+def staged_directory(out: str | os.PathLike) -> Iterator[Path]:
+    """A sibling folder to write into; on success it replaces ``out`` whole, on any error it vanishes.
+
+    Interrupting a long job (Ctrl-C included) therefore never leaves a half-written ``out``.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            staging.rename(out)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -11,8 +11,6 @@ Writes, under the output folder:
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from recbrew.data.corpus import Corpus
+from recbrew.data.io import staged_directory
 from recbrew.errors import ConfigError, UserError
 from recbrew.examples.requests import DAY, Requests, SplitPlan, build_requests, task_rng, time_range
 from recbrew.tasks import load_catalog
@@ -190,21 +189,8 @@ def build_examples(corpus_dir: str | Path, out: str | Path, cfg: BuildConfig, *,
         "tasks": summary, "seconds": round(seconds, 2),
         "rows": {s: sum(v[s] for v in summary.values()) for s in ("train", "test")},
     }
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with staged_directory(out) as staging:
         text.dataset_dict().save_to_disk(str(staging / "text"))
         structured.dataset_dict().save_to_disk(str(staging / "structured"))
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            staging.rename(out)
-            shutil.rmtree(old)
-        else:
-            staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
