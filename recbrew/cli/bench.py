@@ -97,9 +97,12 @@ def serve(
     world: Annotated[Path, typer.Option("--world", help="Corpus the requests come from.")] = Path("runs/quickstart/world"),
     candidates: Annotated[int, typer.Option(help="Candidates per /v1/rank request.")] = 50,
     requests: Annotated[int, typer.Option(help="Requests (members with the longest histories).")] = 3,
+    load_clients: Annotated[int, typer.Option("--load-clients", help="Concurrent clients of the load test.")] = 32,
+    load_seconds: Annotated[float, typer.Option("--load-seconds", help="Load test length (0: skip).")] = 30.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """/v1/rank candidates/s with vLLM prefix caching on vs off, and vs the HF multi-item scorer."""
     from recbrew.serve.bench import bench_serve
 
-    typer.echo(json.dumps(bench_serve(model, str(world), candidates, requests), indent=2 if as_json else None))
+    result = bench_serve(model, str(world), candidates, requests, load_clients, load_seconds)
+    typer.echo(json.dumps(result, indent=2 if as_json else None))

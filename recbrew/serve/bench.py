@@ -30,7 +30,9 @@ def _requests(world: Path, k: int, members: int) -> list[dict]:
     return [{"task": "feed_like", "member": int(m), "candidates": posts, "at": at, "max_tokens": 1400} for m in who]
 
 
-def bench_serve(model: str = "smollm2", world: str = "runs/quickstart/world", k: int = 50, members: int = 3) -> dict:
+def bench_serve(model: str = "smollm2", world: str = "runs/quickstart/world", k: int = 50, members: int = 3,
+                load_clients: int = 32, load_seconds: float = 30.0) -> dict:
+    """Cache on vs off vs HF multi-item; with ``load_seconds`` > 0, also a load test on the cache-on server."""
     world_dir = Path(world)
     bodies = _requests(world_dir, k, members)
     result: dict = {"benchmark": "serve", "model": model, "candidates_per_request": k, "requests": len(bodies),
@@ -47,6 +49,11 @@ def bench_serve(model: str = "smollm2", world: str = "runs/quickstart/world", k:
                 resp.raise_for_status()
                 prompt_tokens.append(resp.json()["prompt_tokens"])
             seconds = time.perf_counter() - start
+            if caching and load_seconds > 0:
+                from recbrew.serve.load import run_load
+
+                result["load"] = run_load(f"{url}/v1/rank", lambda i: bodies[i % len(bodies)], load_clients,
+                                          load_seconds, headers)
         finally:
             stop_serve(proc)
         result["runs"]["vllm_prefix_cache_on" if caching else "vllm_prefix_cache_off"] = {
