@@ -5,12 +5,11 @@ For fast tests and scaling sweeps. Head dimensions stay at 32 or 64, which CPU v
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 from recbrew import assets
+from recbrew.data.io import staged_directory
 from recbrew.errors import UserError
 
 PRESETS: dict[str, dict] = {
@@ -83,17 +82,9 @@ def build_tiny(corpus_dir: str | Path, out: str | Path, preset: str = "small", s
                          bos_token_id=special, eos_token_id=special, pad_token_id=special, **PRESETS[preset])
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with staged_directory(out) as staging:
         model.save_pretrained(staging)
         hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=SPECIAL, pad_token=SPECIAL)
         hf_tok.chat_template = CHAT_TEMPLATE
         hf_tok.save_pretrained(staging)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
