@@ -155,6 +155,10 @@ def summarize(runs: dict[str, list[dict]]) -> list[dict]:
     return rows
 
 
+def _signed(v: float | None) -> str:
+    return "-" if v is None else f"{v:+.4f}"
+
+
 def render_markdown(rows: list[dict], seeds: int) -> str:
     lines = [f"Macro AUC on the test requests (T1 tasks; T2 in brackets), mean over {seeds} seed(s); "
              "delta = B - A on T1.", "",
@@ -172,5 +176,5 @@ def render_markdown(rows: list[dict], seeds: int) -> str:
         if r.get("auc_b_T1_std") is not None:
             other.append(f"std(B) {r['auc_b_T1_std']}")
         lines.append(f"| {r['comparison']} | {r['a']} | {r['b']} | {r['auc_a_T1']} ({r['auc_a_T2']}) | "
-                     f"{r['auc_b_T1']} ({r['auc_b_T2']}) | {r['delta_T1']:+.4f} | {'; '.join(other)} |")
+                     f"{r['auc_b_T1']} ({r['auc_b_T2']}) | {_signed(r['delta_T1'])} | {'; '.join(other)} |")
     return "\n".join(lines)
