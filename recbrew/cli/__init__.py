@@ -33,14 +33,15 @@ def _root(
 
 def _register() -> None:
     # Imported here so `recbrew --version` stays fast and each stage's imports stay lazy.
-    from recbrew.cli import baselines, bench, data, models, quickstart, serve, stages, tasks, world
+    from recbrew.cli import baselines, bench, data, models, quickstart, serve, tasks, train, world
+    from recbrew.cli import eval as eval_cli
 
     app.add_typer(world.app, name="world")
     app.add_typer(tasks.app, name="tasks")
     app.add_typer(data.app, name="data")
     app.add_typer(models.app, name="models")
-    for name, sub in stages.apps().items():
-        app.add_typer(sub, name=name)
+    app.add_typer(train.app, name="train")
+    app.add_typer(eval_cli.app, name="eval")
     app.add_typer(baselines.app, name="baselines")
     app.command("serve")(serve.serve)
     app.add_typer(bench.app, name="bench")

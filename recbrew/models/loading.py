@@ -1,4 +1,5 @@
-"""Load a causal LM for ranking: `smollm2`, a `recbrew-tiny` folder, or any local HF model folder."""
+"""Load a causal LM for ranking: `smollm2`, a `recbrew-tiny` folder, any local HF model folder, or a LoRA
+adapter folder written by `recbrew train` (its base model is loaded and the adapter merged in)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,17 @@ from pathlib import Path
 from recbrew.errors import UserError
 
 DEFAULT_MODEL = "smollm2"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def adapter_base(path: Path) -> str:
+    """The base model a LoRA adapter folder was trained on."""
+    import json
+
+    base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"{path}: the adapter does not name its base model (base_model_name_or_path)")
+    return base
 
 
 def resolve(name: str) -> Path:
@@ -17,6 +29,8 @@ def resolve(name: str) -> Path:
 
         return smollm2.model_dir()
     path = Path(name)
+    if (path / ADAPTER_CONFIG).is_file():
+        return path
     if not (path / "config.json").is_file():
         raise UserError(f"model {name!r} not found: use 'smollm2' or a folder with a Hugging Face config.json "
                         "(e.g. one written by `recbrew models tiny` or `recbrew train export`)")
@@ -32,10 +46,17 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype=None, attn_implementation: st
     from recbrew.models.tokenizers import load_tokenizer
 
     path = resolve(name)
+    adapter = (path / ADAPTER_CONFIG).is_file()
+    weights = resolve(adapter_base(path)) if adapter else path
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32,
+        model = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype or torch.float32,
                                                      attn_implementation=attn_implementation)
+        if adapter:
+            from peft import PeftModel
+
+            # Merged for inference: scoring then runs the plain model at full speed.
+            model = PeftModel.from_pretrained(model, path).merge_and_unload()
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"{path}: cannot load a causal language model: {exc}") from None
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
-    return model, load_tokenizer(str(path))
+    return model, load_tokenizer(str(path if (path / "tokenizer.json").is_file() else weights))
