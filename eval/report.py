@@ -1,0 +1,224 @@
+"""The eval report in three forms: JSON (everything), Markdown (the tables) and self-contained HTML
+(tables plus figures embedded as base64 PNG, inline CSS, no external URL).
+
+The HTML ends with a one-line script that marks ``<body data-rendered="1">`` once it has run, so a
+headless browser's DOM dump proves the page loaded and ran without error.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+from recbrew.eval.compare import SLICES
+from recbrew.eval.plots import reliability_figure, slice_figure
+
+WIN = "★"
+RENDERED_MARK = 'data-rendered="1"'
+SLICE_TITLES = {"split_tag": "T1 (in-domain) vs T2 (out-of-domain) tasks",
+                "cold_start": "Cold start: member's interactions before the request",
+                "days_from_cutoff": "Days after the training cutoff",
+                "history_length": "History length (interactions shown)"}
+
+
+def atomic_write(path: Path, text: str) -> Path:
+    """Write beside ``path`` and rename over it: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def fmt(v, digits: int = 4) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def fmt_ci(ci) -> str:
+    return "" if not ci else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def winners(entry: dict, oracle: str | None) -> set[str]:
+    """Models with the best headline value of a task (AUC, or exact match for generative), oracle excluded."""
+    key = "exact" if entry["kind"] == "generative" else "auc"
+    values = {n: m[key] for n, m in entry["models"].items() if m and m.get(key) is not None and n != oracle}
+    if not values:
+        return set()
+    best = max(values.values())
+    return {n for n, v in values.items() if v == best}
+
+
+def task_cell(entry: dict, name: str, with_ci: bool = True) -> str:
+    m = entry["models"].get(name)
+    if m is None:
+        return "n/a"
+    if entry["kind"] == "generative":
+        return f"EM {fmt(m['exact'], 3)} / F1 {fmt(m['f1'], 3)}"
+    return fmt(m["auc"]) + (fmt_ci(m["ci"].get("auc")) if with_ci else "")
+
+
+def task_rows(results: dict) -> list[tuple[str, dict]]:
+    """Tasks ordered T1 first, then by name."""
+    return sorted(results["tasks"].items(), key=lambda kv: (kv[1]["split_tag"], kv[0]))
+
+
+SUMMARY_COLUMNS = [("auc_T1", "macro AUC T1"), ("auc_T2", "macro AUC T2"), ("oracle_gap_T1", "gap to oracle T1"),
+                   ("oracle_gap_T2", "gap to oracle T2"), ("gauc_T1", "group AUC T1"), ("ndcg_T1", "NDCG@k T1"),
+                   ("mrr_T1", "MRR T1"), ("ece_binary", "ECE (binary)"), ("exact", "generative EM"),
+                   ("f1", "generative F1")]
+DETAIL_COLUMNS = [("auc", "AUC"), ("gauc", "group AUC"), ("ndcg", "NDCG@k"), ("recall", "Recall@k"), ("mrr", "MRR"),
+                  ("acc1", "Acc@1"), ("log_loss", "log loss"), ("ece", "ECE"), ("oracle_gap", "gap to oracle")]
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def summary_rows(results: dict) -> list[list[str]]:
+    return [[name] + [fmt(results["summary"][name].get(key)) for key, _ in SUMMARY_COLUMNS]
+            for name in results["models"]]
+
+
+def slice_rows(results: dict, dim: str) -> list[list[str]]:
+    return [[b["bucket"], str(b["requests"])] + [fmt(b["macro_auc"].get(n)) for n in results["models"]]
+            for b in results["slices"][dim]["buckets"]]
+
+
+def diversity_rows(results: dict) -> list[list[str]]:
+    out = []
+    for name in results["models"]:
+        d = results["diversity"][name]
+        out.append([name, str(d["requests"]), fmt(d["topic_diversity"]), fmt(d["item_coverage"]),
+                    fmt(d["company_coverage"])])
+    return out
+
+
+def meta_rows(meta: dict) -> list[list[str]]:
+    rows = [["examples", str(meta.get("examples"))], ["data seed", str(meta.get("data_seed"))],
+            ["split cutoff", str(meta.get("cutoff"))], ["requests", str(meta.get("requests"))],
+            ["created", str(meta.get("created"))]]
+    rows += [[f"model {m['name']}", f"{m['kind']}: {m['spec']} (fingerprint {m['fingerprint']}, "
+              f"{'cached' if m.get('cached') else 'scored'} in {m.get('seconds', 0):.1f} s)"]
+             for m in meta.get("models", [])]
+    rows += [["versions", ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())]]
+    rows += [["task versions", ", ".join(f"{k} v{v}" for k, v in sorted(meta.get("task_versions", {}).items()))]]
+    return rows
+
+
+def render_markdown(results: dict, meta: dict) -> str:
+    names, oracle, k = results["models"], results["oracle"], results["config"]["k"]
+    parts = ["# recbrew eval report", "",
+             f"{len(names)} models on the same {meta.get('requests')} test requests of `{meta.get('examples')}`. "
+             f"{WIN} marks the best model of a task (oracle excluded); brackets hold "
+             f"{int(results['config']['level'] * 100)}% bootstrap intervals ({results['config']['bootstrap']} "
+             f"member resamples, seed {results['config']['seed']}); k = {k}.", "",
+             "## Summary", "", _md_table(["model"] + [h for _, h in SUMMARY_COLUMNS], summary_rows(results)), "",
+             "## Models x tasks (AUC; generative: exact match / token F1)", ""]
+    rows = []
+    for task, entry in task_rows(results):
+        win = winners(entry, oracle)
+        rows.append([task, entry["split_tag"], entry["kind"]] + [
+            (f"**{task_cell(entry, n)}** {WIN}" if n in win else task_cell(entry, n)) for n in names])
+    parts += [_md_table(["task", "tag", "kind"] + names, rows), ""]
+    for dim in ("split_tag", *SLICES):
+        parts += [f"## {SLICE_TITLES[dim]} (macro AUC)", "",
+                  _md_table(["bucket", "requests"] + names, slice_rows(results, dim)), ""]
+    parts += [f"## Top-{k} diversity (requests with more than {k} candidates)", "",
+              _md_table(["model", "lists", "topic diversity", "item coverage", "company coverage"],
+                        diversity_rows(results)), "",
+              "## Run", "", _md_table(["", ""], meta_rows(meta)), ""]
+    return "\n".join(parts)
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
+table{border-collapse:collapse;margin:8px 0 20px;font-size:13px}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+td.win{background:#e7f5e4;font-weight:600}.ci{color:#777;font-size:11px}
+h1{font-size:22px}h2{font-size:17px;margin-top:28px}h3{font-size:14px}img{max-width:100%}
+details{margin:6px 0}.note{color:#555;font-size:13px}
+"""
+
+
+def _html_table(header: list[str], rows: list[list[str]], classes: list[list[str]] | None = None) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for i, r in enumerate(rows):
+        cells = []
+        for j, c in enumerate(r):
+            cls = classes[i][j] if classes else ""
+            cells.append(f"<td{f' class={cls!r}' if cls else ''}>{c}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _img(b64: str | None, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">' if b64 else ""
+
+
+def render_html(results: dict, meta: dict) -> str:
+    names, oracle, k = results["models"], results["oracle"], results["config"]["k"]
+    esc = html.escape
+    out = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>recbrew eval report</title>"
+           f"<style>{CSS}</style></head><body>", "<h1>recbrew eval report</h1>",
+           f"<p class='note'>{len(names)} models on the same {meta.get('requests')} test requests of "
+           f"<code>{esc(str(meta.get('examples')))}</code>. Green cells ({WIN}) are the best model of a task "
+           f"(oracle excluded); grey brackets are {int(results['config']['level'] * 100)}% bootstrap intervals "
+           f"({results['config']['bootstrap']} member resamples, seed {results['config']['seed']}); k = {k}.</p>",
+           "<h2>Summary</h2>",
+           _html_table(["model"] + [h for _, h in SUMMARY_COLUMNS], [[esc(c) for c in r] for r in summary_rows(results)]),
+           "<h2>Models x tasks</h2><p class='note'>AUC over candidates (listwise: over slots); generative tasks: "
+           "exact match / token F1 of greedy generation, n/a for models that cannot generate.</p>"]
+    rows, classes = [], []
+    for task, entry in task_rows(results):
+        win = winners(entry, oracle)
+        cells, cls = [esc(task), entry["split_tag"], entry["kind"]], ["", "", ""]
+        for n in names:
+            m = entry["models"].get(n)
+            text = esc(task_cell(entry, n, with_ci=False))
+            if m and entry["kind"] != "generative" and m["ci"].get("auc"):
+                text += f" <span class='ci'>{esc(fmt_ci(m['ci']['auc']).strip())}</span>"
+            cells.append(text + (f" {WIN}" if n in win else ""))
+            cls.append("win" if n in win else "")
+        rows.append(cells)
+        classes.append(cls)
+    out.append(_html_table(["task", "tag", "kind"] + [esc(n) for n in names], rows, classes))
+    out.append("<h2>Per-task metrics by model</h2>")
+    for n in names:
+        rows = []
+        for task, entry in task_rows(results):
+            m = entry["models"].get(n)
+            if entry["kind"] == "generative" or m is None:
+                continue
+            rows.append([esc(task), entry["split_tag"]] + [fmt(m.get(key)) for key, _ in DETAIL_COLUMNS])
+        out.append(f"<details><summary>{esc(n)}</summary>"
+                   + _html_table(["task", "tag"] + [h for _, h in DETAIL_COLUMNS], rows) + "</details>")
+    out.append("<h2>Reliability (binary tasks pooled)</h2>")
+    out.append(_img(reliability_figure(results["summary"]), "reliability diagrams"))
+    for dim in ("split_tag", *SLICES):
+        out.append(f"<h2>{esc(SLICE_TITLES[dim])}</h2>")
+        out.append(_html_table(["bucket", "requests"] + [esc(n) for n in names],
+                               [[esc(c) for c in r] for r in slice_rows(results, dim)]))
+        out.append(_img(slice_figure(SLICE_TITLES[dim], results["slices"][dim]["buckets"], names), dim))
+    out.append(f"<h2>Top-{k} diversity</h2><p class='note'>Requests with more than {k} candidates; topic "
+               "diversity = 1 - share of same-topic pairs in a top-k list; coverage = distinct items (companies) "
+               "in the top-k lists / in all candidates.</p>")
+    out.append(_html_table(["model", "lists", "topic diversity", "item coverage", "company coverage"],
+                           [[esc(c) for c in r] for r in diversity_rows(results)]))
+    out.append("<h2>Run</h2>" + _html_table(["", ""], [[esc(a), esc(b)] for a, b in meta_rows(meta)]))
+    out.append('<script>document.body.setAttribute("data-rendered","1");</script></body></html>')
+    return "\n".join(out)
+
+
+def write_report(out_dir: str | Path, results: dict, meta: dict) -> dict[str, Path]:
+    """report.json, report.md and report.html under ``out_dir``, each written aside then renamed."""
+    out_dir = Path(out_dir)
+    doc = {"meta": meta, **results}
+    return {"json": atomic_write(out_dir / "report.json", json.dumps(doc, indent=1, default=str)),
+            "md": atomic_write(out_dir / "report.md", render_markdown(results, meta)),
+            "html": atomic_write(out_dir / "report.html", render_html(results, meta))}

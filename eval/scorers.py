@@ -1,0 +1,216 @@
+"""Models to compare, by spec or as Scorer objects, and the cache of their scores.
+
+A spec is ``oracle``, ``popularity`` (fitted on the examples' T1 training requests), a folder written
+by ``recbrew baselines train``, or anything :func:`recbrew.models.loading.load_model` accepts
+(``smollm2``, a recbrew-tiny folder, an HF folder, a LoRA adapter folder). Language models are
+scored by :class:`recbrew.scoring.hf.HFScorer` in ``multi`` mode and also answer generative tasks.
+
+Scores are cached under ``OUT/scores/`` keyed by the model's fingerprint (its files' names, sizes and
+modification times), the examples' fingerprint and the scoring options; a changed model folder or
+rebuilt examples miss the cache and are scored again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from recbrew.eval.table import RequestTable
+from tqdm.auto import tqdm
+
+from recbrew.errors import UserError
+
+#: Bumped when a change to scoring would make cached scores wrong.
+CACHE_VERSION = 1
+BASELINE_FILES = ("model.pt", "popularity.json")
+
+
+def folder_fingerprint(path: str | Path) -> str:
+    """Hash of every file's relative path, size and modification time under ``path``."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(path) if p != path else p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def parse_models(text: str | Sequence[str]) -> dict[str, str]:
+    """``"a,name=path,b"`` (or a list of such items) -> {display name: spec}; names default to the spec's basename."""
+    items = [t for part in ([text] if isinstance(text, str) else text) for t in part.split(",") if t.strip()]
+    out: dict[str, str] = {}
+    for item in items:
+        name, _, spec = item.strip().partition("=")
+        if not spec:
+            spec = name
+            name = Path(name.rstrip("/")).name or name
+        name, spec = name.strip(), spec.strip()
+        if not name or not spec:
+            raise UserError(f"bad model item {item!r}: write SPEC or NAME=SPEC")
+        if name in out:
+            raise UserError(f"two models are called {name!r}; name them with NAME=SPEC")
+        out[name] = spec
+    if not out:
+        raise UserError("no models given: pass e.g. --models oracle,popularity,smollm2")
+    return out
+
+
+@dataclass
+class Model:
+    """One model of the comparison: where it comes from and, once loaded, its Scorer."""
+
+    name: str
+    spec: str | None = None
+    scorer: object | None = None
+    kind: str = "scorer"  # oracle | popularity | baseline | lm | scorer
+    fingerprint: str | None = None
+    generator: object | None = field(default=None, repr=False)
+
+    @property
+    def can_generate(self) -> bool:
+        return self.kind == "lm" or hasattr(self.scorer, "generate_text")
+
+    def load(self, examples: Path, device: str | None = None) -> None:
+        """Build the Scorer behind ``spec`` (no-op for objects handed in directly)."""
+        if self.scorer is not None:
+            return
+        if self.kind == "oracle":
+            from recbrew.baselines.oracle import Oracle
+
+            self.scorer = Oracle()
+        elif self.kind == "popularity":
+            from recbrew.baselines.features import load_rows
+            from recbrew.baselines.popularity import Popularity
+
+            self.scorer = Popularity.fit(load_rows(examples, "train", split_tag="T1"))
+        elif self.kind == "baseline":
+            from recbrew.baselines.scorer import load_scorer
+
+            self.scorer = load_scorer(self.spec)
+        else:
+            from recbrew.models.loading import load_model
+            from recbrew.scoring.hf import HFScorer
+
+            model, tokenizer = load_model(self.spec, device=device)
+            self.scorer = HFScorer(model, tokenizer, mode="multi", name=self.name)
+            self.generator = (model, tokenizer)
+
+    def release(self) -> None:
+        """Drop a loaded language model (the next one needs the memory)."""
+        if self.spec is not None:
+            self.scorer, self.generator = None, None
+
+
+def describe(name: str, spec_or_scorer) -> Model:
+    """A :class:`Model` from a spec string or a Scorer object (objects are not cached: no fingerprint)."""
+    if not isinstance(spec_or_scorer, str | Path):
+        if not hasattr(spec_or_scorer, "score"):
+            raise UserError(f"model {name!r}: not a spec string and has no score() method")
+        return Model(name=name, scorer=spec_or_scorer, kind="scorer",
+                     fingerprint=getattr(spec_or_scorer, "fingerprint", None))
+    spec = str(spec_or_scorer)
+    path = Path(spec)
+    if spec == "oracle":
+        return Model(name, spec, kind="oracle", fingerprint="oracle")
+    if spec == "popularity" and not path.exists():
+        return Model(name, spec, kind="popularity", fingerprint="popularity-fit")
+    if path.is_dir() and any((path / f).is_file() for f in BASELINE_FILES):
+        return Model(name, spec, kind="baseline", fingerprint=folder_fingerprint(path))
+    from recbrew.models.loading import resolve
+
+    folder = resolve(spec)  # UserError with the accepted forms when the spec names nothing loadable
+    return Model(name, spec, kind="lm", fingerprint=folder_fingerprint(folder))
+
+
+def examples_fingerprint(examples: str | Path) -> str:
+    return folder_fingerprint(examples)
+
+
+@dataclass
+class Scores:
+    """One model's answers on a RequestTable: flat candidate scores (NaN where not scored) and generations."""
+
+    scores: np.ndarray
+    generations: dict[int, str]
+    seconds: float = 0.0
+    cached: bool = False
+
+
+def cache_path(out_dir: Path, model: Model, key_parts: dict) -> Path | None:
+    if model.fingerprint is None:
+        return None
+    key = hashlib.sha256(json.dumps({"model": model.fingerprint, "version": CACHE_VERSION, **key_parts},
+                                    sort_keys=True).encode()).hexdigest()[:20]
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.name)[:60]
+    return out_dir / "scores" / f"{safe}-{key}.npz"
+
+
+def load_cached(path: Path | None, table: RequestTable) -> Scores | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if z["request_ids"].tolist() != table.request_ids.tolist():
+                return None
+            gens = dict(zip(z["gen_index"].tolist(), z["gen_text"].tolist(), strict=True))
+            return Scores(z["scores"], gens, float(z["seconds"]), cached=True)
+    except (OSError, KeyError, ValueError):
+        return None  # unreadable cache: score again
+
+
+def save_cached(path: Path | None, table: RequestTable, scores: Scores) -> None:
+    """Write aside, then rename: an interrupted run never leaves a half-written cache file."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+    idx = sorted(scores.generations)
+    np.savez(tmp, request_ids=np.array(table.request_ids.tolist(), dtype=str), scores=scores.scores,
+             gen_index=np.array(idx, dtype=np.int64), gen_text=np.array([scores.generations[i] for i in idx], dtype=str),
+             seconds=np.array(scores.seconds))
+    os.replace(tmp, path)
+
+
+def run_model(model: Model, requests: Sequence[dict], table: RequestTable, *, examples: Path, chunk: int = 64,
+              max_new_tokens: int = 16, progress: bool = True, device: str | None = None) -> Scores:
+    """Score every rankable request (in chunks, with a progress bar) and generate answers where the model can."""
+    import time
+
+    model.load(examples, device=device)
+    start = time.perf_counter()
+    rank_idx = np.flatnonzero(table.rankable)
+    per_request: list[np.ndarray | None] = [None] * len(table)
+    bar = tqdm(total=len(rank_idx), desc=f"score {model.name}", unit="req", disable=not progress, leave=False)
+    for s in range(0, len(rank_idx), chunk):
+        ids = rank_idx[s:s + chunk]
+        probs = model.scorer.score([requests[i] for i in ids])
+        for i, p in zip(ids, probs, strict=True):
+            p = np.asarray(p, dtype=np.float64)
+            if len(p) != table.offsets[i + 1] - table.offsets[i]:
+                raise UserError(f"model {model.name}: {len(p)} scores for request {table.request_ids[i]} "
+                                f"with {table.offsets[i + 1] - table.offsets[i]} candidates")
+            per_request[i] = p
+        bar.update(len(ids))
+    bar.close()
+    generations: dict[int, str] = {}
+    gen_idx = np.flatnonzero(table.generative)
+    if len(gen_idx) and model.can_generate:
+        rows = [requests[i] for i in gen_idx]
+        if model.generator is not None:
+            from recbrew.eval.generation import greedy_generate
+
+            texts = []
+            for s in tqdm(range(0, len(rows), chunk), desc=f"generate {model.name}", disable=not progress,
+                          leave=False):
+                texts.extend(greedy_generate(*model.generator, rows[s:s + chunk], max_new_tokens))
+        else:
+            texts = list(model.scorer.generate_text(rows))
+        generations = {int(i): str(t) for i, t in zip(gen_idx, texts, strict=True)}
+    return Scores(table.flatten(per_request), generations, time.perf_counter() - start)
