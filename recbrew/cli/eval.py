@@ -1,7 +1,81 @@
-"""`recbrew eval`: score every model on the same test requests and write the report."""
+"""`recbrew eval`: score every model on the same test requests and write the report; `recbrew eval sweep`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-app = typer.Typer(help="Score every model on the same test requests and write the report.", no_args_is_help=True)
+from recbrew.errors import UserError
+
+app = typer.Typer(help="Score every model on the same test requests and write the report "
+                       "(`recbrew eval --models A,B --examples DIR --out DIR`); `recbrew eval sweep` for scaling sweeps.",
+                  no_args_is_help=True, invoke_without_command=True)
+
+
+def _split(values: str | None) -> list[str] | None:
+    return [v.strip() for v in values.split(",") if v.strip()] if values else None
+
+
+@app.callback()
+def evaluate(
+    ctx: typer.Context,
+    models: Annotated[str | None, typer.Option("--models", help="Comma-separated SPEC or NAME=SPEC: oracle, popularity, "
+                                               "a baseline folder, smollm2, a recbrew-tiny/HF/LoRA folder.")] = None,
+    examples: Annotated[Path | None, typer.Option("--examples", help="Examples built by `recbrew data build`.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for report.html/.md/.json and scores/ (cache).")] = None,
+    tasks: Annotated[str | None, typer.Option("--tasks", help="Comma-separated tasks (default: all).")] = None,
+    k: Annotated[int, typer.Option("--k", help="Cut-off of NDCG@k, Recall@k and top-k diversity.")] = 3,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the intervals (0: none).")] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse scores cached under OUT/scores/.")] = True,
+    oracle: Annotated[bool, typer.Option("--oracle/--no-oracle", help="Add the oracle as reference when the "
+                                         "examples come from a synthetic world.")] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+) -> None:
+    """Run every model on the same test requests: per-task metrics with intervals, slices, report."""
+    if ctx.invoked_subcommand is not None:
+        return
+    missing = [flag for flag, v in (("--models", models), ("--examples", examples), ("--out", out)) if v is None]
+    if missing:
+        raise UserError(f"missing {', '.join(missing)}: e.g. recbrew eval --models oracle,popularity "
+                        "--examples runs/quickstart/examples --out runs/eval")
+    if k < 1 or bootstrap < 0:
+        raise UserError("--k must be at least 1 and --bootstrap at least 0")
+    from recbrew.eval.run import run_eval
+    from recbrew.eval.scorers import parse_models
+
+    result = run_eval(examples, parse_models(models), out, tasks=_split(tasks), k=k, bootstrap=bootstrap, seed=seed,
+                      use_cache=cache, progress=progress, include_oracle=oracle)
+    typer.echo(result.table())
+    typer.echo(f"wrote {result.paths['html']}, {result.paths['md'].name}, {result.paths['json'].name}")
+
+
+@app.command()
+def sweep(
+    examples: Annotated[Path, typer.Option("--examples", help="Examples built by `recbrew data build`.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for sweep.html/.md/.json and each point's model.")],
+    axis: Annotated[str, typer.Option("--axis", help="data, model or history.")] = "data",
+    values: Annotated[str, typer.Option("--values", help="Comma-separated: training requests (data), presets or "
+                                        "specs like tiny,small,base,smollm2 (model), max prompt tokens (history).")] = "",
+    family: Annotated[str, typer.Option("--family", help="lirank, ligr, dcnv2 (data axis) or llm.")] = "lirank",
+    base_model: Annotated[str, typer.Option("--base-model", help="llm: model of data/history points "
+                                            "(tiny/small/base preset or a spec).")] = "tiny",
+    max_examples: Annotated[int | None, typer.Option("--max-examples", help="Training requests of model/history "
+                                                     "points (default: all).")] = None,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="llm: optimizer steps per point.")] = 50,
+    tasks: Annotated[str | None, typer.Option("--tasks", help="Comma-separated tasks (default: all).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of training.")] = 0,
+    overrides: Annotated[list[str] | None, typer.Argument(help="Baselines: section.field=value, e.g. train.epochs=3.")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+) -> None:
+    """Scaling sweep: each point trains a model, scores it and the report fits AUC vs log10(size)."""
+    from recbrew.eval.sweep import SweepConfig, run_sweep
+
+    cfg = SweepConfig(examples=examples, out=out, axis=axis, values=_split(values) or [], family=family,
+                      base_model=base_model, max_examples=max_examples, max_steps=max_steps, seed=seed,
+                      tasks=_split(tasks), overrides=list(overrides or []), progress=progress)
+    result = run_sweep(cfg)
+    typer.echo(result.table())
+    typer.echo(f"wrote {result.paths['html']}, {result.paths['md'].name}, {result.paths['json'].name}")
