@@ -106,3 +106,34 @@ def serve(
 
     result = bench_serve(model, str(world), candidates, requests, load_clients, load_seconds)
     typer.echo(json.dumps(result, indent=2 if as_json else None))
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option(help="Model (a 49k-token vocabulary shows the LM-head effect).")] = "smollm2",
+    tokens: Annotated[int, typer.Option(help="Prompt tokens in the LM-head comparison.")] = 512,
+    batch: Annotated[int, typer.Option(help="Sequences per step in the LM-head comparison.")] = 4,
+    k: Annotated[int, typer.Option("-k", help="Candidates packed per sequence.")] = 8,
+    prefix: Annotated[int, typer.Option(help="Shared prefix (history) tokens in the packing comparison.")] = 448,
+    segment: Annotated[int, typer.Option(help="Tokens per candidate segment in the packing comparison.")] = 32,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """LoRA training: answer-position LM head vs full logits, K-candidate packing vs one per sequence (+ Liger on CUDA)."""
+    from recbrew.train.bench import bench_train
+
+    result = bench_train(model, tokens=tokens, batch=batch, k=k, prefix=prefix, segment=segment)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    head, pack = result["lm_head"], result["packing"]
+    typer.echo(f"LM head at answer positions vs full logits ({tokens} tokens x {batch}, vocab "
+               f"{head['full_logits']['vocab']:,}): peak step memory {head['answer_positions']['step_peak_mib']:.0f} vs "
+               f"{head['full_logits']['step_peak_mib']:.0f} MiB ({head['peak_memory_reduction']:.0%} lower), "
+               f"examples/s x{head['ratio_examples_per_s']:.2f}")
+    typer.echo(f"packing K={k} vs one candidate per sequence: labelled examples/s x{pack['ratio_examples_per_s']:.2f} "
+               f"({pack['packed']['examples_per_s']:.1f} vs {pack['single']['examples_per_s']:.1f}; "
+               f"x{pack['ratio_tokens']:.2f} fewer tokens)")
+    if "liger" in result:
+        lg = result["liger"]
+        typer.echo(f"liger-kernel vs torch step: speed x{lg['ratio_speed']:.2f}, memory x{lg['ratio_memory']:.2f}, "
+                   f"loss diff {lg['loss_diff']:.2e}")

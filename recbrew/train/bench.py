@@ -1,0 +1,219 @@
+"""`recbrew bench train`: what the answer-only LM head and multi-item packing buy in training.
+
+1. LM head: one LoRA training step with the loss read through the answer-positions-only head vs the usual
+   full [batch x tokens x vocab] logits (labels masked to the answer token): examples/s and the step's peak
+   memory above the loaded model (RSS on CPU, `max_memory_allocated` on CUDA). Each variant runs in its own
+   process so the peaks do not mask each other.
+2. Packing: K labelled candidates of one member packed into one sequence (history encoded once) vs one
+   candidate per sequence: labelled examples/s.
+3. On CUDA only: one step with liger-kernel patches (RMSNorm, RoPE, SwiGLU) vs without: time, memory, loss.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from recbrew.train.data import Item, UnitCollator, make_unit
+from recbrew.train.trainer import answer_loss
+
+
+def _model(name: str, attn: str | None = None, device: str = "cpu"):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from recbrew.kernels.multi_item_attention import register
+    from recbrew.models.loading import resolve
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(resolve(name), dtype=dtype, attn_implementation=attn or register())
+    model.to(device)
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def _units(vocab: int, prefix: int, segment: int, k: int, requests: int, pack: bool, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    units = []
+    for _ in range(requests):
+        p = rng.integers(100, vocab, size=prefix).tolist()
+        items = [Item(rng.integers(100, vocab, size=segment).tolist(), [int(rng.integers(100, vocab))], "bench")
+                 for _ in range(k)]
+        units.extend([make_unit(p, items)] if pack else [make_unit(p, [it]) for it in items])
+    return units
+
+
+def _full_logits_loss(model, batch: dict) -> torch.Tensor:
+    """The usual causal-LM loss: full logits at every position, labels masked to the answer tokens."""
+    # Already shifted: position t holds the token predicted from position t.
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[batch["answer_rows"], batch["answer_cols"]] = batch["answer_ids"]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"], use_cache=False).logits
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+
+
+def _step(model, opt, batch, head: str):
+    loss = answer_loss(model, batch) if head == "answer" else _full_logits_loss(model, batch)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+class _PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 2 ms)."""
+
+    def __enter__(self):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.start = self.peak = self.proc.memory_info().rss
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+def head_worker(model_name: str, head: str, batch: int, tokens: int, steps: int) -> dict:
+    """One variant of the LM-head comparison (run in its own process)."""
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = _model(model_name, attn="sdpa", device=device)
+    vocab = model.config.vocab_size
+    # One answer per sequence at its end: a 512-token prompt whose last token predicts the label word.
+    units = _units(vocab, tokens - 8, 8, 1, batch, pack=False)
+    coll = UnitCollator(0, multi_item=False)(units)
+    coll = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in coll.items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    _step(model, opt, coll, head)  # warm-up: optimizer state and allocator settle
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    start = time.perf_counter()
+    with _PeakRSS() as rss:
+        losses = [_step(model, opt, coll, head) for _ in range(steps)]
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated() - base) if device == "cuda" else (rss.peak - rss.start)
+    return {"head": head, "examples_per_s": batch * steps / seconds, "step_peak_mib": peak / 2**20,
+            "memory": "cuda max_memory_allocated" if device == "cuda" else "RSS", "loss": losses[0],
+            "vocab": vocab, "tokens": tokens, "batch": batch}
+
+
+def _in_subprocess(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, "-m", "recbrew.train.bench", *args], capture_output=True, text=True,
+                         check=False)
+    if out.returncode:
+        raise RuntimeError(f"bench worker failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_packing(model_name: str, prefix: int, segment: int, k: int, requests: int, rounds: int) -> dict:
+    """Labelled examples/s: K candidates packed per sequence vs one candidate per sequence (same model, same run)."""
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = _model(model_name, device=device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    vocab = model.config.vocab_size
+    layouts = {"packed": (_units(vocab, prefix, segment, k, requests, pack=True), True),
+               "single": (_units(vocab, prefix, segment, k, requests, pack=False), False)}
+    results = {name: {"seconds": 0.0, "examples": 0, "tokens": 0} for name in layouts}
+    for units, multi in layouts.values():  # warm-up
+        _step(model, opt, _to(UnitCollator(0, multi)(units[:1]), device), "answer")
+    for _ in range(rounds):  # alternate, so drifting machine load hits both
+        for name, (units, multi) in layouts.items():
+            # Batches of equal labelled examples: one packed sequence = K single ones.
+            per_batch = 1 if multi else k
+            for i in range(0, len(units), per_batch):
+                batch = _to(UnitCollator(0, multi)(units[i:i + per_batch]), device)
+                start = time.perf_counter()
+                _step(model, opt, batch, "answer")
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                results[name]["seconds"] += time.perf_counter() - start
+                results[name]["examples"] += len(batch["answer_ids"])
+                results[name]["tokens"] += int(batch["attention_mask"].sum())
+    for row in results.values():
+        row["examples_per_s"] = row["examples"] / row["seconds"]
+    return {"model": model_name, "prefix_tokens": prefix, "segment_tokens": segment, "k": k, **results,
+            "ratio_examples_per_s": results["packed"]["examples_per_s"] / results["single"]["examples_per_s"],
+            "ratio_tokens": results["single"]["tokens"] / results["packed"]["tokens"]}
+
+
+def _to(batch: dict, device: str) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def bench_liger(model_name: str, batch: int, tokens: int, steps: int) -> dict:
+    """CUDA only: a training step with liger-kernel patches vs without (time, max memory, loss)."""
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    out = {}
+    for patched in (False, True):
+        torch.manual_seed(0)
+        model = _model(model_name, attn="sdpa", device="cuda")
+        if patched:
+            _apply_liger_kernel_to_instance(model=model.get_base_model(), rms_norm=True, rope=True, swiglu=True,
+                                            cross_entropy=False, fused_linear_cross_entropy=False)
+        units = _units(model.config.vocab_size, tokens - 8, 8, 1, batch, pack=False)
+        coll = _to(UnitCollator(0, False)(units), "cuda")
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0)
+        first = _step(model, opt, coll, "answer")
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        for _ in range(steps):
+            _step(model, opt, coll, "answer")
+        torch.cuda.synchronize()
+        out["liger" if patched else "torch"] = {"seconds_per_step": (time.perf_counter() - start) / steps,
+                                                "max_memory_mib": torch.cuda.max_memory_allocated() / 2**20,
+                                                "loss": first}
+        del model, opt
+        torch.cuda.empty_cache()
+    return {**out, "ratio_speed": out["torch"]["seconds_per_step"] / out["liger"]["seconds_per_step"],
+            "ratio_memory": out["torch"]["max_memory_mib"] / out["liger"]["max_memory_mib"],
+            "loss_diff": abs(out["torch"]["loss"] - out["liger"]["loss"])}
+
+
+def bench_train(model: str = "smollm2", tokens: int = 512, batch: int = 4, head_steps: int = 2, k: int = 8,
+                prefix: int = 448, segment: int = 32, requests: int = 2, rounds: int = 2) -> dict:
+    """Both comparisons (and Liger on CUDA), with ratios against the baselines measured in the same run."""
+    common = [model, str(batch), str(tokens), str(head_steps)]
+    full = _in_subprocess(["head", "full", *common])
+    answer = _in_subprocess(["head", "answer", *common])
+    result = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "lm_head": {"full_logits": full, "answer_positions": answer,
+                    "ratio_examples_per_s": answer["examples_per_s"] / full["examples_per_s"],
+                    "peak_memory_reduction": 1 - answer["step_peak_mib"] / full["step_peak_mib"]},
+        "packing": bench_packing(model, prefix, segment, k, requests, rounds),
+    }
+    if torch.cuda.is_available():
+        result["liger"] = bench_liger(model, batch, tokens, head_steps)
+    return result
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "head":
+        _, _, head, name, b, t, s = sys.argv
+        print(json.dumps(head_worker(name, head, int(b), int(t), int(s))))

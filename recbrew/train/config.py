@@ -1,0 +1,123 @@
+"""`TrainConfig`: one fine-tuning run, read from `configs/train/*.yaml` with command-line overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from recbrew.errors import ConfigError
+
+
+class TrainConfig(BaseModel):
+    """Everything a run needs; every field can be overridden as ``key=value`` on the command line."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field("smollm2", description="Model to fine-tune: `smollm2`, a recbrew-tiny folder or any HF folder.")
+    examples: str = Field("runs/quickstart/examples", description="Examples folder written by `recbrew data build`.")
+    out: str = Field("runs/train", description="Output folder: checkpoints, `final/`, `train_log.json`.")
+    objective: Literal["sft", "dpo"] = Field("sft", description="`sft` (answer-token loss) or `dpo` (preference pairs).")
+    tasks: list[str] | None = Field(None, description="T1 tasks to train on (default: every T1 task of the examples).")
+    task_weights: dict[str, float] = Field(default_factory=dict,
+                                           description="Sampling weight per task (default 1.0): 2.0 doubles its share.")
+    max_examples: int | None = Field(None, ge=1, description="Cap on training requests after weighting (seeded).")
+    seed: int = Field(0, description="Seed of data sampling, LoRA init and dropout.")
+
+    # Adapter or full fine-tuning.
+    lora: bool = Field(True, description="Train a LoRA adapter (false: full fine-tuning).")
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                      description="Module names LoRA adapts.")
+
+    # Multi-item packing: one sequence = a request's prefix + up to `candidates_per_sequence` segments.
+    pack: bool = Field(True, description="Pack a request's candidates into one sequence (history encoded once).")
+    candidates_per_sequence: int = Field(8, ge=1)
+
+    # Optimisation.
+    learning_rate: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    lr_scheduler: str = Field("cosine", description="Any `transformers` scheduler name.")
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run `epochs`).")
+    batch_size: int = Field(4, ge=1, description="Sequences per device per step.")
+    grad_accum: int = Field(1, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    gradient_checkpointing: bool = False
+    bf16: bool | None = Field(None, description="Mixed precision; default: on with CUDA (bf16-capable), off on CPU.")
+
+    # DPO.
+    dpo_beta: float = Field(0.1, gt=0)
+    dpo_pairs_per_request: int = Field(4, ge=1)
+
+    # Progress, validation, checkpoints.
+    logging_steps: int = Field(5, ge=1)
+    eval_steps: int = Field(0, ge=0, description="Validation AUC every N steps (0: only at the end).")
+    eval_requests: int = Field(64, ge=0, description="Held-out requests for the validation AUC (0: none).")
+    save_steps: int = Field(50, ge=1)
+    save_total_limit: int | None = Field(2, ge=1)
+    resume: bool = Field(True, description="Resume from the newest checkpoint in `out` when there is one.")
+
+    # Kernels and distribution.
+    liger: bool = Field(True, description="Apply liger-kernel patches when CUDA is present.")
+    deepspeed: str | None = Field(None, description="DeepSpeed config: a path or a shipped name (zero2, zero3, zeropp).")
+    hpz_check_every: int = Field(0, ge=0, description="hpZ integrity check every N steps (0: off).")
+    hpz_check_action: Literal["fail", "warn"] = "fail"
+
+    @field_validator("target_modules", "tasks", mode="before")
+    @classmethod
+    def _comma_list(cls, value):
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+
+def _parse_value(raw: str):
+    """A command-line value as YAML would read it (numbers, booleans, lists, null), else the string."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """A config from a YAML file (a path, or a shipped name like `tiny`) plus ``key=value`` overrides."""
+    data: dict = {}
+    if path is not None:
+        file = resolve_config(path)
+        try:
+            data = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: a training config is a mapping of fields")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: write it as key=value (e.g. max_steps=20)")
+        if key not in TrainConfig.model_fields:
+            raise ConfigError(f"override {item!r}: unknown field {key!r}; fields: {', '.join(TrainConfig.model_fields)}")
+        data[key] = _parse_value(raw)
+    try:
+        return TrainConfig(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        raise ConfigError(f"{path or 'config'}: {where}: {err['msg']}") from None
+
+
+def resolve_config(name: str | Path) -> Path:
+    """A config path, or the shipped `configs/train/NAME.yaml`."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    from recbrew.assets import path as asset_path
+
+    shipped = asset_path("configs") / "train" / f"{name}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in (asset_path("configs") / "train").glob("*.yaml"))
+    raise ConfigError(f"training config {str(name)!r} not found: give a YAML path or one of {', '.join(names)}")

@@ -1,0 +1,181 @@
+"""Training data: requests -> token sequences whose loss sits on answer tokens only.
+
+A *labelled item* is one candidate segment and the answer tokens that follow it (the label word of a
+binary candidate, the letter of a listwise question's positive slot, or a generative target and
+EOS). The segment is extended by all answer tokens but the last, and the model is trained to
+predict each answer token from the position before it.
+
+A *unit* is one training sequence: a request's prefix followed by one item (unpacked) or up to K
+items (multi-item packing). Packed items attend to the prefix and to themselves only, with positions
+restarting after the prefix, so a packed unit gives the same per-item losses as K unpacked units
+while encoding the history once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from recbrew.errors import UserError
+
+
+@dataclass
+class Item:
+    segment: list[int]
+    answers: list[int]
+    task: str
+
+
+def request_items(row: dict, prefix: list[int], segments: list[list[int]], label_ids: list[int],
+                  target: list[int] | None) -> list[Item]:
+    """The labelled items of one request (tokenized)."""
+    kind, task = row["kind"], row["task"]
+    if kind == "generative":
+        return [Item(segments[0], target, task)] if target else []
+    if kind == "listwise":
+        labels = list(row["labels"])
+        if labels.count(1) != 1:
+            return []
+        return [Item(segments[0], [label_ids[labels.index(1)]], task)]
+    return [Item(seg, [label_ids[0] if y else label_ids[1]], task)
+            for seg, y in zip(segments, row["labels"], strict=True)]
+
+
+def make_unit(prefix: list[int], items: Sequence[Item]) -> dict:
+    """One sequence: the prefix, then each item's segment extended by its answers but the last."""
+    ids, lens, positions, targets = list(prefix), [], [], []
+    for item in items:
+        ext = item.segment + item.answers[:-1]
+        start = len(ids)
+        ids.extend(ext)
+        lens.append(len(ext))
+        # The answer tokens are predicted at the last len(answers) positions of the extended segment.
+        first = start + len(item.segment) - 1
+        positions.extend(range(first, first + len(item.answers)))
+        targets.extend(item.answers)
+    return {"input_ids": ids, "prefix_len": len(prefix), "segment_lens": lens,
+            "answer_positions": positions, "answer_ids": targets, "task": items[0].task}
+
+
+def build_units(rows: Sequence[dict], tokenizer, label_ids_of, eos_id: int | None, *, pack: bool,
+                candidates_per_sequence: int) -> list[dict]:
+    """Training units of ``rows``: one per labelled item, or one per K items of a request when packing."""
+    texts = []
+    for r in rows:
+        texts.append(r["prefix"])
+        texts.extend(r["segments"])
+        if r["kind"] == "generative":
+            texts.append(" " + (r.get("target") or ""))
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    units, k = [], 0
+    for r in rows:
+        prefix = ids[k]
+        segments = ids[k + 1:k + 1 + len(r["segments"])]
+        k += 1 + len(r["segments"])
+        target = None
+        if r["kind"] == "generative":
+            target = ids[k] + ([eos_id] if eos_id is not None else [])
+            k += 1
+            if not r.get("target"):
+                target = None
+        labels = [] if r["kind"] == "generative" else label_ids_of(r["task"])
+        items = request_items(r, prefix, segments, labels, target)
+        step = candidates_per_sequence if pack else 1
+        units.extend(make_unit(prefix, items[i:i + step]) for i in range(0, len(items), step))
+    return units
+
+
+def select_requests(rows: Sequence[dict], tasks: Sequence[str] | None, weights: dict[str, float],
+                    max_examples: int | None, holdout: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(training requests, held-out validation requests): T1 only, weighted by task, seeded.
+
+    Validation requests are binary T1 requests kept out of training (for the periodic AUC).
+    """
+    tags = {r["task"]: r["split_tag"] for r in rows}
+    if tasks:
+        unknown = [t for t in tasks if t not in tags]
+        if unknown:
+            raise UserError(f"tasks not in the examples: {', '.join(unknown)}; available: {', '.join(sorted(tags))}")
+        t2 = [t for t in tasks if tags[t] != "T1"]
+        if t2:
+            raise UserError(f"{', '.join(t2)}: T2 (out-of-domain) tasks never enter training; pick T1 tasks")
+    chosen = set(tasks) if tasks else {t for t, tag in tags.items() if tag == "T1"}
+    bad = [t for t in weights if t not in chosen]
+    if bad:
+        raise UserError(f"task_weights names tasks that are not trained: {', '.join(bad)}")
+    if not chosen:
+        raise UserError("no T1 tasks in the examples to train on")
+    rng = np.random.default_rng(seed)
+    pool = [r for r in rows if r["task"] in chosen]
+    order = rng.permutation(len(pool))
+    val_ids: set[int] = set()
+    if holdout:
+        binary = [i for i in order if pool[i]["kind"] == "binary"]
+        val_ids = set(binary[:holdout])
+    by_task: dict[str, list[dict]] = {}
+    for i in order:
+        if i not in val_ids:
+            by_task.setdefault(pool[i]["task"], []).append(pool[i])
+    train = []
+    for task in sorted(by_task):
+        reqs, w = by_task[task], float(weights.get(task, 1.0))
+        if w < 0:
+            raise UserError(f"task_weights.{task}: weights are >= 0")
+        whole, frac = int(w), w - int(w)
+        train.extend(reqs * whole)
+        if frac:
+            picks = rng.choice(len(reqs), size=int(round(frac * len(reqs))), replace=False)
+            train.extend(reqs[i] for i in sorted(picks))
+    if max_examples is not None and len(train) > max_examples:
+        train = [train[i] for i in sorted(rng.choice(len(train), size=max_examples, replace=False))]
+    return train, [pool[i] for i in sorted(val_ids)]
+
+
+def task_mix(units: Sequence[dict]) -> dict[str, int]:
+    """Labelled items per task (what the mixture really holds)."""
+    counts: Counter = Counter()
+    for u in units:
+        counts[u["task"]] += len(u["segment_lens"])
+    return dict(sorted(counts.items()))
+
+
+class UnitCollator:
+    """Pads units into a batch: ids, attention mask, restarting positions, answer coordinates.
+
+    With ``multi_item`` the batch also carries each row's ``(prefix_len, segment_lens)`` layout for the
+    multi-item attention; without it the rows are plain causal sequences (one item each).
+    """
+
+    def __init__(self, pad_id: int, multi_item: bool):
+        self.pad_id, self.multi_item = pad_id, multi_item
+
+    def __call__(self, units: Sequence[dict]) -> dict:
+        width = max(len(u["input_ids"]) for u in units)
+        b = len(units)
+        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(b, width, dtype=torch.long)
+        pos = torch.zeros(b, width, dtype=torch.long)
+        rows, cols, targets = [], [], []
+        for i, u in enumerate(units):
+            n = len(u["input_ids"])
+            ids[i, :n] = torch.tensor(u["input_ids"])
+            mask[i, :n] = 1
+            p = u["prefix_len"]
+            pos[i, :p] = torch.arange(p)
+            start = p
+            for s in u["segment_lens"]:
+                pos[i, start:start + s] = p + torch.arange(s)
+                start += s
+            rows.extend([i] * len(u["answer_positions"]))
+            cols.extend(u["answer_positions"])
+            targets.extend(u["answer_ids"])
+        batch = {"input_ids": ids, "attention_mask": mask, "position_ids": pos,
+                 "answer_rows": torch.tensor(rows), "answer_cols": torch.tensor(cols),
+                 "answer_ids": torch.tensor(targets)}
+        if self.multi_item:
+            batch["multi_item"] = ([u["prefix_len"] for u in units], [list(u["segment_lens"]) for u in units])
+        return batch

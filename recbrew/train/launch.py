@@ -1,0 +1,57 @@
+"""Multi-process launch: `recbrew train --deepspeed CONFIG --nproc N` re-runs the job under torchrun.
+
+Each rank runs ``python -m recbrew.train.launch CONFIG.json``. On CPU DeepSpeed uses its CPU
+accelerator and the gloo backend; ops it JIT-builds are cached under ``TORCH_EXTENSIONS_DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from recbrew.train.config import TrainConfig
+
+
+def distributed_env(cuda: bool) -> dict[str, str]:
+    """The environment of a launched job: loopback rendezvous, CPU accelerator without CUDA, cached ops."""
+    from recbrew.models.smollm2 import cache_dir
+
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
+    if not cuda:
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
+def launch(cfg: TrainConfig, nproc: int) -> int:
+    """Run ``cfg`` on ``nproc`` ranks of this machine (torchrun, 127.0.0.1); returns the exit code."""
+    import torch
+
+    from recbrew.serve.engine import free_port
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = out / ".launch-config.json"
+    spec.write_text(json.dumps(cfg.model_dump()))
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "recbrew.train.launch", str(spec)]
+    return subprocess.call(cmd, env=distributed_env(torch.cuda.is_available()))
+
+
+def main(argv: list[str]) -> None:
+    from recbrew.train.run import train
+
+    cfg = TrainConfig(**json.loads(Path(argv[0]).read_text()))
+    rank = int(os.environ.get("RANK", "0"))
+    result = train(cfg, progress=rank == 0)
+    if rank == 0:
+        print(json.dumps({"model_dir": str(result.model_dir), "final_loss": result.final_loss,
+                          "steps": result.steps}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,282 @@
+"""One fine-tuning run end to end: requests -> units -> TRL trainer -> `final/` folder + `train_log.json`.
+
+Output folder layout::
+
+    OUT/checkpoint-N/      Trainer checkpoints (model/adapter, optimizer, scheduler, RNG): exact resume
+    OUT/final/             the adapter (LoRA) or the full model, its tokenizer and `recbrew_train.json`
+    OUT/train_log.json     loss and validation-AUC history, the task mix, timings
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from recbrew.errors import ConfigError, UserError
+from recbrew.train.config import TrainConfig
+
+META_FILE = "recbrew_train.json"
+LOG_FILE = "train_log.json"
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    model_dir: Path
+    """A folder `recbrew.models.loading.load_model` accepts (an adapter folder when LoRA)."""
+    final_loss: float
+    val_macro_auc: float | None
+    steps: int
+    seconds: float
+    log: dict
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete `checkpoint-N` folder in ``out``."""
+    done = [p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1])) if done else None
+
+
+def _training_args(cfg: TrainConfig, out: Path, progress: bool, cuda: bool, ds_config: dict | None):
+    from trl import DPOConfig, SFTConfig
+
+    bf16 = cuda and cfg.bf16 is not False and __import__("torch").cuda.is_bf16_supported()
+    if cfg.bf16 and not cuda:
+        raise ConfigError("bf16=true needs CUDA: on CPU recbrew trains in fp32 (bf16 autocast silently breaks CPU runs)")
+    common = dict(
+        output_dir=str(out), per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio,
+        lr_scheduler_type=cfg.lr_scheduler, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps, logging_first_step=True,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed, data_seed=cfg.seed, bf16=bf16, fp16=False, use_cpu=not cuda, report_to="none",
+        disable_tqdm=not progress, dataloader_num_workers=0, remove_unused_columns=False,
+        gradient_checkpointing=cfg.gradient_checkpointing, deepspeed=ds_config,
+        use_liger_kernel=bool(cfg.liger and cuda),
+    )
+    if cfg.objective == "dpo":
+        return DPOConfig(**common, beta=cfg.dpo_beta, max_length=None)
+    return SFTConfig(**common, dataset_kwargs={"skip_prepare_dataset": True},
+                     liger_kernel_config={"fused_linear_cross_entropy": False} if common["use_liger_kernel"] else None)
+
+
+def _load(cfg: TrainConfig, cuda: bool, pack: bool):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from recbrew.kernels.multi_item_attention import register
+    from recbrew.models.loading import resolve
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path = resolve(cfg.model)
+    if (path / "adapter_config.json").is_file():
+        raise UserError(f"{path}: is a LoRA adapter; export it first (`recbrew train export`) or train from its base")
+    dtype = torch.bfloat16 if cuda and cfg.bf16 is not False and torch.cuda.is_bf16_supported() else torch.float32
+    # The multi-item attention behaves exactly like SDPA unless a forward carries a layout.
+    attn = register() if pack else "sdpa"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return path, model, tok
+
+
+def _lora_config(cfg: TrainConfig, model):
+    from peft import LoraConfig
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [m for m in cfg.target_modules if m not in names]
+    if missing:
+        raise ConfigError(f"target_modules {missing} are not modules of {cfg.model}; "
+                          f"it has e.g. {', '.join(sorted(n for n in names if n.endswith('proj'))[:8])}")
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+
+
+def _label_lookup(examples: Path, tokenizer):
+    from recbrew.models.tokenizers import answer_token_ids
+    from recbrew.tasks import load_catalog
+
+    catalog = load_catalog(None)
+    cache: dict[str, list[int]] = {}
+
+    def label_ids(task: str) -> list[int]:
+        if task not in cache:
+            if task not in catalog:
+                raise UserError(f"{examples}: task {task!r} is not in the catalog")
+            cache[task] = answer_token_ids(catalog[task], tokenizer)
+        return cache[task]
+
+    return label_ids, catalog
+
+
+def _dpo_rows(requests: list[dict], label_ids_of, pairs_per_request: int, seed: int) -> list[dict]:
+    """Preference rows: prompt = prefix; chosen/rejected = engaged / non-engaged candidate + positive word."""
+    import numpy as np
+
+    from recbrew.tasks import load_catalog
+
+    catalog = load_catalog(None)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for r in requests:
+        if r["kind"] != "binary":
+            continue
+        pos = [s for s, y in zip(r["segments"], r["labels"], strict=True) if y]
+        neg = [s for s, y in zip(r["segments"], r["labels"], strict=True) if not y]
+        if not pos or not neg:
+            continue
+        word = " " + catalog[r["task"]].answer.words[0]
+        for _ in range(pairs_per_request):
+            rows.append({"prompt": r["prefix"], "chosen": pos[rng.integers(len(pos))] + word,
+                         "rejected": neg[rng.integers(len(neg))] + word})
+    return rows
+
+
+def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult:
+    """Fine-tune ``cfg.model`` on the T1 task mixture of ``cfg.examples``; returns where the result is."""
+    import datasets
+    import torch
+
+    from recbrew.scoring.protocol import load_requests
+    from recbrew.train.data import UnitCollator, build_units, select_requests, task_mix
+    from recbrew.train.trainer import (
+        AnswerDPOTrainer,
+        AnswerPreferenceCollator,
+        AnswerSFTTrainer,
+        ValidationCallback,
+    )
+
+    started = time.time()
+    out = Path(cfg.out)
+    examples = Path(cfg.examples)
+    cuda = _cuda()
+    manifest_file = examples / "manifest.json"
+    if not manifest_file.is_file():
+        raise UserError(f"{examples}: not an examples folder (no manifest.json); build one with `recbrew data build`")
+    manifest = json.loads(manifest_file.read_text())
+    previous = out / "config.json"
+    if previous.is_file() and cfg.resume:
+        old = json.loads(previous.read_text())
+        changed = [k for k in ("model", "examples", "objective", "lora", "pack", "seed", "tasks", "task_weights",
+                               "max_examples", "batch_size", "grad_accum") if old.get(k) != cfg.model_dump().get(k)]
+        if changed and latest_checkpoint(out):
+            raise UserError(f"{out}: holds checkpoints of a run with other {', '.join(changed)}; "
+                            "use another --out or resume=false")
+
+    ds_config = None
+    if cfg.deepspeed:
+        from recbrew.train.zero import load_deepspeed_config
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        ds_config = load_deepspeed_config(cfg.deepspeed, world_size=world)
+    stage3 = bool(ds_config and ds_config.get("zero_optimization", {}).get("stage") == 3)
+    pack = cfg.pack and cfg.objective == "sft"
+    args = _training_args(cfg, out, progress, cuda, ds_config)  # before loading: ZeRO-3 loads weights partitioned
+    path, model, tok = _load(cfg, cuda, pack)
+    label_ids_of, catalog = _label_lookup(examples, tok)
+
+    rows = load_requests(examples, "train")
+    holdout = 0 if stage3 else cfg.eval_requests
+    train_rows, val_rows = select_requests(rows, cfg.tasks, cfg.task_weights, cfg.max_examples, holdout, cfg.seed)
+    if not train_rows:
+        raise UserError(f"{examples}: no training requests for the chosen tasks")
+    peft_config = _lora_config(cfg, model) if cfg.lora else None
+    callbacks, log_entries = [], []
+
+    def log(entry: dict) -> None:
+        log_entries.append(entry)
+        if progress:
+            echo(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
+
+    if cfg.objective == "sft":
+        units = build_units(train_rows, tok, label_ids_of, tok.eos_token_id, pack=pack,
+                            candidates_per_sequence=cfg.candidates_per_sequence)
+        mix = task_mix(units)
+        dataset = datasets.Dataset.from_list(units)
+        trainer = AnswerSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                                   data_collator=UnitCollator(tok.pad_token_id, multi_item=pack),
+                                   peft_config=peft_config)
+    else:
+        pairs = _dpo_rows(train_rows, label_ids_of, cfg.dpo_pairs_per_request, cfg.seed)
+        if not pairs:
+            raise UserError(f"{examples}: no request has both an engaged and a non-engaged candidate for DPO")
+        mix = {"pairs": len(pairs)}
+        trainer = AnswerDPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(pairs),
+                                   processing_class=tok, peft_config=peft_config,
+                                   data_collator=AnswerPreferenceCollator(pad_token_id=tok.pad_token_id))
+    if val_rows:
+        from recbrew.scoring.hf import HFScorer
+
+        val = ValidationCallback(lambda m: HFScorer(m, _ScoringTokenizer(tok), mode="multi" if pack else "prefix"),
+                                 val_rows, cfg.eval_steps, log)
+        callbacks.append(val)
+        trainer.add_callback(val)
+    if cfg.hpz_check_every and ds_config:
+        from recbrew.train.zero import HpzIntegrityCallback
+
+        trainer.add_callback(HpzIntegrityCallback(every_n_steps=cfg.hpz_check_every, on_mismatch=cfg.hpz_check_action))
+
+    out.mkdir(parents=True, exist_ok=True)
+    if trainer.is_world_process_zero():
+        (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2))
+    resume = latest_checkpoint(out) if cfg.resume else None
+    if progress:
+        echo(f"train: {cfg.objective} on {len(train_rows):,} requests ({sum(mix.values()):,} labelled items"
+             f"{', packed' if pack else ''}) from {examples}; model {cfg.model}"
+             f"{' + LoRA' if cfg.lora else ' (full)'}; {'CUDA' if cuda else 'CPU'}"
+             f"{'; resuming from ' + str(resume) if resume else ''}")
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+    final = out / "final"
+    if trainer.is_world_process_zero():
+        import shutil
+
+        tmp = out / ".final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(out / ".final.tmp"))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    val_hist = callbacks[0].history if callbacks else []
+    meta = {
+        "objective": cfg.objective, "base_model": str(path), "model_arg": cfg.model, "lora": cfg.lora,
+        "data_seed": manifest.get("config", {}).get("seed"), "train_seed": cfg.seed,
+        "examples": str(examples.resolve()),
+        "task_versions": {t: catalog[t].version for t in sorted({r["task"] for r in train_rows})},
+        "config": cfg.model_dump(), "mix": mix, "steps": trainer.state.global_step,
+        "final_loss": losses[-1] if losses else float(result.training_loss),
+        "val": val_hist,
+    }
+    seconds = time.time() - started
+    log_doc = {**meta, "seconds": seconds, "log_history": trainer.state.log_history, "entries": log_entries}
+    if trainer.is_world_process_zero():
+        tmp = out / ".final.tmp"
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        tok.save_pretrained(str(tmp))
+        import shutil
+
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        (out / LOG_FILE).write_text(json.dumps(log_doc, indent=2, default=str))
+    del trainer
+    torch.cuda.empty_cache() if cuda else None
+    return TrainResult(out, final, meta["final_loss"], val_hist[-1]["val_macro_auc"] if val_hist else None,
+                       meta["steps"], seconds, log_doc)
+
+
+class _ScoringTokenizer:
+    """The call shape `HFScorer` uses, on a transformers tokenizer."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def __call__(self, text, add_special_tokens: bool = False) -> dict:
+        return {"input_ids": self.tok(text, add_special_tokens=add_special_tokens)["input_ids"]}

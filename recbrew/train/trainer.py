@@ -1,0 +1,120 @@
+"""The trainers: TRL's SFT and DPO trainers with the loss read at answer positions only.
+
+`AnswerSFTTrainer` keeps everything TRL's `SFTTrainer` gives (PEFT wrapping, DeepSpeed, Liger,
+checkpoints and exact resume, logging) and replaces the loss: the model's LM head runs on the
+answer positions only (`logits_to_keep`), so no [tokens x vocab] logits tensor is built, and packed
+units carry their multi-item layout to the attention.
+
+`AnswerDPOTrainer` is TRL's `DPOTrainer` on pairs of one member's engaged vs non-engaged candidates:
+prompt = the member's prefix, chosen/rejected = a candidate segment followed by the positive answer
+word. Only that answer word is the completion whose log-probability DPO compares; the candidate
+text is context.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import TrainerCallback
+from trl import DPOTrainer, SFTTrainer
+from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+
+def answer_logits(model, inputs: dict) -> torch.Tensor:
+    """[M, V] logits at the answer positions of a collated batch (the LM head runs nowhere else)."""
+    cols = inputs["answer_cols"]
+    keep, where = torch.unique(cols, sorted=True, return_inverse=True)
+    kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    if "multi_item" in inputs:
+        kwargs["multi_item"] = inputs["multi_item"]
+    out = model(**kwargs, logits_to_keep=keep, use_cache=False)
+    return out.logits[inputs["answer_rows"], where]
+
+
+def answer_loss(model, inputs: dict) -> torch.Tensor:
+    """Mean next-token cross-entropy (full vocabulary) over the batch's answer tokens."""
+    logits = answer_logits(model, inputs)
+    return F.cross_entropy(logits.float(), inputs["answer_ids"].to(logits.device))
+
+
+class AnswerSFTTrainer(SFTTrainer):
+    """TRL SFT with the loss on answer tokens only, read through an answer-positions-only LM head."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The loss is a per-micro-batch mean: let the Trainer divide it by the accumulation steps.
+        self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = answer_loss(model, inputs)
+        mode = "train" if model.training else "eval"
+        self._metrics[mode]["answers"].append(float(len(inputs["answer_ids"])))
+        return (loss, None) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = answer_loss(model, inputs)
+        return loss.detach(), None, None
+
+
+class AnswerPreferenceCollator(DataCollatorForPreference):
+    """TRL's preference batches with the completion narrowed to the answer word.
+
+    The chosen/rejected completions are ``candidate segment + answer word + EOS``; DPO must compare
+    log P(answer | prefix, candidate) only, so every completion token but the answer word is masked out.
+    """
+
+    def torch_call(self, examples):
+        batch = super().torch_call(examples)
+        mask = batch["completion_mask"]
+        # The answer word is the second-to-last completion token (the last is EOS).
+        last = mask.shape[1] - 1 - torch.flip(mask, dims=[1]).argmax(dim=1)
+        narrowed = torch.zeros_like(mask)
+        narrowed[torch.arange(len(mask)), last - 1] = 1
+        batch["completion_mask"] = narrowed
+        return batch
+
+
+class AnswerDPOTrainer(DPOTrainer):
+    """TRL DPO over engaged vs non-engaged candidates of one member (see the module docstring)."""
+
+
+class ValidationCallback(TrainerCallback):
+    """Macro AUC of P(yes) on held-out binary requests, every ``every`` steps and at the end."""
+
+    def __init__(self, scorer_factory, requests, every: int, log):
+        self.scorer_factory, self.requests, self.every, self.log = scorer_factory, requests, every, log
+        self.history: list[dict] = []
+
+    def evaluate(self, step: int, model) -> dict:
+        from sklearn.metrics import roc_auc_score
+
+        was_training = model.training
+        model.eval()
+        probs = self.scorer_factory(model).score(self.requests)
+        model.train(was_training)
+        per_task: dict[str, tuple[list, list]] = {}
+        for req, p in zip(self.requests, probs, strict=True):
+            ys, ps = per_task.setdefault(req["task"], ([], []))
+            ys.extend(req["labels"])
+            ps.extend(np.asarray(p).tolist())
+        aucs = {t: roc_auc_score(y, p) for t, (y, p) in per_task.items() if 0 < sum(y) < len(y)}
+        macro = float(np.mean(list(aucs.values()))) if aucs else math.nan
+        entry = {"step": step, "val_macro_auc": macro, "val_tasks": len(aucs)}
+        self.history.append(entry)
+        self.log(entry)
+        return entry
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.every and self.requests and state.global_step % self.every == 0 \
+                and state.global_step < state.max_steps:
+            self.evaluate(state.global_step, model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.requests and not any(h["step"] == state.global_step for h in self.history):
+            self.evaluate(state.global_step, model)
