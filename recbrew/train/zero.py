@@ -182,8 +182,11 @@ def load_deepspeed_config(path_or_name: str | Path, *, world_size: int | None = 
     if CHECK_KEY in config:
         hpz_check_settings(config, source=str(path))
     hpz = zero.zero_hpz_partition_size
-    for name in ("zero_hpz_partition_size", "zero_quantized_weights", "zero_quantized_gradients"):
-        if zero_raw.get(name) not in (None, False, 1) and zero.stage != 3:
+    zeropp = {"zero_hpz_partition_size": hpz > 1, "zero_quantized_weights": zero.zero_quantized_weights,
+              "zero_quantized_nontrainable_weights": zero.zero_quantized_nontrainable_weights,
+              "zero_quantized_gradients": zero.zero_quantized_gradients}
+    for name, used in zeropp.items():
+        if used and zero.stage != 3:
             raise ConfigError(f"{path}: zero_optimization.{name} is a ZeRO++ option and needs stage 3, "
                               f"not stage {zero.stage}")
     if hpz > 1:

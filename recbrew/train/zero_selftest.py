@@ -295,7 +295,9 @@ def selftest_env() -> dict[str, str]:
     from recbrew.models.smollm2 import cache_dir
 
     env = dict(os.environ)
-    env.setdefault("DS_ACCELERATOR", "cpu")
+    # Four ranks share one machine: gloo on the CPU accelerator, whatever GPUs are present.
+    env["DS_ACCELERATOR"] = "cpu"
+    env["CUDA_VISIBLE_DEVICES"] = ""
     env.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("PYTHONWARNINGS", "ignore")
