@@ -1,0 +1,172 @@
+"""recbrew eval end to end on a tiny seeded world: oracle, popularity and a recbrew-tiny LM on the same
+requests; metrics equal a reference, the cache is reused and invalidated, the report opens in Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from recbrew.eval import run_eval
+from recbrew.eval.check_html import check_html
+from recbrew.eval.scorers import parse_models
+from recbrew.eval.table import RequestTable
+from sklearn.metrics import roc_auc_score
+
+from recbrew.baselines.features import load_rows
+from recbrew.baselines.metrics import evaluate
+from recbrew.baselines.popularity import Popularity
+from recbrew.cli import main
+from recbrew.errors import UserError
+from recbrew.examples.build import BuildConfig, build_examples
+from recbrew.scoring.protocol import load_requests
+from recbrew.world import WorldConfig, generate_world
+
+torch.set_num_threads(1)
+# The module fixture (world, examples, three models scored) takes about half a minute.
+pytestmark = pytest.mark.slow
+TASKS = ["feed_like", "jobs_apply_listwise", "events_register", "jobs_next_title"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from recbrew.models.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("eval")
+    generate_world(WorldConfig(members=300, days=14, seed=2), root / "world", progress=False)
+    build_examples(root / "world", root / "ex", BuildConfig(tasks=TASKS, test_days=4, gap_days=1, max_train=60,
+                                                            max_test=10, tokenizer="none"), progress=False)
+    build_tiny(root / "world", root / "tiny", "tiny", seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(world):
+    models = {"popularity": "popularity", "lm": str(world / "tiny")}
+    return run_eval(world / "ex", models, world / "out", bootstrap=50, progress=False)
+
+
+def pooled_auc(rows, probs, task):
+    y = np.concatenate([r["labels"] for r in rows if r["task"] == task])
+    s = np.concatenate([p for r, p in zip(rows, probs, strict=True) if r["task"] == task])
+    return roc_auc_score(y, s)
+
+
+def test_oracle_is_added_and_task_aucs_equal_the_references(report, world):
+    res = report.results
+    assert res["models"] == ["oracle", "popularity", "lm"] and res["oracle"] == "oracle"
+    rows = load_rows(world / "ex", "test")
+    reference = evaluate(Popularity.fit(load_rows(world / "ex", "train", split_tag="T1")), rows)
+    for task, info in reference["tasks"].items():
+        got = res["tasks"][task]["models"]["popularity"]["auc"]
+        assert got == pytest.approx(info["auc"], abs=1e-6) if info["auc"] is not None else got is None
+    requests = [r for r in load_requests(world / "ex", "test") if r["kind"] != "generative"]
+    truth = [np.array(r["true_probs"]) for r in requests]
+    assert res["tasks"]["feed_like"]["models"]["oracle"]["auc"] == pytest.approx(
+        pooled_auc(requests, truth, "feed_like"), abs=1e-6)
+
+
+def test_lm_scores_equal_the_hf_scorer_and_generative_tasks_are_na_for_scorers(report, world):
+    from recbrew.models.loading import load_model
+    from recbrew.scoring.hf import HFScorer
+
+    requests = [r for r in load_requests(world / "ex", "test") if r["kind"] != "generative"]
+    model, tok = load_model(str(world / "tiny"), device="cpu")
+    probs = HFScorer(model, tok, mode="naive").score(requests)
+    for task in ("feed_like", "jobs_apply_listwise"):
+        got = report.results["tasks"][task]["models"]["lm"]
+        assert got["auc"] == pytest.approx(pooled_auc(requests, probs, task), abs=1e-4)
+        assert got["oracle_gap"] == pytest.approx(report.results["tasks"][task]["models"]["oracle"]["auc"]
+                                                  - got["auc"], abs=1e-6)
+    gen = report.results["tasks"]["jobs_next_title"]["models"]
+    assert gen["popularity"] is None and gen["oracle"] is None
+    assert 0.0 <= gen["lm"]["exact"] <= gen["lm"]["f1"] <= 1.0
+    assert "acc1" in report.results["tasks"]["jobs_apply_listwise"]["models"]["lm"]
+
+
+def test_summary_slices_and_report_files(report, world):
+    res, summary = report.results, report.results["summary"]
+    t1 = [e["models"]["lm"]["auc"] for e in res["tasks"].values()
+          if e["split_tag"] == "T1" and e["kind"] != "generative" and e["models"]["lm"]["auc"] is not None]
+    assert summary["lm"]["auc_T1"] == pytest.approx(np.mean(t1), abs=1e-6)
+    assert report.macro_auc["lm"]["T1"] == summary["lm"]["auc_T1"]
+    assert report.macro_auc["lm"]["gap_T1"] == pytest.approx(summary["oracle"]["auc_T1"] - summary["lm"]["auc_T1"],
+                                                             abs=1e-6)
+    table = RequestTable.from_requests(load_requests(world / "ex", "test"))
+    cold = res["slices"]["cold_start"]["buckets"]
+    assert [b["bucket"] for b in cold] == ["<= 5", "(5, 10]", "(10, 100]", "> 100"]
+    assert sum(b["requests"] for b in cold) == int(table.rankable.sum())
+    tags = {b["bucket"]: b["macro_auc"]["lm"] for b in res["slices"]["split_tag"]["buckets"]}
+    assert tags["T1"] == pytest.approx(summary["lm"]["auc_T1"], abs=1e-6)
+    for ci in (res["tasks"]["feed_like"]["models"]["lm"]["ci"]["auc"],):
+        assert ci[0] <= res["tasks"]["feed_like"]["models"]["lm"]["auc"] <= ci[1]
+    doc = json.loads(report.paths["json"].read_text())
+    assert doc["meta"]["data_seed"] == 0 and doc["meta"]["task_versions"]["feed_like"] == 1
+    assert "numpy" in doc["meta"]["versions"]
+    md = report.paths["md"].read_text()
+    assert "★" in md and "| feed_like | T1 | binary |" in md
+    html = report.paths["html"].read_text()
+    assert html.count("data:image/png;base64,") >= 5 and "http://" not in html and "https://" not in html
+    assert "T1 AUC" in report.table() and "lm" in report.table()
+
+
+def test_report_opens_in_headless_chromium(report, tmp_path):
+    result = check_html(report.paths["html"])
+    assert result.ok, result.errors
+    broken = tmp_path / "broken.html"
+    broken.write_text("<html><body><script>undefined_name.call();</script></body></html>")
+    bad = check_html(broken)
+    assert not bad.ok and any("Uncaught" in e for e in bad.errors)
+    external = tmp_path / "external.html"
+    external.write_text('<html><body><img src="https://example.invalid/x.png"><script>'
+                        'document.body.setAttribute("data-rendered","1");</script></body></html>')
+    assert any("external reference" in e for e in check_html(external).errors)
+
+
+def test_cache_is_reused_and_invalidated_when_the_model_changes(report, world):
+    scores = world / "out" / "scores"
+    files = sorted(p.name for p in scores.iterdir())
+    assert len(files) == 3
+    again = run_eval(world / "ex", {"popularity": "popularity", "lm": str(world / "tiny")}, world / "out",
+                     bootstrap=50, progress=False)
+    assert all(m["cached"] for m in again.meta["models"])
+    assert again.results["tasks"] == report.results["tasks"]
+    weights = next((world / "tiny").glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    third = run_eval(world / "ex", {"lm": str(world / "tiny")}, world / "out", bootstrap=0, progress=False,
+                     include_oracle=False)
+    assert third.meta["models"][0]["cached"] is False
+    assert len(list(scores.iterdir())) == 4
+    assert not [p for p in (world / "out").rglob(".*tmp*")]  # no leftovers of the write-aside-then-rename
+
+
+def test_parse_models_and_errors(world):
+    assert parse_models("oracle,pop=popularity, runs/x/lirank/") == {
+        "oracle": "oracle", "pop": "popularity", "lirank": "runs/x/lirank/"}
+    with pytest.raises(UserError, match="two models are called"):
+        parse_models("oracle,oracle")
+    with pytest.raises(UserError, match="not found"):
+        run_eval(world / "ex", ["nope/model"], world / "bad", progress=False)
+
+
+def test_cli_eval_runs_on_its_own_options_and_reports_mistakes(world, capsys):
+    def run(*args) -> int:
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            return exc.code or 0
+        return 0
+
+    capsys.readouterr()
+    code = run("eval", "--models", "oracle,pop=popularity", "--examples", world / "ex", "--out", world / "cli",
+               "--tasks", "feed_like,events_register", "--bootstrap", "20", "--no-progress")
+    out = capsys.readouterr().out
+    assert code == 0 and "pop" in out and "report.html" in out
+    doc = json.loads((world / "cli" / "report.json").read_text())
+    assert sorted(doc["tasks"]) == ["events_register", "feed_like"] and doc["models"] == ["oracle", "pop"]
+    assert run("eval", "--models", "oracle", "--out", world / "cli2") == 2
+    assert "error: missing --examples" in capsys.readouterr().err
+    assert run("eval", "--models", "nothing-here", "--examples", world / "ex", "--out", world / "cli2") == 2
+    assert "error: model 'nothing-here' not found" in capsys.readouterr().err
