@@ -31,6 +31,12 @@ torch.set_num_threads(1)
 HPZ_OK = "0.19.8"
 
 
+@pytest.fixture(autouse=True)
+def _gpu_node(monkeypatch):
+    """Configs are validated as on a CUDA node unless a test says otherwise (qwZ/qgZ need CUDA)."""
+    monkeypatch.setattr("recbrew.train.zero.ds_accelerator", lambda: "cuda")
+
+
 # -- version guard ---------------------------------------------------------------------------------
 
 
@@ -116,6 +122,17 @@ def test_config_errors_are_one_line(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match) as e:
         load_deepspeed_config(path, world_size=4, deepspeed_version=HPZ_OK)
     assert "\n" not in str(e.value)
+
+
+def test_quantized_zeropp_refused_on_cpu(monkeypatch):
+    monkeypatch.setattr("recbrew.train.zero.ds_accelerator", lambda: "cpu")
+    with pytest.raises(ConfigError, match="zero_quantized_weights needs DeepSpeed's CUDA quantizer kernels; on CPU "
+                       "set zero_quantized_weights and zero_quantized_gradients to false"):
+        load_deepspeed_config("zeropp", world_size=8, deepspeed_version=HPZ_OK)
+    off = {"zero_optimization.zero_quantized_weights": False, "zero_optimization.zero_quantized_gradients": False}
+    cfg = load_deepspeed_config("zeropp", world_size=8, deepspeed_version=HPZ_OK, overrides=off)
+    assert cfg["zero_optimization"]["zero_hpz_partition_size"] == 8
+    assert load_deepspeed_config("zeropp", world_size=8, deepspeed_version=HPZ_OK, accelerator="cuda")
 
 
 def test_unknown_config_names_the_shipped_ones(tmp_path):

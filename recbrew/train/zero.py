@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -160,13 +161,19 @@ def _installed_deepspeed() -> str:
                           f"{HPZ_MIN_DEEPSPEED})") from None
 
 
+def ds_accelerator() -> str:
+    """The accelerator DeepSpeed will pick: ``$DS_ACCELERATOR``, else ``cuda`` when torch sees a GPU, else ``cpu``."""
+    return os.environ.get("DS_ACCELERATOR") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def load_deepspeed_config(path_or_name: str | Path, *, world_size: int | None = None,
                           overrides: Mapping[str, Any] | None = None,
-                          deepspeed_version: str | None = None) -> dict:
+                          deepspeed_version: str | None = None, accelerator: str | None = None) -> dict:
     """Read and validate a DeepSpeed config: a path, or a shipped name (``zero2``, ``zero3``, ``zeropp``).
 
     ``overrides`` sets dotted keys; ``world_size`` (when known) is checked against the hpZ group size;
-    ``deepspeed_version`` defaults to the installed one. Raises :class:`ConfigError` with one line.
+    ``deepspeed_version`` and ``accelerator`` default to the installed DeepSpeed and
+    :func:`ds_accelerator`. Raises :class:`ConfigError` with one line.
     """
     path = _resolve(path_or_name)
     config = apply_overrides(_read(path), overrides or {})
@@ -189,6 +196,10 @@ def load_deepspeed_config(path_or_name: str | Path, *, world_size: int | None = 
         if used and zero.stage != 3:
             raise ConfigError(f"{path}: zero_optimization.{name} is a ZeRO++ option and needs stage 3, "
                               f"not stage {zero.stage}")
+    quantized = [name for name, used in zeropp.items() if used and name != "zero_hpz_partition_size"]
+    if quantized and (accelerator or ds_accelerator()) == "cpu":
+        raise ConfigError(f"{path}: zero_optimization.{quantized[0]} needs DeepSpeed's CUDA quantizer kernels; on "
+                          f"CPU set {' and '.join(quantized)} to false (hpZ alone works) or use zero3")
     if hpz > 1:
         if world_size is not None and (world_size < hpz or world_size % hpz):
             raise ConfigError(f"{path}: zero_optimization.zero_hpz_partition_size={hpz} does not divide the world "
