@@ -1,0 +1,69 @@
+"""Scaling sweeps: each point trains, scores and lands on the plot; finished points are reused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from recbrew.eval.sweep import Point, SweepConfig, fit_trend, run_sweep
+
+from recbrew.baselines.features import load_rows
+from recbrew.errors import ConfigError
+from recbrew.examples.build import BuildConfig, build_examples
+from recbrew.world import WorldConfig, generate_world
+
+torch.set_num_threads(1)
+TASKS = ["feed_like", "jobs_apply", "events_register"]
+FAST = ["train.epochs=1", "train.val_fraction=0", "features.history_len=10"]
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    generate_world(WorldConfig(members=250, days=14, seed=3), root / "world", progress=False)
+    build_examples(root / "world", root / "ex", BuildConfig(tasks=TASKS, test_days=4, gap_days=1, max_train=80,
+                                                            max_test=20, tokenizer="none"), progress=False)
+    return root / "ex"
+
+
+def test_fit_trend_recovers_a_log_linear_line():
+    points = [Point("data", n, f"data-{n}", float(n), auc_T1=0.6 + 0.05 * np.log10(n)) for n in (10, 100, 1000)]
+    fit = fit_trend(points, "auc_T1")
+    assert fit["slope"] == pytest.approx(0.05) and fit["intercept"] == pytest.approx(0.6) and fit["r2"] == 1.0
+    assert fit_trend(points[:1], "auc_T1") is None and fit_trend(points, "auc_T2") is None
+
+
+def test_sweep_config_rejects_axes_a_family_cannot_sweep(examples, tmp_path):
+    with pytest.raises(ConfigError, match="needs a language model"):
+        SweepConfig(examples, tmp_path, axis="model", values=["tiny"], family="lirank").check()
+    with pytest.raises(ConfigError, match="unknown sweep axis"):
+        SweepConfig(examples, tmp_path, axis="width", values=[1]).check()
+    with pytest.raises(ConfigError, match="whole numbers"):
+        SweepConfig(examples, tmp_path, axis="data", values=["many"]).check()
+
+
+@pytest.mark.slow
+def test_lirank_data_sweep_trains_each_point_and_reuses_finished_ones(examples, tmp_path):
+    train_rows = len(load_rows(examples, "train", split_tag="T1"))
+    cfg = SweepConfig(examples, tmp_path / "sweep", axis="data", values=[30, 10_000], family="lirank",
+                      overrides=FAST, progress=False)
+    result = run_sweep(cfg)
+    small, full = result.points
+    # The cap takes the latest N training requests; a cap above the data takes them all.
+    assert small.size == 30 and full.size == train_rows
+    assert json.loads((tmp_path / "sweep" / "points" / "data-30" / "model" / "train.json").read_text())[
+        "train_requests"] == 30
+    for p in result.points:
+        report = json.loads((tmp_path / "sweep" / "points" / p.label / "eval" / "report.json").read_text())
+        assert p.auc_T1 == report["summary"][p.label]["auc_T1"] and p.auc_T1 is not None
+    assert result.fits["T1"]["r2"] == 1.0  # two points: the line goes through both
+    doc = json.loads(result.paths["json"].read_text())
+    assert [p["label"] for p in doc["points"]] == ["data-30", "data-10000"]
+    assert "data:image/png;base64," in result.paths["html"].read_text()
+    assert "trend T1" in result.table()
+    saved = tmp_path / "sweep" / "points" / "data-30" / "point.json"
+    stamp = saved.stat().st_mtime_ns
+    again = run_sweep(cfg)
+    assert saved.stat().st_mtime_ns == stamp and again.points[0].auc_T1 == small.auc_T1
