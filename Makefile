@@ -7,7 +7,7 @@ PYTHON ?= python3
 STAMP := $(VENV)/.recbrew-setup
 OUT ?= gpu-check-out
 
-.PHONY: setup test quickstart lint gpu-check clean
+.PHONY: setup test quickstart lint gpu-check clean chromium
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,16 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip uninstall --quiet -y $$($(PY) -c "import tomllib;print(' '.join(tomllib.load(open('pyproject.toml','rb'))['tool']['recbrew']['remove']))") || true
 	@touch $(STAMP)
 
-setup: $(STAMP)
+# Headless Chromium opens the eval report in a test: installed when missing (Debian, as root); idempotent.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "note: chromium is missing (install it as root with apt-get install chromium); the eval report check needs it"; fi; }
 
-test: $(STAMP)
+setup: $(STAMP) chromium
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
 
 quickstart: $(STAMP)
