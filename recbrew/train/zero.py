@@ -354,8 +354,10 @@ def check_hpz_integrity(model: Any, group: Any = None, *, mode: Literal["full", 
 class HpzIntegrityCallback(TrainerCallback):
     """Runs :func:`check_hpz_integrity` every N optimizer steps of a Trainer; no-op without ZeRO-3 hpZ.
 
-    The check runs right after the first forward pass of a sampled step: hpZ secondary copies of trainable
-    weights exist only between that forward and the optimizer step (DeepSpeed drops them after each step).
+    The check runs after each forward pass of a sampled step, before its backward pass and optimizer step
+    (inside HF's DeepSpeed backward): DeepSpeed drops the hpZ copies of trainable weights after every step
+    and rebuilds them as layers are released, so they exist only within a step; with gradient accumulation,
+    copies rebuilt in one micro-batch's backward are read by the next micro-batch's forward.
     """
 
     def __init__(self, every_n_steps: int = 100, on_mismatch: Literal["fail", "warn"] = "fail",
@@ -392,8 +394,7 @@ class HpzIntegrityCallback(TrainerCallback):
     def _after_forward(self, module, args, output) -> None:
         if self._armed_step is None or not module.training:
             return
-        step, self._armed_step = self._armed_step, None
-        report = check_hpz_integrity(module, self.group, mode=self.mode, step=step)
+        report = check_hpz_integrity(module, self.group, mode=self.mode, step=self._armed_step)
         self.reports.append(report)
         self.handle(report)
 
@@ -415,6 +416,9 @@ class HpzIntegrityCallback(TrainerCallback):
             self.install(model)
         if self._hook is not None and state.global_step % self.every_n_steps == 0:
             self._armed_step = state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._armed_step = None
 
     def on_train_end(self, args, state, control, **kwargs):
         self.remove()

@@ -186,6 +186,7 @@ def train_once(*, hpz: int, fault: str | None, steps: int, seed: int, label: str
             loss = engine(ids, labels)
             engine.backward(loss)
             engine.step()
+            callback.on_step_end(None, state, None)
             every = [torch.zeros(()) for _ in range(world)]
             dist.all_gather(every, loss.detach().float())
             rank_losses.append([float(x) for x in every])
