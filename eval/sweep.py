@@ -155,9 +155,10 @@ def train_point(cfg: SweepConfig, value, examples: Path, out: Path) -> tuple[str
     result = train(TrainConfig(model=model, examples=str(examples), out=str(out), max_steps=cfg.max_steps,
                                max_examples=cap, seed=cfg.seed, lora=lora, tasks=cfg.tasks, resume=False),
                    progress=cfg.progress)
-    size = {"data": float(cap or 0), "history": float(value)}.get(cfg.axis)
-    if size is None:
+    if cfg.axis == "model":
         size = float(_parameters(model))
+    else:
+        size = float(cap or 0) if cfg.axis == "data" else float(value)
     info = {"final_loss": result.final_loss, "val_macro_auc": result.val_macro_auc, "steps": result.steps,
             "seconds": round(result.seconds, 1), "base_model": model, "lora": lora}
     return str(result.model_dir), size, info

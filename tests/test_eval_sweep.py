@@ -67,3 +67,15 @@ def test_lirank_data_sweep_trains_each_point_and_reuses_finished_ones(examples, 
     stamp = saved.stat().st_mtime_ns
     again = run_sweep(cfg)
     assert saved.stat().st_mtime_ns == stamp and again.points[0].auc_T1 == small.auc_T1
+
+
+@pytest.mark.slow
+def test_llm_sweep_point_fine_tunes_through_recbrew_train_and_scores_the_result(examples, tmp_path):
+    cfg = SweepConfig(examples, tmp_path / "llm", axis="data", values=[8], family="llm", base_model="tiny",
+                      max_steps=2, progress=False)
+    (point,) = run_sweep(cfg).points
+    assert point.size == 8 and point.train_info["steps"] == 2 and point.train_info["lora"] is False
+    assert point.train_info["base_model"].endswith("recbrew-tiny-tiny-seed0")
+    report = json.loads((tmp_path / "llm" / "points" / "data-8" / "eval" / "report.json").read_text())
+    assert report["meta"]["models"][0]["kind"] == "lm"
+    assert point.auc_T1 == report["summary"]["data-8"]["auc_T1"] is not None
