@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from recbrew.eval.check_html import check_html
 from recbrew.eval.sweep import Point, SweepConfig, fit_trend, run_sweep
 
 from recbrew.baselines.features import load_rows
@@ -62,6 +63,7 @@ def test_lirank_data_sweep_trains_each_point_and_reuses_finished_ones(examples, 
     doc = json.loads(result.paths["json"].read_text())
     assert [p["label"] for p in doc["points"]] == ["data-30", "data-10000"]
     assert "data:image/png;base64," in result.paths["html"].read_text()
+    assert check_html(result.paths["html"]).ok
     assert "trend T1" in result.table()
     saved = tmp_path / "sweep" / "points" / "data-30" / "point.json"
     stamp = saved.stat().st_mtime_ns
