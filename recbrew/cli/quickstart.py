@@ -1,18 +1,21 @@
 """`recbrew quickstart`: the main job end to end on the embedded defaults, re-using finished steps.
 
-Every step writes aside and moves its output into place when done, so an interrupted run leaves
-no half-written step and the next run picks up where it stopped.
+world -> examples for the whole catalog -> LoRA fine-tune of SmolLM2-135M -> LiRank, LiGR, popularity
+-> eval of everything plus the oracle -> report. Every step writes aside and moves its output into
+place when done, so an interrupted run (Ctrl-C included) leaves no half-written step and the next run
+picks up where it stopped.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-STEPS = 2
+STEPS = 5
 
 
 def _reusable(path: Path, wanted: dict) -> dict | None:
@@ -23,40 +26,105 @@ def _reusable(path: Path, wanted: dict) -> dict | None:
     return data if all(data.get(k) == v for k, v in wanted.items()) else None
 
 
+def _step(n: int, text: str) -> float:
+    typer.echo(f"[{n}/{STEPS}] {text}")
+    return time.time()
+
+
+def _baseline(name: str, examples: Path, out: Path, seed: int) -> Path:
+    """Train one classic ranker into ``out`` (written aside, then moved into place)."""
+    from recbrew import assets
+    from recbrew.data.io import staged_directory
+
+    with staged_directory(out) as tmp:
+        if name == "popularity":
+            from recbrew.baselines.features import load_rows
+            from recbrew.baselines.popularity import Popularity, PopularityConfig
+
+            Popularity.fit(load_rows(examples, "train", split_tag="T1"), PopularityConfig()).save(tmp)
+        else:
+            from recbrew.baselines.config import run_config
+            from recbrew.baselines.train import train_model
+
+            cfg = run_config(name, assets.path("configs") / "baselines" / f"{name}.yaml", [f"train.seed={seed}"])
+            train_model(cfg, examples, tmp, progress=False)
+        (tmp / "quickstart.json").write_text(json.dumps({"examples": str(examples.resolve()), "seed": seed}))
+    return out
+
+
 def quickstart(
     out: Annotated[Path, typer.Option("--out", help="Where every step writes its outputs.")] = Path("runs/quickstart"),
     members: Annotated[int, typer.Option(help="Members of the generated world.")] = 2000,
     days: Annotated[int, typer.Option(help="Days of the generated world.")] = 30,
     seed: Annotated[int, typer.Option(help="Seed of the whole run.")] = 0,
     max_train: Annotated[int, typer.Option("--max-train", help="Training requests per task.")] = 300,
-    max_test: Annotated[int, typer.Option("--max-test", help="Test requests per task.")] = 150,
+    max_test: Annotated[int, typer.Option("--max-test", help="Test requests per task (every model scores them).")] = 12,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Prompt token budget (history is cut to fit).")] = 384,
+    train_config: Annotated[str, typer.Option("--train-config", help="Fine-tuning config (name or path).")
+                            ] = "smollm2-cpu",
+    train_overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides of the fine-tuning config.")
+                               ] = None,
 ) -> None:
-    """Run the pipeline end to end: world -> examples for the whole catalog (later stages join as they land)."""
+    """Run the pipeline end to end: world -> examples -> LoRA fine-tune -> baselines -> eval report."""
     from recbrew.cli.world import print_card
     from recbrew.examples.build import BuildConfig, build_examples
     from recbrew.world import CARD_FILE, WorldConfig, generate_world
 
+    began = time.time()
     world_dir = out / "world"
     card = _reusable(world_dir / CARD_FILE, {"seed": seed, "members": members, "days": days})
     if card is not None:
-        typer.echo(f"[1/{STEPS}] world: re-using {world_dir}")
+        _step(1, f"world: re-using {world_dir}")
     else:
-        typer.echo(f"[1/{STEPS}] world: generating {members:,} members x {days} days into {world_dir}")
+        _step(1, f"world: generating {members:,} members x {days} days into {world_dir}")
         card = generate_world(WorldConfig(members=members, days=days, seed=seed), world_dir, force=True)
     print_card(card)
 
     examples_dir = out / "examples"
-    cfg = BuildConfig(max_train=max_train, max_test=max_test, seed=seed)
+    cfg = BuildConfig(max_train=max_train, max_test=max_test, seed=seed, max_tokens=max_tokens)
     manifest = _reusable(examples_dir / "manifest.json", {"corpus": str(world_dir.resolve())})
     if manifest is not None and manifest["config"] == json.loads(json.dumps(cfg.__dict__)):
-        typer.echo(f"[2/{STEPS}] examples: re-using {examples_dir}")
+        _step(2, f"examples: re-using {examples_dir}")
     else:
-        typer.echo(f"[2/{STEPS}] examples: rendering the task catalog into {examples_dir}")
+        _step(2, f"examples: rendering the task catalog into {examples_dir}")
         manifest = build_examples(world_dir, examples_dir, cfg, force=True)
-    tags = {}
+    tags: dict[str, int] = {}
     for row in manifest["tasks"].values():
         tags[row["split_tag"]] = tags.get(row["split_tag"], 0) + 1
     typer.echo(f"examples: {len(manifest['tasks'])} tasks ({', '.join(f'{n} {t}' for t, n in sorted(tags.items()))}), "
                f"{manifest['rows']['train']:,} train / {manifest['rows']['test']:,} test requests")
-    typer.echo(f"world card: {world_dir / CARD_FILE}")
-    typer.echo(f"examples:   {examples_dir} (text/, structured/, manifest.json)")
+
+    from recbrew.train import load_config, train
+    from recbrew.train.run import META_FILE
+
+    llm_dir = out / "llm"
+    tcfg = load_config(train_config, [f"examples={examples_dir}", f"out={llm_dir}", f"seed={seed}",
+                                      *(train_overrides or [])])
+    done = _reusable(llm_dir / "final" / META_FILE, {"config": tcfg.model_dump()})
+    if done is not None:
+        _step(3, f"fine-tune: re-using {llm_dir / 'final'}")
+    else:
+        started = _step(3, f"fine-tune: LoRA on {tcfg.model} ({tcfg.max_steps} steps) into {llm_dir}")
+        result = train(tcfg, progress=True, echo=typer.echo)
+        typer.echo(f"fine-tune: {result.steps} steps in {time.time() - started:.0f} s, final loss "
+                   f"{result.final_loss:.4f}")
+
+    baselines = {}
+    for name in ("lirank", "ligr", "popularity"):
+        folder = out / "baselines" / name
+        if _reusable(folder / "quickstart.json", {"examples": str(examples_dir.resolve()), "seed": seed}):
+            _step(4, f"baselines: re-using {folder}")
+        else:
+            started = _step(4, f"baselines: training {name} into {folder}")
+            _baseline(name, examples_dir, folder, seed)
+            typer.echo(f"baselines: {name} in {time.time() - started:.0f} s")
+        baselines[name] = str(folder)
+
+    from recbrew.eval.run import run_eval
+
+    _step(5, f"eval: every model plus the oracle on the same {manifest['rows']['test']:,} test requests")
+    models = {"smollm2-lora": str(llm_dir / "final"), **baselines}
+    result = run_eval(examples_dir, models, out / "eval", progress=True, include_oracle=True)
+    typer.echo(result.table())
+    typer.echo(f"report: {result.paths['html']}")
+    typer.echo(f"quickstart done in {(time.time() - began) / 60:.1f} min")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -66,6 +66,8 @@ class TrainConfig(BaseModel):
     # Kernels and distribution.
     liger: bool = Field(True, description="Apply liger-kernel patches when CUDA is present.")
     deepspeed: str | None = Field(None, description="DeepSpeed config: a path or a shipped name (zero2, zero3, zeropp).")
+    deepspeed_overrides: dict[str, Any] = Field(default_factory=dict, description=(
+        "Dotted DeepSpeed keys to set, e.g. {zero_optimization.zero_hpz_partition_size: 2}."))
     hpz_check_every: int = Field(0, ge=0, description="hpZ integrity check every N steps (0: off).")
     hpz_check_action: Literal["fail", "warn"] = "fail"
 

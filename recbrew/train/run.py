@@ -173,15 +173,27 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
             raise UserError(f"{out}: holds checkpoints of a run with other {', '.join(changed)}; "
                             "use another --out or resume=false")
 
-    ds_config = None
+    ds_config, hpz_check = None, None
     if cfg.deepspeed:
-        from recbrew.train.zero import load_deepspeed_config
+        from recbrew.train.zero import CHECK_KEY, HpzIntegrityCallback, load_deepspeed_config
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        ds_config = load_deepspeed_config(cfg.deepspeed, world_size=world)
+        ds_config = load_deepspeed_config(cfg.deepspeed, world_size=world, overrides=cfg.deepspeed_overrides)
+        # recbrew's own block: DeepSpeed does not know it. The command-line setting wins over the config's.
+        block = ds_config.pop(CHECK_KEY, None)
+        if cfg.hpz_check_every:
+            hpz_check = HpzIntegrityCallback(every_n_steps=cfg.hpz_check_every, on_mismatch=cfg.hpz_check_action)
+        elif block is not None:
+            hpz_check = HpzIntegrityCallback.from_deepspeed_config({CHECK_KEY: block})
     stage3 = bool(ds_config and ds_config.get("zero_optimization", {}).get("stage") == 3)
     pack = cfg.pack and cfg.objective == "sft"
     args = _training_args(cfg, out, progress, cuda, ds_config)  # before loading: ZeRO-3 loads weights partitioned
+    if ds_config:
+        import deepspeed
+
+        # Join the process group now, so zero.Init partitions the weights over every rank.
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+        _ = args.device
     path, model, tok = _load(cfg, cuda, pack)
     label_ids_of, catalog = _label_lookup(examples, tok)
 
@@ -221,10 +233,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
                                  val_rows, cfg.eval_steps, log)
         callbacks.append(val)
         trainer.add_callback(val)
-    if cfg.hpz_check_every and ds_config:
-        from recbrew.train.zero import HpzIntegrityCallback
-
-        trainer.add_callback(HpzIntegrityCallback(every_n_steps=cfg.hpz_check_every, on_mismatch=cfg.hpz_check_action))
+    if hpz_check is not None:
+        trainer.add_callback(hpz_check)
 
     out.mkdir(parents=True, exist_ok=True)
     if trainer.is_world_process_zero():
