@@ -6,6 +6,8 @@ The instruction, the candidate(s) and the question are never cut; history entrie
 
 from __future__ import annotations
 
+import io
+import pickle
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,11 +16,14 @@ import jinja2
 
 from recbrew.tasks.spec import Kind, TaskSpec
 from recbrew.verbalize.environment import TemplateError, make_environment, template_error
+from recbrew.verbalize.tokens import TokenCounter
 
 _BLANK_RUN = re.compile(r"\n{3,}")
 _WORD = re.compile(r"[a-z0-9]+")
 #: Tokens of the history section header and its spacing, in the budget estimate.
 _SECTION_COST = 8
+#: Memoized renders kept before the memo starts over (bounds memory on long builds).
+_MAX_MEMO = 1 << 16
 _STOP = frozenset("a an and at by for from in of on the to with our we you your is are this that what".split())
 
 
@@ -61,6 +66,37 @@ def _words(item: dict) -> set[str]:
     return {w for w in _WORD.findall(text.lower()) if w not in _STOP}
 
 
+class _Opaque(Exception):
+    """A template value whose content cannot serve as a cache key."""
+
+
+class _PlainPickler(pickle.Pickler):
+    """Pickles plain data only: str, numbers, bool, None, lists, tuples, dicts (exact types)."""
+
+    def __init__(self, file):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        # Fast mode drops the memo, so equal data pickles to equal bytes however its objects are shared.
+        self.fast = True
+
+    def reducer_override(self, obj):
+        # Called for everything but exact plain types: anything else could render from state the
+        # pickle does not show.
+        raise _Opaque
+
+
+def _content_key(values: tuple) -> bytes | None:
+    """Bytes equal exactly when the plain data in ``values`` is equal, types included; None if not plain.
+
+    Types matter because templates print ``1``, ``1.0`` and ``True`` differently; pickle keeps them apart.
+    """
+    buffer = io.BytesIO()
+    try:
+        _PlainPickler(buffer).dump(values)
+    except (_Opaque, ValueError, RecursionError):
+        return None
+    return buffer.getvalue()
+
+
 class Renderer:
     """Renders one task's prompts with its template; counts tokens when given a tokenizer."""
 
@@ -79,6 +115,9 @@ class Renderer:
             if block not in self.template.blocks:
                 raise TemplateError(f"{self.template.filename}: template must define a '{{% block {block} %}}'")
         self._headers: list[int] | None = None
+        self._counter: TokenCounter | None = None
+        #: Rendered candidate segments and history lines by content: items recur across members.
+        self._memo: dict = {}
         self.task_vars = {"name": self.task.name, "instruction": self.task.instruction,
                           "question": self.task.question, "words": list(self.task.answer.words), "k": self.task.k}
 
@@ -86,7 +125,8 @@ class Renderer:
     def _block(self, block: str, variables: dict) -> str:
         try:
             ctx = self.template.new_context({"task": self.task_vars, **variables})
-            return _BLANK_RUN.sub("\n\n", "".join(self.template.blocks[block](ctx)))
+            text = "".join(self.template.blocks[block](ctx))
+            return _BLANK_RUN.sub("\n\n", text) if "\n\n\n" in text else text
         except Exception:
             # Let Jinja rewrite the traceback so its frames carry template lines, then report one line.
             try:
@@ -107,19 +147,37 @@ class Renderer:
     def prefix(self, member: dict, network: dict | None, entries: Sequence[HistoryEntry]) -> str:
         return self._block("prefix", {"member": member, "network": network, "history": self._groups(entries)})
 
+    def _memoized(self, kind: str, render, *values):
+        """``render(*values)``, remembered by the values' content (rendering is a pure function of them)."""
+        key = _content_key((kind, *values))
+        if key is None:
+            return render(*values)
+        out = self._memo.get(key)
+        if out is None:
+            if len(self._memo) >= _MAX_MEMO:
+                self._memo.clear()
+            out = self._memo[key] = render(*values)
+        return out
+
+    def _candidate_block(self, variables: dict) -> str:
+        return self._block("candidate", variables)
+
     def segments(self, candidates: Sequence[dict]) -> list[str]:
         if self.task.kind == Kind.binary:
-            return [self._block("candidate", {"candidate": c}) for c in candidates]
+            return [self._memoized("candidate", self._candidate_block, {"candidate": c}) for c in candidates]
         if self.task.kind == Kind.listwise:
-            return [self._block("candidate", {"candidates": list(candidates)})]
-        return [self._block("candidate", {})]
+            return [self._memoized("candidate", self._candidate_block, {"candidates": list(candidates)})]
+        return [self._memoized("candidate", self._candidate_block, {})]
+
+    def _entry_line(self, age: str | None, item: dict) -> str:
+        return str(self.entry_macro({"age": age, "item": item})) + "\n"
 
     # Tokens ---------------------------------------------------------------------------------------
     def count(self, texts: list[str]) -> list[int]:
-        if not texts:
-            return []
-        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [len(x) for x in ids]
+        """Token count of each text (exact; repeated lines are tokenized once per renderer)."""
+        if self._counter is None or self._counter.tokenizer is not self.tokenizer:
+            self._counter = TokenCounter(self.tokenizer)
+        return self._counter.count(texts)
 
     def _header_tokens(self) -> list[int]:
         """Tokens of each history group's header as the shipped macro writes it (cached per renderer)."""
@@ -169,7 +227,7 @@ class Renderer:
                                   cut_by_group=self._cut_by_group(history, ranked))
         # Otherwise estimate each entry's cost from its own line (plus its group's header once), pick
         # entries in priority order, and verify with an exact count.
-        lines = [str(self.entry_macro({"age": e.age, "item": e.item})) + "\n" for e in ranked]
+        lines = [self._memoized("entry", self._entry_line, e.age, e.item) for e in ranked]
         counts = self.count([self.prefix(member, network, []), *lines])
         base, costs = counts[0], counts[1:]
         room = budget - base - max(seg_tokens)
