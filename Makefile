@@ -35,12 +35,14 @@ quickstart: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check recbrew kernels eval tests
 
-# Runs the gpu-marked tests and the GPU benchmarks (a few minutes); writes results under $(OUT).
+# Runs the gpu-marked tests and the GPU benchmarks (kernels, scoring, training with Liger) in a few minutes;
+# writes results under $(OUT).
 gpu-check: $(STAMP)
 	mkdir -p $(OUT)
 	$(PY) -m pytest -q -m gpu --junitxml=$(OUT)/gpu-tests.xml; echo $$? > $(OUT)/gpu-tests.rc
 	$(VENV)/bin/recbrew bench kernels --json > $(OUT)/bench-kernels.json
 	$(VENV)/bin/recbrew bench score --json > $(OUT)/bench-score.json
+	$(VENV)/bin/recbrew bench train --json > $(OUT)/bench-train.json
 
 clean:
 	rm -rf build dist *.egg-info

@@ -59,11 +59,33 @@ def test_generate_then_card(tmp_path):
     assert refused.returncode == 2 and "--force" in refused.stderr
 
 
-def test_quickstart_reuses_the_world(tmp_path):
-    first = run("quickstart", "--out", str(tmp_path / "q"), "--members", "150", "--days", "12", "--max-train", "10", "--max-test", "5")
-    assert first.returncode == 0, first.stderr
-    assert "generating" in first.stdout and "world card:" in first.stdout and "rendering the task catalog" in first.stdout
-    stamp = (tmp_path / "q" / "world" / "interactions.parquet").stat().st_mtime_ns
-    second = run("quickstart", "--out", str(tmp_path / "q"), "--members", "150", "--days", "12", "--max-train", "10", "--max-test", "5")
-    assert second.stdout.count("re-using") == 2
-    assert (tmp_path / "q" / "world" / "interactions.parquet").stat().st_mtime_ns == stamp
+@pytest.mark.slow
+def test_quickstart_runs_end_to_end_and_reuses_finished_steps(tmp_path):
+    """The whole job on a small world (recbrew-tiny stands in for SmolLM2 to keep it short)."""
+    from recbrew.eval.check_html import check_html
+
+    from recbrew.models.tiny import build_tiny
+    from recbrew.world import WorldConfig, generate_world
+
+    generate_world(WorldConfig(members=150, days=12, seed=9), tmp_path / "w", progress=False)
+    build_tiny(tmp_path / "w", tmp_path / "tiny", "tiny", seed=0)
+    args = ["quickstart", "--out", str(tmp_path / "q"), "--members", "150", "--days", "12", "--max-train", "10",
+            "--max-test", "5", f"model={tmp_path / 'tiny'}", "max_steps=2", "eval_requests=4", "save_steps=100"]
+    first = run(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for step in ("generating", "rendering the task catalog", "fine-tune: LoRA", "baselines: training lirank",
+                 "baselines: training ligr", "baselines: training popularity", "eval: every model", "report:"):
+        assert step in first.stdout, step
+    report = json.loads((tmp_path / "q" / "eval" / "report.json").read_text())
+    assert set(report["models"]) == {"oracle", "tiny-lora", "lirank", "ligr", "popularity"}
+    manifest = json.loads((tmp_path / "q" / "examples" / "manifest.json").read_text())
+    assert set(report["tasks"]) == {t for t, row in manifest["tasks"].items() if row["test"]}
+    assert {row["split_tag"] for row in report["tasks"].values()} == {"T1", "T2"}
+    assert report["slices"]["cold_start"]["buckets"]
+    assert check_html(tmp_path / "q" / "eval" / "report.html").ok
+
+    stamp = (tmp_path / "q" / "llm" / "final" / "adapter_model.safetensors").stat().st_mtime_ns
+    second = run(*args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("re-using") == 6  # world, examples, fine-tune, three baselines
+    assert (tmp_path / "q" / "llm" / "final" / "adapter_model.safetensors").stat().st_mtime_ns == stamp

@@ -277,3 +277,30 @@ def test_deepspeed_zero3_trains_like_zero2(workspace):
         assert torch.allclose(w, weights["zero3"][name], atol=1e-5, rtol=1e-4), name
     if init is not None:  # trained for 8 steps on one rank: a different result, so the comparison has teeth
         assert any(not torch.allclose(w, init[n], atol=1e-5) for n, w in weights["zero2"].items())
+
+
+@pytest.mark.gpu
+def test_liger_patched_training_step_matches_unpatched():
+    """On CUDA the trainer applies liger-kernel (RMSNorm, RoPE, SwiGLU): same answer loss and gradients."""
+    import copy
+
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    plain = LlamaForCausalLM(config).cuda()
+    plain.set_attn_implementation(register())
+    patched = copy.deepcopy(plain)
+    _apply_liger_kernel_to_instance(model=patched, rms_norm=True, rope=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=False)
+    units = [make_unit(p, items) for p, items in _requests(seed=5, n=3)]
+    batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in UnitCollator(0, True)(units).items()}
+    out = {}
+    for name, model in (("plain", plain), ("liger", patched)):
+        loss = answer_loss(model, batch)
+        loss.backward()
+        out[name] = (loss.detach(), model.model.layers[0].mlp.down_proj.weight.grad.clone())
+    assert torch.allclose(out["plain"][0], out["liger"][0], atol=1e-4)
+    assert torch.allclose(out["plain"][1], out["liger"][1], atol=1e-3, rtol=1e-2)

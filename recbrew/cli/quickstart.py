@@ -123,8 +123,17 @@ def quickstart(
     from recbrew.eval.run import run_eval
 
     _step(5, f"eval: every model plus the oracle on the same {manifest['rows']['test']:,} test requests")
-    models = {"smollm2-lora": str(llm_dir / "final"), **baselines}
+    llm_name = (tcfg.model if tcfg.model in ("smollm2", "smollm2-135m") else Path(tcfg.model).name)
+    models = {f"{llm_name}-{'lora' if tcfg.lora else 'ft'}": str(llm_dir / "final"), **baselines}
     result = run_eval(examples_dir, models, out / "eval", progress=True, include_oracle=True)
     typer.echo(result.table())
+    llm = next(iter(models))
+    auc = {name: row.get("T1") for name, row in result.macro_auc.items()}
+    best = max((n for n in baselines if auc.get(n) is not None), key=lambda n: auc[n], default=None)
+    if auc.get(llm) is not None and best is not None:
+        oracle = auc.get("oracle")
+        typer.echo(f"{llm}: T1 macro AUC {auc[llm]:.3f}; best baseline {best} {auc[best]:.3f} "
+                   f"(gap {auc[llm] - auc[best]:+.3f})" + (f"; oracle {oracle:.3f} (gap {auc[llm] - oracle:+.3f})"
+                                                          if oracle is not None else ""))
     typer.echo(f"report: {result.paths['html']}")
     typer.echo(f"quickstart done in {(time.time() - began) / 60:.1f} min")

@@ -265,6 +265,13 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
         "final_loss": losses[-1] if losses else float(result.training_loss),
         "val": val_hist,
     }
+    if hpz_check is not None:
+        reports = hpz_check.reports
+        meta["hpz_integrity"] = {"checks": len(reports), "checked_params": sum(r.checked_params for r in reports),
+                                 "mismatches": sum(r.slice_mismatches + r.full_mismatches for r in reports)}
+        if progress:
+            echo("hpZ integrity: {checks} checks, {checked_params} parameters compared, {mismatches} mismatches"
+                 .format(**meta["hpz_integrity"]))
     seconds = time.time() - started
     log_doc = {**meta, "seconds": seconds, "log_history": trainer.state.log_history, "entries": log_entries}
     if trainer.is_world_process_zero():
