@@ -11,6 +11,7 @@ import pickle
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import jinja2
 
@@ -23,7 +24,7 @@ _WORD = re.compile(r"[a-z0-9]+")
 #: Tokens of the history section header and its spacing, in the budget estimate.
 _SECTION_COST = 8
 #: Memoized renders kept before the memo starts over (bounds memory on long builds).
-_MAX_MEMO = 1 << 16
+_MAX_MEMO = 1 << 12
 _STOP = frozenset("a an and at by for from in of on the to with our we you your is are this that what".split())
 
 
@@ -60,10 +61,16 @@ class RenderedPrompt:
         return self.prefix_tokens + max(self.segment_tokens)
 
 
-def _words(item: dict) -> set[str]:
+def _words(item: dict) -> frozenset[str]:
     text = " ".join(str(item.get(k) or "") for k in ("title", "topic", "name", "headline", "company"))
     text += " " + " ".join(item.get("skills") or []) + " " + " ".join(item.get("genres") or [])
-    return {w for w in _WORD.findall(text.lower()) if w not in _STOP}
+    return _words_in(text)
+
+
+@lru_cache(maxsize=1 << 14)
+def _words_in(text: str) -> frozenset[str]:
+    # Cached: the same items come back in many members' histories and candidate sets.
+    return frozenset(w for w in _WORD.findall(text.lower()) if w not in _STOP)
 
 
 class _Opaque(Exception):

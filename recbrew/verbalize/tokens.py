@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 
 #: Cached counts kept before the cache starts over (bounds memory on long builds).
-MAX_CACHED = 1 << 18
+MAX_CACHED = 1 << 16
 
 
 def _backend(tokenizer):
