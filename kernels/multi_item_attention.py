@@ -52,16 +52,24 @@ def expand_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 # Pure torch --------------------------------------------------------------------------------------
+# SDPA's CPU flash kernel, called directly because it also returns the log-sum-exp of every row, which is
+# what lets two partial attentions (over the prefix, over the own segment) merge exactly. Internal to
+# torch: without it, or off CPU, the chunked path below gives the same result.
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
 def multi_item_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_len: int,
                                segment_lens: Sequence[int], scaling: float | None = None,
                                segments_per_chunk: int | None = None, tokens_per_chunk: int | None = None
                                ) -> torch.Tensor:
     """Attention output [B, H, L, D] for q [B, H, L, D] and k, v [B, Hkv, L, D] (grouped-query allowed).
 
-    The prefix is one causal SDPA call. Candidate rows go in chunks of whole consecutive segments (at most
-    ``segments_per_chunk`` segments and about ``tokens_per_chunk`` tokens); a chunk attends to the prefix
-    keys plus its own keys under a [chunk x (prefix + chunk)] mask, so no L x L mask and no per-segment
-    copy of the prefix is made.
+    Without gradients on CPU (scoring): the prefix is one causal flash call, all candidate rows meet the
+    prefix keys in a second, every segment meets its own keys in a third (segments padded to a batch), and
+    the two candidate parts merge by their log-sum-exp; no mask and no copy of the prefix exists.
+    Otherwise, or when ``segments_per_chunk``/``tokens_per_chunk`` are given, candidate rows go in chunks
+    of whole consecutive segments (at most ``segments_per_chunk`` segments and about ``tokens_per_chunk``
+    tokens); a chunk attends to the prefix keys plus its own keys under a [chunk x (prefix + chunk)] mask.
     """
     b, h, total, d = q.shape
     groups = h // k.shape[1]
@@ -70,6 +78,10 @@ def multi_item_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     lens = [int(n) for n in segment_lens if n]
     if p + sum(lens) != total:
         raise ValueError(f"prefix {p} + segments {sum(lens)} != sequence length {total}")
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if (_FLASH_CPU is not None and dev.type == "cpu" and not needs_grad
+            and segments_per_chunk is None and tokens_per_chunk is None):
+        return _merged_attention(q, k, v, p, tuple(lens), scale)
 
     def attend(qs, ks, vs, **kw):
         if groups > 1:  # the GQA flag of SDPA is missing from older torch builds; expanding is equivalent
@@ -79,7 +91,7 @@ def multi_item_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     parts = [attend(q[:, :, :p], k[:, :, :p], v[:, :, :p], is_causal=True)] if p else []
     # Chunks that keep the masked-out share (chunk x chunk) small next to the prefix share (chunk x prefix).
     budget = tokens_per_chunk or max(256, min(2048, p // 2))
-    seg_ids = torch.repeat_interleave(torch.arange(len(lens), device=dev), torch.tensor(lens, device=dev))
+    seg_ids = torch.repeat_interleave(torch.arange(len(lens), device=dev), torch.tensor(lens, dtype=torch.long, device=dev))
     start, first = p, 0
     while first < len(lens):
         last, width = first + 1, lens[first]
@@ -98,6 +110,47 @@ def multi_item_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         parts.append(attend(q[:, :, start:end], ks, vs, attn_mask=mask))
         start, first = end, last
     return torch.cat(parts, dim=2)
+
+
+@functools.lru_cache(maxsize=8)
+def _segment_index(lens: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For segments padded to [K, S]: each candidate row's (segment, offset), and each padded slot's row."""
+    counts = torch.tensor(lens)
+    starts = torch.cumsum(counts, 0) - counts
+    seg = torch.repeat_interleave(torch.arange(len(lens)), counts)
+    offset = torch.arange(int(counts.sum())) - starts[seg]
+    # Slots past a segment's end repeat its last row: finite values that only later slots of the same
+    # padded segment can see (causal), and those slots are never read back.
+    slot = starts[:, None] + torch.minimum(torch.arange(max(lens))[None, :], counts[:, None] - 1)
+    return seg, offset, slot
+
+
+def _merged_attention(q, k, v, p: int, lens: tuple[int, ...], scale: float) -> torch.Tensor:
+    b, h, total, d = q.shape
+    # Written as [B, L, H, D] so the Hugging Face caller's transpose back is free.
+    out = torch.empty(b, total, h, d, dtype=q.dtype, device=q.device).transpose(1, 2)
+    if p:
+        out[:, :, :p] = _FLASH_CPU(q[:, :, :p], k[:, :, :p], v[:, :, :p], is_causal=True, scale=scale)[0]
+    if not lens:
+        return out
+    seg, offset, slot = _segment_index(lens)
+    n_seg, width = slot.shape
+
+    def padded(x):  # [B, Hx, p + C, D] -> [B * K, Hx, S, D], a strided view of one gather
+        rows = x.transpose(1, 2)[:, p + slot.flatten()]
+        return rows.view(b * n_seg, width, x.shape[1], d).transpose(1, 2)
+
+    own, own_lse = _FLASH_CPU(padded(q), padded(k), padded(v), is_causal=True, scale=scale)
+    own = own.view(b, n_seg, h, width, d)[:, seg, :, offset].permute(1, 2, 0, 3)
+    own_lse = own_lse.view(b, n_seg, h, width)[:, seg, :, offset].permute(1, 2, 0)
+    if not p:
+        out[:, :, p:] = own
+        return out
+    pre, pre_lse = _FLASH_CPU(q[:, :, p:], k[:, :, :p], v[:, :, :p], scale=scale)
+    # softmax over both key sets = the two partial outputs weighted by their shares of the total mass.
+    weight = torch.sigmoid(pre_lse - own_lse).unsqueeze(-1).to(q.dtype)
+    torch.lerp(own, pre, weight, out=out[:, :, p:])
+    return out
 
 
 def multi_item_attention_reference(q, k, v, prefix_len: int, segment_lens: Sequence[int], scaling=None):

@@ -167,3 +167,58 @@ def test_bf16_compiled_kernels_match_fp32_torch(prefix, segments, heads, kv_head
     for name, a, b, ref in zip(("out", "dq", "dk", "dv"), got, torch_bf16, exact, strict=True):
         err, base = (a.float() - ref).abs().max().item(), (b.float() - ref).abs().max().item()
         assert err <= 2 * base + 1e-3, f"{name}: triton bf16 error {err} vs torch bf16 error {base}"
+
+
+@pytest.mark.parametrize("batch, prefix, segments, heads, kv_heads, dim, scale", [
+    (2, 37, [5, 11, 1], 9, 3, 64, None),   # SmolLM2's 3:1 grouping, uneven segments
+    (1, 0, [3, 7], 2, 2, 32, None),        # no prefix: the own-segment part alone
+    (1, 29, [], 4, 1, 16, None),           # no candidates: the causal prefix alone
+    (3, 5, [1] * 9 + [20], 2, 1, 24, 0.3),  # one-token segments padded to 20, explicit scale
+])
+def test_merged_scoring_path_equals_dense_reference(monkeypatch, batch, prefix, segments, heads, kv_heads, dim,
+                                                    scale):
+    """Without gradients on CPU the prefix and own-segment parts merge by log-sum-exp: exact, in HF's layout."""
+    calls = []
+    merged = mia._merged_attention
+    monkeypatch.setattr(mia, "_merged_attention", lambda *a: calls.append(a[3:5]) or merged(*a))
+    total = prefix + sum(segments)
+    gen = torch.Generator().manual_seed(3)
+    # Queries as Hugging Face hands them over: [B, L, H, D] memory seen as [B, H, L, D].
+    q = torch.randn(batch, total, heads, dim, generator=gen).transpose(1, 2)
+    k, v = (torch.randn(batch, kv_heads, total, dim, generator=gen) for _ in range(2))
+    with torch.no_grad():
+        got = multi_item_attention_torch(q, k, v, prefix, segments, scale)
+        chunked = multi_item_attention_torch(q, k, v, prefix, segments, scale, segments_per_chunk=2)
+        expected = multi_item_attention_reference(q, k, v, prefix, segments, scaling=scale)
+    assert calls == [(prefix, tuple(segments))]
+    torch.testing.assert_close(got, expected, **TOLERANCE[torch.float32])
+    torch.testing.assert_close(got, chunked, **TOLERANCE[torch.float32])
+    assert got.transpose(1, 2).is_contiguous()  # the caller's transpose back to [B, L, H, D] copies nothing
+
+
+def test_gradients_take_the_chunked_path_and_match_the_reference(monkeypatch):
+    """With inputs that need gradients the differentiable path runs; its grads equal the dense reference."""
+    monkeypatch.setattr(mia, "_merged_attention", lambda *a: pytest.fail("the no-grad path ran under autograd"))
+    prefix, segments = 13, [4, 9, 1]
+    q, k, v = (t.cpu() for t in _inputs(2, 6, 2, prefix + sum(segments), 16))
+    got = _forward_and_grads(lambda *x: multi_item_attention_torch(*x, prefix, segments), q, k, v)
+    expected = _forward_and_grads(lambda *x: multi_item_attention_reference(*x, prefix, segments), q, k, v)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, expected, strict=True):
+        torch.testing.assert_close(a, b, **TOLERANCE[torch.float32], msg=name)
+    monkeypatch.undo()
+    with torch.no_grad():
+        torch.testing.assert_close(multi_item_attention_torch(q, k, v, prefix, segments), got[0],
+                                   **TOLERANCE[torch.float32])
+
+
+def test_per_sequence_layouts_on_the_scoring_path():
+    """Batched per-sequence layouts without gradients: each row equals its own reference, padding is zero."""
+    prefixes, segments, ends = [11, 0, 20], [[3, 6], [9, 1, 4], [2]], (20, 14, 22)
+    q, k, v = (t.detach().cpu() for t in _inputs(3, 4, 2, 24, 32))
+    with torch.no_grad(), kernel_backend("torch"):
+        out = multi_item_attention(q, k, v, prefixes, segments)
+    for b, end in enumerate(ends):
+        assert out[b, :, end:].abs().max() == 0
+        alone = multi_item_attention_reference(q[b:b + 1, :, :end], k[b:b + 1, :, :end], v[b:b + 1, :, :end],
+                                               prefixes[b], segments[b])
+        torch.testing.assert_close(out[b:b + 1, :, :end], alone, **TOLERANCE[torch.float32])

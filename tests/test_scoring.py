@@ -64,6 +64,25 @@ def test_modes_agree_on_recbrew_tiny(setup):
             assert probs.sum() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_multi_mode_builds_no_attention_mask(setup, monkeypatch):
+    """The layout replaces the mask: Hugging Face's mask function never runs for a multi-item pass."""
+    from recbrew.kernels.multi_item_attention import ATTN_NAME
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    model, tok, rows = setup
+    multi = HFScorer(model, tok, mode="multi")  # switches the model to the multi-item attention
+    sizes = []
+    build = ALL_MASK_ATTENTION_FUNCTIONS[ATTN_NAME]
+    monkeypatch.setitem(ALL_MASK_ATTENTION_FUNCTIONS._global_mapping, ATTN_NAME,
+                        lambda **kw: sizes.append((kw["q_length"], kw["kv_length"])) or build(**kw))
+    row = next(r for r in rows if len(r["candidate_ids"]) > 2)
+    got = multi.score([row])[0]
+    assert sizes == []
+    # The same model without a layout (padded batches of the naive mode) still gets its masks.
+    np.testing.assert_allclose(HFScorer(model, tok, mode="naive", batch_size=2).score([row])[0], got, atol=1e-4)
+    assert sizes
+
+
 def test_answer_probability_equals_full_logits_softmax(setup):
     model, tok, rows = setup
     row = next(r for r in rows if r["kind"] == "binary")

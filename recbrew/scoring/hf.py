@@ -28,6 +28,8 @@ import torch
 from recbrew.errors import UserError
 
 MODES = ("naive", "prefix", "multi")
+# Stands in for the attention mask of multi-item calls, which the multi-item attention never reads.
+_LAYOUT_ONLY = torch.ones(1, 1, 0, 0, dtype=torch.bool)
 
 
 @dataclass
@@ -176,7 +178,9 @@ class HFScorer:
                 lens = [len(s) for s in segs]
                 positions, ends = multi_item_positions(len(enc.prefix), lens)
                 ids = torch.tensor([enc.prefix + [t for s in segs for t in s]])
-                states = self._run(ids, position_ids=positions[None],
+                # A 4-D mask reaches the layers as it is, so Hugging Face builds no L x L mask (the positions
+                # restart, which it would read as packed sequences); the layout replaces the mask.
+                states = self._run(ids, position_ids=positions[None], attention_mask=_LAYOUT_ONLY,
                                    multi_item=(len(enc.prefix), lens)).last_hidden_state[0]
                 for j, end in zip(group, ends.tolist(), strict=True):
                     rows[j] = states[end]
