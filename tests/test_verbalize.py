@@ -268,6 +268,18 @@ def test_line_counts_add_up_whatever_character_sits_at_the_cut(tokenizer):
     assert counter.count(texts[::-1]) == whole[::-1]  # now from the cache
 
 
+def test_counts_stay_exact_when_the_cache_starts_over(tokenizer, monkeypatch):
+    from recbrew.verbalize import tokens
+
+    monkeypatch.setattr(tokens, "MAX_CACHED", 4)
+    counter = tokens.TokenCounter(tokenizer)
+    texts = [f"### Member\nname: «M{i}»\n\nskills: a, b{i % 3}\n" for i in range(40)]
+    want = [len(tokenizer(t)["input_ids"]) for t in texts]
+    for start in range(0, 40, 7):
+        assert counter.count(texts[start:start + 9]) == want[start:start + 9]
+    assert len(counter._cache) <= 4 + 9 * 6
+
+
 def test_other_tokenizers_are_counted_whole():
     from recbrew.verbalize.tokens import TokenCounter
 

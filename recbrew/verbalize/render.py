@@ -159,11 +159,12 @@ class Renderer:
         key = _content_key((kind, *values))
         if key is None:
             return render(*values)
-        out = self._memo.get(key)
+        memo = self._memo
+        out = memo.get(key)
         if out is None:
-            if len(self._memo) >= _MAX_MEMO:
-                self._memo.clear()
-            out = self._memo[key] = render(*values)
+            if len(memo) >= _MAX_MEMO:
+                self._memo = memo = {}
+            out = memo[key] = render(*values)
         return out
 
     def _candidate_block(self, variables: dict) -> str:

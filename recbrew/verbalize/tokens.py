@@ -84,9 +84,8 @@ class TokenCounter:
             return [len(e) for e in self._encode(texts, add_special_tokens=False)]
         return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
-    def _fill(self, keys) -> None:
-        """Count the keys not cached yet, in one tokenizer call."""
-        cache = self._cache
+    def _fill(self, cache: dict[str, int], keys) -> None:
+        """Count the keys not in ``cache`` yet, in one tokenizer call."""
         missing = list(dict.fromkeys(k for k in keys if k not in cache))
         if missing:
             cache.update(zip(missing, self._tokenize(missing), strict=True))
@@ -97,15 +96,16 @@ class TokenCounter:
             return []
         cache = self._cache
         if len(cache) > MAX_CACHED:
-            cache.clear()
+            # A new dict rather than clear(): a count running beside this one keeps the dict it holds.
+            self._cache = cache = {}
         if not self.by_line:
-            self._fill(texts)
+            self._fill(cache, texts)
             return [cache[t] for t in texts]
         # Whole texts are cached too (a piece's count is its text's count either way): repeated
         # candidate segments then cost one lookup.
         todo = {t: line_pieces(t) for t in texts if t not in cache}
         if todo:
-            self._fill(p for ps in todo.values() for p in ps)
+            self._fill(cache, (p for ps in todo.values() for p in ps))
             for text, ps in todo.items():
                 cache[text] = sum(map(cache.__getitem__, ps))
         return [cache[t] for t in texts]
