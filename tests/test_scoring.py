@@ -19,8 +19,8 @@ TASKS = ["feed_like", "jobs_apply_listwise", "pymk_connect"]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from recbrew.models.loading import load_model
+def built(tmp_path_factory):
+    """A small world, its examples (``ex``) and a recbrew-tiny model (``tiny``) under one folder."""
     from recbrew.models.tiny import build_tiny
 
     root = tmp_path_factory.mktemp("scoring")
@@ -28,6 +28,14 @@ def setup(tmp_path_factory):
     build_examples(root / "world", root / "ex", BuildConfig(tasks=TASKS, test_days=4, gap_days=1, max_train=5,
                                                             max_test=12, tokenizer="none"), progress=False)
     build_tiny(root / "world", root / "tiny", "tiny", seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def setup(built):
+    from recbrew.models.loading import load_model
+
+    root = built
     model, tok = load_model(str(root / "tiny"))
     rows = load_requests(root / "ex", "test")
     return model, tok, rows
@@ -124,3 +132,20 @@ def test_smollm2_converts_offline_and_modes_agree(setup, tmp_path, monkeypatch):
     for mode in ("prefix", "multi"):
         for a, b in zip(results["naive"], results[mode], strict=True):
             np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_bench_score_counts_tokens_and_ratios(built):
+    """Token counts follow the layout of each mode; speed-ups come from the times measured in the same run."""
+    from recbrew.scoring.bench import bench_score
+
+    result = bench_score(str(built / "tiny"), str(built / "ex"), grid=((60, 3),))
+    cell = result["grid"][0]
+    modes, bound = cell["modes"], cell["bound_tokens"]
+    segment_tokens = bound - cell["prefix_tokens"]
+    assert cell["prefix_tokens"] == 60 and cell["candidates"] == 3
+    assert modes["naive"]["tokens_processed"] == 3 * 60 + segment_tokens
+    assert modes["prefix"]["tokens_processed"] == modes["multi"]["tokens_processed"] == bound
+    assert cell["bound_speedup"] == round((3 * 60 + segment_tokens) / bound, 2)
+    for row in modes.values():
+        assert row["max_abs_diff_vs_first_mode"] < 1e-4
+        assert row["speedup_vs_naive"] == round(modes["naive"]["seconds"] / row["seconds"], 2)
