@@ -280,6 +280,18 @@ def test_counts_stay_exact_when_the_cache_starts_over(tokenizer, monkeypatch):
     assert len(counter._cache) <= 4 + 9 * 6
 
 
+def test_bounded_count_is_exact_up_to_its_limit(tokenizer):
+    from recbrew.verbalize.tokens import TokenCounter
+
+    lines = [f"- [{i}d ago] post on Topic {i % 4}: «Note {i} about gardening and Spark»" for i in range(60)]
+    for n in (0, 1, 5, 20, 60):
+        text = "### History\n" + "\n".join(lines[:n]) + "\n"
+        exact = len(tokenizer(text)["input_ids"])
+        for limit in (0, exact - 1, exact, exact + 1, 10 * exact):
+            got = TokenCounter(tokenizer).count_within(text, limit)
+            assert got == exact if exact <= limit else got > limit, (n, limit)
+
+
 def test_other_tokenizers_are_counted_whole():
     from recbrew.verbalize.tokens import TokenCounter
 

@@ -23,6 +23,8 @@ _BLANK_RUN = re.compile(r"\n{3,}")
 _WORD = re.compile(r"[a-z0-9]+")
 #: Tokens of the history section header and its spacing, in the budget estimate.
 _SECTION_COST = 8
+#: History lines rendered and counted at a time while picking the entries that fit.
+_LINES_AT_ONCE = 8
 #: Memoized renders kept before the memo starts over (bounds memory on long builds).
 _MAX_MEMO = 1 << 12
 _STOP = frozenset("a an and at by for from in of on the to with our we you your is are this that what".split())
@@ -181,11 +183,14 @@ class Renderer:
         return str(self.entry_macro({"age": age, "item": item})) + "\n"
 
     # Tokens ---------------------------------------------------------------------------------------
-    def count(self, texts: list[str]) -> list[int]:
-        """Token count of each text (exact; repeated lines are tokenized once per renderer)."""
+    def _tokens(self) -> TokenCounter:
         if self._counter is None or self._counter.tokenizer is not self.tokenizer:
             self._counter = TokenCounter(self.tokenizer)
-        return self._counter.count(texts)
+        return self._counter
+
+    def count(self, texts: list[str]) -> list[int]:
+        """Token count of each text (exact; repeated lines are tokenized once per renderer)."""
+        return self._tokens().count(texts)
 
     def _header_tokens(self) -> list[int]:
         """Tokens of each history group's header as the shipped macro writes it (cached per renderer)."""
@@ -225,25 +230,29 @@ class Renderer:
             return RenderedPrompt(prefix, segments, history_kept=len(ranked), history_cut=dropped_early,
                                   cut_by_group=self._cut_by_group(history, ranked))
         budget = max_tokens or self.task.history.max_tokens
-        # Fast path: the whole ranked history fits (one render, one tokenizer call).
+        tokens = self._tokens()
+        seg_tokens = tokens.count(segments)
+        limit = budget - max(seg_tokens)  # the most tokens the prefix may have
+        # Fast path: the whole ranked history fits (one render, one count).
         prefix = self.prefix(member, network, ranked)
-        counts = self.count([*segments, prefix])
-        seg_tokens, prefix_tokens = counts[:-1], counts[-1]
-        if prefix_tokens + max(seg_tokens) <= budget:
+        prefix_tokens = tokens.count_within(prefix, limit)
+        if prefix_tokens <= limit:
             return RenderedPrompt(prefix, segments, prefix_tokens=prefix_tokens, segment_tokens=seg_tokens,
                                   history_kept=len(ranked), history_cut=dropped_early,
                                   cut_by_group=self._cut_by_group(history, ranked))
         # Otherwise estimate each entry's cost from its own line (plus its group's header once), pick
-        # entries in priority order, and verify with an exact count.
-        lines = [self._memoized("entry", self._entry_line, e.age, e.item) for e in ranked]
-        counts = self.count([self.prefix(member, network, []), *lines])
-        base, costs = counts[0], counts[1:]
-        room = budget - base - max(seg_tokens)
+        # entries in priority order, and verify with an exact count. Lines are rendered and counted a
+        # few at a time: the entries after the first that does not fit are never looked at.
+        base = tokens.count([self.prefix(member, network, [])])[0]
+        room = limit - base
         over = room < 0
         header = self._header_tokens()
-        kept, used, seen = [], _SECTION_COST, set()
-        for entry, cost in zip(ranked, costs, strict=True):
-            extra = cost + (0 if entry.group in seen else header[entry.group])
+        kept, used, seen, costs = [], _SECTION_COST, set(), []
+        for i, entry in enumerate(ranked):
+            if i == len(costs):
+                costs += tokens.count([self._memoized("entry", self._entry_line, e.age, e.item)
+                                       for e in ranked[i:i + _LINES_AT_ONCE]])
+            extra = costs[i] + (0 if entry.group in seen else header[entry.group])
             if used + extra > room:
                 break
             kept.append(entry)
@@ -251,8 +260,11 @@ class Renderer:
             used += extra
         while True:
             prefix = self.prefix(member, network, kept)
-            prefix_tokens = self.count([prefix])[0]
-            if prefix_tokens + max(seg_tokens) <= budget or not kept:
+            if not kept:
+                prefix_tokens = tokens.count([prefix])[0]
+                break
+            prefix_tokens = tokens.count_within(prefix, limit)
+            if prefix_tokens <= limit:
                 break
             kept = kept[:-1]
         return RenderedPrompt(

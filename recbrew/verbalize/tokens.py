@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 #: Cached counts kept before the cache starts over (bounds memory on long builds).
 MAX_CACHED = 1 << 16
+#: Uncounted pieces tokenized per call while a bounded count climbs towards its limit.
+BATCH = 8
 
 
 def _backend(tokenizer):
@@ -90,14 +92,43 @@ class TokenCounter:
         if missing:
             cache.update(zip(missing, self._tokenize(missing), strict=True))
 
-    def count(self, texts: Sequence[str]) -> list[int]:
-        """Token count of each text."""
-        if not texts:
-            return []
+    def _current(self) -> dict[str, int]:
         cache = self._cache
         if len(cache) > MAX_CACHED:
             # A new dict rather than clear(): a count running beside this one keeps the dict it holds.
             self._cache = cache = {}
+        return cache
+
+    def count_within(self, text: str, limit: int) -> int:
+        """The exact count of ``text`` if it is at most ``limit``, else some number above ``limit``.
+
+        Counts are never negative, so once the pieces counted so far pass the limit the rest need
+        not be tokenized: a prompt far over its budget costs little more than one that just fits.
+        """
+        cache = self._current()
+        if text in cache or not self.by_line:
+            return self.count([text])[0]
+        total, missing = 0, []
+        for piece in line_pieces(text):
+            known = cache.get(piece)
+            if known is None:
+                missing.append(piece)
+            else:
+                total += known
+        for start in range(0, len(missing), BATCH):
+            if total > limit:
+                return total
+            batch = missing[start:start + BATCH]
+            self._fill(cache, batch)
+            total += sum(map(cache.__getitem__, batch))
+        cache[text] = total
+        return total
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        """Token count of each text."""
+        if not texts:
+            return []
+        cache = self._current()
         if not self.by_line:
             self._fill(cache, texts)
             return [cache[t] for t in texts]
