@@ -35,11 +35,21 @@ def _line_of(root: yaml.Node | None, loc: tuple) -> int | None:
     return line
 
 
+def _load_yaml(text: str):
+    """The C loader when libyaml is there (fast); the Python loader on an error, for its clearer messages."""
+    fast = getattr(yaml, "CSafeLoader", None)
+    if fast is not None:
+        try:
+            return yaml.load(text, Loader=fast)
+        except yaml.YAMLError:
+            pass
+    return yaml.safe_load(text)
+
+
 def parse_task(text: str, source: str) -> TaskSpec:
     """Parse one task definition from YAML text; ``source`` names it in errors."""
     try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
+        data = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
@@ -56,7 +66,7 @@ def parse_task(text: str, source: str) -> TaskSpec:
         err = exc.errors()[0]
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         field = ".".join(str(p) for p in loc) or "(task)"
-        line = _line_of(root, loc)
+        line = _line_of(yaml.compose(text), loc)
         where = f"{source}:{line}" if line else source
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
