@@ -186,7 +186,9 @@ class AnswerHeadFunction(torch.autograd.Function):
             g_lse = -g_full.float().sum(-1).contiguous()
             for v0 in range(0, weight.shape[0], ctx.chunk):
                 w = weight[v0:v0 + ctx.chunk]
-                coef = (h @ w.T).float()
+                # The Triton forward took its log-sum-exp over fp32-accumulated logits: recompute them the same
+                # way (not rounded to bf16), or exp(logit - lse) drifts off the forward's softmax.
+                coef = (h.float() @ w.float().T) if ctx.triton_path else (h @ w.T).float()
                 if ctx.triton_path:
                     _lse_grad_kernel[(coef.shape[0],)](coef, lse, g_lse, coef.shape[1], coef.stride(0),
                                                        BLOCK=interpreter_blocks(1024, 256))

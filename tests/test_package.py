@@ -23,6 +23,9 @@ def test_wheel_installs_and_imports_root_folders(tmp_path):
     assert "recbrew/kernels/__init__.py" in names and "recbrew/eval/__init__.py" in names
     assert "recbrew/assets/configs/world/default.yaml" in names
     assert not any(n.startswith(("kernels/", "eval/", "tests/")) for n in names)
+    # Every module of the source tree ships (a folder without __init__.py would silently stay behind).
+    sources = {str(p.relative_to(ROOT)) for p in (ROOT / "recbrew").rglob("*.py")}
+    assert sources <= set(names), sorted(sources - set(names))
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

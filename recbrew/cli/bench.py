@@ -125,11 +125,13 @@ def train(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
-    head, pack = result["lm_head"], result["packing"]
-    typer.echo(f"LM head at answer positions vs full logits ({tokens} tokens x {batch}, vocab "
-               f"{head['full_logits']['vocab']:,}): peak step memory {head['answer_positions']['step_peak_mib']:.0f} vs "
-               f"{head['full_logits']['step_peak_mib']:.0f} MiB ({head['peak_memory_reduction']:.0%} lower), "
-               f"examples/s x{head['ratio_examples_per_s']:.2f}")
+    for key, label in (("lm_head", ""), ("lm_head_checkpointed", ", activation checkpointing")):
+        head = result[key]
+        typer.echo(f"LM head at answer positions vs full logits ({tokens} tokens x {batch}, vocab "
+                   f"{head['full_logits']['vocab']:,}{label}): peak step memory "
+                   f"{head['answer_positions']['step_peak_mib']:.0f} vs {head['full_logits']['step_peak_mib']:.0f} MiB "
+                   f"({head['peak_memory_reduction']:.0%} lower), examples/s x{head['ratio_examples_per_s']:.2f}")
+    pack = result["packing"]
     typer.echo(f"packing K={k} vs one candidate per sequence: labelled examples/s x{pack['ratio_examples_per_s']:.2f} "
                f"({pack['packed']['examples_per_s']:.1f} vs {pack['single']['examples_per_s']:.1f}; "
                f"x{pack['ratio_tokens']:.2f} fewer tokens)")

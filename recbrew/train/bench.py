@@ -2,8 +2,8 @@
 
 1. LM head: one LoRA training step with the loss read through the answer-positions-only head vs the usual
    full [batch x tokens x vocab] logits (labels masked to the answer token): examples/s and the step's peak
-   memory above the loaded model (RSS on CPU, `max_memory_allocated` on CUDA). Each variant runs in its own
-   process so the peaks do not mask each other.
+   memory above the loaded model (RSS on CPU, `max_memory_allocated` on CUDA), without and with activation
+   checkpointing. Each variant runs in its own process so the peaks do not mask each other.
 2. Packing: K labelled candidates of one member packed into one sequence (history encoded once) vs one
    candidate per sequence: labelled examples/s.
 3. On CUDA only: one step with liger-kernel patches (RMSNorm, RoPE, SwiGLU) vs without: time, memory, loss.
@@ -36,7 +36,7 @@ def _model(name: str, attn: str | None = None, device: str = "cpu"):
     model = AutoModelForCausalLM.from_pretrained(resolve(name), dtype=dtype, attn_implementation=attn or register())
     model.to(device)
     lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    return get_peft_model(model, lora).train()  # training mode: activation checkpointing acts only there
 
 
 def _units(vocab: int, prefix: int, segment: int, k: int, requests: int, pack: bool, seed: int = 0) -> list[dict]:
@@ -92,11 +92,13 @@ class _PeakRSS:
         self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
-def head_worker(model_name: str, head: str, batch: int, tokens: int, steps: int) -> dict:
+def head_worker(model_name: str, head: str, batch: int, tokens: int, steps: int, checkpointing: bool) -> dict:
     """One variant of the LM-head comparison (run in its own process)."""
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = _model(model_name, attn="sdpa", device=device)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     vocab = model.config.vocab_size
     # One answer per sequence at its end: a 512-token prompt whose last token predicts the label word.
     units = _units(vocab, tokens - 8, 8, 1, batch, pack=False)
@@ -117,7 +119,7 @@ def head_worker(model_name: str, head: str, batch: int, tokens: int, steps: int)
     peak = (torch.cuda.max_memory_allocated() - base) if device == "cuda" else (rss.peak - rss.start)
     return {"head": head, "examples_per_s": batch * steps / seconds, "step_peak_mib": peak / 2**20,
             "memory": "cuda max_memory_allocated" if device == "cuda" else "RSS", "loss": losses[0],
-            "vocab": vocab, "tokens": tokens, "batch": batch}
+            "vocab": vocab, "tokens": tokens, "batch": batch, "gradient_checkpointing": checkpointing}
 
 
 def _in_subprocess(args: list[str]) -> dict:
@@ -198,16 +200,17 @@ def bench_liger(model_name: str, batch: int, tokens: int, steps: int) -> dict:
 def bench_train(model: str = "smollm2", tokens: int = 512, batch: int = 4, head_steps: int = 2, k: int = 8,
                 prefix: int = 448, segment: int = 32, requests: int = 2, rounds: int = 2) -> dict:
     """Both comparisons (and Liger on CUDA), with ratios against the baselines measured in the same run."""
-    common = [model, str(batch), str(tokens), str(head_steps)]
-    full = _in_subprocess(["head", "full", *common])
-    answer = _in_subprocess(["head", "answer", *common])
-    result = {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "lm_head": {"full_logits": full, "answer_positions": answer,
-                    "ratio_examples_per_s": answer["examples_per_s"] / full["examples_per_s"],
-                    "peak_memory_reduction": 1 - answer["step_peak_mib"] / full["step_peak_mib"]},
-        "packing": bench_packing(model, prefix, segment, k, requests, rounds),
-    }
+    result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    # With activation checkpointing the stored activations shrink to one tensor per layer, and the logits are
+    # what remains of a step's peak; without it they share the peak with every layer's activations.
+    for key, ckpt in (("lm_head", False), ("lm_head_checkpointed", True)):
+        common = [model, str(batch), str(tokens), str(head_steps), str(int(ckpt))]
+        full = _in_subprocess(["head", "full", *common])
+        answer = _in_subprocess(["head", "answer", *common])
+        result[key] = {"full_logits": full, "answer_positions": answer,
+                       "ratio_examples_per_s": answer["examples_per_s"] / full["examples_per_s"],
+                       "peak_memory_reduction": 1 - answer["step_peak_mib"] / full["step_peak_mib"]}
+    result["packing"] = bench_packing(model, prefix, segment, k, requests, rounds)
     if torch.cuda.is_available():
         result["liger"] = bench_liger(model, batch, tokens, head_steps)
     return result
@@ -215,5 +218,5 @@ def bench_train(model: str = "smollm2", tokens: int = 512, batch: int = 4, head_
 
 if __name__ == "__main__":
     if sys.argv[1] == "head":
-        _, _, head, name, b, t, s = sys.argv
-        print(json.dumps(head_worker(name, head, int(b), int(t), int(s))))
+        _, _, head, name, b, t, s, ckpt = sys.argv
+        print(json.dumps(head_worker(name, head, int(b), int(t), int(s), bool(int(ckpt)))))

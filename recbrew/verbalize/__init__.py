@@ -1,0 +1,1 @@
+"""Verbalization: Corpus rows -> prompts, through sandboxed Jinja templates with token budgets."""
