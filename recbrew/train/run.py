@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,13 +248,12 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
              f"{'; resuming from ' + str(resume) if resume else ''}")
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
-    final = out / "final"
+    # Written aside and renamed at the end: an interrupted run never leaves a half-written final/.
+    staging = out / ".final.tmp"
     if trainer.is_world_process_zero():
-        import shutil
-
-        tmp = out / ".final.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(out / ".final.tmp"))
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))  # every rank: ZeRO-3 gathers the partitioned weights
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     val_hist = callbacks[0].history if callbacks else []
     meta = {
@@ -274,17 +274,16 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
                  .format(**meta["hpz_integrity"]))
     seconds = time.time() - started
     log_doc = {**meta, "seconds": seconds, "log_history": trainer.state.log_history, "entries": log_entries}
+    final = out / "final"
     if trainer.is_world_process_zero():
-        tmp = out / ".final.tmp"
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-        tok.save_pretrained(str(tmp))
-        import shutil
-
+        (staging / META_FILE).write_text(json.dumps(meta, indent=2))
+        tok.save_pretrained(str(staging))
         shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        staging.rename(final)
         (out / LOG_FILE).write_text(json.dumps(log_doc, indent=2, default=str))
     del trainer
-    torch.cuda.empty_cache() if cuda else None
+    if cuda:
+        torch.cuda.empty_cache()
     return TrainResult(out, final, meta["final_loss"], val_hist[-1]["val_macro_auc"] if val_hist else None,
                        meta["steps"], seconds, log_doc)
 
