@@ -58,8 +58,8 @@ def quickstart(
     days: Annotated[int, typer.Option(help="Days of the generated world.")] = 30,
     seed: Annotated[int, typer.Option(help="Seed of the whole run.")] = 0,
     max_train: Annotated[int, typer.Option("--max-train", help="Training requests per task.")] = 300,
-    max_test: Annotated[int, typer.Option("--max-test", help="Test requests per task (every model scores them).")] = 12,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Prompt token budget (history is cut to fit).")] = 384,
+    max_test: Annotated[int, typer.Option("--max-test", help="Test requests per task (every model scores them).")] = 6,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Prompt token budget (history is cut to fit).")] = 256,
     train_config: Annotated[str, typer.Option("--train-config", help="Fine-tuning config (name or path).")
                             ] = "smollm2-cpu",
     train_overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides of the fine-tuning config.")

@@ -57,7 +57,7 @@ def make_unit(prefix: list[int], items: Sequence[Item]) -> dict:
         first = start + len(item.segment) - 1
         positions.extend(range(first, first + len(item.answers)))
         targets.extend(item.answers)
-    return {"input_ids": ids, "prefix_len": len(prefix), "segment_lens": lens,
+    return {"input_ids": ids, "prefix_len": len(prefix), "segment_lens": lens, "length": len(ids),
             "answer_positions": positions, "answer_ids": targets, "task": items[0].task}
 
 

@@ -62,6 +62,8 @@ def _training_args(cfg: TrainConfig, out: Path, progress: bool, cuda: bool, ds_c
         seed=cfg.seed, data_seed=cfg.seed, bf16=bf16, fp16=False, use_cpu=not cuda, report_to="none",
         disable_tqdm=not progress, dataloader_num_workers=0, remove_unused_columns=False,
         gradient_checkpointing=cfg.gradient_checkpointing, deepspeed=ds_config,
+        # Sequences of similar length share a batch: far less padding (lengths are precomputed per unit).
+        train_sampling_strategy="group_by_length" if cfg.objective == "sft" else "random",
         use_liger_kernel=bool(cfg.liger and cuda),
     )
     if cfg.objective == "dpo":
