@@ -112,7 +112,7 @@ def serve(
 def train(
     model: Annotated[str, typer.Option(help="Model (a 49k-token vocabulary shows the LM-head effect).")] = "smollm2",
     tokens: Annotated[int, typer.Option(help="Prompt tokens in the LM-head comparison.")] = 512,
-    batch: Annotated[int, typer.Option(help="Sequences per step in the LM-head comparison.")] = 4,
+    batch: Annotated[int, typer.Option(help="Sequences per step in the LM-head comparison.")] = 2,
     k: Annotated[int, typer.Option("-k", help="Candidates packed per sequence.")] = 8,
     prefix: Annotated[int, typer.Option(help="Shared prefix (history) tokens in the packing comparison.")] = 448,
     segment: Annotated[int, typer.Option(help="Tokens per candidate segment in the packing comparison.")] = 32,

@@ -197,7 +197,7 @@ def bench_liger(model_name: str, batch: int, tokens: int, steps: int) -> dict:
             "loss_diff": abs(out["torch"]["loss"] - out["liger"]["loss"])}
 
 
-def bench_train(model: str = "smollm2", tokens: int = 512, batch: int = 4, head_steps: int = 2, k: int = 8,
+def bench_train(model: str = "smollm2", tokens: int = 512, batch: int = 2, head_steps: int = 1, k: int = 8,
                 prefix: int = 448, segment: int = 32, requests: int = 2, rounds: int = 2) -> dict:
     """Both comparisons (and Liger on CUDA), with ratios against the baselines measured in the same run."""
     result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
