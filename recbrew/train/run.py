@@ -122,13 +122,10 @@ def _label_lookup(examples: Path, tokenizer):
     return label_ids, catalog
 
 
-def _dpo_rows(requests: list[dict], label_ids_of, pairs_per_request: int, seed: int) -> list[dict]:
+def _dpo_rows(requests: list[dict], catalog, pairs_per_request: int, seed: int) -> list[dict]:
     """Preference rows: prompt = prefix; chosen/rejected = engaged / non-engaged candidate + positive word."""
     import numpy as np
 
-    from recbrew.tasks import load_catalog
-
-    catalog = load_catalog(None)
     rng = np.random.default_rng(seed)
     rows = []
     for r in requests:
@@ -222,7 +219,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
                                    data_collator=UnitCollator(tok.pad_token_id, multi_item=pack),
                                    peft_config=peft_config)
     else:
-        pairs = _dpo_rows(train_rows, label_ids_of, cfg.dpo_pairs_per_request, cfg.seed)
+        pairs = _dpo_rows(train_rows, catalog, cfg.dpo_pairs_per_request, cfg.seed)
         if not pairs:
             raise UserError(f"{examples}: no request has both an engaged and a non-engaged candidate for DPO")
         mix = {"pairs": len(pairs)}
