@@ -18,7 +18,7 @@ from recbrew.kernels.multi_item_attention import register
 
 from recbrew.errors import ConfigError, UserError
 from recbrew.train.config import load_config
-from recbrew.train.data import Item, UnitCollator, make_unit, select_requests
+from recbrew.train.data import Item, UnitCollator, make_unit, select_requests, thin_negatives
 from recbrew.train.trainer import AnswerPreferenceCollator, answer_logits, answer_loss
 
 VOCAB = 97
@@ -138,6 +138,45 @@ def test_select_requests_keeps_t2_out_and_weights_tasks():
         select_requests(_rows(), ["a", "c"], {}, None, 0, seed=0)
     with pytest.raises(UserError, match="not in the examples"):
         select_requests(_rows(), ["zzz"], {}, None, 0, seed=0)
+
+
+def test_lora_layers_adapts_only_the_top_layers(tiny_llama):
+    import copy
+
+    from peft import get_peft_model
+
+    from recbrew.train.run import lora_config
+
+    model = get_peft_model(copy.deepcopy(tiny_llama), lora_config(load_config("tiny", ["lora_layers=1"]), tiny_llama))
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and all(".layers.1." in n for n in trained)
+    with pytest.raises(ConfigError, match="LoRA only"):
+        load_config("tiny", ["lora_layers=1", "lora=false"])
+
+
+def test_select_requests_by_kind():
+    rows = _rows() + [{"task": "l", "split_tag": "T1", "kind": "listwise", "request_id": f"l/{i}", "labels": [0, 1]}
+                      for i in range(6)]
+    train, _ = select_requests(rows, None, {}, None, 0, seed=0, kinds=["binary"])
+    assert {r["task"] for r in train} == {"a", "b"}
+    train, _ = select_requests(rows, None, {}, None, 0, seed=0, kinds=["listwise"])
+    assert {r["task"] for r in train} == {"l"}
+    with pytest.raises(UserError, match="no tasks of kind generative"):
+        select_requests(rows, None, {}, None, 0, seed=0, kinds=["generative"])
+
+
+def test_thin_negatives_keeps_positives_and_hits_the_ratio():
+    rows = [{"task": "a", "kind": "binary", "labels": [1] + [0] * 9, "segments": [f"s{j}" for j in range(10)]}
+            for _ in range(200)]
+    rows.append({"task": "l", "kind": "listwise", "labels": [0, 1, 0, 0], "segments": ["x"]})
+    thin = thin_negatives(rows, 2.0, seed=0)
+    binary = [r for r in thin if r["kind"] == "binary"]
+    assert sum(sum(r["labels"]) for r in binary) == 200  # every positive kept
+    negatives = sum(len(r["labels"]) - sum(r["labels"]) for r in binary)
+    assert 340 < negatives < 460  # about 2 per positive
+    assert all(len(r["labels"]) == len(r["segments"]) and r["segments"][0] == "s0" for r in binary)
+    assert thin[-1] is rows[-1] and rows[0]["labels"] == [1] + [0] * 9  # listwise untouched, input unchanged
+    assert [r["labels"] for r in thin_negatives(rows, 2.0, seed=0)] == [r["labels"] for r in thin]
 
 
 def test_config_overrides_and_errors(tmp_path):

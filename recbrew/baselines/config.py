@@ -26,6 +26,7 @@ from recbrew.baselines.features import FeatureConfig
 from recbrew.baselines.ligr import LiGR, LiGRConfig
 from recbrew.baselines.lirank import LiRank, LiRankConfig
 from recbrew.errors import ConfigError
+from recbrew.overrides import yaml_value
 
 #: The trainable rankers: name -> (config dataclass, model class).
 MODELS = {"lirank": (LiRankConfig, LiRank), "ligr": (LiGRConfig, LiGR), "dcnv2": (DCNv2Config, DCNv2)}
@@ -90,11 +91,7 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, dict]:
         if not sep or not dot or section not in SECTIONS or not name:
             raise ConfigError(f"override {item!r}: expected section.field=value with section one of "
                               f"{', '.join(SECTIONS)} (e.g. train.epochs=3)")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        out.setdefault(section, {})[name] = value
+        out.setdefault(section, {})[name] = yaml_value(raw)
     return out
 
 

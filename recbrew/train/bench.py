@@ -26,16 +26,18 @@ from recbrew.train.trainer import answer_loss
 
 
 def _model(name: str, attn: str | None = None, device: str = "cpu"):
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     from recbrew.kernels.multi_item_attention import register
     from recbrew.models.loading import resolve
+    from recbrew.train.config import TrainConfig
+    from recbrew.train.run import lora_config
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(resolve(name), dtype=dtype, attn_implementation=attn or register())
     model.to(device)
-    lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
+    lora = lora_config(TrainConfig(model=name, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]), model)
     return get_peft_model(model, lora).train()  # training mode: activation checkpointing acts only there
 
 

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from recbrew.errors import ConfigError
+from recbrew.overrides import yaml_value
 
 
 class TrainConfig(BaseModel):
@@ -23,7 +24,12 @@ class TrainConfig(BaseModel):
     tasks: list[str] | None = Field(None, description="T1 tasks to train on (default: every T1 task of the examples).")
     task_weights: dict[str, float] = Field(default_factory=dict,
                                            description="Sampling weight per task (default 1.0): 2.0 doubles its share.")
+    kinds: list[Literal["binary", "listwise", "generative"]] | None = Field(
+        None, description="Task kinds to train on (default: all); e.g. [binary] for pointwise ranking only.")
     max_examples: int | None = Field(None, ge=1, description="Cap on training requests after weighting (seeded).")
+    negatives_per_positive: float | None = Field(None, gt=0, description=(
+        "Thin binary negatives to about this many per positive, per task (seeded; null: keep all). More positives "
+        "per step helps ranking; P(yes) then over-states engagement, so calibration metrics move."))
     seed: int = Field(0, description="Seed of data sampling, LoRA init and dropout.")
 
     # Adapter or full fine-tuning.
@@ -33,6 +39,9 @@ class TrainConfig(BaseModel):
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                                       description="Module names LoRA adapts.")
+    lora_layers: int | None = Field(None, ge=1, description=(
+        "Adapt only the top N transformer layers (null: all). The backward pass stops at the lowest adapted "
+        "layer, so a step costs much less on CPU."))
 
     # Multi-item packing: one sequence = a request's prefix + up to `candidates_per_sequence` segments.
     pack: bool = Field(True, description="Pack a request's candidates into one sequence (history encoded once).")
@@ -59,6 +68,8 @@ class TrainConfig(BaseModel):
     logging_steps: int = Field(5, ge=1)
     eval_steps: int = Field(0, ge=0, description="Validation AUC every N steps (0: only at the end).")
     eval_requests: int = Field(64, ge=0, description="Held-out requests for the validation AUC (0: none).")
+    eval_at_start: bool = Field(False, description="Also score the held-out requests before the first step "
+                                "(the untrained model's AUC, for comparison).")
     save_steps: int = Field(50, ge=1)
     save_total_limit: int | None = Field(2, ge=1)
     resume: bool = Field(True, description="Resume from the newest checkpoint in `out` when there is one.")
@@ -71,18 +82,16 @@ class TrainConfig(BaseModel):
     hpz_check_every: int = Field(0, ge=0, description="hpZ integrity check every N steps (0: off).")
     hpz_check_action: Literal["fail", "warn"] = "fail"
 
-    @field_validator("target_modules", "tasks", mode="before")
+    @model_validator(mode="after")
+    def _layers_need_lora(self):
+        if self.lora_layers is not None and not self.lora:
+            raise ValueError("lora_layers applies to LoRA only (lora=false trains every weight)")
+        return self
+
+    @field_validator("target_modules", "tasks", "kinds", mode="before")
     @classmethod
     def _comma_list(cls, value):
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
-
-
-def _parse_value(raw: str):
-    """A command-line value as YAML would read it (numbers, booleans, lists, null), else the string."""
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
@@ -102,7 +111,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"override {item!r}: write it as key=value (e.g. max_steps=20)")
         if key not in TrainConfig.model_fields:
             raise ConfigError(f"override {item!r}: unknown field {key!r}; fields: {', '.join(TrainConfig.model_fields)}")
-        data[key] = _parse_value(raw)
+        data[key] = yaml_value(raw)
     try:
         return TrainConfig(**data)
     except ValidationError as exc:

@@ -90,11 +90,17 @@ def build_units(rows: Sequence[dict], tokenizer, label_ids_of, eos_id: int | Non
 
 
 def select_requests(rows: Sequence[dict], tasks: Sequence[str] | None, weights: dict[str, float],
-                    max_examples: int | None, holdout: int, seed: int) -> tuple[list[dict], list[dict]]:
+                    max_examples: int | None, holdout: int, seed: int,
+                    kinds: Sequence[str] | None = None) -> tuple[list[dict], list[dict]]:
     """(training requests, held-out validation requests): T1 only, weighted by task, seeded.
 
-    Validation requests are binary T1 requests kept out of training (for the periodic AUC).
+    ``kinds`` keeps only tasks of those kinds (binary, listwise, generative). Validation requests are
+    binary T1 requests kept out of training (for the periodic AUC).
     """
+    if kinds:
+        rows = [r for r in rows if r["kind"] in kinds]
+        if not rows:
+            raise UserError(f"no tasks of kind {', '.join(kinds)} in the examples")
     tags = {r["task"]: r["split_tag"] for r in rows}
     if tasks:
         unknown = [t for t in tasks if t not in tags]
@@ -133,6 +139,31 @@ def select_requests(rows: Sequence[dict], tasks: Sequence[str] | None, weights: 
     if max_examples is not None and len(train) > max_examples:
         train = [train[i] for i in sorted(rng.choice(len(train), size=max_examples, replace=False))]
     return train, [pool[i] for i in sorted(val_ids)]
+
+
+def thin_negatives(rows: Sequence[dict], per_positive: float, seed: int) -> list[dict]:
+    """Binary requests with negatives dropped at random to about ``per_positive`` per positive, per task.
+
+    Positives are all kept; a request left without candidates is dropped. Other kinds pass unchanged.
+    """
+    pos: Counter = Counter()
+    neg: Counter = Counter()
+    for r in rows:
+        if r["kind"] == "binary":
+            pos[r["task"]] += sum(r["labels"])
+            neg[r["task"]] += len(r["labels"]) - sum(r["labels"])
+    keep = {t: min(1.0, per_positive * pos[t] / neg[t]) if neg[t] else 1.0 for t in neg}
+    rng = np.random.default_rng(seed)
+    out = []
+    for r in rows:
+        if r["kind"] != "binary" or keep[r["task"]] >= 1.0:
+            out.append(r)
+            continue
+        picks = [i for i, y in enumerate(r["labels"]) if y or rng.random() < keep[r["task"]]]
+        if picks:
+            out.append({**r, "labels": [r["labels"][i] for i in picks],
+                        "segments": [r["segments"][i] for i in picks]})
+    return out
 
 
 def task_mix(units: Sequence[dict]) -> dict[str, int]:

@@ -93,7 +93,8 @@ def _load(cfg: TrainConfig, cuda: bool, pack: bool):
     return path, model, tok
 
 
-def _lora_config(cfg: TrainConfig, model):
+def lora_config(cfg: TrainConfig, model):
+    """The PEFT LoRA config of ``cfg`` for ``model`` (target modules checked against the model)."""
     from peft import LoraConfig
 
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
@@ -101,8 +102,14 @@ def _lora_config(cfg: TrainConfig, model):
     if missing:
         raise ConfigError(f"target_modules {missing} are not modules of {cfg.model}; "
                           f"it has e.g. {', '.join(sorted(n for n in names if n.endswith('proj'))[:8])}")
+    layers = None
+    if cfg.lora_layers is not None:
+        n = getattr(model.config, "num_hidden_layers", None)
+        if n is None:
+            raise ConfigError(f"lora_layers: {cfg.model} does not say how many layers it has (num_hidden_layers)")
+        layers = list(range(max(0, n - cfg.lora_layers), n))
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+                      target_modules=list(cfg.target_modules), layers_to_transform=layers, task_type="CAUSAL_LM")
 
 
 def _label_lookup(examples: Path, tokenizer):
@@ -148,7 +155,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
     import torch
 
     from recbrew.scoring.protocol import load_requests
-    from recbrew.train.data import UnitCollator, build_units, select_requests, task_mix
+    from recbrew.train.data import UnitCollator, build_units, select_requests, task_mix, thin_negatives
     from recbrew.train.trainer import (
         AnswerDPOTrainer,
         AnswerPreferenceCollator,
@@ -167,8 +174,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
     previous = out / "config.json"
     if previous.is_file() and cfg.resume:
         old = json.loads(previous.read_text())
-        changed = [k for k in ("model", "examples", "objective", "lora", "pack", "seed", "tasks", "task_weights",
-                               "max_examples", "batch_size", "grad_accum") if old.get(k) != cfg.model_dump().get(k)]
+        changed = [k for k in ("model", "examples", "objective", "lora", "lora_layers", "pack", "seed", "tasks",
+                               "kinds", "task_weights", "max_examples", "negatives_per_positive", "batch_size",
+                               "grad_accum") if old.get(k) != cfg.model_dump().get(k)]
         if changed and latest_checkpoint(out):
             raise UserError(f"{out}: holds checkpoints of a run with other {', '.join(changed)}; "
                             "use another --out or resume=false")
@@ -199,10 +207,13 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
 
     rows = load_requests(examples, "train")
     holdout = 0 if stage3 else cfg.eval_requests
-    train_rows, val_rows = select_requests(rows, cfg.tasks, cfg.task_weights, cfg.max_examples, holdout, cfg.seed)
+    train_rows, val_rows = select_requests(rows, cfg.tasks, cfg.task_weights, cfg.max_examples, holdout, cfg.seed,
+                                           kinds=cfg.kinds)
+    if cfg.negatives_per_positive is not None:
+        train_rows = thin_negatives(train_rows, cfg.negatives_per_positive, cfg.seed)
     if not train_rows:
         raise UserError(f"{examples}: no training requests for the chosen tasks")
-    peft_config = _lora_config(cfg, model) if cfg.lora else None
+    peft_config = lora_config(cfg, model) if cfg.lora else None
     callbacks, log_entries = [], []
 
     def log(entry: dict) -> None:
@@ -230,7 +241,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
         from recbrew.scoring.hf import HFScorer
 
         val = ValidationCallback(lambda m: HFScorer(m, _ScoringTokenizer(tok), mode="multi" if pack else "prefix"),
-                                 val_rows, cfg.eval_steps, log)
+                                 val_rows, cfg.eval_steps, log, at_start=cfg.eval_at_start)
         callbacks.append(val)
         trainer.add_callback(val)
     if hpz_check is not None:

@@ -87,8 +87,9 @@ class AnswerDPOTrainer(DPOTrainer):
 class ValidationCallback(TrainerCallback):
     """Macro AUC of P(yes) on held-out binary requests, every ``every`` steps and at the end."""
 
-    def __init__(self, scorer_factory, requests, every: int, log):
+    def __init__(self, scorer_factory, requests, every: int, log, at_start: bool = False):
         self.scorer_factory, self.requests, self.every, self.log = scorer_factory, requests, every, log
+        self.at_start = at_start
         self.history: list[dict] = []
 
     def evaluate(self, step: int, model) -> dict:
@@ -109,6 +110,10 @@ class ValidationCallback(TrainerCallback):
         self.history.append(entry)
         self.log(entry)
         return entry
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.at_start and self.requests and not any(h["step"] == state.global_step for h in self.history):
+            self.evaluate(state.global_step, model)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.every and self.requests and state.global_step % self.every == 0 \
