@@ -219,3 +219,35 @@ def test_vllm_scorer_equals_hf_scorer(stack, tmp_path):
     expected = HFScorer(model, tok, mode="multi").score(rows)
     for got, want in zip(served, expected, strict=True):
         np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_engine_call_retries_one_dropped_connection_then_answers_502():
+    """A keep-alive connection the engine closed as it was reused is retried once; a second failure is a 502."""
+    import asyncio
+
+    from recbrew.serve.ranker import RankError, RankService
+
+    failures = {"left": 1}
+    calls = []
+
+    def engine(request):
+        calls.append(json.loads(request.content))
+        if failures["left"]:
+            failures["left"] -= 1
+            raise httpx.ReadError("")
+        return httpx.Response(200, json={"choices": []})
+
+    service = object.__new__(RankService)  # only the engine call is under test
+    service.engine_url, service.served_model, service.headers = "http://engine", "ranker", {}
+
+    async def complete():
+        async with httpx.AsyncClient(transport=httpx.MockTransport(engine)) as client:
+            service.client = client
+            return await service._complete({"prompt": [1, 2]})
+
+    assert asyncio.run(complete()) == {"choices": []}
+    assert len(calls) == 2 and calls[0] == {"model": "ranker", "prompt": [1, 2]}
+    failures["left"] = 2
+    with pytest.raises(RankError, match="did not answer: ReadError") as err:
+        asyncio.run(complete())
+    assert err.value.status == 502

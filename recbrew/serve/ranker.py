@@ -142,11 +142,20 @@ class RankService:
     # Engine ---------------------------------------------------------------------------------------
     async def _complete(self, body: dict) -> dict:
         body = {"model": self.served_model, **body}
-        try:
-            resp = await self.client.post(f"{self.engine_url}/v1/completions", json=body, headers=self.headers,
-                                          timeout=600)
-        except httpx.HTTPError as exc:
-            raise RankError(502, f"the vLLM engine did not answer: {exc}") from None
+        for attempt in range(2):
+            try:
+                resp = await self.client.post(f"{self.engine_url}/v1/completions", json=body, headers=self.headers,
+                                              timeout=600)
+                break
+            except httpx.TimeoutException as exc:
+                raise RankError(502, f"the vLLM engine did not answer in time: {type(exc).__name__}") from None
+            except httpx.TransportError as exc:
+                # A pooled keep-alive connection the engine closed just as it was reused fails like this
+                # before the request is read; scoring has no side effects, so one retry is safe.
+                if attempt:
+                    raise RankError(502, f"the vLLM engine did not answer: {type(exc).__name__}: {exc}") from None
+            except httpx.HTTPError as exc:
+                raise RankError(502, f"the vLLM engine did not answer: {type(exc).__name__}: {exc}") from None
         if resp.status_code != 200:
             detail = resp.json().get("error", {}).get("message", resp.text) if resp.headers.get(
                 "content-type", "").startswith("application/json") else resp.text
