@@ -161,6 +161,8 @@ def test_select_requests_by_kind():
     assert {r["task"] for r in train} == {"a", "b"}
     train, _ = select_requests(rows, None, {}, None, 0, seed=0, kinds=["listwise"])
     assert {r["task"] for r in train} == {"l"}
+    with pytest.raises(UserError, match=r"l \(listwise\) are not of the kinds trained"):
+        select_requests(rows, ["a", "l"], {}, None, 0, seed=0, kinds=["binary"])
     with pytest.raises(UserError, match="no tasks of kind generative"):
         select_requests(rows, None, {}, None, 0, seed=0, kinds=["generative"])
 

@@ -98,6 +98,10 @@ def select_requests(rows: Sequence[dict], tasks: Sequence[str] | None, weights: 
     binary T1 requests kept out of training (for the periodic AUC).
     """
     if kinds:
+        kind_of = {r["task"]: r["kind"] for r in rows}
+        other = [f"{t} ({kind_of[t]})" for t in tasks or () if t in kind_of and kind_of[t] not in kinds]
+        if other:
+            raise UserError(f"tasks {', '.join(other)} are not of the kinds trained ({', '.join(kinds)})")
         rows = [r for r in rows if r["kind"] in kinds]
         if not rows:
             raise UserError(f"no tasks of kind {', '.join(kinds)} in the examples")
