@@ -149,13 +149,11 @@ class RankService:
                 break
             except httpx.TimeoutException as exc:
                 raise RankError(502, f"the vLLM engine did not answer in time: {type(exc).__name__}") from None
-            except httpx.TransportError as exc:
-                # A pooled keep-alive connection the engine closed just as it was reused fails like this
-                # before the request is read; scoring has no side effects, so one retry is safe.
-                if attempt:
-                    raise RankError(502, f"the vLLM engine did not answer: {type(exc).__name__}: {exc}") from None
             except httpx.HTTPError as exc:
-                raise RankError(502, f"the vLLM engine did not answer: {type(exc).__name__}: {exc}") from None
+                # A pooled keep-alive connection the engine closed just as it was reused fails with a transport
+                # error before the request is read; scoring has no side effects, so one retry is safe.
+                if attempt or not isinstance(exc, httpx.TransportError):
+                    raise RankError(502, f"the vLLM engine did not answer: {type(exc).__name__}: {exc}") from None
         if resp.status_code != 200:
             detail = resp.json().get("error", {}).get("message", resp.text) if resp.headers.get(
                 "content-type", "").startswith("application/json") else resp.text
