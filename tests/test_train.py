@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from recbrew.kernels.dispatch import INTERPRETED, kernel_backend
 from recbrew.kernels.multi_item_attention import register
 
@@ -95,6 +96,33 @@ def test_packed_training_kernel_path_equals_torch_path(tiny_llama):
         assert torch.allclose(grads_k[name], grads_t[name], atol=1e-4, rtol=1e-3), name
 
 
+def test_choices_loss_is_the_cross_entropy_over_the_answer_words(tiny_llama):
+    from recbrew.train.data import request_items
+
+    binary = request_items({"kind": "binary", "task": "b", "labels": [1, 0]}, [1, 2], [[5, 6], [7]], [11, 12], None)
+    assert [(i.answers, i.choices) for i in binary] == [([11], [11, 12]), ([12], [11, 12])]
+    listwise = request_items({"kind": "listwise", "task": "l", "labels": [0, 0, 1]}, [1], [[5, 6]], [20, 21, 22, 23],
+                             None)
+    assert [(i.answers, i.choices) for i in listwise] == [([22], [20, 21, 22])]
+    generative = request_items({"kind": "generative", "task": "g"}, [1], [[5]], [], [30, 31, 2])
+    units = [make_unit([3, 4, 8], binary), make_unit([9, 3], listwise), make_unit([4], generative)]
+    assert units[2]["answer_choices"] == [[], [], []]
+    batch = UnitCollator(pad_id=0, multi_item=True)(units)
+    assert batch["answer_choices"].tolist() == [[11, 12, -1], [11, 12, -1], [20, 21, 22], [-1, -1, -1],
+                                                [-1, -1, -1], [-1, -1, -1]]
+    with torch.no_grad():
+        logits = answer_logits(tiny_llama, batch)
+        loss = answer_loss(tiny_llama, batch, over="choices")
+        assert torch.allclose(answer_loss(tiny_llama, batch), F.cross_entropy(logits, batch["answer_ids"]))
+    expected = torch.stack([F.cross_entropy(logits[0, [11, 12]], torch.tensor(0)),
+                            F.cross_entropy(logits[1, [11, 12]], torch.tensor(1)),
+                            F.cross_entropy(logits[2, [20, 21, 22]], torch.tensor(2)),
+                            *F.cross_entropy(logits[3:], batch["answer_ids"][3:], reduction="none")]).mean()
+    assert torch.allclose(loss, expected, atol=1e-6)
+    with pytest.raises(ConfigError, match="answer_loss"):
+        load_config("tiny", ["answer_loss=words"])
+
+
 def test_lm_head_runs_on_answer_positions_only(tiny_llama):
     units = [make_unit(p, items) for p, items in _requests(seed=2, n=2)]
     batch = UnitCollator(0, multi_item=True)(units)
@@ -152,6 +180,70 @@ def test_lora_layers_adapts_only_the_top_layers(tiny_llama):
     assert trained and all(".layers.1." in n for n in trained)
     with pytest.raises(ConfigError, match="LoRA only"):
         load_config("tiny", ["lora_layers=1", "lora=false"])
+
+
+def _three_layer_lora(lora_layers: int):
+    from peft import get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from recbrew.train.run import lora_config
+
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    base = LlamaForCausalLM(config)
+    base.set_attn_implementation(register())
+    model = get_peft_model(base, lora_config(load_config("tiny", [f"lora_layers={lora_layers}"]), base))
+    for n, p in model.named_parameters():  # LoRA B starts at zero: give it weight so the adapted layers matter
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.02)
+    return model
+
+
+@pytest.mark.parametrize("multi_item", [False, True])
+def test_frozen_layer_cache_gives_the_same_loss_and_gradients(multi_item):
+    from recbrew.train.frozen_cache import FrozenLayerCache, decoder_layers
+
+    model = _three_layer_lora(lora_layers=1)
+    units = [{**make_unit(p, items if multi_item else items[:1]), "index": i}
+             for i, (p, items) in enumerate(_requests(seed=3, n=4))]
+    collate = UnitCollator(pad_id=0, multi_item=multi_item)
+    batch = collate(units)
+    assert batch["unit_index"].tolist() == [0, 1, 2, 3]
+    ref_loss, ref_grads = _loss_and_grads(model, units, multi_item)
+
+    cache = FrozenLayerCache(decoder_layers(model), first_adapted=2).install()
+    lengths = batch["attention_mask"].sum(1).tolist()
+    for order in ([0, 1, 2, 3], [2, 0, 3, 1]):  # the first pass fills the cache, the second (reshuffled) reads it
+        with cache.batch([units[i]["index"] for i in order], [lengths[i] for i in order]):
+            loss, grads = _loss_and_grads(model, [units[i] for i in order], multi_item)
+        assert torch.allclose(loss, ref_loss, atol=1e-6)
+        assert grads.keys() == ref_grads.keys() and all(".layers.2." in n for n in grads)
+        for name, g in grads.items():
+            assert torch.allclose(g, ref_grads[name], atol=1e-6), name
+    assert (cache.misses, cache.hits, len(cache.store)) == (4, 4, 4)
+    assert [t.shape[0] for t in (cache.store[i] for i in range(4))] == lengths
+
+    # Without unit keys (validation scoring) and after uninstall the frozen layers run as usual.
+    assert torch.allclose(_loss_and_grads(model, units, multi_item)[0], ref_loss, atol=1e-6)
+    cache.uninstall()
+    assert all("forward" not in layer.__dict__ for layer in decoder_layers(model))
+    assert torch.allclose(_loss_and_grads(model, units, multi_item)[0], ref_loss, atol=1e-6)
+
+
+def test_frozen_layer_cache_refuses_trainable_layers_below():
+    from recbrew.train.frozen_cache import FrozenLayerCache, decoder_layers
+
+    model = _three_layer_lora(lora_layers=2)
+    with pytest.raises(ConfigError, match=r"layers \[1\] below the adapted ones"):
+        FrozenLayerCache(decoder_layers(model), first_adapted=2).install()
+    with pytest.raises(ConfigError, match="1..2"):
+        FrozenLayerCache(decoder_layers(model), first_adapted=0)
+    for overrides, message in ((["cache_frozen=true"], "needs lora_layers"),
+                               (["cache_frozen=true", "lora_layers=1", "objective=dpo"], "sft only"),
+                               (["cache_frozen=true", "lora_layers=1", "deepspeed=zero2"], "deepspeed")):
+        with pytest.raises(ConfigError, match=message):
+            load_config("tiny", overrides)
 
 
 def test_select_requests_by_kind():
@@ -265,6 +357,35 @@ def test_sigkill_and_resume_reaches_the_same_result(workspace):
     assert "resuming from" in output
     loss_a, weights_a = _final(whole)
     loss_b, weights_b = _final(killed)
+    assert abs(loss_a - loss_b) < 1e-4
+    for name, w in weights_a.items():
+        assert torch.allclose(w, weights_b[name], atol=1e-5), name
+
+
+@pytest.mark.slow
+def test_cache_frozen_training_reaches_the_same_result(workspace):
+    """Two epochs with the frozen-layer cache: same loss and adapter as without it; epoch 2 reads the cache."""
+    from recbrew.train.frozen_cache import decoder_layers
+    from recbrew.train.run import _load
+
+    layers = len(decoder_layers(_load(load_config("tiny", [f"model={workspace / 'tiny'}"]), False, True)[1]))
+    results = {}
+    for cached in (False, True):
+        out = workspace / f"frozen-{cached}"
+        args = _train_args(workspace, out, steps=-1) + [
+            "epochs=2", "max_examples=12", "lora_layers=1", f"cache_frozen={str(cached).lower()}"]
+        proc = _cli(*args)
+        output = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, output
+        results[cached] = _final(out)
+        meta = json.loads((out / "final" / "recbrew_train.json").read_text())
+        if cached:
+            assert f"caching the activations entering layer {layers - 1} of {layers}" in output
+            units = meta["frozen_cache"]["units"]
+            assert units > 0 and meta["frozen_cache"]["misses"] == units == meta["frozen_cache"]["hits"]
+        else:
+            assert "frozen_cache" not in meta
+    (loss_a, weights_a), (loss_b, weights_b) = results[False], results[True]
     assert abs(loss_a - loss_b) < 1e-4
     for name, w in weights_a.items():
         assert torch.allclose(w, weights_b[name], atol=1e-5), name

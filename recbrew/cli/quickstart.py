@@ -107,7 +107,8 @@ def quickstart(
     if done is not None:
         _step(3, f"fine-tune: re-using {llm_dir / 'final'}")
     else:
-        started = _step(3, f"fine-tune: LoRA on {tcfg.model} ({tcfg.max_steps} steps) into {llm_dir}")
+        length = f"{tcfg.max_steps} steps" if tcfg.max_steps > 0 else f"{tcfg.epochs:g} epochs"
+        started = _step(3, f"fine-tune: LoRA on {tcfg.model} ({length}) into {llm_dir}")
         result = train(tcfg, progress=True, echo=typer.echo)
         typer.echo(f"fine-tune: {result.steps} steps in {time.time() - started:.0f} s, final loss "
                    f"{result.final_loss:.4f}")

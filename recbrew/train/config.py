@@ -21,6 +21,9 @@ class TrainConfig(BaseModel):
     examples: str = Field("runs/quickstart/examples", description="Examples folder written by `recbrew data build`.")
     out: str = Field("runs/train", description="Output folder: checkpoints, `final/`, `train_log.json`.")
     objective: Literal["sft", "dpo"] = Field("sft", description="`sft` (answer-token loss) or `dpo` (preference pairs).")
+    answer_loss: Literal["vocab", "choices"] = Field("vocab", description=(
+        "SFT loss of an answer word: cross-entropy over the full vocabulary, or over its choices only (yes/no, "
+        "the slot letters: what the scorer normalizes over); generative targets always use the vocabulary."))
     tasks: list[str] | None = Field(None, description="T1 tasks to train on (default: every T1 task of the examples).")
     task_weights: dict[str, float] = Field(default_factory=dict,
                                            description="Sampling weight per task (default 1.0): 2.0 doubles its share.")
@@ -42,6 +45,10 @@ class TrainConfig(BaseModel):
     lora_layers: int | None = Field(None, ge=1, description=(
         "Adapt only the top N transformer layers (null: all). The backward pass stops at the lowest adapted "
         "layer, so a step costs much less on CPU."))
+    cache_frozen: bool = Field(False, description=(
+        "With lora_layers: keep the activations entering the lowest adapted layer from the first epoch and reuse "
+        "them in later epochs, so those cost about lora_layers / layers of a pass (memory: tokens x hidden x 4 "
+        "bytes, printed at the start). SFT only."))
 
     # Multi-item packing: one sequence = a request's prefix + up to `candidates_per_sequence` segments.
     pack: bool = Field(True, description="Pack a request's candidates into one sequence (history encoded once).")
@@ -83,9 +90,16 @@ class TrainConfig(BaseModel):
     hpz_check_action: Literal["fail", "warn"] = "fail"
 
     @model_validator(mode="after")
-    def _layers_need_lora(self):
+    def _combinations(self):
         if self.lora_layers is not None and not self.lora:
             raise ValueError("lora_layers applies to LoRA only (lora=false trains every weight)")
+        if self.cache_frozen:
+            if self.lora_layers is None:
+                raise ValueError("cache_frozen needs lora_layers (only layers below the adapted ones can be cached)")
+            if self.objective != "sft":
+                raise ValueError("cache_frozen applies to objective=sft only")
+            if self.deepspeed:
+                raise ValueError("cache_frozen does not combine with deepspeed (partitioned layers are not cached)")
         return self
 
     @field_validator("target_modules", "tasks", "kinds", mode="before")

@@ -28,6 +28,9 @@ class Item:
     segment: list[int]
     answers: list[int]
     task: str
+    #: The words the answer is chosen from (binary: positive, negative; listwise: the slot letters);
+    #: None for generative targets (the whole vocabulary).
+    choices: list[int] | None = None
 
 
 def request_items(row: dict, prefix: list[int], segments: list[list[int]], label_ids: list[int],
@@ -40,14 +43,14 @@ def request_items(row: dict, prefix: list[int], segments: list[list[int]], label
         labels = list(row["labels"])
         if labels.count(1) != 1:
             return []
-        return [Item(segments[0], [label_ids[labels.index(1)]], task)]
-    return [Item(seg, [label_ids[0] if y else label_ids[1]], task)
+        return [Item(segments[0], [label_ids[labels.index(1)]], task, list(label_ids[:len(labels)]))]
+    return [Item(seg, [label_ids[0] if y else label_ids[1]], task, list(label_ids[:2]))
             for seg, y in zip(segments, row["labels"], strict=True)]
 
 
 def make_unit(prefix: list[int], items: Sequence[Item]) -> dict:
     """One sequence: the prefix, then each item's segment extended by its answers but the last."""
-    ids, lens, positions, targets = list(prefix), [], [], []
+    ids, lens, positions, targets, choices = list(prefix), [], [], [], []
     for item in items:
         ext = item.segment + item.answers[:-1]
         start = len(ids)
@@ -57,8 +60,12 @@ def make_unit(prefix: list[int], items: Sequence[Item]) -> dict:
         first = start + len(item.segment) - 1
         positions.extend(range(first, first + len(item.answers)))
         targets.extend(item.answers)
+        # Only a single-token answer is a choice among words; longer (generative) answers use the vocabulary.
+        choices.extend([list(item.choices) if item.choices and len(item.answers) == 1 else []
+                        for _ in item.answers])
     return {"input_ids": ids, "prefix_len": len(prefix), "segment_lens": lens, "length": len(ids),
-            "answer_positions": positions, "answer_ids": targets, "task": items[0].task}
+            "answer_positions": positions, "answer_ids": targets, "answer_choices": choices,
+            "task": items[0].task}
 
 
 def build_units(rows: Sequence[dict], tokenizer, label_ids_of, eos_id: int | None, *, pack: bool,
@@ -182,7 +189,8 @@ class UnitCollator:
     """Pads units into a batch: ids, attention mask, restarting positions, answer coordinates.
 
     With ``multi_item`` the batch also carries each row's ``(prefix_len, segment_lens)`` layout for the
-    multi-item attention; without it the rows are plain causal sequences (one item each).
+    multi-item attention; without it the rows are plain causal sequences (one item each). Units that carry an
+    ``index`` (their place in the training set) give the batch a ``unit_index`` (the frozen-layer cache's key).
     """
 
     def __init__(self, pad_id: int, multi_item: bool):
@@ -194,7 +202,7 @@ class UnitCollator:
         ids = torch.full((b, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros(b, width, dtype=torch.long)
         pos = torch.zeros(b, width, dtype=torch.long)
-        rows, cols, targets = [], [], []
+        rows, cols, targets, choices = [], [], [], []
         for i, u in enumerate(units):
             n = len(u["input_ids"])
             ids[i, :n] = torch.tensor(u["input_ids"])
@@ -208,9 +216,16 @@ class UnitCollator:
             rows.extend([i] * len(u["answer_positions"]))
             cols.extend(u["answer_positions"])
             targets.extend(u["answer_ids"])
+            choices.extend(u.get("answer_choices") or [[] for _ in u["answer_ids"]])
         batch = {"input_ids": ids, "attention_mask": mask, "position_ids": pos,
                  "answer_rows": torch.tensor(rows), "answer_cols": torch.tensor(cols),
                  "answer_ids": torch.tensor(targets)}
+        width_c = max((len(c) for c in choices), default=0)
+        if width_c:
+            # [answers, most choices], -1 where a row has fewer (or none: that answer uses the whole vocabulary).
+            batch["answer_choices"] = torch.tensor([c + [-1] * (width_c - len(c)) for c in choices])
+        if all("index" in u for u in units):
+            batch["unit_index"] = torch.tensor([u["index"] for u in units])
         if self.multi_item:
             batch["multi_item"] = ([u["prefix_len"] for u in units], [list(u["segment_lens"]) for u in units])
         return batch

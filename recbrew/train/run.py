@@ -215,6 +215,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
         raise UserError(f"{examples}: no training requests for the chosen tasks")
     peft_config = lora_config(cfg, model) if cfg.lora else None
     callbacks, log_entries = [], []
+    frozen, cache_mb = None, 0.0
 
     def log(entry: dict) -> None:
         log_entries.append(entry)
@@ -225,10 +226,21 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
         units = build_units(train_rows, tok, label_ids_of, tok.eos_token_id, pack=pack,
                             candidates_per_sequence=cfg.candidates_per_sequence)
         mix = task_mix(units)
+        if cfg.cache_frozen:
+            from recbrew.train.frozen_cache import FrozenLayerCache, decoder_layers
+
+            layers = decoder_layers(model)
+            if cfg.lora_layers < len(layers):
+                frozen = FrozenLayerCache(layers, len(layers) - cfg.lora_layers)
+                units = [{**u, "index": i} for i, u in enumerate(units)]
+                cache_mb = sum(u["length"] for u in units) * model.config.hidden_size * model.dtype.itemsize / 2**20
+            elif progress:
+                echo(f"train: cache_frozen: all {len(layers)} layers are adapted (lora_layers={cfg.lora_layers}), "
+                     "so there is nothing to cache")
         dataset = datasets.Dataset.from_list(units)
         trainer = AnswerSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
                                    data_collator=UnitCollator(tok.pad_token_id, multi_item=pack),
-                                   peft_config=peft_config)
+                                   peft_config=peft_config, frozen_cache=frozen, loss_over=cfg.answer_loss)
     else:
         pairs = _dpo_rows(train_rows, catalog, cfg.dpo_pairs_per_request, cfg.seed)
         if not pairs:
@@ -256,7 +268,16 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
              f"{', packed' if pack else ''}) from {examples}; model {cfg.model}"
              f"{' + LoRA' if cfg.lora else ' (full)'}; {'CUDA' if cuda else 'CPU'}"
              f"{'; resuming from ' + str(resume) if resume else ''}")
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if frozen is not None:
+            echo(f"train: caching the activations entering layer {frozen.first} of {len(frozen.layers)} "
+                 f"(~{cache_mb:,.0f} MB); epochs after the first run the top {cfg.lora_layers} layers only")
+    if frozen is not None:
+        frozen.install()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        if frozen is not None:
+            frozen.uninstall()
 
     # Written aside and renamed at the end: an interrupted run never leaves a half-written final/.
     staging = out / ".final.tmp"
@@ -275,6 +296,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
         "final_loss": losses[-1] if losses else float(result.training_loss),
         "val": val_hist,
     }
+    if frozen is not None:
+        meta["frozen_cache"] = frozen.summary()
     if hpz_check is not None:
         reports = hpz_check.reports
         meta["hpz_integrity"] = {"checks": len(reports), "checked_params": sum(r.checked_params for r in reports),

@@ -34,23 +34,52 @@ def answer_logits(model, inputs: dict) -> torch.Tensor:
     return out.logits[inputs["answer_rows"], where]
 
 
-def answer_loss(model, inputs: dict) -> torch.Tensor:
-    """Mean next-token cross-entropy (full vocabulary) over the batch's answer tokens."""
-    logits = answer_logits(model, inputs)
-    return F.cross_entropy(logits.float(), inputs["answer_ids"].to(logits.device))
+def answer_loss(model, inputs: dict, over: str = "vocab") -> torch.Tensor:
+    """Mean next-token cross-entropy over the batch's answer tokens.
+
+    ``over="vocab"``: over the full vocabulary. ``over="choices"``: over the answer's choice words only
+    (yes/no, the slot letters), the normalization the scorer ranks by; answers without choices
+    (generative targets) keep the full vocabulary.
+    """
+    logits = answer_logits(model, inputs).float()
+    targets = inputs["answer_ids"].to(logits.device)
+    if over == "vocab" or "answer_choices" not in inputs:
+        return F.cross_entropy(logits, targets)
+    choices = inputs["answer_choices"].to(logits.device)
+    valid = choices >= 0
+    picked = logits.gather(1, choices.clamp(min=0)).masked_fill(~valid, float("-inf"))
+    has = valid.any(1)
+    # The target's place among its choices (every target is one of them by construction).
+    place = (choices == targets[:, None]).float().argmax(1)
+    losses = torch.empty_like(targets, dtype=logits.dtype)
+    if has.any():
+        losses[has] = F.cross_entropy(picked[has], place[has], reduction="none")
+    if (~has).any():
+        losses[~has] = F.cross_entropy(logits[~has], targets[~has], reduction="none")
+    return losses.mean()
 
 
 class AnswerSFTTrainer(SFTTrainer):
     """TRL SFT with the loss on answer tokens only, read through an answer-positions-only LM head."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, frozen_cache=None, loss_over: str = "vocab", **kwargs):
         super().__init__(*args, **kwargs)
+        self.loss_over = loss_over
         # The loss is a per-micro-batch mean: let the Trainer divide it by the accumulation steps.
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
+        #: A `FrozenLayerCache` (``cache_frozen``): batches carrying ``unit_index`` read their frozen layers from it.
+        self.frozen_cache = frozen_cache
+
+    def _answer_loss(self, model, inputs) -> torch.Tensor:
+        index = inputs.pop("unit_index", None)
+        if self.frozen_cache is None or index is None:
+            return answer_loss(model, inputs, self.loss_over)
+        with self.frozen_cache.batch(index.tolist(), inputs["attention_mask"].sum(1).tolist()):
+            return answer_loss(model, inputs, self.loss_over)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = answer_loss(model, inputs)
+        loss = self._answer_loss(model, inputs)
         mode = "train" if model.training else "eval"
         self._metrics[mode]["answers"].append(float(len(inputs["answer_ids"])))
         return (loss, None) if return_outputs else loss
@@ -58,7 +87,7 @@ class AnswerSFTTrainer(SFTTrainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
-            loss = answer_loss(model, inputs)
+            loss = self._answer_loss(model, inputs)
         return loss.detach(), None, None
 
 
