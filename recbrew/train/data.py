@@ -216,7 +216,7 @@ class UnitCollator:
             rows.extend([i] * len(u["answer_positions"]))
             cols.extend(u["answer_positions"])
             targets.extend(u["answer_ids"])
-            choices.extend(u.get("answer_choices") or [[] for _ in u["answer_ids"]])
+            choices.extend(u["answer_choices"])
         batch = {"input_ids": ids, "attention_mask": mask, "position_ids": pos,
                  "answer_rows": torch.tensor(rows), "answer_cols": torch.tensor(cols),
                  "answer_ids": torch.tensor(targets)}

@@ -14,6 +14,7 @@ text is context.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -73,9 +74,9 @@ class AnswerSFTTrainer(SFTTrainer):
 
     def _answer_loss(self, model, inputs) -> torch.Tensor:
         index = inputs.pop("unit_index", None)
-        if self.frozen_cache is None or index is None:
-            return answer_loss(model, inputs, self.loss_over)
-        with self.frozen_cache.batch(index.tolist(), inputs["attention_mask"].sum(1).tolist()):
+        scope = nullcontext() if self.frozen_cache is None or index is None else \
+            self.frozen_cache.batch(index.tolist(), inputs["attention_mask"].sum(1).tolist())
+        with scope:
             return answer_loss(model, inputs, self.loss_over)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
