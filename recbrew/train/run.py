@@ -174,9 +174,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
     previous = out / "config.json"
     if previous.is_file() and cfg.resume:
         old = json.loads(previous.read_text())
-        changed = [k for k in ("model", "examples", "objective", "lora", "lora_layers", "pack", "seed", "tasks",
-                               "kinds", "task_weights", "max_examples", "negatives_per_positive", "batch_size",
-                               "grad_accum") if old.get(k) != cfg.model_dump().get(k)]
+        changed = [k for k in ("model", "examples", "objective", "answer_loss", "lora", "lora_layers", "pack", "seed",
+                               "tasks", "kinds", "task_weights", "max_examples", "negatives_per_positive",
+                               "batch_size", "grad_accum") if old.get(k) != cfg.model_dump().get(k)]
         if changed and latest_checkpoint(out):
             raise UserError(f"{out}: holds checkpoints of a run with other {', '.join(changed)}; "
                             "use another --out or resume=false")
