@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from recbrew.eval.compare import SLICES
+from recbrew.eval.compare import SLICES, TAGS, fmt_delta, verdict
 from recbrew.eval.plots import reliability_figure, slice_figure
 
 WIN = "★"
@@ -40,6 +40,37 @@ def fmt_ci(ci) -> str:
     return "" if not ci else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+def unit_text(results: dict) -> str:
+    """What the bootstrap resampled, e.g. 'members within each task' or 'members within each task
+    (requests in feed_like, where no member has two requests)'."""
+    units = {t: e.get("unit") for t, e in results["tasks"].items() if e.get("unit")}
+    names = {"member": "members", "request": "requests"}
+    if not units:
+        return "requests within each task"
+    main = max(("member", "request"), key=lambda u: (sum(v == u for v in units.values()), u == "member"))
+    other = sorted(t for t, u in units.items() if u != main)
+    text = f"{names[main]} within each task"
+    if other:
+        minor = "request" if main == "member" else "member"
+        why = {"request": ", where no member has two requests", "member": ", where members have several requests"}
+        text += (f" ({names[minor]} in {', '.join(other)}"
+                 f"{why[minor] if results['config'].get('unit') == 'auto' else ''})")
+    return text
+
+
+def bootstrap_note(results: dict) -> str:
+    """One sentence on the intervals: level, resamples, unit, seed."""
+    cfg = results["config"]
+    if not cfg["bootstrap"]:
+        return "No bootstrap intervals (bootstrap = 0)."
+    return (f"Brackets hold {cfg['level'] * 100:g}% percentile bootstrap intervals from {cfg['bootstrap']} "
+            f"resamples (seed {cfg['seed']}, the same for every model) of {unit_text(results)}.")
+
+
+def task_note(entry: dict) -> str:
+    return "; ".join(entry.get("notes") or [])
+
+
 def winners(entry: dict, oracle: str | None) -> set[str]:
     """Models with the best headline value of a task (AUC, or exact match for generative), oracle excluded."""
     key = "exact" if entry["kind"] == "generative" else "auc"
@@ -64,10 +95,13 @@ def task_rows(results: dict) -> list[tuple[str, dict]]:
     return sorted(results["tasks"].items(), key=lambda kv: (kv[1]["split_tag"], kv[0]))
 
 
-SUMMARY_COLUMNS = [("auc_T1", "macro AUC T1"), ("auc_T2", "macro AUC T2"), ("oracle_gap_T1", "gap to oracle T1"),
+SUMMARY_COLUMNS = [("auc_T1", "macro AUC T1"), ("tasks_T1", "T1 tasks"), ("auc_T2", "macro AUC T2"),
+                   ("tasks_T2", "T2 tasks"), ("oracle_gap_T1", "gap to oracle T1"),
                    ("oracle_gap_T2", "gap to oracle T2"), ("gauc_T1", "group AUC T1"), ("ndcg_T1", "NDCG@k T1"),
                    ("mrr_T1", "MRR T1"), ("ece_binary", "ECE (binary)"), ("exact", "generative EM"),
                    ("f1", "generative F1")]
+#: Macro averages whose cell also says over how many tasks they average.
+COUNTED = ("gauc_T1", "ndcg_T1", "mrr_T1", "gauc_T2", "ndcg_T2", "mrr_T2")
 DETAIL_COLUMNS = [("auc", "AUC"), ("gauc", "group AUC"), ("ndcg", "NDCG@k"), ("recall", "Recall@k"), ("mrr", "MRR"),
                   ("acc1", "Acc@1"), ("log_loss", "log loss"), ("ece", "ECE"), ("oracle_gap", "gap to oracle")]
 
@@ -78,9 +112,53 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def summary_cell(row: dict, key: str) -> str:
+    if key in ("tasks_T1", "tasks_T2"):
+        tag = key[-2:]
+        n = row.get("n_tasks", {}).get(f"auc_{tag}", 0)
+        flagged = row.get(f"flagged_{tag}", 0)
+        return f"{n}" + (f" ({flagged} flagged)" if flagged else "")
+    if key in ("auc_T1", "auc_T2"):
+        return fmt(row.get(key)) + fmt_ci(row.get(f"{key}_ci"))
+    if key in COUNTED and row.get(key) is not None:
+        return f"{fmt(row[key])} ({row['n_tasks'][key]})"
+    return fmt(row.get(key))
+
+
 def summary_rows(results: dict) -> list[list[str]]:
-    return [[name] + [fmt(results["summary"][name].get(key)) for key, _ in SUMMARY_COLUMNS]
+    return [[name] + [summary_cell(results["summary"][name], key) for key, _ in SUMMARY_COLUMNS]
             for name in results["models"]]
+
+
+def summary_note(results: dict, min_positives: int) -> str:
+    return (f"Macro averages weigh every task alike; T1/T2 tasks: how many tasks the macro AUC averages, flagged: "
+            f"of them, tasks with fewer than {min_positives} positives. Rank metrics (group AUC, NDCG, MRR) count "
+            "only requests with at least two candidates; their task count is in parentheses.")
+
+
+def paired_rows(results: dict) -> list[list[str]]:
+    paired = results.get("paired") or {}
+    out = []
+    for name, d in paired.get("rows", {}).items():
+        out.append([name] + [c for tag in TAGS for c in (fmt_delta(d[f"delta_{tag}"], d[f"ci_{tag}"]),
+                                                          str(d[f"n_{tag}_tasks"]), verdict(d, tag))])
+    return out
+
+
+PAIRED_HEADER = ["model", "Δ macro AUC T1", "T1 tasks", "T1 verdict", "Δ macro AUC T2", "T2 tasks", "T2 verdict"]
+
+
+def paired_note(results: dict) -> str:
+    paired = results["paired"]
+    cfg = results["config"]
+    return (f"Δ = model minus {paired['reference']} ({paired['rule']}), macro AUC over the tasks both scored; "
+            f"{cfg['level'] * 100:g}% interval of the paired bootstrap: both models on the same {cfg['bootstrap']} "
+            f"resamples of {unit_text(results)}. A verdict names a winner only when the interval excludes 0.")
+
+
+def task_count_cells(entry: dict) -> list[str]:
+    """requests, candidates, positives (candidates and positives n/a for generative tasks)."""
+    return [str(entry["requests"]), str(entry.get("candidates", "n/a")), str(entry.get("positives", "n/a"))]
 
 
 def slice_rows(results: dict, dim: str) -> list[list[str]]:
@@ -111,19 +189,25 @@ def meta_rows(meta: dict) -> list[list[str]]:
 
 def render_markdown(results: dict, meta: dict) -> str:
     names, oracle, k = results["models"], results["oracle"], results["config"]["k"]
+    min_pos = results["config"].get("min_positives", 20)
     parts = ["# recbrew eval report", "",
              f"{len(names)} models on the same {meta.get('requests')} test requests of `{meta.get('examples')}`. "
-             f"{WIN} marks the best model of a task (oracle excluded); brackets hold "
-             f"{int(results['config']['level'] * 100)}% bootstrap intervals ({results['config']['bootstrap']} "
-             f"member resamples, seed {results['config']['seed']}); k = {k}.", "",
+             f"{WIN} marks the best model of a task (oracle excluded). {bootstrap_note(results)} k = {k}.", "",
              "## Summary", "", _md_table(["model"] + [h for _, h in SUMMARY_COLUMNS], summary_rows(results)), "",
-             "## Models x tasks (AUC; generative: exact match / token F1)", ""]
+             summary_note(results, min_pos), ""]
+    if results.get("paired") and results["paired"]["rows"]:
+        parts += [f"## Paired comparison with {results['paired']['reference']}", "", paired_note(results), "",
+                  _md_table(PAIRED_HEADER, paired_rows(results)), ""]
+    parts += ["## Models x tasks (AUC; generative: exact match / token F1)", "",
+              f"requests, candidates and positives of each task; a task with fewer than {min_pos} positives is "
+              "flagged in the note and still counted in the macro averages.", ""]
     rows = []
     for task, entry in task_rows(results):
         win = winners(entry, oracle)
         rows.append([task, entry["split_tag"], entry["kind"]] + [
-            (f"**{task_cell(entry, n)}** {WIN}" if n in win else task_cell(entry, n)) for n in names])
-    parts += [_md_table(["task", "tag", "kind"] + names, rows), ""]
+            (f"**{task_cell(entry, n)}** {WIN}" if n in win else task_cell(entry, n)) for n in names]
+            + task_count_cells(entry) + [task_note(entry)])
+    parts += [_md_table(["task", "tag", "kind"] + names + ["requests", "candidates", "positives", "note"], rows), ""]
     for dim in ("split_tag", *SLICES):
         parts += [f"## {SLICE_TITLES[dim]} (macro AUC)", "",
                   _md_table(["bucket", "requests"] + names, slice_rows(results, dim)), ""]
@@ -140,12 +224,14 @@ table{border-collapse:collapse;margin:8px 0 20px;font-size:13px}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 td.win{background:#e7f5e4;font-weight:600}.ci{color:#777;font-size:11px}
+td.flag{color:#8a5a00;text-align:left}tr.flagged td{background:#fbf7ec}td.note{text-align:left}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px}h3{font-size:14px}img{max-width:100%}
 details{margin:6px 0}.note{color:#555;font-size:13px}
 """
 
 
-def _html_table(header: list[str], rows: list[list[str]], classes: list[list[str]] | None = None) -> str:
+def _html_table(header: list[str], rows: list[list[str]], classes: list[list[str]] | None = None,
+                flagged: list[bool] | None = None) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = []
     for i, r in enumerate(rows):
@@ -153,7 +239,7 @@ def _html_table(header: list[str], rows: list[list[str]], classes: list[list[str
         for j, c in enumerate(r):
             cls = classes[i][j] if classes else ""
             cells.append(f"<td{f' class={cls!r}' if cls else ''}>{c}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
+        body.append(("<tr class='flagged'>" if flagged and flagged[i] else "<tr>") + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
@@ -163,17 +249,24 @@ def _img(b64: str | None, alt: str) -> str:
 
 def render_html(results: dict, meta: dict) -> str:
     names, oracle, k = results["models"], results["oracle"], results["config"]["k"]
+    min_pos = results["config"].get("min_positives", 20)
     esc = html.escape
     out = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>recbrew eval report</title>"
            f"<style>{CSS}</style></head><body>", "<h1>recbrew eval report</h1>",
            f"<p class='note'>{len(names)} models on the same {meta.get('requests')} test requests of "
            f"<code>{esc(str(meta.get('examples')))}</code>. Green cells ({WIN}) are the best model of a task "
-           f"(oracle excluded); grey brackets are {int(results['config']['level'] * 100)}% bootstrap intervals "
-           f"({results['config']['bootstrap']} member resamples, seed {results['config']['seed']}); k = {k}.</p>",
+           f"(oracle excluded). {esc(bootstrap_note(results))} k = {k}.</p>",
            "<h2>Summary</h2>",
            _html_table(["model"] + [h for _, h in SUMMARY_COLUMNS], [[esc(c) for c in r] for r in summary_rows(results)]),
-           "<h2>Models x tasks</h2><p class='note'>AUC over candidates (listwise: over slots); generative tasks: "
-           "exact match / token F1 of greedy generation, n/a for models that cannot generate.</p>"]
+           f"<p class='note'>{esc(summary_note(results, min_pos))}</p>"]
+    if results.get("paired") and results["paired"]["rows"]:
+        out += [f"<h2>Paired comparison with {esc(results['paired']['reference'])}</h2>",
+                f"<p class='note'>{esc(paired_note(results))}</p>",
+                _html_table(PAIRED_HEADER, [[esc(c) for c in r] for r in paired_rows(results)])]
+    out.append("<h2>Models x tasks</h2><p class='note'>AUC over candidates (listwise: over slots); generative tasks: "
+               "exact match / token F1 of greedy generation, n/a for models that cannot generate. Shaded rows are "
+               f"tasks with fewer than {min_pos} positives: shown, and counted in the macro averages, but weak "
+               "evidence.</p>")
     rows, classes = [], []
     for task, entry in task_rows(results):
         win = winners(entry, oracle)
@@ -185,19 +278,25 @@ def render_html(results: dict, meta: dict) -> str:
                 text += f" <span class='ci'>{esc(fmt_ci(m['ci']['auc']).strip())}</span>"
             cells.append(text + (f" {WIN}" if n in win else ""))
             cls.append("win" if n in win else "")
+        cells += [esc(c) for c in task_count_cells(entry)] + [esc(task_note(entry))]
+        cls += ["", "", "", "flag" if entry.get("flagged") else "note"]
         rows.append(cells)
         classes.append(cls)
-    out.append(_html_table(["task", "tag", "kind"] + [esc(n) for n in names], rows, classes))
-    out.append("<h2>Per-task metrics by model</h2>")
+    out.append(_html_table(["task", "tag", "kind"] + [esc(n) for n in names]
+                           + ["requests", "candidates", "positives", "note"], rows, classes,
+                           [entry.get("flagged", False) for _, entry in task_rows(results)]))
+    out.append("<h2>Per-task metrics by model</h2><p class='note'>Rank metrics (group AUC, NDCG, Recall, MRR, "
+               "Acc@1) over requests with at least two candidates; n/a where there are none.</p>")
     for n in names:
         rows = []
         for task, entry in task_rows(results):
             m = entry["models"].get(n)
             if entry["kind"] == "generative" or m is None:
                 continue
-            rows.append([esc(task), entry["split_tag"]] + [fmt(m.get(key)) for key, _ in DETAIL_COLUMNS])
+            rows.append([esc(task), entry["split_tag"]] + [fmt(m.get(key)) for key, _ in DETAIL_COLUMNS]
+                        + [esc(task_note(entry))])
         out.append(f"<details><summary>{esc(n)}</summary>"
-                   + _html_table(["task", "tag"] + [h for _, h in DETAIL_COLUMNS], rows) + "</details>")
+                   + _html_table(["task", "tag"] + [h for _, h in DETAIL_COLUMNS] + ["note"], rows) + "</details>")
     out.append("<h2>Reliability (binary tasks pooled)</h2>")
     out.append(_img(reliability_figure(results["summary"]), "reliability diagrams"))
     for dim in ("split_tag", *SLICES):

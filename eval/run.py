@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from recbrew.eval.compare import CompareConfig, compare
-from recbrew.eval.report import fmt, write_report
+import numpy as np
+from recbrew.eval.compare import AucBootstrap, CompareConfig, bootstrap_aucs, compare, fmt_delta, paired_delta
+from recbrew.eval.report import fmt, unit_text, write_report
 from recbrew.eval.scorers import (
     Model,
     cache_path,
@@ -29,21 +30,69 @@ PACKAGES = ("recbrew", "numpy", "scikit-learn", "torch", "transformers", "peft",
 
 @dataclass
 class EvalResult:
-    """Paths of the written reports, the full results and the T1/T2 macro-AUC table per model."""
+    """Paths of the written reports, the full results and the T1/T2 macro-AUC table per model.
+
+    ``macro_auc[name]`` holds ``T1``, ``T2`` (macro AUC), ``T1_ci``, ``T2_ci`` (bootstrap intervals) and
+    ``gap_T1``, ``gap_T2`` (to the oracle); ``bootstrap`` keeps the per-task AUC resamples that
+    :meth:`paired` compares two models on.
+    """
 
     paths: dict[str, Path]
     results: dict
     meta: dict
     macro_auc: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    bootstrap: AucBootstrap | None = field(default=None, repr=False)
+
+    def paired(self, a: str, b: str) -> dict:
+        """Paired bootstrap of ``a`` minus ``b`` on identical resamples: ``delta_T1``, ``ci_T1``, ``n_T1_tasks``,
+        the same for T2, and ``text`` ('ΔT1 +0.0120 [-0.0040, +0.0270], ΔT2 …')."""
+        if self.bootstrap is not None:
+            return paired_delta(self.bootstrap, a, b)
+        # Without the resamples (a result rebuilt from report.json): the comparisons the report holds.
+        rows = (self.results.get("paired") or {}).get("rows", {})
+        ref = (self.results.get("paired") or {}).get("reference")
+        if b == ref and a in rows:
+            return rows[a]
+        raise UserError(f"no paired comparison of {a!r} with {b!r} in this result; the report compares every "
+                        f"model with {ref!r}")
+
+    @property
+    def reference(self) -> str | None:
+        """The model the report's paired comparisons are against (by default the best baseline by T1 macro AUC)."""
+        return (self.results.get("paired") or {}).get("reference")
 
     def table(self) -> str:
-        """The macro-AUC table (T1, T2, gap to the oracle) as aligned text, for printing."""
+        """The macro-AUC table (T1, T2 with intervals, gap to the oracle) as aligned text, then the paired
+        differences against the reference model."""
+        def ci(v) -> str:
+            return f"[{v[0]:.3f}, {v[1]:.3f}]" if v else "-"
+
         width = max([len(n) for n in self.macro_auc] + [5])
-        lines = [f"{'model':{width}}  {'T1 AUC':>8}  {'T2 AUC':>8}  {'gap T1':>8}  {'gap T2':>8}"]
+        pct = f"{self.results['config']['level'] * 100:g}%"
+        lines = [f"{'model':{width}}  {'T1 AUC':>8}  {pct + ' CI':>14}  {'T2 AUC':>8}  {pct + ' CI':>14}  "
+                 f"{'gap T1':>8}  {'gap T2':>8}"]
         for name, row in self.macro_auc.items():
-            lines.append(f"{name:{width}}  {fmt(row['T1']):>8}  {fmt(row['T2']):>8}  "
-                         f"{fmt(row.get('gap_T1')):>8}  {fmt(row.get('gap_T2')):>8}")
+            lines.append(f"{name:{width}}  {fmt(row['T1']):>8}  {ci(row.get('T1_ci')):>14}  {fmt(row['T2']):>8}  "
+                         f"{ci(row.get('T2_ci')):>14}  {fmt(row.get('gap_T1')):>8}  {fmt(row.get('gap_T2')):>8}")
+        paired = self.results.get("paired")
+        if paired and paired["rows"]:
+            lines.append(f"paired vs {paired['reference']} ({paired['rule']}): Δ macro AUC, {pct} interval on "
+                         f"the same resamples of {unit_text(self.results)}")
+            for name, d in paired["rows"].items():
+                lines.append(f"  {name:{width}}  {'ΔT1 ' + fmt_delta(d['delta_T1'], d['ci_T1']):31}  "
+                             f"ΔT2 {fmt_delta(d['delta_T2'], d['ci_T2'])}")
         return "\n".join(lines)
+
+
+def has_true_probs(requests: Sequence[dict]) -> bool:
+    """Whether every rankable request carries a true probability for each candidate (none None or NaN)."""
+    ranked = [r for r in requests if r.get("kind") != "generative" and r.get("candidate_ids")]
+    if not ranked or any(r.get("true_probs") is None or len(r["true_probs"]) != len(r["candidate_ids"])
+                         for r in ranked):
+        return False
+    # float conversion turns None into NaN: one test covers both.
+    probs = np.array([p for r in ranked for p in r["true_probs"]], dtype=np.float64)
+    return bool(np.isfinite(probs).all())
 
 
 def versions() -> dict[str, str]:
@@ -59,11 +108,17 @@ def versions() -> dict[str, str]:
 def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[str], out_dir: str | Path, *,
              tasks: Sequence[str] | None = None, k: int = 3, bootstrap: int = 200, seed: int = 0,
              use_cache: bool = True, max_new_tokens: int = 16, progress: bool = True, device: str | None = None,
-             include_oracle: bool = True) -> EvalResult:
+             include_oracle: bool = True, unit: str = "auto", min_positives: int = 20,
+             reference: str | None = None) -> EvalResult:
     """Score ``models`` ({name: spec or Scorer}, or a list of specs) on the test split and write the reports.
 
-    With ``include_oracle`` the oracle joins as a reference when the examples carry true probabilities.
+    With ``include_oracle`` the oracle joins as a reference when every request carries true probabilities.
+    ``unit`` is what the bootstrap resamples within a task (see :class:`CompareConfig`); tasks with fewer
+    than ``min_positives`` positives are flagged. The paired comparisons are against ``reference``, by
+    default the best baseline (popularity or a trained baseline folder) by T1 macro AUC.
     """
+    cfg = CompareConfig(k=k, bootstrap=bootstrap, seed=seed, unit=unit, min_positives=min_positives)
+    cfg.check()
     examples = Path(examples_dir)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -78,9 +133,8 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
         raise UserError(f"{examples}: no test requests" + (f" for tasks {', '.join(tasks)}" if tasks else ""))
     table = RequestTable.from_requests(requests)
     entries: list[Model] = [describe(name, spec) for name, spec in specs.items()]
-    has_truth = all(r.get("true_probs") is not None and all(p == p for p in r["true_probs"] or []) for r in requests)
     oracle = next((m.name for m in entries if m.kind == "oracle"), None)
-    if include_oracle and oracle is None and has_truth:
+    if include_oracle and oracle is None and has_true_probs(requests):
         entries.insert(0, describe("oracle", "oracle"))
         oracle = "oracle"
 
@@ -102,7 +156,12 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
                          "fingerprint": (m.fingerprint or "-")[:12], "cached": got.cached,
                          "seconds": round(got.seconds, 3)})
 
-    results = compare(table, scores, generations, CompareConfig(k=k, bootstrap=bootstrap, seed=seed), oracle=oracle)
+    if reference is not None and reference not in scores:
+        raise UserError(f"reference model {reference!r} is not among the models: {', '.join(scores)}")
+    baselines = [m.name for m in entries if m.kind in ("popularity", "baseline")] or None
+    boot = bootstrap_aucs(table, scores, cfg)
+    results = compare(table, scores, generations, cfg, oracle=oracle, reference=reference, baselines=baselines,
+                      boot=boot)
     meta = {"examples": str(examples), "data_seed": manifest.get("config", {}).get("seed"),
             "cutoff": manifest.get("split", {}).get("cutoff"), "requests": len(table),
             "task_versions": {t: manifest["tasks"][t]["version"] for t in table.tasks() if t in manifest.get("tasks", {})},
@@ -110,6 +169,7 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
             "created": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     paths = write_report(out, results, meta)
     summary = results["summary"]
-    macro = {n: {"T1": summary[n]["auc_T1"], "T2": summary[n]["auc_T2"], "gap_T1": summary[n].get("oracle_gap_T1"),
+    macro = {n: {"T1": summary[n]["auc_T1"], "T2": summary[n]["auc_T2"], "T1_ci": summary[n]["auc_T1_ci"],
+                 "T2_ci": summary[n]["auc_T2_ci"], "gap_T1": summary[n].get("oracle_gap_T1"),
                  "gap_T2": summary[n].get("oracle_gap_T2")} for n in results["models"]}
-    return EvalResult(paths=paths, results=results, meta=meta, macro_auc=macro)
+    return EvalResult(paths=paths, results=results, meta=meta, macro_auc=macro, bootstrap=boot)

@@ -130,6 +130,10 @@ def build(
     style: Annotated[str | None, typer.Option(help="Render every task in this style (default: each task's own).")] = None,
     tokenizer: Annotated[str, typer.Option(help="Tokenizer for the token budget: 'smollm2', a folder, or 'none'.")] = "smollm2",
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Override every task's token budget.")] = None,
+    max_candidates: Annotated[int, typer.Option("--max-candidates", min=1,
+                                                help="Candidates kept per request (the slate's first ones).")] = 20,
+    burn_in_days: Annotated[float, typer.Option("--burn-in-days", help="Days at the log's start that only feed "
+                                                "histories (no requests from them).")] = 0.0,
     tasks_dir: Annotated[Path | None, typer.Option("--tasks-dir", help="Your task folder.")] = None,
     prompts_dir: Annotated[Path | None, typer.Option("--prompts-dir", help="Your templates folder.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
@@ -145,7 +149,7 @@ def build(
     cfg = BuildConfig(
         tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None, test_days=test_days,
         gap_days=gap_days, max_train=max_train, max_test=max_test, seed=seed, style=style, tokenizer=tokenizer,
-        max_tokens=max_tokens,
+        max_tokens=max_tokens, max_candidates=max_candidates, burn_in_days=burn_in_days,
     )
     manifest = build_examples(corpus, out, cfg, tasks_dir=tasks_dir, prompts_dir=prompts_dir, force=force,
                               progress=progress)

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from recbrew.errors import UserError
+
 app = typer.Typer(help="Language models: SmolLM2 (default), recbrew-tiny, or any local HF folder.",
                   no_args_is_help=True)
 
@@ -46,6 +48,8 @@ def score(
     split: Annotated[str, typer.Option(help="train or test.")] = "test",
     limit: Annotated[int | None, typer.Option(help="At most this many requests per task.")] = None,
     tasks_dir: Annotated[Path | None, typer.Option("--tasks-dir", help="The catalog the examples came from.")] = None,
+    layers: Annotated[int | None, typer.Option("--layers", min=1, help="Keep the first N decoder layers.")] = None,
+    dtype: Annotated[str, typer.Option(help="auto (bf16 where the hardware has it), bf16 or fp32.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Score examples with a language model (P of the answer word) and print AUC per task."""
@@ -66,7 +70,12 @@ def score(
                 kept.append(row)
                 per_task[row["task"]] += 1
         rows = kept
-    lm, tok = load_model(model)
+    import torch
+
+    if dtype not in ("auto", "bf16", "fp32"):
+        raise UserError(f"--dtype {dtype!r}: choose auto, bf16 or fp32")
+    lm, tok = load_model(model, layers=layers,
+                         dtype={"auto": "auto", "bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
     scorer = HFScorer(lm, tok, mode=mode, tasks_dir=tasks_dir)
     by_task: dict[str, tuple[list, list]] = {}
     for row in tqdm(rows, desc=f"scoring ({mode})", unit="req"):

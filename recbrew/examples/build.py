@@ -42,7 +42,10 @@ class BuildConfig:
     max_train: int = 400
     max_test: int = 200
     #: Candidates kept per pointwise request (the session's first ones).
-    max_candidates: int = 16
+    max_candidates: int = 20
+    #: Days at the start of the log that only feed histories: no request is made from them, so even the
+    #: earliest training request has a member history behind it.
+    burn_in_days: float = 0.0
     seed: int = 0
     style: str | None = None
     tokenizer: str = "smollm2"
@@ -155,6 +158,9 @@ def build_examples(corpus_dir: str | Path, out: str | Path, cfg: BuildConfig, *,
     corpus = Corpus.load(corpus_dir)
     start, end = time_range(corpus)
     plan = SplitPlan.from_days(start, end, cfg.test_days, cfg.gap_days)
+    if cfg.burn_in_days < 0 or start + cfg.burn_in_days * DAY >= plan.cutoff:
+        raise ConfigError(f"--burn-in-days {cfg.burn_in_days:g} leaves no training days before the cutoff "
+                          f"({(plan.cutoff - start) / DAY:.1f} days after the log starts)")
     tokenizer = None
     if cfg.tokenizer != "none":
         from recbrew.models.tokenizers import load_tokenizer
@@ -167,6 +173,8 @@ def build_examples(corpus_dir: str | Path, out: str | Path, cfg: BuildConfig, *,
     for name in names:
         task = catalog[name]
         req = build_requests(corpus, task, plan, cfg.seed)
+        if cfg.burn_in_days:
+            req = req.take(np.flatnonzero(req.timestamp >= start + cfg.burn_in_days * DAY))
         if task.kind == Kind.binary:
             req = _cap_candidates(req, cfg.max_candidates)
         plans.append((task, _sample(req, cfg, task_rng(cfg.seed + 1, task))))

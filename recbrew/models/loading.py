@@ -37,14 +37,24 @@ def resolve(name: str) -> Path:
     return path
 
 
-def load_model(name: str = DEFAULT_MODEL, *, dtype=None, attn_implementation: str = "sdpa", device: str | None = None):
-    """(model, tokenizer) in eval mode on ``device`` (CUDA when present); fp32 unless ``dtype`` says otherwise."""
+def load_model(name: str = DEFAULT_MODEL, *, dtype=None, attn_implementation: str = "sdpa", device: str | None = None,
+               layers: int | None = None):
+    """(model, tokenizer) in eval mode on ``device`` (CUDA when present).
+
+    ``dtype``: fp32 by default; ``"auto"`` picks bf16 where the hardware has bf16 arithmetic (CUDA, or a CPU
+    with AVX-512 BF16 / AMX) and fp32 elsewhere. ``layers``: keep only the first N decoder layers.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoModelForCausalLM
 
     from recbrew.models.tokenizers import load_tokenizer
 
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype == "auto":
+        from recbrew.models.precision import fast_dtype
+
+        dtype = fast_dtype(device)
     path = resolve(name)
     adapter = (path / ADAPTER_CONFIG).is_file()
     weights = resolve(adapter_base(path)) if adapter else path
@@ -58,5 +68,9 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype=None, attn_implementation: st
             model = PeftModel.from_pretrained(model, path).merge_and_unload()
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"{path}: cannot load a causal language model: {exc}") from None
-    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    if layers is not None:
+        from recbrew.models.depth import truncate
+
+        truncate(model, layers)
+    model.to(device).eval()
     return model, load_tokenizer(str(path if (path / "tokenizer.json").is_file() else weights))

@@ -34,6 +34,9 @@ class TrainConfig(BaseModel):
         "Thin binary negatives to about this many per positive, per task (seeded; null: keep all). More positives "
         "per step helps ranking; P(yes) then over-states engagement, so calibration metrics move."))
     seed: int = Field(0, description="Seed of data sampling, LoRA init and dropout.")
+    layers: int | None = Field(None, ge=1, description=(
+        "Keep only the first N decoder layers of the model (null: all). The run writes the truncated base model "
+        "to `out/base-LN/` (a plain HF folder), so the adapter, the export, HFScorer and vLLM load it unchanged."))
 
     # Adapter or full fine-tuning.
     lora: bool = Field(True, description="Train a LoRA adapter (false: full fine-tuning).")
@@ -65,7 +68,10 @@ class TrainConfig(BaseModel):
     grad_accum: int = Field(1, ge=1)
     max_grad_norm: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
-    bf16: bool | None = Field(None, description="Mixed precision; default: on with CUDA (bf16-capable), off on CPU.")
+    bf16: bool | None = Field(None, description=(
+        "bf16 compute. Default (null): on where the hardware has bf16 arithmetic. On CUDA: mixed-precision "
+        "training. On CPU (AVX-512 BF16 / AMX): the frozen layers below `lora_layers` run and are cached in bf16 "
+        "while the adapted layers train in fp32. false: fp32 everywhere."))
 
     # DPO.
     dpo_beta: float = Field(0.1, gt=0)

@@ -50,9 +50,9 @@ def latest_checkpoint(out: Path) -> Path | None:
 def _training_args(cfg: TrainConfig, out: Path, progress: bool, cuda: bool, ds_config: dict | None):
     from trl import DPOConfig, SFTConfig
 
+    # On CPU the Trainer's bf16 autocast is never used (it silently breaks CPU runs): bf16 there applies to the
+    # frozen layers only (see `frozen_dtype`).
     bf16 = cuda and cfg.bf16 is not False and __import__("torch").cuda.is_bf16_supported()
-    if cfg.bf16 and not cuda:
-        raise ConfigError("bf16=true needs CUDA: on CPU recbrew trains in fp32 (bf16 autocast silently breaks CPU runs)")
     common = dict(
         output_dir=str(out), per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio,
@@ -72,7 +72,18 @@ def _training_args(cfg: TrainConfig, out: Path, progress: bool, cuda: bool, ds_c
                      liger_kernel_config={"fused_linear_cross_entropy": False} if common["use_liger_kernel"] else None)
 
 
-def _load(cfg: TrainConfig, cuda: bool, pack: bool):
+def frozen_dtype(cfg: TrainConfig, cuda: bool):
+    """The dtype of the frozen layers on CPU: bf16 where the processor has bf16 arithmetic (or bf16=true)."""
+    import torch
+
+    from recbrew.models.precision import cpu_has_bf16
+
+    if cuda or cfg.bf16 is False:
+        return None
+    return torch.bfloat16 if cfg.bf16 or cpu_has_bf16() else None
+
+
+def _load(cfg: TrainConfig, cuda: bool, pack: bool, out: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -83,6 +94,11 @@ def _load(cfg: TrainConfig, cuda: bool, pack: bool):
     path = resolve(cfg.model)
     if (path / "adapter_config.json").is_file():
         raise UserError(f"{path}: is a LoRA adapter; export it first (`recbrew train export`) or train from its base")
+    if cfg.layers is not None:
+        from recbrew.models.depth import truncated_copy
+
+        # The adapter's base is this folder: scoring, export and serving load the N-layer model unchanged.
+        path = truncated_copy(path, cfg.layers, (out / f"base-L{cfg.layers}").resolve())
     dtype = torch.bfloat16 if cuda and cfg.bf16 is not False and torch.cuda.is_bf16_supported() else torch.float32
     # The multi-item attention behaves exactly like SDPA unless a forward carries a layout.
     attn = register() if pack else "sdpa"
@@ -174,7 +190,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
     previous = out / "config.json"
     if previous.is_file() and cfg.resume:
         old = json.loads(previous.read_text())
-        changed = [k for k in ("model", "examples", "objective", "answer_loss", "lora", "lora_layers", "pack", "seed",
+        changed = [k for k in ("model", "examples", "objective", "answer_loss", "lora", "layers", "lora_layers", "pack",
+                               "seed",
                                "tasks", "kinds", "task_weights", "max_examples", "negatives_per_positive",
                                "batch_size", "grad_accum") if old.get(k) != cfg.model_dump().get(k)]
         if changed and latest_checkpoint(out):
@@ -202,7 +219,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
         # Join the process group now, so zero.Init partitions the weights over every rank.
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
         _ = args.device
-    path, model, tok = _load(cfg, cuda, pack)
+    path, model, tok = _load(cfg, cuda, pack, out)
     label_ids_of, catalog = _label_lookup(examples, tok)
 
     rows = load_requests(examples, "train")
@@ -231,9 +248,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
 
             layers = decoder_layers(model)
             if cfg.lora_layers < len(layers):
-                frozen = FrozenLayerCache(layers, len(layers) - cfg.lora_layers)
+                frozen = FrozenLayerCache(layers, len(layers) - cfg.lora_layers, dtype=frozen_dtype(cfg, cuda))
                 units = [{**u, "index": i} for i, u in enumerate(units)]
-                cache_mb = sum(u["length"] for u in units) * model.config.hidden_size * model.dtype.itemsize / 2**20
+                cache_mb = (sum(u["length"] for u in units) * model.config.hidden_size
+                            * (frozen.dtype or model.dtype).itemsize / 2**20)
             elif progress:
                 echo(f"train: cache_frozen: all {len(layers)} layers are adapted (lora_layers={cfg.lora_layers}), "
                      "so there is nothing to cache")
@@ -269,8 +287,12 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
              f"{' + LoRA' if cfg.lora else ' (full)'}; {'CUDA' if cuda else 'CPU'}"
              f"{'; resuming from ' + str(resume) if resume else ''}")
         if frozen is not None:
+            from recbrew.models.precision import describe
+
             echo(f"train: caching the activations entering layer {frozen.first} of {len(frozen.layers)} "
-                 f"(~{cache_mb:,.0f} MB); epochs after the first run the top {cfg.lora_layers} layers only")
+                 f"(~{cache_mb:,.0f} MB); epochs after the first run the top {cfg.lora_layers} layers only; "
+                 f"frozen layers in {describe(frozen.dtype or model.dtype)}, adapted layers in "
+                 f"{describe(model.dtype)}")
     if frozen is not None:
         frozen.install()
     try:

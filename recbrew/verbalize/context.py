@@ -55,6 +55,7 @@ class CorpusView:
         self._item_cols = {f: _column(items, f) for f in _ITEM_FIELDS if f in items.column_names}
         self._author = _column(items, "author_id")
         self._ref = _column(items, "ref_id")
+        self._created = items["created_at"].to_numpy() if "created_at" in items.column_names else None
         self._names = self._member_cols.get("name")
 
         # Interactions with an action, sorted by (member, time): history and engagement lookups.
@@ -192,7 +193,8 @@ class CorpusView:
         dst, kind = self.f_dst[lo:hi][ok], self.f_kind[lo:hi][ok]
         companies = [neutralize("company", self.item_title(d) or "") for d in dst[kind == "follows_company"][:top]]
         creators = [neutralize("name", self.member_name(d) or "") for d in dst[kind == "follows_member"][:top]]
-        return {"connections": int(len(self.connections(member_id, t))), "companies": companies, "creators": creators}
+        return {"connections": int(len(self.connections(member_id, t))), "companies": companies, "creators": creators,
+                "actions": self.actions_before(member_id, t)}
 
     def social(self, member_id: int, item_id: int, t: int, task: TaskSpec, friends: np.ndarray | None = None) -> dict:
         """Social context of one candidate: connections who engaged with it, or mutual connections."""
@@ -217,7 +219,22 @@ class CorpusView:
             out["engaged_names"] = [neutralize("name", self.member_name(m) or "") for m in engaged[: spec.max_names]]
         return out
 
+    def engagements(self, item_id: int, t: int) -> int:
+        """How many actions members took on the item before ``t`` (its visible popularity)."""
+        lo, hi = self._range(self.e_item, self.e_ts, item_id, t)
+        return hi - lo
+
+    def item_age(self, item_id: int, t: int) -> str | None:
+        row = self._item_row.get(int(item_id))
+        if row is None or self._created is None or self._created[row] is None:
+            return None
+        return age_text(max(int(t) - int(self._created[row]), 0))
+
     def candidate(self, member_id: int, item_id: int, t: int, task: TaskSpec, friends=None) -> dict:
+        """The item as the member sees it at ``t``: its fields, age, engagement so far and social context."""
         out = dict(self.item(int(item_id), tuple(task.candidate_fields)))
+        if out.get("item_type") != "member":
+            out["age"] = self.item_age(item_id, t)
+            out["engagements"] = self.engagements(int(item_id), t)
         out["social"] = self.social(member_id, int(item_id), t, task, friends)
         return out

@@ -217,10 +217,15 @@ class Simulator:
         parts, scored, engaged = [], [], []
         new_edges = (np.zeros(0, np.int64),) * 3
         for surface in self.config.surfaces:
-            counts = rng.poisson(surface.rate * self.members.activity[active])
-            who = np.repeat(active, counts)
-            if len(who) == 0 or (surface.item_type != "member" and len(self.pools[surface.item_type]) == 0):
+            # Visits, each showing a whole slate: the member sees several items at once, in slots 0, 1, ...
+            visits = rng.poisson(surface.rate * self.members.activity[active])
+            visitor = np.repeat(active, visits)
+            if len(visitor) == 0 or (surface.item_type != "member" and len(self.pools[surface.item_type]) == 0):
                 continue
+            lo, hi = surface.slate
+            sizes = rng.integers(lo, hi + 1, size=len(visitor))
+            visit = np.repeat(np.arange(len(visitor)), sizes)
+            who = visitor[visit]
             proof = None
             if surface.item_type != "member":
                 if surface.item_type not in proofs:
@@ -231,15 +236,16 @@ class Simulator:
             key = who.astype(np.int64) * len(self.store) + item
             _, first = np.unique(key, return_index=True)
             first.sort()
-            who, item = who[first], item[first]
+            who, item, visit = who[first], item[first], visit[first]
             if surface.item_type == "member":
                 cand = item - self.store.member_base
                 already = (self._lookup(self.graph.adjacency, who, cand) > 0) | self._made(who, cand)
                 keep = (cand != who) & ~already
-                who, item = who[keep], item[keep]
-            # Sources were drawn independently per slot, so slot order carries no source signal.
-            position = _group_positions(who)
-            log = self._outcomes(rng, day, surface, who, item, position, proof)
+                who, item, visit = who[keep], item[keep], visit[keep]
+            # Slots within each visit's slate (after duplicates left). Sources were drawn independently per
+            # slot, so slot order carries no source signal; the position effect is the world's own.
+            position = _group_positions(visit)
+            log = self._outcomes(rng, day, surface, who, item, position, proof, visit)
             parts.append(log["table"])
             scored.extend(log["scored"])
             if surface.item_type == "member":
@@ -257,7 +263,7 @@ class Simulator:
         table = table.set_column(0, "impression_id", pa.array(ids))
         return DayLog(table, new_edges, scored)
 
-    def _outcomes(self, rng, day, surface: SurfaceSpec, who, item, position, proof) -> dict:
+    def _outcomes(self, rng, day, surface: SurfaceSpec, who, item, position, proof, visit) -> dict:
         m, st, b = self.members, self.store, self.b
         n = len(who)
         interest = m.interest_on(day, who, st.function[item].astype(np.int64), st.industry[item].astype(np.int64))
@@ -288,10 +294,10 @@ class Simulator:
         cdf = np.cumsum(probs, axis=1)
         outcome = (rng.random(n)[:, None] >= cdf).sum(axis=1)  # == len(actions) means no action
         names = np.array([a for a, _ in surface.actions] + [NO_ACTION], dtype=object)
-        session = rng.integers(0, DAY - 3600, size=n)
-        # All impressions of one member's session share its start time.
-        first = np.r_[True, who[1:] != who[:-1]] if n else np.zeros(0, bool)
-        session = np.repeat(session[first], np.diff(np.r_[np.flatnonzero(first), n]))
+        # Every impression of one visit shares its start time; slots follow seconds apart.
+        first = np.r_[True, visit[1:] != visit[:-1]] if n else np.zeros(0, bool)
+        session = rng.integers(0, DAY - 3600, size=int(first.sum()))
+        session = np.repeat(session, np.diff(np.r_[np.flatnonzero(first), n]))
         timestamp = WORLD_START + day * DAY + session + 7 * position
         columns = {
             "impression_id": np.zeros(n, np.int64),

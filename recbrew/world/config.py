@@ -17,8 +17,10 @@ class SurfaceSpec:
     item_type: str
     #: Actions with their base logits; the first is the surface's main action.
     actions: tuple[tuple[str, float], ...]
-    #: Expected impressions per member per day at activity 1.
+    #: Expected visits per member per day at activity 1; each visit shows one slate.
     rate: float
+    #: Smallest and largest slate (items shown at once in one visit); sizes are uniform in between.
+    slate: tuple[int, int] = (3, 10)
     #: Share of impressions drawn from what the member's connections engaged with.
     social_share: float = 0.2
     #: Share drawn from items matching the member's visible interests (a targeting system).
@@ -30,15 +32,15 @@ class SurfaceSpec:
 
 
 SURFACES: tuple[SurfaceSpec, ...] = (
-    SurfaceSpec("feed", "post", (("like", -3.2), ("comment", -5.0), ("share", -5.6)), 0.9, 0.35, 0.2),
-    SurfaceSpec("jobs", "job", (("apply", -3.0), ("save", -3.6)), 0.30, 0.15, 0.45),
-    SurfaceSpec("pymk", "member", (("connect", -3.2),), 0.15, 0.0, 0.5),
-    SurfaceSpec("notifications", "post", (("click", -2.8),), 0.15, 0.6, 0.2),
-    SurfaceSpec("ads", "ad", (("click", -3.4),), 0.15, 0.1, 0.4),
-    SurfaceSpec("learning", "course", (("enroll", -3.0),), 0.08, 0.15, 0.4),
-    SurfaceSpec("groups", "group", (("join", -2.8),), 0.06, 0.25, 0.35),
-    SurfaceSpec("events", "event", (("register", -3.0),), 0.06, 0.25, 0.35),
-    SurfaceSpec("newsletters", "newsletter", (("subscribe", -3.0),), 0.05, 0.2, 0.4),
+    SurfaceSpec("feed", "post", (("like", -2.6), ("comment", -4.4), ("share", -5.0)), 0.25, (10, 30), 0.35, 0.2),
+    SurfaceSpec("jobs", "job", (("apply", -2.6), ("save", -3.2)), 0.09, (10, 20), 0.15, 0.45),
+    SurfaceSpec("pymk", "member", (("connect", -2.8),), 0.06, (5, 15), 0.0, 0.5),
+    SurfaceSpec("notifications", "post", (("click", -2.6),), 0.15, (3, 10), 0.6, 0.2),
+    SurfaceSpec("ads", "ad", (("click", -3.1),), 0.12, (2, 6), 0.1, 0.4),
+    SurfaceSpec("learning", "course", (("enroll", -2.7),), 0.04, (3, 10), 0.15, 0.4),
+    SurfaceSpec("groups", "group", (("join", -2.5),), 0.03, (3, 10), 0.25, 0.35),
+    SurfaceSpec("events", "event", (("register", -2.7),), 0.03, (3, 10), 0.25, 0.35),
+    SurfaceSpec("newsletters", "newsletter", (("subscribe", -2.7),), 0.025, (3, 10), 0.2, 0.4),
 )
 
 
