@@ -100,7 +100,6 @@ class TaskSample:
 
     task: str
     tag: str
-    kind: str
     #: Flat candidate mask of the task (rankable requests only).
     cand: np.ndarray
     #: Member of each candidate; an unknown member (< 0) stands for its request alone.
@@ -141,8 +140,8 @@ def task_samples(table: RequestTable, cfg: CompareConfig) -> dict[str, TaskSampl
             member_ids = np.unique(member)
             member_counts = M.bootstrap_counts(len(member_ids), cfg.bootstrap,
                                                np.random.default_rng([cfg.seed, zlib.crc32(t.encode()), 1]))
-        out[t] = TaskSample(t, str(table.split_tag[req_sel][0]), str(table.kind[req_sel][0]), cand, member, unit,
-                            unit_of_cand.ravel(), counts, member_ids, member_counts)
+        out[t] = TaskSample(t, str(table.split_tag[req_sel][0]), cand, member, unit, unit_of_cand.ravel(), counts,
+                            member_ids, member_counts)
     return out
 
 
@@ -200,13 +199,24 @@ def bootstrap_aucs(table: RequestTable, scores: dict[str, np.ndarray], cfg: Comp
 def paired_delta(source, a: str, b: str, level: float | None = None) -> dict:
     """Macro AUC of ``a`` minus ``b`` on T1 and T2 over the tasks both scored, with a paired bootstrap interval.
 
-    ``source`` is an :class:`AucBootstrap` or anything holding one as ``.bootstrap`` (an ``EvalResult``).
-    Both models are evaluated on identical resamples, so ``paired_delta(x, m, m)`` is exactly 0 with [0, 0].
-    Returns ``delta_T1``, ``ci_T1``, ``n_T1_tasks`` (and the same for T2), ``a``, ``b``, ``level``, ``text``.
+    ``source`` is an :class:`AucBootstrap`, anything holding one as ``.bootstrap`` (an ``EvalResult``), or a
+    results dict (report.json), which holds the resamples' outcome only for the pairs its "paired" section
+    compares. Both models are evaluated on identical resamples, so ``paired_delta(x, m, m)`` is exactly 0
+    with [0, 0]. Returns ``delta_T1``, ``ci_T1``, ``n_T1_tasks`` (and the same for T2), ``a``, ``b``,
+    ``level``, ``text``.
     """
-    boot = getattr(source, "bootstrap", source)
+    boot = source
+    if not isinstance(source, AucBootstrap | dict):  # an EvalResult: its resamples, else its results
+        boot = getattr(source, "bootstrap", None) or getattr(source, "results", None)
+    if isinstance(boot, dict):
+        paired = boot.get("paired") or {}
+        if b == paired.get("reference") and a in paired.get("rows", {}) and level in (None, paired["level"]):
+            return paired["rows"][a]
+        raise UserError(f"this report holds no paired comparison of {a!r} with {b!r} (it compares every model "
+                        f"with {paired.get('reference')!r}); run the eval again for other pairs")
     if not isinstance(boot, AucBootstrap):
-        raise TypeError(f"paired_delta needs an AucBootstrap or an EvalResult, got {type(source).__name__}")
+        raise TypeError(f"paired_delta needs an AucBootstrap, an EvalResult or a results dict, got "
+                        f"{type(source).__name__}")
     for name in (a, b):
         if name not in boot.auc:
             raise UserError(f"no model {name!r} in this comparison; models: {', '.join(boot.models)}")
@@ -282,7 +292,7 @@ def task_metrics(y: np.ndarray, s: np.ndarray, request: np.ndarray, sample: Task
     """One task's metrics over its candidates, with intervals from the task's shared resamples.
 
     Rank metrics (NDCG, Recall, MRR, Acc@1, group AUC) count only requests with at least two candidates:
-    with one candidate each they would be 1.0 for any model. Group AUC groups candidates by member.
+    a one-candidate list is ranked perfectly by any model. Group AUC groups those candidates by member.
     """
     multi = multi_candidate(request)
     out = {"auc": M.auc(y, s), "log_loss": M.log_loss(y, s), "ece": M.expected_calibration_error(y, s, cfg.bins)}

@@ -151,9 +151,12 @@ PAIRED_HEADER = ["model", "Δ macro AUC T1", "T1 tasks", "T1 verdict", "Δ macro
 def paired_note(results: dict) -> str:
     paired = results["paired"]
     cfg = results["config"]
-    return (f"Δ = model minus {paired['reference']} ({paired['rule']}), macro AUC over the tasks both scored; "
-            f"{cfg['level'] * 100:g}% interval of the paired bootstrap: both models on the same {cfg['bootstrap']} "
-            f"resamples of {unit_text(results)}. A verdict names a winner only when the interval excludes 0.")
+    head = f"Δ = model minus {paired['reference']} ({paired['rule']}), macro AUC over the tasks both scored; "
+    if not cfg["bootstrap"]:
+        return head + "no intervals (bootstrap = 0), so no verdicts."
+    return head + (f"{cfg['level'] * 100:g}% interval of the paired bootstrap: both models on the same "
+                   f"{cfg['bootstrap']} resamples of {unit_text(results)}. A verdict names a winner only when the "
+                   "interval excludes 0.")
 
 
 def task_count_cells(entry: dict) -> list[str]:

@@ -46,15 +46,7 @@ class EvalResult:
     def paired(self, a: str, b: str) -> dict:
         """Paired bootstrap of ``a`` minus ``b`` on identical resamples: ``delta_T1``, ``ci_T1``, ``n_T1_tasks``,
         the same for T2, and ``text`` ('ΔT1 +0.0120 [-0.0040, +0.0270], ΔT2 …')."""
-        if self.bootstrap is not None:
-            return paired_delta(self.bootstrap, a, b)
-        # Without the resamples (a result rebuilt from report.json): the comparisons the report holds.
-        rows = (self.results.get("paired") or {}).get("rows", {})
-        ref = (self.results.get("paired") or {}).get("reference")
-        if b == ref and a in rows:
-            return rows[a]
-        raise UserError(f"no paired comparison of {a!r} with {b!r} in this result; the report compares every "
-                        f"model with {ref!r}")
+        return paired_delta(self, a, b)  # without the resamples: the comparisons the results hold
 
     @property
     def reference(self) -> str | None:
@@ -76,8 +68,9 @@ class EvalResult:
                          f"{ci(row.get('T2_ci')):>14}  {fmt(row.get('gap_T1')):>8}  {fmt(row.get('gap_T2')):>8}")
         paired = self.results.get("paired")
         if paired and paired["rows"]:
-            lines.append(f"paired vs {paired['reference']} ({paired['rule']}): Δ macro AUC, {pct} interval on "
-                         f"the same resamples of {unit_text(self.results)}")
+            how = (f"{pct} interval on the same resamples of {unit_text(self.results)}"
+                   if self.results["config"]["bootstrap"] else "no intervals (bootstrap = 0)")
+            lines.append(f"paired vs {paired['reference']} ({paired['rule']}): Δ macro AUC, {how}")
             for name, d in paired["rows"].items():
                 lines.append(f"  {name:{width}}  {'ΔT1 ' + fmt_delta(d['delta_T1'], d['ci_T1']):31}  "
                              f"ΔT2 {fmt_delta(d['delta_T2'], d['ci_T2'])}")
@@ -137,6 +130,9 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
     if include_oracle and oracle is None and has_true_probs(requests):
         entries.insert(0, describe("oracle", "oracle"))
         oracle = "oracle"
+    if reference is not None and reference not in [m.name for m in entries]:  # before minutes of scoring
+        raise UserError(f"reference model {reference!r} is not among the models: "
+                        f"{', '.join(m.name for m in entries)}")
 
     manifest = json.loads((examples / "manifest.json").read_text())
     key_parts = {"examples": examples_fingerprint(examples), "tasks": sorted(tasks) if tasks else None,
@@ -156,8 +152,6 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
                          "fingerprint": (m.fingerprint or "-")[:12], "cached": got.cached,
                          "seconds": round(got.seconds, 3)})
 
-    if reference is not None and reference not in scores:
-        raise UserError(f"reference model {reference!r} is not among the models: {', '.join(scores)}")
     baselines = [m.name for m in entries if m.kind in ("popularity", "baseline")] or None
     boot = bootstrap_aucs(table, scores, cfg)
     results = compare(table, scores, generations, cfg, oracle=oracle, reference=reference, baselines=baselines,

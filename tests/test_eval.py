@@ -22,6 +22,7 @@ from recbrew.cli import main
 from recbrew.errors import UserError
 from recbrew.examples.build import BuildConfig, build_examples
 from recbrew.scoring.protocol import load_requests
+from recbrew.tasks.catalog import get_task
 from recbrew.world import WorldConfig, generate_world
 
 torch.set_num_threads(1)
@@ -102,14 +103,25 @@ def test_summary_slices_and_report_files(report, world):
     assert tags["T1"] == pytest.approx(summary["lm"]["auc_T1"], abs=1e-6)
     for ci in (res["tasks"]["feed_like"]["models"]["lm"]["ci"]["auc"],):
         assert ci[0] <= res["tasks"]["feed_like"]["models"]["lm"]["auc"] <= ci[1]
+    feed = table.candidate_mask(table.task == "feed_like")
+    assert res["tasks"]["feed_like"]["candidates"] == int(feed.sum())
+    assert res["tasks"]["feed_like"]["positives"] == int(table.labels[feed].sum())
+    lo, hi = summary["lm"]["auc_T1_ci"]
+    assert lo <= summary["lm"]["auc_T1"] <= hi and report.macro_auc["lm"]["T1_ci"] == [lo, hi]
+    # Popularity is the only baseline: every other model is compared with it on the same resamples.
+    assert res["paired"]["reference"] == "popularity" and sorted(res["paired"]["rows"]) == ["lm", "oracle"]
+    assert report.paired("lm", "popularity") == res["paired"]["rows"]["lm"]
+    assert report.paired("lm", "popularity")["delta_T1"] == pytest.approx(
+        summary["lm"]["auc_T1"] - summary["popularity"]["auc_T1"], abs=1e-5)
     doc = json.loads(report.paths["json"].read_text())
-    assert doc["meta"]["data_seed"] == 0 and doc["meta"]["task_versions"]["feed_like"] == 1
+    assert doc["meta"]["data_seed"] == 0 and doc["meta"]["task_versions"]["feed_like"] == get_task("feed_like").version
     assert "numpy" in doc["meta"]["versions"]
     md = report.paths["md"].read_text()
     assert "★" in md and "| feed_like | T1 | binary |" in md
     html = report.paths["html"].read_text()
     assert html.count("data:image/png;base64,") >= 5 and "http://" not in html and "https://" not in html
-    assert "T1 AUC" in report.table() and "lm" in report.table()
+    assert "T1 AUC" in report.table() and "lm" in report.table() and "paired vs popularity" in report.table()
+    assert "## Paired comparison with popularity" in md and "Paired comparison with popularity" in html
 
 
 def test_report_opens_in_headless_chromium(report, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from recbrew.eval import metrics as M
 from recbrew.eval.compare import CompareConfig, bootstrap_aucs, compare, paired_delta, task_samples
 from recbrew.eval.report import render_html, render_markdown
-from recbrew.eval.run import has_true_probs, run_eval
+from recbrew.eval.run import EvalResult, has_true_probs, run_eval
 from recbrew.eval.table import RequestTable
 
 from recbrew.errors import UserError
@@ -267,6 +267,11 @@ def test_eval_result_paired_and_table_against_the_reference(fake_examples, tmp_p
         res.paired("nope", "pop")
     doc = json.loads(res.paths["json"].read_text())
     assert doc["paired"]["rows"]["lm"]["delta_T1"] == d["delta_T1"]
+    # From report.json alone: the pairs its paired section holds, and a clear error for others.
+    assert paired_delta(doc, "lm", "pop") == d
+    assert EvalResult(res.paths, doc, res.meta, res.macro_auc).paired("lm", "pop") == d
+    with pytest.raises(UserError, match="holds no paired comparison of 'pop' with 'lm'"):
+        paired_delta(doc, "pop", "lm")
     md = res.paths["md"].read_text()
     assert "## Paired comparison with pop" in md and "| lm better |" in md
     assert "Paired comparison with pop" in res.paths["html"].read_text()
