@@ -98,7 +98,8 @@ class Model:
             from recbrew.models.loading import load_model
             from recbrew.scoring.hf import HFScorer
 
-            model, tokenizer = load_model(self.spec, device=device)
+            # bf16 where the hardware has bf16 arithmetic (CUDA, AVX-512 BF16 / AMX CPUs), fp32 elsewhere.
+            model, tokenizer = load_model(self.spec, device=device, dtype="auto")
             self.scorer = HFScorer(model, tokenizer, mode="multi", name=self.name)
             self.generator = (model, tokenizer)
 

@@ -74,7 +74,8 @@ def test_lm_scores_equal_the_hf_scorer_and_generative_tasks_are_na_for_scorers(r
     from recbrew.scoring.hf import HFScorer
 
     requests = [r for r in load_requests(world / "ex", "test") if r["kind"] != "generative"]
-    model, tok = load_model(str(world / "tiny"), device="cpu")
+    # Eval loads language models as dtype="auto" (bf16 on hardware with bf16 arithmetic): the same here.
+    model, tok = load_model(str(world / "tiny"), device="cpu", dtype="auto")
     probs = HFScorer(model, tok, mode="naive").score(requests)
     for task in ("feed_like", "jobs_apply_listwise"):
         got = report.results["tasks"][task]["models"]["lm"]

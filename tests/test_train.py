@@ -368,12 +368,14 @@ def test_cache_frozen_training_reaches_the_same_result(workspace):
     from recbrew.train.frozen_cache import decoder_layers
     from recbrew.train.run import _load
 
-    layers = len(decoder_layers(_load(load_config("tiny", [f"model={workspace / 'tiny'}"]), False, True)[1]))
+    layers = len(decoder_layers(_load(load_config("tiny", [f"model={workspace / 'tiny'}"]), False, True,
+                                      workspace / "frozen-probe")[1]))
     results = {}
     for cached in (False, True):
         out = workspace / f"frozen-{cached}"
         args = _train_args(workspace, out, steps=-1) + [
-            "epochs=2", "max_examples=12", "lora_layers=1", f"cache_frozen={str(cached).lower()}"]
+            "epochs=2", "max_examples=12", "lora_layers=1", f"cache_frozen={str(cached).lower()}",
+            "bf16=false"]  # exact equality: the frozen layers in fp32 (bf16 has its own tolerance test)
         proc = _cli(*args)
         output = proc.communicate(timeout=600)[0]
         assert proc.returncode == 0, output

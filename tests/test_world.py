@@ -217,3 +217,31 @@ def test_card_is_valid_json_with_rates(small_world):
     on_feed = pc.equal(inter["surface"], "feed")
     likes = pc.sum(pc.and_(on_feed, pc.equal(inter["action"], "like"))).as_py()
     assert feed["rate"] == pytest.approx(likes / pc.sum(on_feed).as_py(), abs=1e-6)
+
+
+def test_visits_show_whole_slates_in_their_configured_sizes(small_world):
+    out, _ = small_world
+    inter = pq.read_table(out / "interactions.parquet",
+                          columns=["member_id", "surface", "timestamp", "position"]).to_pandas()
+    # Slots of one visit follow its start by 7 s each: (member, surface, start) names the visit.
+    inter["visit"] = inter.timestamp - 7 * inter.position
+    for spec in SURFACES:
+        rows = inter[inter.surface == spec.name]
+        visits = rows.groupby(["member_id", "visit"]).position
+        lo, hi = spec.slate
+        sizes = visits.size()
+        # Duplicates of an item within a visit are shown once, so a slate may be shorter, never longer.
+        assert sizes.max() <= hi, spec.name
+        assert (visits.max() == sizes - 1).all() and (visits.min() == 0).all(), spec.name
+        if spec.name in ("feed", "jobs"):
+            assert sizes.median() >= lo, (spec.name, sizes.median())
+
+
+def test_members_build_a_history_in_the_default_world(default_world):
+    out, card = default_world
+    inter = pq.read_table(out / "interactions.parquet", columns=["member_id", "action", "timestamp"]).to_pandas()
+    test_start = card["end"] - 8 * 86_400  # the quickstart's 7 test days after a 1-day gap
+    tested = inter[inter.timestamp >= test_start].member_id.unique()
+    earlier = inter[(inter.timestamp < test_start) & (inter.action != NO_ACTION)]
+    positives = earlier.groupby("member_id").size().reindex(tested, fill_value=0)
+    assert positives.median() >= 10, positives.median()

@@ -116,11 +116,23 @@ def train(
     k: Annotated[int, typer.Option("-k", help="Candidates packed per sequence.")] = 8,
     prefix: Annotated[int, typer.Option(help="Shared prefix (history) tokens in the packing comparison.")] = 448,
     segment: Annotated[int, typer.Option(help="Tokens per candidate segment in the packing comparison.")] = 32,
+    levers: Annotated[bool, typer.Option("--levers", help="Instead: the CPU recipe's levers stacked one at a time "
+                                         "(fp32 -> bf16 -> first N layers -> packed slates -> frozen cache).")] = False,
+    layers: Annotated[int, typer.Option(help="Decoder layers kept by the depth lever (--levers).")] = 6,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """LoRA training: answer-position LM head vs full logits, K-candidate packing vs one per sequence (+ Liger on CUDA)."""
-    from recbrew.train.bench import bench_train
+    from recbrew.train.bench import bench_levers, bench_train
 
+    if levers:
+        # Defaults shaped like the quickstart's slates: a ~170-token prefix, ~55-token candidates, 16 per slate.
+        result = bench_levers(model, layers=layers, **({"k": k} if k != 8 else {}))
+        if as_json:
+            typer.echo(json.dumps(result, indent=2))
+            return
+        for name, row in result["levers"].items():
+            typer.echo(f"{name:14} {row['candidates_per_s']:8.1f} labelled candidates/s  x{row['ratio_vs_fp32']:.2f}")
+        return
     result = bench_train(model, tokens=tokens, batch=batch, k=k, prefix=prefix, segment=segment)
     if as_json:
         typer.echo(json.dumps(result, indent=2))

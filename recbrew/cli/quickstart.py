@@ -26,9 +26,17 @@ def _reusable(path: Path, wanted: dict) -> dict | None:
     return data if all(data.get(k) == v for k, v in wanted.items()) else None
 
 
+#: Wall time of each step of this run, printed at the end.
+_TIMES: dict[str, float] = {}
+
+
 def _step(n: int, text: str) -> float:
     typer.echo(f"[{n}/{STEPS}] {text}")
     return time.time()
+
+
+def _took(name: str, started: float) -> None:
+    _TIMES[name] = _TIMES.get(name, 0.0) + time.time() - started
 
 
 def _baseline(name: str, examples: Path, out: Path, seed: int) -> Path:
@@ -60,8 +68,9 @@ def quickstart(
     days: Annotated[int, typer.Option(help="Days of the generated world.")] = 30,
     seed: Annotated[int, typer.Option(help="Seed of the whole run.")] = 0,
     max_train: Annotated[int, typer.Option("--max-train", help="Training requests per task.")] = 300,
-    max_test: Annotated[int, typer.Option("--max-test", help="Test requests per task (every model scores them).")] = 5,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Prompt token budget (history is cut to fit).")] = 256,
+    max_test: Annotated[int, typer.Option("--max-test", help="Test requests per task (every model scores them).")] = 50,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Prompt token budget (history is cut to fit).")] = 320,
+    burn_in_days: Annotated[float, typer.Option("--burn-in-days", help="Days that only feed histories.")] = 7.0,
     train_config: Annotated[str, typer.Option("--train-config", help="Fine-tuning config (name or path).")
                             ] = "smollm2-cpu",
     train_overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides of the fine-tuning config.")
@@ -74,22 +83,26 @@ def quickstart(
 
     began = time.time()
     world_dir = out / "world"
+    _TIMES.clear()
     card = _reusable(world_dir / CARD_FILE, {"seed": seed, "members": members, "days": days})
     if card is not None:
         _step(1, f"world: re-using {world_dir}")
     else:
-        _step(1, f"world: generating {members:,} members x {days} days into {world_dir}")
+        started = _step(1, f"world: generating {members:,} members x {days} days into {world_dir}")
         card = generate_world(WorldConfig(members=members, days=days, seed=seed), world_dir, force=True)
+        _took("world", started)
     print_card(card)
 
     examples_dir = out / "examples"
-    cfg = BuildConfig(max_train=max_train, max_test=max_test, seed=seed, max_tokens=max_tokens)
+    cfg = BuildConfig(max_train=max_train, max_test=max_test, seed=seed, max_tokens=max_tokens,
+                      burn_in_days=burn_in_days)
     manifest = _reusable(examples_dir / "manifest.json", {"corpus": str(world_dir.resolve())})
     if manifest is not None and manifest["config"] == json.loads(json.dumps(cfg.__dict__)):
         _step(2, f"examples: re-using {examples_dir}")
     else:
-        _step(2, f"examples: rendering the task catalog into {examples_dir}")
+        started = _step(2, f"examples: rendering the task catalog into {examples_dir}")
         manifest = build_examples(world_dir, examples_dir, cfg, force=True)
+        _took("examples", started)
     tags: dict[str, int] = {}
     for row in manifest["tasks"].values():
         tags[row["split_tag"]] = tags.get(row["split_tag"], 0) + 1
@@ -110,6 +123,7 @@ def quickstart(
         length = f"{tcfg.max_steps} steps" if tcfg.max_steps > 0 else f"{tcfg.epochs:g} epochs"
         started = _step(3, f"fine-tune: LoRA on {tcfg.model} ({length}) into {llm_dir}")
         result = train(tcfg, progress=True, echo=typer.echo)
+        _took("fine-tune", started)
         typer.echo(f"fine-tune: {result.steps} steps in {time.time() - started:.0f} s, final loss "
                    f"{result.final_loss:.4f}")
 
@@ -121,15 +135,17 @@ def quickstart(
         else:
             started = _step(4, f"baselines: training {name} into {folder}")
             _baseline(name, examples_dir, folder, seed)
+            _took("baselines", started)
             typer.echo(f"baselines: {name} in {time.time() - started:.0f} s")
         baselines[name] = str(folder)
 
     from recbrew.eval.run import run_eval
 
-    _step(5, f"eval: every model plus the oracle on the same {manifest['rows']['test']:,} test requests")
+    started = _step(5, f"eval: every model plus the oracle on the same {manifest['rows']['test']:,} test requests")
     llm_name = (tcfg.model if tcfg.model in ("smollm2", "smollm2-135m") else Path(tcfg.model).name)
     models = {f"{llm_name}-{'lora' if tcfg.lora else 'ft'}": str(llm_dir / "final"), **baselines}
     result = run_eval(examples_dir, models, out / "eval", progress=True, include_oracle=True)
+    _took("eval", started)
     typer.echo(result.table())
     llm = next(iter(models))
     auc = {name: row.get("T1") for name, row in result.macro_auc.items()}
@@ -139,5 +155,9 @@ def quickstart(
         typer.echo(f"{llm}: T1 macro AUC {auc[llm]:.3f}; best baseline {best} {auc[best]:.3f} "
                    f"(gap {auc[llm] - auc[best]:+.3f})" + (f"; oracle {oracle:.3f} (gap {auc[llm] - oracle:+.3f})"
                                                           if oracle is not None else ""))
+    if best is not None and llm in result.macro_auc:
+        typer.echo(f"{llm} vs {best} on the same test requests (paired bootstrap): {result.paired(llm, best)['text']}")
     typer.echo(f"report: {result.paths['html']}")
+    typer.echo("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in _TIMES.items()) if _TIMES else "wall time: all "
+               "steps re-used")
     typer.echo(f"quickstart done in {(time.time() - began) / 60:.1f} min")

@@ -7,6 +7,10 @@
 2. Packing: K labelled candidates of one member packed into one sequence (history encoded once) vs one
    candidate per sequence: labelled examples/s.
 3. On CUDA only: one step with liger-kernel patches (RMSNorm, RoPE, SwiGLU) vs without: time, memory, loss.
+4. The CPU recipe's levers, stacked one at a time (`bench_levers`): fp32 full depth one candidate per
+   sequence -> bf16 frozen layers -> the first N layers -> whole slates packed -> the frozen-layer cache
+   (an epoch after the first): labelled candidates/s of a LoRA-on-the-top-layer training step, each as
+   a ratio to the first, measured in one run (median of 3 timed rounds after a same-shape warm-up).
 """
 
 from __future__ import annotations
@@ -197,6 +201,71 @@ def bench_liger(model_name: str, batch: int, tokens: int, steps: int) -> dict:
     return {**out, "ratio_speed": out["torch"]["seconds_per_step"] / out["liger"]["seconds_per_step"],
             "ratio_memory": out["torch"]["max_memory_mib"] / out["liger"]["max_memory_mib"],
             "loss_diff": abs(out["torch"]["loss"] - out["liger"]["loss"])}
+
+
+def _lever_model(name: str, layers: int | None, bf16: bool):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from recbrew.kernels.multi_item_attention import register
+    from recbrew.models.depth import truncate
+    from recbrew.models.loading import resolve
+    from recbrew.train.config import TrainConfig
+    from recbrew.train.frozen_cache import FrozenLayerCache, decoder_layers
+    from recbrew.train.run import lora_config
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(resolve(name), dtype=torch.float32, attn_implementation=register())
+    if layers:
+        truncate(model, min(layers, model.config.num_hidden_layers))
+    model = get_peft_model(model, lora_config(TrainConfig(model=name, lora_layers=1), model)).train()
+    stack = decoder_layers(model)
+    cache = FrozenLayerCache(stack, len(stack) - 1, dtype=torch.bfloat16 if bf16 else None).install()
+    return model, cache
+
+
+def bench_levers(model_name: str = "smollm2", prefix: int = 170, segment: int = 55, k: int = 16, requests: int = 2,
+                 layers: int = 6, rounds: int = 3) -> dict:
+    """Labelled candidates/s of a training step as the CPU levers stack up (see the module docstring)."""
+    steps = [("fp32", None, False, False, False), ("bf16_frozen", None, True, False, False),
+             ("first_layers", layers, True, False, False), ("packed_slates", layers, True, True, False),
+             ("frozen_cache", layers, True, True, True)]
+    out: dict = {"model": model_name, "prefix_tokens": prefix, "segment_tokens": segment, "candidates_per_slate": k,
+                 "slates_per_round": requests, "layers": layers, "rounds": rounds, "levers": {}}
+    for name, depth, bf16, pack, cached in steps:
+        model, cache = _lever_model(model_name, depth, bf16)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        units = _units(model.config.vocab_size, prefix, segment, k, requests, pack=pack)
+        units = [{**u, "index": i} for i, u in enumerate(units)]
+        per_batch = 1 if pack else k  # a batch holds one slate's candidates either way
+        batches = [UnitCollator(0, pack)(units[i:i + per_batch]) for i in range(0, len(units), per_batch)]
+
+        def run(batch):
+            index = batch.pop("unit_index")
+            scope = cache.batch(index.tolist(), batch["attention_mask"].sum(1).tolist()) if cached else None
+            if scope is None:
+                return _step(model, opt, batch, "answer")
+            with scope:
+                return _step(model, opt, batch, "answer")
+
+        for batch in batches:  # warm-up at the same shapes (and, for the cache lever, fills it)
+            run(dict(batch))
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for batch in batches:
+                run(dict(batch))
+            times.append(time.perf_counter() - start)
+        seconds = float(np.median(times))
+        candidates = len(units) if not pack else sum(len(u["segment_lens"]) for u in units)
+        out["levers"][name] = {"seconds": seconds, "candidates_per_s": candidates / seconds,
+                               "tokens": sum(len(u["input_ids"]) for u in units)}
+        cache.uninstall()
+        del model, opt
+    base = out["levers"]["fp32"]["candidates_per_s"]
+    for row in out["levers"].values():
+        row["ratio_vs_fp32"] = row["candidates_per_s"] / base
+    return out
 
 
 def bench_train(model: str = "smollm2", tokens: int = 512, batch: int = 2, head_steps: int = 1, k: int = 8,

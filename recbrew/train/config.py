@@ -53,6 +53,11 @@ class TrainConfig(BaseModel):
         "them in later epochs, so those cost about lora_layers / layers of a pass (memory: tokens x hidden x 4 "
         "bytes, printed at the start). SFT only."))
 
+    answer_only_top_layer: bool = Field(True, description=(
+        "Run the top decoder layer at the answer positions only (keys and values everywhere): the loss reads "
+        "nothing else, so loss and gradients are unchanged and the top layer costs about one position per "
+        "candidate. SFT, Llama-style layers, no DeepSpeed (ignored otherwise)."))
+
     # Multi-item packing: one sequence = a request's prefix + up to `candidates_per_sequence` segments.
     pack: bool = Field(True, description="Pack a request's candidates into one sequence (history encoded once).")
     candidates_per_sequence: int = Field(8, ge=1)

@@ -232,7 +232,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
         raise UserError(f"{examples}: no training requests for the chosen tasks")
     peft_config = lora_config(cfg, model) if cfg.lora else None
     callbacks, log_entries = [], []
-    frozen, cache_mb = None, 0.0
+    frozen, cache_mb, answer_layer = None, 0.0, None
 
     def log(entry: dict) -> None:
         log_entries.append(entry)
@@ -255,10 +255,21 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
             elif progress:
                 echo(f"train: cache_frozen: all {len(layers)} layers are adapted (lora_layers={cfg.lora_layers}), "
                      "so there is nothing to cache")
+        if cfg.answer_only_top_layer and not ds_config:
+            from recbrew.train.answer_layer import AnswerOnlyTopLayer, supports
+            from recbrew.train.frozen_cache import decoder_layers
+
+            top = decoder_layers(model)[-1]
+            if supports(top):
+                answer_layer = AnswerOnlyTopLayer(top)
+            elif progress:
+                echo("train: answer_only_top_layer: this model's layers are not Llama-style; the top layer runs "
+                     "at every position")
         dataset = datasets.Dataset.from_list(units)
         trainer = AnswerSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
                                    data_collator=UnitCollator(tok.pad_token_id, multi_item=pack),
-                                   peft_config=peft_config, frozen_cache=frozen, loss_over=cfg.answer_loss)
+                                   peft_config=peft_config, frozen_cache=frozen, answer_layer=answer_layer,
+                                   loss_over=cfg.answer_loss)
     else:
         pairs = _dpo_rows(train_rows, catalog, cfg.dpo_pairs_per_request, cfg.seed)
         if not pairs:
@@ -293,13 +304,15 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
                  f"(~{cache_mb:,.0f} MB); epochs after the first run the top {cfg.lora_layers} layers only; "
                  f"frozen layers in {describe(frozen.dtype or model.dtype)}, adapted layers in "
                  f"{describe(model.dtype)}")
-    if frozen is not None:
-        frozen.install()
+    for part in (frozen, answer_layer):
+        if part is not None:
+            part.install()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:
-        if frozen is not None:
-            frozen.uninstall()
+        for part in (frozen, answer_layer):
+            if part is not None:
+                part.uninstall()
 
     # Written aside and renamed at the end: an interrupted run never leaves a half-written final/.
     staging = out / ".final.tmp"

@@ -14,7 +14,7 @@ text is context.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import ExitStack
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ def answer_loss(model, inputs: dict, over: str = "vocab") -> torch.Tensor:
 class AnswerSFTTrainer(SFTTrainer):
     """TRL SFT with the loss on answer tokens only, read through an answer-positions-only LM head."""
 
-    def __init__(self, *args, frozen_cache=None, loss_over: str = "vocab", **kwargs):
+    def __init__(self, *args, frozen_cache=None, answer_layer=None, loss_over: str = "vocab", **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_over = loss_over
         # The loss is a per-micro-batch mean: let the Trainer divide it by the accumulation steps.
@@ -71,12 +71,16 @@ class AnswerSFTTrainer(SFTTrainer):
         self.loss_is_scaled_for_ga = False
         #: A `FrozenLayerCache` (``cache_frozen``): batches carrying ``unit_index`` read their frozen layers from it.
         self.frozen_cache = frozen_cache
+        #: An `AnswerOnlyTopLayer`: the top layer runs at the batch's answer positions only.
+        self.answer_layer = answer_layer
 
     def _answer_loss(self, model, inputs) -> torch.Tensor:
         index = inputs.pop("unit_index", None)
-        scope = nullcontext() if self.frozen_cache is None or index is None else \
-            self.frozen_cache.batch(index.tolist(), inputs["attention_mask"].sum(1).tolist())
-        with scope:
+        with ExitStack() as scope:
+            if self.frozen_cache is not None and index is not None:
+                scope.enter_context(self.frozen_cache.batch(index.tolist(), inputs["attention_mask"].sum(1).tolist()))
+            if self.answer_layer is not None:
+                scope.enter_context(self.answer_layer.positions(inputs["answer_rows"], inputs["answer_cols"]))
             return answer_loss(model, inputs, self.loss_over)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -1,0 +1,135 @@
+"""The top decoder layer computed at the answer positions only.
+
+The loss reads the model's output at the answer positions and nowhere else, and the top layer is the
+last place positions mix. So the top layer needs its keys and values at every position (what the
+answer positions attend to) but its queries, attention output, MLP and residuals only at the
+answer positions: about one position per candidate instead of every token. On a CPU that makes the
+top layer close to free, in the forward and in the backward pass, while the loss and every gradient
+stay those of the full layer (a test checks both, packed and unpacked).
+
+It replaces ``forward`` on the top layer's instance (module names, weights and PEFT adapters are
+untouched: the projections are called as modules, so LoRA applies) and is active only inside
+`AnswerOnlyTopLayer.positions(rows, cols)`; any other forward (scoring, generation, export) runs the
+layer as usual. It supports Llama-family layers (SmolLM2, Llama, Qwen2, recbrew-tiny): an input norm,
+``self_attn`` with q/k/v/o projections and rotary positions, a post-attention norm and an MLP.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from recbrew.errors import ConfigError
+
+_PARTS = ("input_layernorm", "post_attention_layernorm", "mlp", "self_attn")
+_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def supports(layer: nn.Module) -> bool:
+    attn = getattr(layer, "self_attn", None)
+    return all(hasattr(layer, p) for p in _PARTS) and attn is not None and all(hasattr(attn, p) for p in _PROJ) \
+        and hasattr(attn, "head_dim") and hasattr(attn, "scaling")
+
+
+def allowed_keys(rows: torch.Tensor, cols: torch.Tensor, width: int, layout=None) -> torch.Tensor:
+    """[M, width] bool: the keys the query at (rows[i], cols[i]) attends to.
+
+    Causal without a layout. With a multi-item layout ``(prefix_lens, segment_lens)`` (one entry per batch
+    row, or an int and a list for a batch of one): the row's prefix plus its own segment up to the query.
+    """
+    keys = torch.arange(width, device=cols.device)
+    causal = keys[None, :] <= cols[:, None]
+    if layout is None:
+        return causal
+    prefix_lens, segment_lens = layout
+    if isinstance(prefix_lens, int):
+        prefix_lens, segment_lens = [prefix_lens], [segment_lens]
+    starts = torch.zeros(len(rows), dtype=torch.long, device=cols.device)
+    plen = torch.tensor([prefix_lens[int(r)] for r in rows.tolist()], dtype=torch.long, device=cols.device)
+    for i, (r, c) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
+        start = prefix_lens[r]
+        for n in segment_lens[r]:
+            if c < start + n:
+                break
+            start += n
+        starts[i] = start if c >= prefix_lens[r] else 0
+    in_prefix = keys[None, :] < plen[:, None]
+    own = (keys[None, :] >= starts[:, None]) & causal
+    # A query inside the prefix (no segment) sees the causal prefix only.
+    return torch.where((cols >= plen)[:, None], in_prefix | own, causal)
+
+
+class AnswerOnlyTopLayer:
+    """Runs ``layer`` at the answer positions only while `positions` is active (see the module docstring)."""
+
+    def __init__(self, layer: nn.Module):
+        if not supports(layer):
+            raise ConfigError("answer_only_top_layer: the model's layers are not Llama-style (input norm, "
+                              "self_attn q/k/v/o projections, post-attention norm, MLP); set it to false")
+        self.layer = layer
+        self._where: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._installed = False
+        self.calls = 0
+
+    def install(self) -> AnswerOnlyTopLayer:
+        if not self._installed:
+            self._full = self.layer.forward
+            self.layer.forward = self._forward
+            self._installed = True
+        return self
+
+    def uninstall(self) -> None:
+        if self._installed:
+            del self.layer.forward  # the instance attribute: the class's forward applies again
+            self._installed = False
+
+    @contextmanager
+    def positions(self, rows: torch.Tensor, cols: torch.Tensor):
+        """Within this block, forwards are of batches whose loss reads positions (rows[i], cols[i]) only."""
+        pairs = torch.unique(torch.stack([rows.long(), cols.long()]), dim=1)
+        self._where = (pairs[0], pairs[1])
+        try:
+            yield self
+        finally:
+            self._where = None
+
+    def _forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
+                 position_embeddings=None, **kwargs):
+        if self._where is None or past_key_values is not None or position_embeddings is None:
+            return self._full(hidden_states, attention_mask=attention_mask, position_ids=position_ids,
+                              past_key_values=past_key_values, use_cache=use_cache,
+                              position_embeddings=position_embeddings, **kwargs)
+        self.calls += 1
+        layer, attn = self.layer, self.layer.self_attn
+        rows, cols = (t.to(hidden_states.device) for t in self._where)
+        batch, width, _ = hidden_states.shape
+        d = attn.head_dim
+        x = layer.input_layernorm(hidden_states)
+        keys = attn.k_proj(x).view(batch, width, -1, d)  # [B, T, Hkv, d]
+        values = attn.v_proj(x).view(batch, width, -1, d)
+        cos, sin = position_embeddings  # [B, T, d]
+        keys = keys * cos[:, :, None] + _rotate_half(keys) * sin[:, :, None]
+        query = attn.q_proj(x[rows, cols]).view(len(rows), -1, d)  # [M, H, d]
+        query = query * cos[rows, cols][:, None] + _rotate_half(query) * sin[rows, cols][:, None]
+        kv_heads = keys.shape[2]
+        groups = query.shape[1] // kv_heads
+        query = query.view(len(rows), kv_heads, groups, d)
+        k_rows, v_rows = keys[rows], values[rows]  # [M, T, Hkv, d]
+        scores = torch.einsum("mkgd,mtkd->mkgt", query, k_rows).float() * attn.scaling
+        # Batches are right-padded, so the keys a query may see never include padding: causal (or the
+        # multi-item layout) is the whole mask.
+        allowed = allowed_keys(rows, cols, width, kwargs.get("multi_item"))
+        scores = scores.masked_fill(~allowed[:, None, None, :], float("-inf"))
+        weights = torch.softmax(scores, dim=-1).to(v_rows.dtype)
+        out = torch.einsum("mkgt,mtkd->mkgd", weights, v_rows).reshape(len(rows), -1)
+        h = hidden_states[rows, cols] + attn.o_proj(out)
+        h = h + layer.mlp(layer.post_attention_layernorm(h))
+        # Only the answer positions are read after this layer; the others keep their input.
+        return hidden_states.index_put((rows, cols), h)

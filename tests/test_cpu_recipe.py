@@ -1,0 +1,189 @@
+"""The CPU fine-tuning levers: the first N layers, bf16 frozen layers and bf16 scoring, precision detection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from recbrew.kernels.multi_item_attention import register
+
+from recbrew.errors import ConfigError
+from recbrew.models import precision
+from recbrew.models.depth import truncate
+from recbrew.train.data import Item, UnitCollator, make_unit
+from recbrew.train.frozen_cache import FrozenLayerCache, decoder_layers
+from recbrew.train.trainer import answer_loss
+
+VOCAB = 97
+
+
+def _llama(layers: int = 4):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    model = LlamaForCausalLM(config).eval()
+    model.set_attn_implementation(register())
+    return model
+
+
+def _units(seed: int = 0, n: int = 3) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    units = []
+    for _ in range(n):
+        prefix = rng.integers(3, VOCAB, size=int(rng.integers(9, 30))).tolist()
+        items = [Item(rng.integers(3, VOCAB, size=int(rng.integers(2, 9))).tolist(), [int(rng.integers(3, VOCAB))],
+                      "t", [5, 6]) for _ in range(int(rng.integers(2, 6)))]
+        units.append(make_unit(prefix, items))
+    return units
+
+
+@pytest.mark.parametrize("keep", [1, 3])
+def test_first_n_layers_equal_the_full_models_hidden_state_at_layer_n(keep):
+    full = _llama(4)
+    ids = torch.randint(3, VOCAB, (2, 13))
+    with torch.no_grad():
+        states = full(ids, output_hidden_states=True).hidden_states
+        expected = full.lm_head(full.model.norm(states[keep]))
+        short = truncate(_llama(4), keep)
+        got = short(ids).logits
+    assert short.config.num_hidden_layers == keep and len(decoder_layers(short)) == keep
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_truncate_refuses_out_of_range_depth():
+    with pytest.raises(ConfigError, match="has 4 decoder layers"):
+        truncate(_llama(4), 5)
+    with pytest.raises(ConfigError, match="out of range"):
+        truncate(_llama(4), 0)
+
+
+def test_truncated_copy_is_a_plain_folder_that_loads_unchanged(tmp_path):
+    from recbrew.models.depth import truncated_copy
+    from recbrew.models.loading import load_model
+    from recbrew.models.tiny import build_tiny
+    from recbrew.world import WorldConfig, generate_world
+
+    generate_world(WorldConfig(members=60, days=3, seed=1), tmp_path / "w", progress=False)
+    build_tiny(tmp_path / "w", tmp_path / "small", "small", seed=0)  # 4 layers
+    folder = truncated_copy(tmp_path / "small", 2, tmp_path / "base-L2")
+    model, _ = load_model(str(folder))
+    assert model.config.num_hidden_layers == 2 and len(decoder_layers(model)) == 2
+    in_memory, _ = load_model(str(tmp_path / "small"), layers=2)
+    ids = torch.randint(3, 50, (1, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, in_memory(ids).logits)
+    # Written once: a second call with the same request re-uses the folder.
+    stamp = (folder / "config.json").stat().st_mtime_ns
+    assert truncated_copy(tmp_path / "small", 2, tmp_path / "base-L2") == folder
+    assert (folder / "config.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("multi_item", [False, True])
+def test_bf16_frozen_layers_stay_within_tolerance_of_fp32_and_restore_the_weights(multi_item):
+    """bf16 in the frozen layers only: loss within 2e-2 of fp32, gradients of the adapted layer within 5 %."""
+    units = _units(1)
+    if not multi_item:
+        units = [make_unit(u["input_ids"][:u["prefix_len"]], [Item(u["input_ids"][u["prefix_len"]:][:3], [7], "t",
+                                                                     [5, 6])]) for u in units]
+    out = {}
+    for dtype in (None, torch.bfloat16):
+        model = _llama(4).train()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        top = decoder_layers(model)[3]
+        for p in top.parameters():
+            p.requires_grad_(True)
+        cache = FrozenLayerCache(decoder_layers(model), 3, dtype=dtype).install()
+        batch = UnitCollator(0, multi_item)([{**u, "index": i} for i, u in enumerate(units)])
+        index = batch.pop("unit_index")
+        with cache.batch(index.tolist(), batch["attention_mask"].sum(1).tolist()):
+            loss = answer_loss(model, batch, "choices")
+        loss.backward()
+        out[dtype] = (float(loss.detach()), torch.cat([p.grad.flatten() for p in top.parameters()]))
+        if dtype is not None:
+            assert all(v.dtype == torch.bfloat16 for v in cache.store.values())
+            assert cache.summary()["dtype"] == "bfloat16"
+        cache.uninstall()
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    (loss32, grad32), (loss16, grad16) = out[None], out[torch.bfloat16]
+    assert abs(loss32 - loss16) < 2e-2
+    assert float((grad32 - grad16).norm() / grad32.norm()) < 0.05
+
+
+def test_bf16_scoring_is_within_tolerance_of_fp32():
+    """HFScorer in bf16 vs fp32 on the same requests: probabilities within 0.02, the same candidate order mostly."""
+    from recbrew.scoring.hf import Encoded, HFScorer
+
+    rng = np.random.default_rng(0)
+    encoded = [Encoded(rng.integers(3, VOCAB, size=40).tolist(),
+                       [rng.integers(3, VOCAB, size=int(k)).tolist() for k in rng.integers(3, 12, size=8)],
+                       [5, 6], False) for _ in range(4)]
+    probs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = _llama(4).to(dtype)
+        probs[dtype] = np.concatenate(HFScorer(model, None, mode="multi").score_encoded(encoded))
+    assert np.abs(probs[torch.float32] - probs[torch.bfloat16]).max() < 0.02
+
+
+def test_precision_is_detected_from_the_cpu_flags(monkeypatch):
+    precision.cpu_has_bf16.cache_clear()
+    assert precision.fast_dtype("cpu", wanted=False) == torch.float32
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    assert precision.fast_dtype("cpu") == torch.bfloat16
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    assert precision.fast_dtype("cpu") == torch.float32
+    assert precision.describe(torch.bfloat16) == "bf16" and precision.describe(torch.float32) == "fp32"
+
+
+def test_train_config_takes_layers_and_refuses_nonsense():
+    from recbrew.train.config import load_config
+
+    assert load_config("smollm2-cpu").layers == 6
+    assert load_config("tiny", ["layers=2"]).layers == 2
+    with pytest.raises(ConfigError, match="layers"):
+        load_config("tiny", ["layers=0"])
+
+
+@pytest.mark.parametrize("multi_item", [False, True])
+def test_answer_only_top_layer_gives_the_full_layers_loss_and_gradients(multi_item):
+    from recbrew.train.answer_layer import AnswerOnlyTopLayer
+
+    units = _units(2, n=4)
+    if not multi_item:
+        units = [make_unit(u["input_ids"][:u["prefix_len"]], [Item(u["input_ids"][u["prefix_len"]:][:4], [7, 9], "t")])
+                 for u in units]
+    batch = UnitCollator(0, multi_item)(units)
+    results = []
+    for answer_only in (False, True):
+        model = _llama(3).train()
+        top = AnswerOnlyTopLayer(decoder_layers(model)[-1]).install() if answer_only else None
+        model.zero_grad()
+        if top is None:
+            loss = answer_loss(model, batch, "vocab")
+        else:
+            with top.positions(batch["answer_rows"], batch["answer_cols"]):
+                loss = answer_loss(model, batch, "vocab")
+            assert top.calls == 1
+            top.uninstall()
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b, atol=1e-5, rtol=1e-5)
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_answer_only_top_layer_is_inactive_outside_its_scope():
+    from recbrew.train.answer_layer import AnswerOnlyTopLayer
+
+    model = _llama(2)
+    ids = torch.randint(3, VOCAB, (2, 9))
+    with torch.no_grad():
+        before = model(ids).logits
+        top = AnswerOnlyTopLayer(decoder_layers(model)[-1]).install()
+        during = model(ids).logits
+        top.uninstall()
+    torch.testing.assert_close(before, during)
+    assert top.calls == 0
