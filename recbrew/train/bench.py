@@ -224,6 +224,15 @@ def _lever_model(name: str, layers: int | None, bf16: bool):
     return model, cache
 
 
+def _lever_step(model, opt, cache, batch: dict) -> float:
+    """One training step; with ``cache`` the frozen layers read (or fill) the frozen-layer cache."""
+    index = batch.pop("unit_index")
+    if cache is None:
+        return _step(model, opt, batch, "answer")
+    with cache.batch(index.tolist(), batch["attention_mask"].sum(1).tolist()):
+        return _step(model, opt, batch, "answer")
+
+
 def bench_levers(model_name: str = "smollm2", prefix: int = 170, segment: int = 55, k: int = 16, requests: int = 2,
                  layers: int = 6, rounds: int = 3) -> dict:
     """Labelled candidates/s of a training step as the CPU levers stack up (see the module docstring)."""
@@ -240,21 +249,13 @@ def bench_levers(model_name: str = "smollm2", prefix: int = 170, segment: int = 
         per_batch = 1 if pack else k  # a batch holds one slate's candidates either way
         batches = [UnitCollator(0, pack)(units[i:i + per_batch]) for i in range(0, len(units), per_batch)]
 
-        def run(batch):
-            index = batch.pop("unit_index")
-            scope = cache.batch(index.tolist(), batch["attention_mask"].sum(1).tolist()) if cached else None
-            if scope is None:
-                return _step(model, opt, batch, "answer")
-            with scope:
-                return _step(model, opt, batch, "answer")
-
         for batch in batches:  # warm-up at the same shapes (and, for the cache lever, fills it)
-            run(dict(batch))
+            _lever_step(model, opt, cache if cached else None, dict(batch))
         times = []
         for _ in range(rounds):
             start = time.perf_counter()
             for batch in batches:
-                run(dict(batch))
+                _lever_step(model, opt, cache if cached else None, dict(batch))
             times.append(time.perf_counter() - start)
         seconds = float(np.median(times))
         candidates = len(units) if not pack else sum(len(u["segment_lens"]) for u in units)
