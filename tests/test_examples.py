@@ -222,3 +222,191 @@ def test_next_title_has_one_answer_per_prompt(built):
     rows = [r for r in _load(out)["train"] if r["task"] == "jobs_next_title"]
     keys = [(r["member_id"], r["timestamp"] // DAY) for r in rows]
     assert rows and len(keys) == len(set(keys))
+
+
+# Protocols on a hand-made log ---------------------------------------------------------------------------------
+# Ten ratings of three members, in the file's order; the last record (row 9) is earlier in time than rows 4-8.
+T0 = 19_700 * DAY
+ROWS = [(1, 10, "like", 0, 10), (2, 11, "dislike", 0, 11), (1, 12, "dislike", 1, 9), (1, 13, "like", 1, 9.5),
+        (2, 14, "like", 2, 8), (3, 15, "like", 2, 12), (1, 16, "like", 3, 10), (2, 17, "dislike", 3, 10),
+        (1, 18, "dislike", 4, 10), (2, 19, "like", 1, 7)]  # (member, item, action, day, hour)
+
+
+@pytest.fixture(scope="module")
+def ratings_log(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ratings") / "corpus"
+    members = pa.table({"member_id": [1, 2, 3], "name": ["Ann", "Bob", "Cy"]})
+    items = pa.table({"item_id": list(range(10, 20)), "item_type": ["movie"] * 10,
+                      "title": [f"MOVIE-{i}" for i in range(10, 20)]})
+    inter = pa.table({"member_id": [r[0] for r in ROWS], "item_id": [r[1] for r in ROWS],
+                      "action": [r[2] for r in ROWS], "surface": ["movies"] * len(ROWS),
+                      "timestamp": [T0 + r[3] * DAY + int(r[4] * 3600) for r in ROWS]})
+    edges = pa.table({"src": pa.array([], pa.int64()), "dst": pa.array([], pa.int64()),
+                      "kind": pa.array([], pa.string()), "timestamp": pa.array([], pa.int64())})
+    Corpus(members, items, inter, edges).save(path)
+    return path
+
+
+def _movies_dir():
+    from recbrew import assets
+
+    return assets.path("configs") / "movielens" / "tasks"
+
+
+def _build_protocol(log, out, **options):
+    cfg = BuildConfig(tasks=["movies_like"], tokenizer="none", **options)
+    manifest = build_examples(log, out, cfg, tasks_dir=_movies_dir(), progress=False)
+    text, structured = _load(out), _load(out, "structured")
+    requests = {split: [(r["member_id"], r["candidate_ids"], r["labels"], r["record"]) for r in text[split]]
+                for split in text}
+    return manifest, requests, text, structured
+
+
+def test_leave_last_one_target_with_a_history_window(ratings_log, tmp_path):
+    """Each member's last record is test and the one before validation, by record order, not time."""
+    manifest, requests, text, structured = _build_protocol(ratings_log, tmp_path / "ex", split="leave-last",
+                                                           one_target=True, history="last:2")
+    assert manifest["splits"] == ["train", "validation", "test"]
+    assert requests == {
+        "train": [(1, [10], [1], 0), (2, [11], [0], 1), (1, [12], [0], 2), (1, [13], [1], 3), (2, [14], [1], 4)],
+        "validation": [(1, [16], [1], 6), (2, [17], [0], 7)],
+        # Member 3 has one record: it is test. Member 2's last record (row 9) is the earliest of its day 1.
+        "test": [(3, [15], [1], 5), (1, [18], [0], 8), (2, [19], [1], 9)],
+    }
+    hist = {r["record"]: (s["hist_item_ids"], r["member_interactions"], r["history_length"])
+            for split in text for r, s in zip(text[split], structured[split], strict=True)}
+    # The last two interactions before each record (oldest first), however many came before it.
+    assert hist == {0: ([], 0, 0), 1: ([], 0, 0), 2: ([10], 1, 1), 3: ([10, 12], 2, 2), 4: ([11], 1, 1),
+                    6: ([12, 13], 3, 2), 7: ([11, 14], 2, 2), 5: ([], 0, 0), 8: ([13, 16], 4, 2),
+                    9: ([14, 17], 3, 2)}
+    last = text["test"][2]["prefix"]
+    assert "MOVIE-14" in last and "MOVIE-17" in last and "MOVIE-11" not in last
+    assert all(d is None for split in text for d in text[split]["days_from_cutoff"])
+
+
+def test_order_split_global_and_per_member(ratings_log, tmp_path):
+    _, requests, _, _ = _build_protocol(ratings_log, tmp_path / "global", split="order", one_target=True,
+                                        test_fraction=0.3)
+    # The last 30% of the records (rows 7, 8, 9) are test; no validation split was asked for.
+    assert [r[3] for r in requests["train"]] == [0, 1, 2, 3, 4, 5, 6]
+    assert [r[3] for r in requests["test"]] == [7, 8, 9] and "validation" not in requests
+    _, requests, _, _ = _build_protocol(ratings_log, tmp_path / "member", split="order", split_scope="member",
+                                        one_target=True, test_fraction=0.5)
+    # Member 1: 5 records, 2.5 rounds to 3 test; member 2: 2 of 4; member 3: its only record stays train.
+    assert [r[3] for r in requests["test"]] == [3, 6, 7, 8, 9]
+    assert [r[3] for r in requests["train"]] == [0, 1, 2, 4, 5]
+    _, requests, _, _ = _build_protocol(ratings_log, tmp_path / "val", split="order", split_scope="member",
+                                        one_target=True, test_fraction=0.5, val_fraction=0.5)
+    # Half of the members with two training records (1 and 2) lend their last one to validation.
+    assert [r[3] for r in requests["validation"]] in ([2], [4])
+    assert sorted(r[3] for s in ("train", "validation") for r in requests[s]) == [0, 1, 2, 4, 5]
+
+
+def test_time_split_with_validation_days_and_sessions(ratings_log, tmp_path):
+    manifest, requests, text, structured = _build_protocol(ratings_log, tmp_path / "ex", test_days=1.5, gap_days=0,
+                                                           val_days=1)
+    # Sessions (a member's ratings of one day) by time: day 3-4 test, day 2 validation, earlier train.
+    assert requests == {
+        "train": [(1, [10], [1], 0), (2, [11], [0], 1), (2, [19], [1], 9), (1, [12, 13], [0, 1], 2)],
+        "validation": [(2, [14], [1], 4), (3, [15], [1], 5)],
+        "test": [(1, [16], [1], 6), (2, [17], [0], 7), (1, [18], [0], 8)],
+    }
+    split = manifest["split"]
+    assert split["validation_start"] == split["cutoff"] - DAY and split["test_start"] == split["cutoff"]
+    # By time, everything before the moment is history: row 9 (day 1) comes before row 4 (day 2).
+    assert structured["validation"][0]["hist_item_ids"] == [11, 19]
+    assert text["validation"][0]["days_from_cutoff"] == pytest.approx(-(14 * 3600 + 1) / DAY)  # day 2 08:00 vs 22:00:01
+
+
+def test_time_split_per_member_and_validation_fraction(ratings_log, tmp_path):
+    _, requests, _, _ = _build_protocol(ratings_log, tmp_path / "member", split_scope="member", one_target=True,
+                                        test_days=1, gap_days=0)
+    # Each member's own last day: member 1 from day 3 10:00, member 2 from day 2 10:00, member 3 from day 1 12:00.
+    assert sorted(r[3] for r in requests["test"]) == [5, 7, 8]
+    _, requests, _, _ = _build_protocol(ratings_log, tmp_path / "fraction", one_target=True, test_days=1.5,
+                                        gap_days=0, val_fraction=0.5, seed=7)
+    train_val = sorted(r[3] for s in ("train", "validation") for r in requests[s])
+    assert train_val == [0, 1, 2, 3, 4, 5, 9] and len(requests["validation"]) == 4  # half of 7, rounded up
+    _, again, _, _ = _build_protocol(ratings_log, tmp_path / "again", one_target=True, test_days=1.5, gap_days=0,
+                                     val_fraction=0.5, seed=7)
+    assert again == requests
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"split": "leave-last", "val_days": 1}, "--val-days applies to --split time"),
+    ({"val_days": 1, "val_fraction": 0.1}, "pick one"),
+    ({"history": "last:0"}, "'last:N' with N from 1 to 500"),
+    ({"test_fraction": 0.2}, "--test-fraction applies to --split order"),
+    ({"split": "order", "test_fraction": 1.5}, "must be in (0, 1)"),
+    ({"split": "shuffle"}, "--split 'shuffle'"),
+    ({"test_days": 2, "gap_days": 1, "val_days": 2}, "too short"),
+])
+def test_protocol_mistakes_are_one_line_errors(ratings_log, tmp_path, options, message):
+    from recbrew.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        _build_protocol(ratings_log, tmp_path / "ex", **options)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "ex").exists()
+
+
+def test_manifest_records_task_specs_and_folders_without_them_fall_back(ratings_log, tmp_path):
+    import shutil
+
+    from recbrew.errors import ConfigError, UserError
+    from recbrew.examples.folder import Examples, spec_hash
+    from recbrew.scoring import load_requests
+    from recbrew.tasks import load_catalog
+
+    manifest, _, _, _ = _build_protocol(ratings_log, tmp_path / "ex", split="leave-last", one_target=True)
+    shipped = load_catalog(_movies_dir())["movies_like"]
+    record = manifest["task_specs"]["movies_like"]
+    assert record["spec"] == shipped.model_dump(mode="json") and record["version"] == 1
+    assert record["sha256"] == spec_hash(record["spec"]) and manifest["format"] == 2
+    folder = Examples.open(tmp_path / "ex")
+    assert folder.catalog() == {"movies_like": shipped}  # no --tasks-dir needed to read it back
+    assert folder.catalog(_movies_dir())["movies_like"] == shipped  # the same spec: no conflict
+    assert [r["record"] for r in load_requests(tmp_path / "ex", "validation")] == [6, 7]
+
+    changed = tmp_path / "changed" / "movies"
+    changed.mkdir(parents=True)
+    text = (_movies_dir() / "movies" / "movies_like.yaml").read_text()
+    (changed / "movies_like.yaml").write_text(text.replace('words: ["yes", "no"]', 'words: ["Y", "N"]'))
+    with pytest.raises(ConfigError) as err:
+        folder.catalog(changed.parent)
+    assert str(err.value).startswith("task 'movies_like': --tasks-dir ")
+    assert 'answer.words: ["Y", "N"] there, ["yes", "no"] recorded' in str(err.value)
+
+    # A folder built before specs were recorded (and without a validation split) reads as it always did.
+    old = tmp_path / "old"
+    _build_protocol(ratings_log, old, test_days=1.5, gap_days=0)
+    meta = json.loads((old / "manifest.json").read_text())
+    for key in ("task_specs", "splits", "format"):
+        meta.pop(key)
+    (old / "manifest.json").write_text(json.dumps(meta))
+    legacy = Examples.open(old)
+    assert legacy.splits == ["train", "test"] and legacy.recorded_specs() is None
+    assert "movies_like" not in legacy.catalog() and "feed_like" in legacy.catalog()  # the shipped catalog
+    assert legacy.catalog(_movies_dir())["movies_like"] == shipped
+    with pytest.raises(UserError, match="no 'validation' split .*--val-days or --val-fraction"):
+        load_requests(old, "validation")
+    # A hand-edited spec whose hash no longer matches is refused.
+    edited = json.loads((tmp_path / "ex" / "manifest.json").read_text())
+    edited["task_specs"]["movies_like"]["spec"]["question"] = "Really?"
+    shutil.copytree(tmp_path / "ex", tmp_path / "edited")
+    (tmp_path / "edited" / "manifest.json").write_text(json.dumps(edited))
+    with pytest.raises(UserError, match="sha256 does not match"):
+        Examples.open(tmp_path / "edited").catalog()
+
+
+def test_cli_build_with_protocol_options(ratings_log, tmp_path):
+    res = subprocess.run([str(RECBREW), "data", "build", "--corpus", str(ratings_log), "--out", str(tmp_path / "ex"),
+                          "--tasks", "movies_like", "--tasks-dir", str(_movies_dir()), "--tokenizer", "none",
+                          "--split", "leave-last", "--one-target", "--history", "last:2"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "train     5  validation     2  test     3" in res.stdout
+    assert "(5 train / 2 validation / 3 test requests)" in res.stdout
+    config = json.loads((tmp_path / "ex" / "manifest.json").read_text())["config"]
+    assert (config["split"], config["split_scope"], config["one_target"], config["history"]) == \
+        ("leave-last", "member", True, "last:2")

@@ -134,12 +134,32 @@ def build(
                                                 help="Candidates kept per request (the slate's first ones).")] = 20,
     burn_in_days: Annotated[float, typer.Option("--burn-in-days", help="Days at the log's start that only feed "
                                                 "histories (no requests from them).")] = 0.0,
+    split: Annotated[str, typer.Option("--split", help="time (by days), order (by the interactions' record order) "
+                                       "or leave-last (each member's last request is test, the one before "
+                                       "validation).")] = "time",
+    split_scope: Annotated[str, typer.Option("--split-scope", help="global (one boundary for the log) or member "
+                                             "(each member's own sequence; leave-last is always per member).")
+                           ] = "global",
+    test_fraction: Annotated[float | None, typer.Option("--test-fraction", help="--split order: the last fraction "
+                                                        "of (each member's) requests that is test [default: 0.2].")
+                             ] = None,
+    val_days: Annotated[float | None, typer.Option("--val-days", help="Validation split: the last D days before the "
+                                                   "cutoff (--split time).")] = None,
+    val_fraction: Annotated[float | None, typer.Option("--val-fraction", help="Validation split: a seeded fraction "
+                                                       "of the training requests (global scope) or of the members "
+                                                       "(member scope: their last training request).")] = None,
+    max_val: Annotated[int, typer.Option("--max-val", help="Requests per task in validation (sampled).")] = 200,
+    one_target: Annotated[bool, typer.Option("--one-target", help="One target per request: each labelled "
+                                             "impression its own request, with the history before it.")] = False,
+    history: Annotated[str, typer.Option("--history", help="all (everything before the request) or last:N (the "
+                                         "last N interactions before it, not bounded by the day).")] = "all",
     tasks_dir: Annotated[Path | None, typer.Option("--tasks-dir", help="Your task folder.")] = None,
     prompts_dir: Annotated[Path | None, typer.Option("--prompts-dir", help="Your templates folder.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
-    """Build examples: temporal split, real negatives, rendered prompts and a structured-feature view."""
+    """Build examples: split by time, record order or leave-last (optionally a validation split), real negatives,
+    rendered prompts and a structured-feature view. docs/examples-format.md describes the folder."""
     from recbrew.examples.build import BuildConfig, build_examples
 
     if not progress:
@@ -149,12 +169,16 @@ def build(
     cfg = BuildConfig(
         tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None, test_days=test_days,
         gap_days=gap_days, max_train=max_train, max_test=max_test, seed=seed, style=style, tokenizer=tokenizer,
-        max_tokens=max_tokens, max_candidates=max_candidates, burn_in_days=burn_in_days,
+        max_tokens=max_tokens, max_candidates=max_candidates, burn_in_days=burn_in_days, split=split,
+        split_scope="member" if split == "leave-last" else split_scope, test_fraction=test_fraction,
+        val_days=val_days, val_fraction=val_fraction, max_val=max_val, one_target=one_target, history=history,
     )
     manifest = build_examples(corpus, out, cfg, tasks_dir=tasks_dir, prompts_dir=prompts_dir, force=force,
                               progress=progress)
+    splits = manifest["splits"]
     for name, row in manifest["tasks"].items():
-        typer.echo(f"{name:34} {row['split_tag']}  train {row['train']:5}  test {row['test']:5}  "
-                   f"candidates {row['candidates']:6}  positives {row['positives']:6}")
-    typer.echo(f"wrote {out} ({manifest['rows']['train']} train / {manifest['rows']['test']} test requests) "
-               f"in {manifest['seconds']:.1f} s")
+        counts = "  ".join(f"{s} {row[s]:5}" for s in splits)
+        typer.echo(f"{name:34} {row['split_tag']}  {counts}  candidates {row['candidates']:6}  "
+                   f"positives {row['positives']:6}")
+    rows = " / ".join(f"{manifest['rows'][s]} {s}" for s in splits)
+    typer.echo(f"wrote {out} ({rows} requests) in {manifest['seconds']:.1f} s")

@@ -1,11 +1,15 @@
 """`recbrew data build`: Corpus + tasks -> Hugging Face datasets of rendered prompts and features.
 
-Writes, under the output folder:
-- ``text/``: DatasetDict(train, test) with one row per request: prompt prefix (shared by the
+Writes, under the output folder (`docs/examples-format.md` describes every field):
+- ``text/``: DatasetDict(train, [validation,] test) with one row per request: prompt prefix (shared by the
   request's candidates), candidate segments, labels, token counts, what history was cut, and
   metadata (task, version, T1/T2, cold-start count, history length, days after the cutoff);
 - ``structured/``: the same requests as ids, categoricals and history sequences, for baselines;
-- ``manifest.json``: split plan, seed, task versions, tokenizer, counts.
+- ``manifest.json``: the protocol, seed, the task specs by content, tokenizer, counts.
+
+The protocol (`recbrew.examples.protocol`): requests are sessions or single targets (``one_target``),
+split by time, by record order or leave-last, globally or per member, with an optional validation
+split; a request's history is everything before it, or the last N interactions (``history``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ from tqdm.auto import tqdm
 from recbrew.data.corpus import Corpus
 from recbrew.data.io import staged_directory
 from recbrew.errors import ConfigError, UserError
-from recbrew.examples.requests import DAY, Requests, SplitPlan, build_requests, task_rng, time_range
+from recbrew.examples.folder import FORMAT, spec_record
+from recbrew.examples.history import HistoryIndex
+from recbrew.examples.protocol import DAY, SplitRule, parse_history
+from recbrew.examples.requests import Requests, build_requests, task_rng, time_range
 from recbrew.tasks import load_catalog
 from recbrew.tasks.spec import Kind, TaskSpec
 from recbrew.verbalize.context import CorpusView
@@ -50,18 +57,34 @@ class BuildConfig:
     style: str | None = None
     tokenizer: str = "smollm2"
     max_tokens: int | None = None
+    #: Split rule: ``time`` (by days), ``order`` (by the interactions' record order) or ``leave-last``.
+    split: str = "time"
+    #: ``global`` (one boundary for the whole log) or ``member`` (each member's own sequence).
+    split_scope: str = "global"
+    #: ``order``: the fraction of (each member's) requests at the end that is test (default 0.2).
+    test_fraction: float | None = None
+    #: Validation: the last ``val_days`` before the cutoff (time), or a seeded ``val_fraction`` of the
+    #: training requests (global scope) or of the members (member scope: their last training request).
+    val_days: float | None = None
+    val_fraction: float | None = None
+    max_val: int = 200
+    #: Each labelled impression its own request (binary: one candidate; listwise and next-title: one per positive).
+    one_target: bool = False
+    #: ``all`` (everything before the request) or ``last:N`` (the last N interactions the history shows).
+    history: str = "all"
 
 
-def _sample(req: Requests, cfg: BuildConfig, rng: np.random.Generator) -> Requests:
-    """At most max_train / max_test requests per split (seeded), in time order."""
+def _sample(req: Requests, cfg: BuildConfig, rng: np.random.Generator, by_order: bool) -> Requests:
+    """At most max_train / max_val / max_test requests per split (seeded), in time (or record) order."""
     keep = []
-    for split, cap in (("train", cfg.max_train), ("test", cfg.max_test)):
+    for split, cap in (("train", cfg.max_train), ("validation", cfg.max_val), ("test", cfg.max_test)):
         rows = np.flatnonzero(req.split == split)
         if len(rows) > cap:
             rows = np.sort(rng.choice(rows, size=cap, replace=False))
         keep.append(rows)
     rows = np.concatenate(keep)
-    return req.take(rows[np.argsort(req.timestamp[rows], kind="stable")])
+    key = req.pos[rows] if by_order else req.timestamp[rows]
+    return req.take(rows[np.argsort(key, kind="stable")])
 
 
 def _cap_candidates(req: Requests, k: int) -> Requests:
@@ -72,12 +95,12 @@ def _cap_candidates(req: Requests, k: int) -> Requests:
     offsets = np.concatenate([[0], np.cumsum(keep)]).astype(np.int64)
     idx = np.arange(offsets[-1]) - np.repeat(offsets[:-1], keep) + np.repeat(req.offsets[:-1], keep)
     return Requests(req.member_id, req.timestamp, req.split, offsets, req.candidates[idx], req.labels[idx],
-                    req.true_probs[idx], req.target, req.hide_skill)
+                    req.true_probs[idx], req.target, req.hide_skill, req.pos)
 
 
 class _Columns:
-    def __init__(self):
-        self.data: dict[str, dict[str, list]] = {"train": {}, "test": {}}
+    def __init__(self, splits: list[str]):
+        self.data: dict[str, dict[str, list]] = {split: {} for split in splits}
 
     def add(self, split: str, row: dict) -> None:
         cols = self.data[split]
@@ -87,14 +110,34 @@ class _Columns:
     def dataset_dict(self):
         import datasets
 
-        return datasets.DatasetDict({split: datasets.Dataset.from_dict(cols) for split, cols in self.data.items()})
+        built = {split: datasets.Dataset.from_dict(cols) for split, cols in self.data.items() if cols}
+        # An empty split keeps the columns and types of the others, so readers need no special case.
+        like = next(iter(built.values()), None)
+        return datasets.DatasetDict({
+            split: built.get(split) or (datasets.Dataset.from_dict({}) if like is None else
+                                        datasets.Dataset.from_dict({c: [] for c in like.column_names},
+                                                                   features=like.features))
+            for split in self.data})
 
 
-def build_task(view: CorpusView, task: TaskSpec, renderer: Renderer, req: Requests, plan: SplitPlan,
-               text: _Columns, structured: _Columns, progress) -> dict:
+@dataclass
+class _Context:
+    """What every request of a build shares: the views, the history index and the protocol."""
+
+    view: CorpusView
+    history: HistoryIndex
+    rule: SplitRule
+    last: int | None  # the history window (``last:N``), None for everything before the request
+
+
+def build_task(ctx: _Context, task: TaskSpec, renderer: Renderer, req: Requests, text: _Columns,
+               structured: _Columns, progress) -> dict:
     """Render every request of one task; returns per-split counts."""
-    counts = {"train": 0, "test": 0, "candidates": 0, "positives": 0}
+    view = ctx.view
+    counts = {split: 0 for split in text.data} | {"candidates": 0, "positives": 0}
     fields = tuple(task.candidate_fields)
+    days = ctx.rule.days_from_cutoff(req.member_id, req.timestamp)
+    limit = ctx.last or 4 * renderer.task.history.max_items
     for i in range(len(req)):
         member, t, split = int(req.member_id[i]), int(req.timestamp[i]), str(req.split[i])
         if not view.has_member(member):
@@ -105,13 +148,16 @@ def build_task(view: CorpusView, task: TaskSpec, renderer: Renderer, req: Reques
         probs = [None if np.isnan(p) else float(p) for p in req.true_probs[lo:hi]]
         hidden = req.hide_skill[i] if req.hide_skill else None
         friends = view.connections(member, t)
-        history = view.history(member, t, task)
+        h_first, h_hi = ctx.history.before(member, t, int(req.pos[i]))
+        history = ctx.history.entries(view, h_first, h_hi, t, task, limit)
+        interactions = h_hi - h_first
+        # "Past actions" counts what came before the request under the protocol (by record for order rules).
+        network = {**view.network(member, t), "actions": interactions}
         prompt = renderer.render(
             view.member(member, hidden), [view.candidate(member, c, t, task, friends) for c in cand_ids],
-            history, network=view.network(member, t),
+            history, network=network,
         )
         request_id = f"{task.name}/{split}/{i}"
-        interactions = view.actions_before(member, t)
         text.add(split, {
             "request_id": request_id, "task": task.name, "task_version": task.version, "kind": task.kind.value,
             "split_tag": task.split.value, "surface": task.surface, "member_id": member, "timestamp": t,
@@ -121,17 +167,18 @@ def build_task(view: CorpusView, task: TaskSpec, renderer: Renderer, req: Reques
             "segment_tokens": prompt.segment_tokens, "history_kept": prompt.history_kept,
             "history_cut": prompt.history_cut, "over_budget": prompt.over_budget,
             "member_interactions": interactions, "history_length": len(history),
-            "days_from_cutoff": (t - plan.cutoff) / DAY, "style": renderer.task.style,
+            "days_from_cutoff": None if np.isnan(days[i]) else float(days[i]), "style": renderer.task.style,
+            "record": int(req.pos[i]),
         })
-        h_lo, h_hi = view.actions_range(member, t)
-        h_lo = max(h_lo, h_hi - STRUCTURED_HISTORY)
+        h_lo = max(h_first, h_hi - (ctx.last or STRUCTURED_HISTORY))
+        hist = slice(h_lo, h_hi)
         profile = view.member(member)
         row = {
             "request_id": request_id, "task": task.name, "split_tag": task.split.value, "surface": task.surface,
             "member_id": member, "timestamp": t, "candidate_ids": cand_ids, "labels": labels, "true_probs": probs,
             "member_interactions": interactions,
-            "hist_item_ids": view.h_item[h_lo:h_hi].tolist(), "hist_actions": view.h_action[h_lo:h_hi].tolist(),
-            "hist_surfaces": view.h_surface[h_lo:h_hi].tolist(), "hist_timestamps": view.h_ts[h_lo:h_hi].tolist(),
+            "hist_item_ids": ctx.history.item[hist].tolist(), "hist_actions": ctx.history.action[hist].tolist(),
+            "hist_surfaces": ctx.history.surface[hist].tolist(), "hist_timestamps": ctx.history.ts[hist].tolist(),
         }
         row.update({f"member_{f}": profile.get(f) for f in MEMBER_FEATURES})
         items = [view.item(c, fields) for c in cand_ids]
@@ -144,23 +191,47 @@ def build_task(view: CorpusView, task: TaskSpec, renderer: Renderer, req: Reques
     return counts
 
 
+def split_rule(corpus: Corpus, cfg: BuildConfig) -> SplitRule:
+    """The protocol's split rule for ``corpus`` (a ConfigError when the options do not fit together or the log)."""
+    start, end = time_range(corpus)
+    member_ids = member_end = None
+    if cfg.split == "time" and cfg.split_scope == "member":
+        inter = corpus.interactions
+        m, ts = inter["member_id"].to_numpy(), inter["timestamp"].to_numpy()
+        order = np.lexsort((ts, m))
+        m, ts = m[order], ts[order]
+        last = np.r_[m[1:] != m[:-1], True]
+        member_ids, member_end = m[last], ts[last] + 1
+    scope = "member" if cfg.split == "leave-last" else cfg.split_scope
+    return SplitRule(cfg.split, scope, cfg.test_days, cfg.gap_days, cfg.test_fraction, cfg.val_days,
+                     cfg.val_fraction, start, end, member_ids, member_end)
+
+
 def build_examples(corpus_dir: str | Path, out: str | Path, cfg: BuildConfig, *, tasks_dir=None, prompts_dir=None,
-                   force: bool = False, progress: bool = True) -> dict:
-    """Build the datasets for the chosen tasks into ``out`` (written aside, then moved in place)."""
+                   force: bool = False, progress: bool = True, catalog: dict[str, TaskSpec] | None = None) -> dict:
+    """Build the datasets for the chosen tasks into ``out`` (written aside, then moved in place).
+
+    ``catalog`` hands the task specs in directly (e.g. those recorded in another examples folder); otherwise
+    they come from ``tasks_dir`` or the shipped catalog.
+    """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"{out} already exists and is not empty; pass --force to replace it")
-    catalog = load_catalog(tasks_dir)
+    catalog = dict(catalog) if catalog is not None else load_catalog(tasks_dir)
     names = cfg.tasks or sorted(catalog)
     unknown = [n for n in names if n not in catalog]
     if unknown:
         raise ConfigError(f"unknown task(s): {', '.join(unknown)}; `recbrew tasks list` shows the catalog")
+    last = parse_history(cfg.history)
     corpus = Corpus.load(corpus_dir)
     start, end = time_range(corpus)
-    plan = SplitPlan.from_days(start, end, cfg.test_days, cfg.gap_days)
-    if cfg.burn_in_days < 0 or start + cfg.burn_in_days * DAY >= plan.cutoff:
-        raise ConfigError(f"--burn-in-days {cfg.burn_in_days:g} leaves no training days before the cutoff "
-                          f"({(plan.cutoff - start) / DAY:.1f} days after the log starts)")
+    rule = split_rule(corpus, cfg)
+    first_held_out = rule.validation_start or rule.cutoff
+    if cfg.burn_in_days < 0 or (rule.rule == "time" and rule.scope == "global"
+                                and start + cfg.burn_in_days * DAY >= first_held_out):
+        raise ConfigError(f"--burn-in-days {cfg.burn_in_days:g} leaves no training days before the "
+                          f"{'validation start' if rule.validation_start else 'cutoff'} "
+                          f"({(first_held_out - start) / DAY:.1f} days after the log starts)")
     tokenizer = None
     if cfg.tokenizer != "none":
         from recbrew.models.tokenizers import load_tokenizer
@@ -168,34 +239,41 @@ def build_examples(corpus_dir: str | Path, out: str | Path, cfg: BuildConfig, *,
         tokenizer = load_tokenizer(cfg.tokenizer)
     env = make_environment(prompts_dir)
     began = time.perf_counter()
-    view = CorpusView(corpus)
+    ctx = _Context(CorpusView(corpus), HistoryIndex(corpus, rule.by_order), rule, last)
     plans = []
     for name in names:
         task = catalog[name]
-        req = build_requests(corpus, task, plan, cfg.seed)
+        req = build_requests(corpus, task, rule, cfg.seed, one_target=cfg.one_target)
         if cfg.burn_in_days:
             req = req.take(np.flatnonzero(req.timestamp >= start + cfg.burn_in_days * DAY))
         if task.kind == Kind.binary:
             req = _cap_candidates(req, cfg.max_candidates)
-        plans.append((task, _sample(req, cfg, task_rng(cfg.seed + 1, task))))
-    text, structured = _Columns(), _Columns()
+        plans.append((task, _sample(req, cfg, task_rng(cfg.seed + 1, task), rule.by_order)))
+    splits = rule.splits
+    text, structured = _Columns(splits), _Columns(splits)
     summary = {}
     bar = tqdm(total=sum(len(r) for _, r in plans), desc="rendering requests", unit="req", disable=not progress)
     for task, req in plans:
         renderer = Renderer(task, env=env, tokenizer=tokenizer, style=cfg.style)
-        if cfg.max_tokens:
+        history = {"max_tokens": cfg.max_tokens} if cfg.max_tokens else {}
+        if last:
+            history["max_items"] = last  # the window is the history: none of it is dropped before the budget
+        if history:
             renderer.task = renderer.task.model_copy(
-                update={"history": renderer.task.history.model_copy(update={"max_tokens": cfg.max_tokens})})
+                update={"history": renderer.task.history.model_copy(update=history)})
         summary[task.name] = {"version": task.version, "split_tag": task.split.value, "kind": task.kind.value,
                               "surface": task.surface,
-                              **build_task(view, task, renderer, req, plan, text, structured, bar)}
+                              **build_task(ctx, task, renderer, req, text, structured, bar)}
     bar.close()
     seconds = time.perf_counter() - began
     manifest = {
+        "format": FORMAT,
         "corpus": str(Path(corpus_dir).resolve()), "config": asdict(cfg),
-        "split": {"cutoff": plan.cutoff, "test_start": plan.test_start, "end": plan.end},
-        "tasks": summary, "seconds": round(seconds, 2),
-        "rows": {s: sum(v[s] for v in summary.values()) for s in ("train", "test")},
+        "split": rule.describe(), "splits": splits,
+        "tasks": summary,
+        "task_specs": {task.name: spec_record(task) for task, _ in plans},
+        "seconds": round(seconds, 2),
+        "rows": {s: sum(v[s] for v in summary.values()) for s in splits},
     }
     with staged_directory(out) as staging:
         text.dataset_dict().save_to_disk(str(staging / "text"))

@@ -1,6 +1,9 @@
 """From logged impressions to ranking requests: one row per (member, task, moment, candidates, labels).
 
-Selection and grouping are vectorized over the interactions table; nothing here renders text.
+A request is a *session* (one member's labelled impressions of one day), or with ``one_target`` a
+single labelled impression. Each request keeps its moment (timestamp) and its record (the row of
+the interactions table it starts at), which the split rule and the history window read
+(`recbrew.examples.protocol`). Selection and grouping are vectorized; nothing here renders text.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ class SplitPlan:
         """'train', 'test', or '' (inside the gap: dropped)."""
         return np.where(t < self.cutoff, "train", np.where(t >= self.test_start, "test", ""))
 
+    def assign(self, member: np.ndarray, ts: np.ndarray, pos: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The `SplitRule` interface: the split of each request by its time."""
+        return self.split_of(ts)
+
 
 @dataclass
 class Requests:
@@ -61,6 +68,8 @@ class Requests:
     true_probs: np.ndarray  # NaN where unknown
     target: list[str | None] | None = None
     hide_skill: list[str | None] | None = None
+    #: The request's record: the row of the interactions table of its first (or only) impression.
+    pos: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.member_id)
@@ -74,7 +83,14 @@ class Requests:
 
         return Requests(self.member_id[rows], self.timestamp[rows], self.split[rows], offsets,
                         self.candidates[idx], self.labels[idx], self.true_probs[idx],
-                        pick(self.target), pick(self.hide_skill))
+                        pick(self.target), pick(self.hide_skill), None if self.pos is None else self.pos[rows])
+
+    def with_splits(self, rule, rng: np.random.Generator) -> Requests:
+        """Requests labelled by ``rule`` (a `SplitPlan` or `SplitRule`), those it drops left out."""
+        split = rule.assign(self.member_id, self.timestamp, self.pos, rng)
+        req = Requests(self.member_id, self.timestamp, split, self.offsets, self.candidates, self.labels,
+                       self.true_probs, self.target, self.hide_skill, self.pos)
+        return req.take(np.flatnonzero(split != ""))
 
 
 def task_rng(seed: int, task: TaskSpec) -> np.random.Generator:
@@ -111,6 +127,7 @@ def _impressions(corpus: Corpus, task: TaskSpec) -> dict[str, np.ndarray]:
         "ts": inter["timestamp"].to_numpy()[rows],
         "label": np.isin(action[rows], task.label.positive).astype(np.int8),
         "prob": probs,
+        "row": rows.astype(np.int64),
     }
 
 
@@ -123,20 +140,39 @@ def _sessions(imp: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return order, starts
 
 
-def pointwise(corpus: Corpus, task: TaskSpec, plan: SplitPlan) -> Requests:
-    """One request per session: every labelled impression of that session is a candidate."""
+def _targets(imp: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Every impression its own group (``one_target``), ordered by member, time and record."""
+    order = np.lexsort((imp["row"], imp["ts"], imp["member"]))
+    return order, np.arange(len(order))
+
+
+def _session_pos(rows_sorted: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The first record (lowest row) of each group."""
+    if len(starts) == 0:
+        return np.zeros(0, np.int64)
+    return np.minimum.reduceat(rows_sorted, starts)
+
+
+def pointwise(corpus: Corpus, task: TaskSpec, plan, one_target: bool = False,
+              rng: np.random.Generator | None = None) -> Requests:
+    """One request per session (or per labelled impression): its labelled impressions are the candidates."""
     imp = _impressions(corpus, task)
     if len(imp["ts"]) == 0:
         return _empty()
-    order, starts = _sessions(imp)
+    order, starts = _targets(imp) if one_target else _sessions(imp)
     s = {k: v[order] for k, v in imp.items()}
     t = s["ts"][starts]
-    req = Requests(s["member"][starts], t, plan.split_of(t), np.r_[starts, len(order)], s["item"], s["label"], s["prob"])
-    return req.take(np.flatnonzero(req.split != ""))
+    req = Requests(s["member"][starts], t, np.full(len(t), "", dtype="<U10"), np.r_[starts, len(order)], s["item"],
+                   s["label"], s["prob"], pos=_session_pos(s["row"], starts))
+    return req.with_splits(plan, rng if rng is not None else np.random.default_rng(0))
 
 
-def listwise(corpus: Corpus, task: TaskSpec, plan: SplitPlan, rng: np.random.Generator) -> Requests:
-    """Sessions with a positive: the positive plus k-1 real negative impressions, in random slots."""
+def listwise(corpus: Corpus, task: TaskSpec, plan, rng: np.random.Generator, one_target: bool = False,
+             split_rng: np.random.Generator | None = None) -> Requests:
+    """Sessions with a positive: the positive plus k-1 real negative impressions, in random slots.
+
+    With ``one_target`` every positive of a session makes its own request.
+    """
     imp = _impressions(corpus, task)
     order, starts = _sessions(imp)
     sorted_ = {k: v[order] for k, v in imp.items()}
@@ -145,58 +181,65 @@ def listwise(corpus: Corpus, task: TaskSpec, plan: SplitPlan, rng: np.random.Gen
     neg_pool = np.flatnonzero(sorted_["label"] == 0)
     if len(neg_pool) == 0:
         return _empty()
-    members, times, cands, labels, probs = [], [], [], [], []
+    members, times, cands, labels, probs, rows = [], [], [], [], [], []
     for s, e in zip(starts, ends, strict=True):
         lab = sorted_["label"][s:e]
         pos = np.flatnonzero(lab == 1)
         if len(pos) == 0:
             continue
-        negs = s + np.flatnonzero(lab == 0)
-        if len(negs) < k - 1:
-            # Fill with other members' real impressions without the action, preferably from the same
-            # day; never an item already in this session, never the same item twice.
-            need = k - 1 - len(negs)
-            fresh = neg_pool[~np.isin(sorted_["item"][neg_pool], sorted_["item"][s:e])]
-            day = fresh[sorted_["ts"][fresh] // DAY == sorted_["ts"][s] // DAY]
-            pool = day if len(np.unique(sorted_["item"][day])) >= need else fresh
-            _, first = np.unique(sorted_["item"][pool], return_index=True)
-            if len(first) < need:
-                continue
-            negs = np.concatenate([negs, rng.choice(pool[first], size=need, replace=False)])
-        else:
-            negs = rng.choice(negs, size=k - 1, replace=False)
-        slot = np.concatenate([[s + pos[0]], negs])
-        slot = slot[rng.permutation(k)]
-        members.append(sorted_["member"][s])
-        times.append(sorted_["ts"][s])
-        cands.append(sorted_["item"][slot])
-        labels.append((slot == s + pos[0]).astype(np.int8))
-        probs.append(sorted_["prob"][slot])
+        for target in (pos if one_target else pos[:1]):
+            negs = s + np.flatnonzero(lab == 0)
+            if len(negs) < k - 1:
+                # Fill with other members' real impressions without the action, preferably from the same
+                # day; never an item already in this session, never the same item twice.
+                need = k - 1 - len(negs)
+                fresh = neg_pool[~np.isin(sorted_["item"][neg_pool], sorted_["item"][s:e])]
+                day = fresh[sorted_["ts"][fresh] // DAY == sorted_["ts"][s] // DAY]
+                pool = day if len(np.unique(sorted_["item"][day])) >= need else fresh
+                _, first = np.unique(sorted_["item"][pool], return_index=True)
+                if len(first) < need:
+                    continue
+                negs = np.concatenate([negs, rng.choice(pool[first], size=need, replace=False)])
+            else:
+                negs = rng.choice(negs, size=k - 1, replace=False)
+            slot = np.concatenate([[s + target], negs])
+            slot = slot[rng.permutation(k)]
+            at = s + target if one_target else s
+            members.append(sorted_["member"][s])
+            times.append(sorted_["ts"][at])
+            rows.append(sorted_["row"][at] if one_target else sorted_["row"][s:e].min())
+            cands.append(sorted_["item"][slot])
+            labels.append((slot == s + target).astype(np.int8))
+            probs.append(sorted_["prob"][slot])
     if not members:
         return _empty()
     t = np.array(times)
-    req = Requests(np.array(members), t, plan.split_of(t), np.arange(0, k * len(members) + 1, k),
-                   np.concatenate(cands), np.concatenate(labels), np.concatenate(probs))
-    return req.take(np.flatnonzero(req.split != ""))
+    req = Requests(np.array(members), t, np.full(len(t), "", dtype="<U10"), np.arange(0, k * len(members) + 1, k),
+                   np.concatenate(cands), np.concatenate(labels), np.concatenate(probs), pos=np.array(rows, np.int64))
+    return req.with_splits(plan, split_rng if split_rng is not None else np.random.default_rng(0))
 
 
-def generative(corpus: Corpus, task: TaskSpec, plan: SplitPlan, rng: np.random.Generator) -> Requests:
+def generative(corpus: Corpus, task: TaskSpec, plan, rng: np.random.Generator, one_target: bool = False,
+               split_rng: np.random.Generator | None = None) -> Requests:
     """next_job_title: each positive action's item title; held_out_skill: one profile skill, hidden."""
+    split_rng = split_rng if split_rng is not None else np.random.default_rng(0)
     imp = _impressions(corpus, task)
     if task.generative.target == "next_job_title":
-        # The first positive of each session: one prompt, one answer.
+        # The first positive of each session (every positive with one_target): one prompt, one answer.
         rows = np.flatnonzero(imp["label"] == 1)
         rows = rows[np.lexsort((imp["ts"][rows], imp["ts"][rows] // DAY, imp["member"][rows]))]
-        key = imp["member"][rows] * 100_000 + imp["ts"][rows] // DAY
-        rows = np.sort(rows[np.r_[True, key[1:] != key[:-1]]])
+        if not one_target:
+            key = imp["member"][rows] * 100_000 + imp["ts"][rows] // DAY
+            rows = rows[np.r_[True, key[1:] != key[:-1]]]
+        rows = np.sort(rows)
         titles = corpus.items["title"].to_pylist()
         ids = corpus.items["item_id"].to_numpy()
         where = {int(i): r for r, i in enumerate(ids)}
         target = [titles[where[int(i)]] for i in imp["item"][rows]]
         t = imp["ts"][rows]
-        req = Requests(imp["member"][rows], t, plan.split_of(t), np.zeros(len(rows) + 1, np.int64),
-                       np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0), target, None)
-        return req.take(np.flatnonzero(req.split != ""))
+        req = Requests(imp["member"][rows], t, np.full(len(t), "", dtype="<U10"), np.zeros(len(rows) + 1, np.int64),
+                       np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0), target, None, imp["row"][rows])
+        return req.with_splits(plan, split_rng)
     # held_out_skill: one example per member and split, at their first session in that split.
     members = corpus.members
     if "skills" not in members.column_names:
@@ -207,30 +250,34 @@ def generative(corpus: Corpus, task: TaskSpec, plan: SplitPlan, rng: np.random.G
               zip(members["member_id"].to_pylist(), members["skills"].to_pylist(), headlines, strict=True)}
     order, starts = _sessions(imp)
     m, t = imp["member"][order][starts], imp["ts"][order][starts]
-    split = plan.split_of(t)
+    pos = _session_pos(imp["row"][order], starts)
+    split = plan.assign(m, t, pos, split_rng)
     keep = split != ""
-    m, t, split = m[keep], t[keep], split[keep]
+    m, t, split, pos = m[keep], t[keep], split[keep], pos[keep]
     _, first = np.unique(np.char.add(m.astype(str), split.astype(str)), return_index=True)
     first.sort()
     rows = [i for i in first if len(skills.get(int(m[i])) or []) >= 1]
     target = [skills[int(m[i])][int(rng.integers(0, len(skills[int(m[i])])))] for i in rows]
     rows = np.array(rows, dtype=np.int64)
     return Requests(m[rows], t[rows], split[rows], np.zeros(len(rows) + 1, np.int64), np.zeros(0, np.int64),
-                    np.zeros(0, np.int8), np.zeros(0), target, list(target))
+                    np.zeros(0, np.int8), np.zeros(0), target, list(target), pos[rows])
 
 
 def _empty() -> Requests:
     z = np.zeros(0, np.int64)
-    return Requests(z, z, np.zeros(0, str), np.zeros(1, np.int64), z, np.zeros(0, np.int8), np.zeros(0), None, None)
+    return Requests(z, z, np.zeros(0, str), np.zeros(1, np.int64), z, np.zeros(0, np.int8), np.zeros(0), None, None, z)
 
 
-def build_requests(corpus: Corpus, task: TaskSpec, plan: SplitPlan, seed: int) -> Requests:
+def build_requests(corpus: Corpus, task: TaskSpec, plan, seed: int, one_target: bool = False) -> Requests:
+    """A task's requests, split by ``plan`` (a `SplitPlan`, or a `recbrew.examples.protocol.SplitRule`)."""
     rng = task_rng(seed, task)
+    # Its own stream, so a validation draw never changes which negatives or targets the builders pick.
+    split_rng = task_rng(seed + 2, task)
     if task.kind == Kind.binary:
-        return pointwise(corpus, task, plan)
+        return pointwise(corpus, task, plan, one_target, split_rng)
     if task.kind == Kind.listwise:
-        return listwise(corpus, task, plan, rng)
-    return generative(corpus, task, plan, rng)
+        return listwise(corpus, task, plan, rng, one_target, split_rng)
+    return generative(corpus, task, plan, rng, one_target, split_rng)
 
 
 def time_range(corpus: Corpus) -> tuple[int, int]:

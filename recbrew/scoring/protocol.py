@@ -14,8 +14,6 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from recbrew.errors import UserError
-
 
 @runtime_checkable
 class Scorer(Protocol):
@@ -31,19 +29,8 @@ class Scorer(Protocol):
 
 
 def load_requests(examples_dir: str | Path, split: str = "test", tasks: Sequence[str] | None = None) -> list[dict]:
-    """Rows of ``split`` with the text and structured views merged, optionally for some tasks only."""
-    import datasets
+    """Rows of ``split`` (train, validation or test) with the text and structured views merged, optionally for
+    some tasks only."""
+    from recbrew.examples.folder import Examples
 
-    root = Path(examples_dir)
-    if not (root / "manifest.json").is_file():
-        raise UserError(f"{root}: not an examples folder (no manifest.json); build one with `recbrew data build`")
-    text = datasets.load_from_disk(str(root / "text"))[split]
-    structured = datasets.load_from_disk(str(root / "structured"))[split]
-    wanted = set(tasks) if tasks else None
-    rows = []
-    for t, s in zip(text, structured, strict=True):
-        if t["request_id"] != s["request_id"]:
-            raise UserError(f"{root}: text and structured views are out of step; rebuild the examples")
-        if wanted is None or t["task"] in wanted:
-            rows.append({**s, **t})
-    return rows
+    return Examples.open(examples_dir).requests(split, tasks)

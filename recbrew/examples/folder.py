@@ -1,0 +1,229 @@
+"""An examples folder written by `recbrew data build`, read in one place.
+
+Every later stage (train, eval, `models score`, the baselines, serve) opens the folder through
+:class:`Examples`: its manifest, its splits, its requests, and the task specs it was built with.
+The specs are recorded *by content* in ``manifest.json`` (``task_specs``: the full TaskSpec as
+JSON, its version and a SHA-256 of it), so a task authored in the user's own folder needs no
+``--tasks-dir`` after the build. Folders built before specs were recorded fall back to the
+catalog (the shipped one, or ``--tasks-dir``). `docs/examples-format.md` describes the layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from recbrew.errors import ConfigError, UserError
+from recbrew.tasks.spec import TaskSpec
+
+MANIFEST = "manifest.json"
+#: 2: task specs recorded, the ``splits`` list (a ``validation`` split possible).
+FORMAT = 2
+SPLITS = ("train", "validation", "test")
+
+
+def spec_json(spec: TaskSpec) -> dict:
+    """The spec as plain JSON (defaults filled in, enums as their values)."""
+    return spec.model_dump(mode="json")
+
+
+def spec_hash(data: Mapping) -> str:
+    """SHA-256 of a spec's canonical JSON (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def spec_record(spec: TaskSpec) -> dict:
+    """What the manifest keeps of one task: ``{"version", "sha256", "spec"}``."""
+    data = spec_json(spec)
+    return {"version": spec.version, "sha256": spec_hash(data), "spec": data}
+
+
+def spec_diff(recorded: Mapping, other: Mapping, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """Dotted field paths whose values differ (lists compare whole), with (recorded, other) values."""
+    out = []
+    for key in sorted(set(recorded) | set(other)):
+        a, b = recorded.get(key), other.get(key)
+        path = f"{prefix}{key}"
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out.extend(spec_diff(a, b, path + "."))
+        elif a != b:
+            out.append((path, a, b))
+    return out
+
+
+def _short(value: Any, width: int = 48) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def check_same_specs(recorded: Mapping[str, TaskSpec], catalog: Mapping[str, TaskSpec], where: str,
+                     source: str) -> None:
+    """ConfigError naming the first task that ``catalog`` (from ``source``) defines differently from ``recorded``."""
+    for name in sorted(recorded):
+        if name not in catalog:
+            continue
+        a, b = spec_json(recorded[name]), spec_json(catalog[name])
+        diff = spec_diff(a, b)
+        if diff:
+            shown = "; ".join(f"{path}: {_short(y)} there, {_short(x)} recorded" for path, x, y in diff[:3])
+            more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
+            raise ConfigError(
+                f"task {name!r}: {source} defines it differently from the spec {where} was built with "
+                f"({shown}{more}); rebuild the examples with that catalog, or drop --tasks-dir to use the recorded spec")
+
+
+@dataclass
+class Examples:
+    """One examples folder: ``manifest.json``, ``text/`` and ``structured/`` (see the module docstring)."""
+
+    root: Path
+    manifest: dict
+    _specs: dict | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, path: str | Path) -> Examples:
+        root = Path(path)
+        file = root / MANIFEST
+        if not file.is_file():
+            raise UserError(f"{root}: not an examples folder (no {MANIFEST}); build one with `recbrew data build`")
+        try:
+            manifest = json.loads(file.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{file}: not readable JSON ({exc})") from None
+        if not isinstance(manifest, dict):
+            raise UserError(f"{file}: a manifest is a JSON object")
+        return cls(root, manifest)
+
+    # Splits and requests --------------------------------------------------------------------------
+    @property
+    def splits(self) -> list[str]:
+        """The splits written (``train``, ``test``, and ``validation`` when the build made one)."""
+        listed = self.manifest.get("splits")
+        if listed:
+            return list(listed)
+        info = self.root / "text" / "dataset_dict.json"
+        if info.is_file():
+            return list(json.loads(info.read_text()).get("splits", ["train", "test"]))
+        return ["train", "test"]
+
+    def has_split(self, split: str) -> bool:
+        return split in self.splits
+
+    def require_split(self, split: str) -> None:
+        if split in self.splits:
+            return
+        hint = ("; build the examples with --val-days or --val-fraction (or --split leave-last)"
+                if split == "validation" else "")
+        raise UserError(f"{self.root}: no {split!r} split (it has {', '.join(self.splits)}){hint}")
+
+    def requests(self, split: str = "test", tasks: Sequence[str] | None = None) -> list[dict]:
+        """Rows of ``split`` with the text and structured views merged, optionally for some tasks only."""
+        import datasets
+
+        self.require_split(split)
+        text = datasets.load_from_disk(str(self.root / "text"))[split]
+        structured = datasets.load_from_disk(str(self.root / "structured"))[split]
+        wanted = set(tasks) if tasks else None
+        rows = []
+        for t, s in zip(text, structured, strict=True):
+            if t["request_id"] != s["request_id"]:
+                raise UserError(f"{self.root}: text and structured views are out of step; rebuild the examples")
+            if wanted is None or t["task"] in wanted:
+                rows.append({**s, **t})
+        return rows
+
+    # Tasks --------------------------------------------------------------------------------------------
+    @property
+    def task_names(self) -> list[str]:
+        return sorted(self.manifest.get("tasks", {}))
+
+    def kinds(self) -> dict[str, str]:
+        """Task name -> kind (binary, listwise, generative)."""
+        return {name: t["kind"] for name, t in self.manifest.get("tasks", {}).items()}
+
+    @property
+    def records_specs(self) -> bool:
+        return "task_specs" in self.manifest
+
+    def recorded_specs(self) -> dict[str, TaskSpec] | None:
+        """The specs the folder was built with, checked against their hashes; None for older folders."""
+        if self._specs is None and self.records_specs:
+            specs = {}
+            for name, rec in self.manifest["task_specs"].items():
+                where = f"{self.root / MANIFEST}: task_specs.{name}"
+                if not isinstance(rec, dict) or not isinstance(rec.get("spec"), dict):
+                    raise UserError(f"{where}: needs a 'spec' object (the task's fields)")
+                try:
+                    spec = TaskSpec.model_validate(rec["spec"])
+                except ValidationError as exc:
+                    err = exc.errors()[0]
+                    raise UserError(f"{where}.spec.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+                if spec.name != name:
+                    raise UserError(f"{where}: the spec is named {spec.name!r}")
+                digest = rec.get("sha256")
+                if digest is not None and digest != spec_hash(rec["spec"]):
+                    raise UserError(f"{where}: sha256 does not match the spec (edited by hand?); "
+                                    "fix or remove the sha256 field")
+                if rec.get("version") is not None and rec["version"] != spec.version:
+                    raise UserError(f"{where}: version {rec['version']} but the spec says {spec.version}")
+                specs[name] = spec
+            self._specs = specs
+        return None if self._specs is None else dict(self._specs)
+
+    def catalog(self, tasks_dir: str | Path | None = None) -> dict[str, TaskSpec]:
+        """Task specs to read this folder with: the recorded ones (plus any other task of ``tasks_dir``).
+
+        A ``tasks_dir`` defining a recorded task differently is a ConfigError naming the task and the fields.
+        Folders without recorded specs use ``tasks_dir`` or the shipped catalog, as before.
+        """
+        from recbrew.tasks import load_catalog
+
+        recorded = self.recorded_specs()
+        if recorded is None:
+            return load_catalog(tasks_dir)
+        if tasks_dir is None:
+            return recorded
+        other = load_catalog(tasks_dir)
+        check_same_specs(recorded, other, str(self.root), f"--tasks-dir {tasks_dir}")
+        return {**other, **recorded}
+
+    def spec(self, name: str, tasks_dir: str | Path | None = None) -> TaskSpec:
+        catalog = self.catalog(tasks_dir)
+        if name not in catalog:
+            raise UserError(f"{self.root}: task {name!r} is not among the tasks it was built with "
+                            f"({', '.join(self.task_names) or '-'})")
+        return catalog[name]
+
+    # Build settings -------------------------------------------------------------------------------
+    @property
+    def config(self) -> dict:
+        return dict(self.manifest.get("config", {}))
+
+    @property
+    def corpus(self) -> Path | None:
+        corpus = self.manifest.get("corpus")
+        return Path(corpus) if corpus else None
+
+    def corpus_dir(self, why: str) -> Path:
+        """The Corpus folder the examples were built from; UserError (saying ``why`` it is needed) when gone."""
+        corpus = self.corpus
+        if corpus is None or not corpus.is_dir():
+            raise UserError(f"{self.root}: the Corpus it was built from ({corpus}) is not there; {why}")
+        return corpus
+
+
+def examples_catalog(path: str | Path, tasks_dir: str | Path | None = None) -> dict[str, TaskSpec]:
+    """Shorthand: the task specs of the examples folder at ``path`` (see :meth:`Examples.catalog`)."""
+    return Examples.open(path).catalog(tasks_dir)
+
+
+def ensure_known(catalog: Mapping[str, TaskSpec], names: Sequence[str], where: str) -> None:
+    missing = sorted(set(names) - set(catalog))
+    if missing:
+        raise ConfigError(f"{where}: task(s) {', '.join(missing)} have no spec (not recorded, not in the catalog)")

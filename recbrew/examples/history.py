@@ -1,0 +1,62 @@
+"""A member's history before a request, by time or by record order, optionally the last N only.
+
+`HistoryIndex` keeps every interaction with an action sorted by (member, key), where the key is
+the timestamp (then the record) for time protocols and the record (row of the interactions table)
+for order protocols, so "everything before the request" is one binary search per member.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recbrew.data.corpus import Corpus
+from recbrew.data.schema import NO_ACTION
+from recbrew.tasks.spec import TaskSpec
+from recbrew.verbalize.context import CorpusView, age_text
+from recbrew.verbalize.render import HistoryEntry
+
+
+class HistoryIndex:
+    """Interactions with an action, sorted by (member, time, record) or (member, record)."""
+
+    def __init__(self, corpus: Corpus, by_order: bool):
+        inter = corpus.interactions
+        action = inter["action"].to_numpy(zero_copy_only=False).astype(str)
+        rows = np.flatnonzero(action != NO_ACTION)
+        member = inter["member_id"].to_numpy()[rows]
+        ts = inter["timestamp"].to_numpy()[rows]
+        key = rows if by_order else ts
+        order = np.lexsort((rows, key, member))
+        self.by_order = by_order
+        self.member, self.key, self.ts = member[order], key[order], ts[order]
+        self.item = inter["item_id"].to_numpy()[rows][order]
+        self.action = action[rows][order]
+        surface = (inter["surface"].to_numpy(zero_copy_only=False).astype(str) if "surface" in inter.column_names
+                   else np.full(len(action), "", dtype=str))
+        self.surface = surface[rows][order]
+
+    def before(self, member: int, t: int, pos: int) -> tuple[int, int]:
+        """Index range of the member's interactions before the request (at time ``t``, record ``pos``)."""
+        lo = int(np.searchsorted(self.member, member, side="left"))
+        hi = int(np.searchsorted(self.member, member, side="right"))
+        bound = pos if self.by_order else t
+        return lo, lo + int(np.searchsorted(self.key[lo:hi], bound, side="left"))
+
+    def entries(self, view: CorpusView, lo: int, hi: int, t: int, task: TaskSpec, limit: int) -> list[HistoryEntry]:
+        """The interactions in [lo, hi) that the task's history groups select, newest first, at most ``limit``."""
+        groups = task.history.groups
+        if not groups or hi == lo:
+            return []
+        fields = tuple(task.candidate_fields)
+        out: list[HistoryEntry] = []
+        for i in range(hi - 1, lo - 1, -1):
+            action, surface = self.action[i], self.surface[i]
+            for g, spec in enumerate(groups):
+                if spec.action == action and (spec.surface is None or spec.surface == surface):
+                    ts = int(self.ts[i])
+                    age = age_text(t - ts) if task.history.show_age else None
+                    out.append(HistoryEntry(g, ts, view.item(int(self.item[i]), fields), age))
+                    break
+            if len(out) >= limit:
+                break
+        return out
