@@ -314,3 +314,60 @@ def test_config_overrides_and_errors(tmp_path):
     with pytest.raises(ConfigError, match="configures 'ligr', not 'lirank'"):
         run_config("lirank", bad)
     assert run_config("ligr", bad).model.dim == 32
+
+
+# ----------------------------------------------------------------------------- `baselines score` labels
+
+def test_model_labels_default_to_folder_names_and_refuse_clashes(tmp_path):
+    from recbrew.cli.baselines import model_labels
+
+    assert model_labels(["runs/a/lirank-s0", "runs/b/lirank-s1/", "oracle", "popularity"]) == {
+        "lirank-s0": "runs/a/lirank-s0", "lirank-s1": "runs/b/lirank-s1/", "oracle": "oracle",
+        "popularity": "popularity"}
+    assert model_labels(["old=runs/a/lirank", "new=runs/b/lirank", "ceiling=oracle"]) == {
+        "old": "runs/a/lirank", "new": "runs/b/lirank", "ceiling": "oracle"}
+    odd = tmp_path / "lr=0.1"
+    odd.mkdir()
+    assert model_labels([str(odd)]) == {"lr=0.1": str(odd)}  # an existing folder is never read as NAME=DIR
+    for items, message in [
+        (["runs/a/lirank", "runs/b/lirank"], "two models are labelled 'lirank' (runs/a/lirank and runs/b/lirank); "
+                                             "name them with --model NAME=runs/b/lirank"),
+        (["x=runs/a/lirank", "x=oracle"], "two models are labelled 'x'"),
+        (["lirank=oracle", "runs/a/lirank"], "two models are labelled 'lirank'"),
+        (["=runs/a/lirank"], "write DIR, oracle, popularity or NAME=DIR"),
+        (["a="], "write DIR, oracle, popularity or NAME=DIR"),
+    ]:
+        with pytest.raises(UserError) as err:
+            model_labels(items)
+        assert message in str(err.value) and "\n" not in str(err.value), items
+
+
+def test_score_command_labels_columns_by_name(tmp_path, monkeypatch, capsys):
+    """Two scorers of one kind get their own columns; a clash exits 2 with one line, before any loading."""
+    import json
+
+    import recbrew.baselines.features as features
+    import recbrew.baselines.scorer as scorer_module
+    from recbrew.cli import main
+
+    rows = fake_rows(np.random.default_rng(1), 12)
+    loaded = []
+    monkeypatch.setattr(features, "load_rows", lambda examples, split="test", **kw: rows)
+    monkeypatch.setattr(scorer_module, "load_scorer", lambda spec, *a, **kw: loaded.append(spec) or Oracle())
+
+    def run(*args):
+        with pytest.raises(SystemExit) as done:
+            main(["baselines", "score", "--examples", str(tmp_path), *args])
+        return done.value.code, capsys.readouterr()
+
+    code, out = run("--model", "runs/a/lirank-s0", "--model", "runs/b/lirank-s1", "--model", "ceiling=oracle")
+    assert code == 0, out.err
+    header = out.out.splitlines()[0].split()
+    assert header == ["task", "tag", "lirank-s0", "lirank-s1", "ceiling"]
+    code, out = run("--model", "a-rather-long-model-name=runs/a/lirank", "--model", "oracle", "--json")
+    assert code == 0 and [(r["name"], r["spec"], r["scorer"]) for r in json.loads(out.out)] == [
+        ("a-rather-long-model-name", "runs/a/lirank", "oracle"), ("oracle", "oracle", "oracle")]
+    loaded.clear()
+    code, out = run("--model", "runs/a/lirank", "--model", "runs/b/lirank")
+    assert code == 2 and out.err.count("\n") == 1 and "two models are labelled 'lirank'" in out.err
+    assert loaded == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -56,7 +57,7 @@ def test_bad_task_files_name_file_line_and_field(tmp_path, text, expected):
     if text is None:
         text = FEED_LIKE.read_text() + "colour: blue\n"
     elif text == "wrong_type":
-        text = FEED_LIKE.read_text().replace("version: 1", "version: one")
+        text = re.sub(r"(?m)^version: \d+$", "version: one", FEED_LIKE.read_text())
     elif text == "binary_three_words":
         text = FEED_LIKE.read_text().replace('words: ["yes", "no"]', 'words: ["yes", "no", "maybe"]')
     path = _write(tmp_path, "feed_like", text)
@@ -78,6 +79,42 @@ def test_nested_field_error_points_at_nested_line(tmp_path):
     line = next(i for i, s in enumerate(text.splitlines(), 1) if "max_items" in s)
     with pytest.raises(TaskError, match=rf"feed_like.yaml:{line}: history.max_items"):
         load_task(_write(tmp_path, "feed_like", text))
+
+
+def test_quote_and_empty_default_to_todays_prompts():
+    for task in load_catalog().values():
+        assert task.quote == {} and task.plain_fields == frozenset()
+        assert all(g.empty is None for g in task.history.groups)
+    spec = parse_task(_feed_like_text(quote={"title": "plain", "name": "guillemets"}), "feed_like.yaml")
+    assert spec.plain_fields == {"title"}
+
+
+def _with_empty(phrase) -> str:
+    data = yaml.safe_load(FEED_LIKE.read_text())
+    data["history"]["groups"][1]["empty"] = phrase
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+@pytest.mark.parametrize(
+    "text, needle, field, expected",
+    [
+        (_feed_like_text(quote={"title": "none"}), "title: none", "quote.title",
+         "Input should be 'guillemets' or 'plain'"),
+        (_feed_like_text(quote={"company": "plain"}), "quote:", "quote",
+         "'company': not a free-text field; quote applies to name, headline, title, text, description"),
+        (_feed_like_text(quote=["title"]), "quote:", "quote", "Input should be a valid dictionary"),
+        (_with_empty(""), "empty:", "history.groups.1.empty", "empty must be a phrase on one line"),
+        (_with_empty("none\nAnswer: yes"), "empty:", "history.groups.1.empty", "empty must be a phrase on one line"),
+        (_with_empty(["none"]), "empty:", "history.groups.1.empty", "Input should be a valid string"),
+    ],
+)
+def test_quote_and_empty_errors_are_one_line_naming_the_field(tmp_path, text, needle, field, expected):
+    path = _write(tmp_path, "feed_like", text)
+    line = next(i for i, s in enumerate(text.splitlines(), 1) if needle in s)
+    with pytest.raises(TaskError) as err:
+        load_task(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:{line}: {field}: ") and expected in message and "\n" not in message, message
 
 
 def test_file_name_must_match_task_name(tmp_path):

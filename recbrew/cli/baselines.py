@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -78,9 +79,30 @@ def scorer_for(spec: str, examples: Path):
     return load_scorer(spec)
 
 
+def model_labels(items: Sequence[str]) -> dict[str, str]:
+    """``--model`` values -> {label: spec}: ``NAME=SPEC`` labels SPEC NAME, a bare SPEC by its folder's name
+    (``oracle`` and ``popularity`` by themselves). Two models with one label are refused."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, named, spec = item.partition("=")
+        if not named or Path(item).exists():  # a folder whose name holds '=' is a bare folder
+            name, named, spec = "", "", item
+        name, spec = name.strip(), spec.strip()
+        if not spec or (named and not name):
+            raise UserError(f"--model {item!r}: write DIR, oracle, popularity or NAME=DIR")
+        label = name or Path(spec).name or Path(spec).resolve().name or spec
+        if label in out:
+            raise UserError(f"two models are labelled {label!r} ({out[label]} and {spec}); "
+                            f"name them with --model NAME={spec}")
+        out[label] = spec
+    return out
+
+
 @app.command()
 def score(
-    model: Annotated[list[str], typer.Option("--model", help="Model folder, 'popularity' or 'oracle'; repeat to compare.")],
+    model: Annotated[list[str], typer.Option(
+        "--model", help="Model folder, 'popularity' or 'oracle', or NAME=any of these; repeat to compare. "
+                        "Columns are labelled NAME, else the folder's name.")],
     examples: Annotated[Path, typer.Option("--examples", help="Examples built by `recbrew data build`.")],
     split: Annotated[str, typer.Option(help="Split to score.")] = "test",
     quantize: Annotated[int | None, typer.Option("--quantize", help="Score with b-bit embedding tables (e.g. 8).")] = None,
@@ -93,26 +115,28 @@ def score(
     from recbrew.baselines.metrics import evaluate
     from recbrew.baselines.scorer import load_scorer
 
+    models = model_labels(model)  # before any loading: a clash is reported at once
     torch.set_num_threads(1)
     rows = load_rows(examples, split)
     results = []
-    for spec in model:
+    for label, spec in models.items():
         scorer = load_scorer(spec, quantize) if quantize and Path(spec).is_dir() else scorer_for(spec, examples)
-        results.append(evaluate(scorer, rows))
+        results.append({"name": label, "spec": spec, **evaluate(scorer, rows)})
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
-    names = [r["scorer"] for r in results]
-    typer.echo(f"{'task':34} {'tag':3} " + " ".join(f"{n:>12}" for n in names))
+    widths = [max(12, len(r["name"])) for r in results]
+
+    def row(head: str, values) -> str:
+        return f"{head:38} " + " ".join(f"{v:>{w}}" for v, w in zip(values, widths, strict=True))
+
+    typer.echo(row(f"{'task':34} {'tag':3}", [r["name"] for r in results]))
     for task, info in results[0]["tasks"].items():
-        cells = []
-        for r in results:
-            auc = r["tasks"][task]["auc"]
-            cells.append(f"{'-' if auc is None else f'{auc:.4f}':>12}")
-        typer.echo(f"{task:34} {info['split_tag']:3} " + " ".join(cells))
+        aucs = [r["tasks"][task]["auc"] for r in results]
+        typer.echo(row(f"{task:34} {info['split_tag']:3}", ["-" if a is None else f"{a:.4f}" for a in aucs]))
     for tag in ("T1", "T2"):
-        typer.echo(f"{'macro AUC ' + tag:38} " + " ".join(f"{str(r['macro_auc'][tag]):>12}" for r in results))
-    typer.echo(f"{'ECE (T1 binary)':38} " + " ".join(f"{str(r['ece_t1_binary']):>12}" for r in results))
+        typer.echo(row(f"macro AUC {tag}", [str(r["macro_auc"][tag]) for r in results]))
+    typer.echo(row("ECE (T1 binary)", [str(r["ece_t1_binary"]) for r in results]))
 
 
 @app.command()

@@ -11,6 +11,10 @@ from recbrew.data.schema import ITEMS, NO_ACTION
 
 #: What a candidate can show: the item columns of the Corpus, plus the author's name.
 CANDIDATE_FIELDS = frozenset(c.name for c in ITEMS.columns) | {"author", "name", "headline"}
+#: Fields holding free text written by members or advertisers: the ones `quote:` sets a mode for.
+FREE_TEXT_FIELDS = ("name", "headline", "title", "text", "description")
+#: How free text is shown: «in guillemets» (the default) or plain, on one line either way.
+QuoteMode = Literal["guillemets", "plain"]
 
 
 class _Strict(BaseModel):
@@ -65,6 +69,16 @@ class HistoryGroup(_Strict):
     surface: str | None = Field(None, description="only interactions on this surface (any if omitted)")
     action: str = Field(description="the action that puts an item in this group")
     phrase: str = Field(description="how the block is introduced, e.g. 'applied to the following jobs'")
+    empty: str | None = Field(None, description="said after the phrase when the member has no such interaction, "
+                                                "e.g. 'none'; omitted: the group is left out")
+
+    @field_validator("empty")
+    @classmethod
+    def _one_line(cls, empty: str | None) -> str | None:
+        if empty is not None and (not empty.strip() or "\n" in empty or empty != empty.strip()):
+            raise ValueError("empty must be a phrase on one line without surrounding spaces, e.g. 'none' "
+                             "(omit it to leave empty groups out)")
+        return empty
 
 
 class History(_Strict):
@@ -108,6 +122,8 @@ class TaskSpec(_Strict):
     #: Listwise: candidates per question (the answer words label the slots).
     k: int | None = Field(None, ge=2, le=26)
     generative: Generative | None = None
+    #: Per free-text field, how its values are shown; fields not listed stay in guillemets.
+    quote: dict[str, QuoteMode] = Field(default_factory=dict)
 
     @field_validator("candidate_fields")
     @classmethod
@@ -116,6 +132,15 @@ class TaskSpec(_Strict):
         if unknown:
             raise ValueError(f"unknown candidate field(s) {unknown}; known: {', '.join(sorted(CANDIDATE_FIELDS))}")
         return fields
+
+    @field_validator("quote")
+    @classmethod
+    def _free_text_only(cls, quote: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(quote) - set(FREE_TEXT_FIELDS))
+        if unknown:
+            raise ValueError(f"{', '.join(map(repr, unknown))}: not a free-text field; quote applies to "
+                             f"{', '.join(FREE_TEXT_FIELDS)}")
+        return quote
 
     @model_validator(mode="after")
     def _kind_consistent(self) -> TaskSpec:
@@ -131,6 +156,11 @@ class TaskSpec(_Strict):
         if (self.kind == Kind.generative) != (self.generative is not None):
             raise ValueError("generative tasks (and only they) need a 'generative:' section with a target")
         return self
+
+    @property
+    def plain_fields(self) -> frozenset[str]:
+        """Free-text fields shown without guillemets."""
+        return frozenset(f for f, mode in self.quote.items() if mode == "plain")
 
     @property
     def template_file(self) -> str:

@@ -3,6 +3,10 @@
 `CorpusView` indexes a Corpus once (sorted numpy arrays, CSR-style offsets) so each lookup is a
 binary search. Only interactions strictly before the moment are ever visible: that is the
 leakage rule every prompt obeys.
+
+Values come out neutralized the same way for every task (free text in «guillemets»), so the
+caches below hold for all tasks; a task that shows some fields plain (`quote:`) has them turned
+plain by its Renderer, which sees every value whoever built it.
 """
 
 from __future__ import annotations

@@ -3,19 +3,31 @@
 Prompt structure lives at the start of lines (`### Section` headers, the `Answer:` cue), so no
 Corpus value may contain a line break. Free text (names, headlines, titles, post bodies) is
 additionally wrapped in «guillemets», with any guillemets inside removed, so the model always
-sees where a member's words begin and end. Short categorical values lose the characters that
+sees where a member's words begin and end. A task may show some free-text fields plain instead
+(`quote: {title: plain}`): still one line, without guillemets, and never starting with what opens
+a structural line (`#` runs, a `Word:` cue). Short categorical values lose the characters that
 could read as structure (`#`, `:`, guillemets) instead of being wrapped, to keep prompts light.
 """
 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+
+from recbrew.tasks.spec import FREE_TEXT_FIELDS
 
 OPEN, CLOSE = "«", "»"
 #: Fields whose values are free text written by members or advertisers.
-FREE_TEXT = frozenset({"name", "headline", "title", "text", "description"})
+FREE_TEXT = frozenset(FREE_TEXT_FIELDS)
+#: Keys that carry a free-text field under another name: authors, followed creators and the names
+#: in a candidate's social context are all member names.
+ALIASES = {"author": "name", "creators": "name", "engaged_names": "name", "mutual_names": "name"}
 _SPACE = re.compile(r"\s+")
 _STRUCTURE = re.compile(r"[#:«»\[\]`]")
+#: What may open a structural line: '#' runs (and stray colons) ...
+_LEAD = re.compile(r"^[#:\s]+")
+#: ... and a first word followed by a colon ('Answer:', 'Question:', 'skills:').
+_CUE = re.compile(r"^([^\W\d_][\w'-]*)\s*:[\s:]*")
 
 
 def one_line(value: str) -> str:
@@ -28,6 +40,17 @@ def quote(value: str, limit: int = 400) -> str:
     if len(text) > limit:
         text = text[: limit - 1].rstrip() + "…"
     return f"{OPEN}{text}{CLOSE}"
+
+
+@lru_cache(maxsize=1 << 16)  # names and titles recur across members, requests and tasks
+def plain(value: str, limit: int = 400) -> str:
+    """Free text on one line without delimiters, at most ``limit`` characters, that cannot open a
+    structural line: leading '#' runs and colons are dropped, and a leading 'Word:' loses its colon.
+
+    Idempotent, and ``plain(quote(x)) == plain(x)``: it also turns quoted values plain.
+    """
+    text = _LEAD.sub("", quote(value, limit)[1:-1])
+    return _CUE.sub(r"\1 ", text).rstrip()
 
 
 def clean(value: str, limit: int = 80) -> str:
@@ -47,3 +70,33 @@ def neutralize(field: str, value):
 
 def neutralize_row(row: dict) -> dict:
     return {k: neutralize(k, v) for k, v in row.items()}
+
+
+def _plain_value(value):
+    if isinstance(value, str):
+        return plain(value)
+    if isinstance(value, (list, tuple)):
+        return [plain(v) if isinstance(v, str) else v for v in value]
+    return value
+
+
+def show_plain(values: dict, fields: frozenset[str]) -> dict:
+    """Neutralized ``values`` with the free text of ``fields`` (and their aliases) made plain, nested
+    dicts included (a candidate's ``social``); ``values`` itself when nothing changes."""
+    if not fields:
+        return values
+    out = None
+    for key, value in values.items():
+        if value is None:
+            continue
+        if ALIASES.get(key, key) in fields:
+            new = _plain_value(value)
+        elif isinstance(value, dict):
+            new = show_plain(value, fields)
+        else:
+            continue
+        if new is not value and new != value:
+            if out is None:
+                out = dict(values)
+            out[key] = new
+    return values if out is None else out

@@ -1,7 +1,9 @@
 """Render a task's prompt: shared prefix + candidate segments, fitted to a token budget.
 
 The instruction, the candidate(s) and the question are never cut; history entries are dropped
-(by the task's truncation strategy) until the longest prefix + candidate prompt fits.
+(by the task's truncation strategy) until the longest prefix + candidate prompt fits. Values arrive
+neutralized (free text in «guillemets»); the fields a task shows plain are turned plain here, the
+one place that knows the task, whoever built the values (examples, the server, `tasks render`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import io
 import pickle
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -17,6 +19,7 @@ import jinja2
 
 from recbrew.tasks.spec import Kind, TaskSpec
 from recbrew.verbalize.environment import TemplateError, make_environment, template_error
+from recbrew.verbalize.neutralize import show_plain
 from recbrew.verbalize.tokens import TokenCounter
 
 _BLANK_RUN = re.compile(r"\n{3,}")
@@ -127,6 +130,8 @@ class Renderer:
         self._counter: TokenCounter | None = None
         #: Rendered candidate segments and history lines by content: items recur across members.
         self._memo: dict = {}
+        #: Free-text fields the task shows without guillemets (empty: values are shown as they come).
+        self.plain_fields = self.task.plain_fields
         self.task_vars = {"name": self.task.name, "instruction": self.task.instruction,
                           "question": self.task.question, "words": list(self.task.answer.words), "k": self.task.k}
 
@@ -144,17 +149,29 @@ class Renderer:
                 raise template_error(exc, self.template.filename or self.task.template_file) from None
             raise
 
-    def _groups(self, entries: Sequence[HistoryEntry]) -> list[dict]:
+    def _groups(self, entries: Sequence[HistoryEntry], had: Collection[int] = ()) -> list[dict]:
+        """The template's history groups. A group without entries is left out, unless it has an ``empty``
+        phrase and is not in ``had`` (groups that had entries before the budget cut them all)."""
         recent_first = self.task.history.order == "recent_first"
+        plain = self.plain_fields
         out = []
         for g, spec in enumerate(self.task.history.groups):
             items = sorted((e for e in entries if e.group == g), key=lambda e: e.timestamp, reverse=recent_first)
             if items:
-                out.append({"phrase": spec.phrase, "items": [{"age": e.age, "item": e.item} for e in items]})
+                out.append({"phrase": spec.phrase, "empty": None,
+                            "items": [{"age": e.age, "item": show_plain(e.item, plain)} for e in items]})
+            elif spec.empty is not None and g not in had:
+                out.append({"phrase": spec.phrase, "empty": spec.empty, "items": []})
         return out
 
-    def prefix(self, member: dict, network: dict | None, entries: Sequence[HistoryEntry]) -> str:
-        return self._block("prefix", {"member": member, "network": network, "history": self._groups(entries)})
+    def prefix(self, member: dict, network: dict | None, entries: Sequence[HistoryEntry],
+               had: Collection[int] = ()) -> str:
+        """The shared prefix showing ``entries``; ``had``: groups that had entries before any cut."""
+        plain = self.plain_fields
+        if plain:
+            member = show_plain(member, plain)
+            network = None if network is None else show_plain(network, plain)
+        return self._block("prefix", {"member": member, "network": network, "history": self._groups(entries, had)})
 
     def _memoized(self, kind: str, render, *values):
         """``render(*values)``, remembered by the values' content (rendering is a pure function of them)."""
@@ -170,6 +187,11 @@ class Renderer:
         return out
 
     def _candidate_block(self, variables: dict) -> str:
+        plain = self.plain_fields
+        if plain and "candidate" in variables:
+            variables = {"candidate": show_plain(variables["candidate"], plain)}
+        elif plain and "candidates" in variables:
+            variables = {"candidates": [show_plain(c, plain) for c in variables["candidates"]]}
         return self._block("candidate", variables)
 
     def segments(self, candidates: Sequence[dict]) -> list[str]:
@@ -180,7 +202,7 @@ class Renderer:
         return [self._memoized("candidate", self._candidate_block, {})]
 
     def _entry_line(self, age: str | None, item: dict) -> str:
-        return str(self.entry_macro({"age": age, "item": item})) + "\n"
+        return str(self.entry_macro({"age": age, "item": show_plain(item, self.plain_fields)})) + "\n"
 
     # Tokens ---------------------------------------------------------------------------------------
     def _tokens(self) -> TokenCounter:
@@ -193,10 +215,18 @@ class Renderer:
         return self._tokens().count(texts)
 
     def _header_tokens(self) -> list[int]:
-        """Tokens of each history group's header as the shipped macro writes it (cached per renderer)."""
+        """Tokens of each history group's header as the shipped macro writes it (cached per renderer).
+
+        Only groups the member has entries in gain a header when their first entry is kept; an
+        ``empty`` phrase line is shown only for groups without entries, so it is part of the base prefix.
+        """
         if self._headers is None:
             self._headers = self.count([f"Member has {g.phrase}:\n" for g in self.task.history.groups])
         return self._headers
+
+    def _has_empty_line(self, had: Collection[int]) -> bool:
+        """Whether the prefix shows an ``empty`` phrase (and so the history section) with no entry kept."""
+        return any(g.empty is not None and i not in had for i, g in enumerate(self.task.history.groups))
 
     def _priority(self, entries: list[HistoryEntry], candidates: Sequence[dict]) -> list[HistoryEntry]:
         """History entries, most worth keeping first, by the task's truncation strategy."""
@@ -225,8 +255,10 @@ class Renderer:
         ranked = self._priority(list(history), candidates)[: self.task.history.max_items]
         dropped_early = len(history) - len(ranked)
         segments = self.segments(candidates)
+        # Groups the member has entries in: cut to nothing, they are left out, never called empty.
+        had = {e.group for e in history}
         if self.tokenizer is None:
-            prefix = self.prefix(member, network, ranked)
+            prefix = self.prefix(member, network, ranked, had)
             return RenderedPrompt(prefix, segments, history_kept=len(ranked), history_cut=dropped_early,
                                   cut_by_group=self._cut_by_group(history, ranked))
         budget = max_tokens or self.task.history.max_tokens
@@ -234,7 +266,7 @@ class Renderer:
         seg_tokens = tokens.count(segments)
         limit = budget - max(seg_tokens)  # the most tokens the prefix may have
         # Fast path: the whole ranked history fits (one render, one count).
-        prefix = self.prefix(member, network, ranked)
+        prefix = self.prefix(member, network, ranked, had)
         prefix_tokens = tokens.count_within(prefix, limit)
         if prefix_tokens <= limit:
             return RenderedPrompt(prefix, segments, prefix_tokens=prefix_tokens, segment_tokens=seg_tokens,
@@ -243,11 +275,14 @@ class Renderer:
         # Otherwise estimate each entry's cost from its own line (plus its group's header once), pick
         # entries in priority order, and verify with an exact count. Lines are rendered and counted a
         # few at a time: the entries after the first that does not fit are never looked at.
-        base = tokens.count([self.prefix(member, network, [])])[0]
+        # The base prefix holds the empty-phrase lines of the groups the member has no entries in (and
+        # then the history section's header too): they stay whatever is kept.
+        base = tokens.count([self.prefix(member, network, [], had)])[0]
         room = limit - base
         over = room < 0
         header = self._header_tokens()
-        kept, used, seen, costs = [], _SECTION_COST, set(), []
+        section = 0 if self._has_empty_line(had) else _SECTION_COST
+        kept, used, seen, costs = [], section, set(), []
         for i, entry in enumerate(ranked):
             if i == len(costs):
                 costs += tokens.count([self._memoized("entry", self._entry_line, e.age, e.item)
@@ -259,7 +294,7 @@ class Renderer:
             seen.add(entry.group)
             used += extra
         while True:
-            prefix = self.prefix(member, network, kept)
+            prefix = self.prefix(member, network, kept, had)
             if not kept:
                 prefix_tokens = tokens.count([prefix])[0]
                 break
