@@ -453,10 +453,13 @@ def test_quote_modes_render_exact_strings(catalog, tmp_path, quote_modes, prefix
     item = {**_item("Deep Work: 3 habits"), "author": quote("Ben Walker")}  # as CorpusView writes an author
     item["social"].update(engaged_names=[quote("Kim Ng")], mutual_names=[quote("Al Bo")])
     network = {"connections": 2, "companies": ["Cedar"], "creators": [quote("Zoe Li")], "actions": 4}
+    member = _member()
     r = Renderer(task, prompts_dir=tmp_path, style="probe")
-    p = r.render(_member(), [item], [HistoryEntry(0, 1, item, "1d ago")], network=network)
+    p = r.render(member, [item], [HistoryEntry(0, 1, item, "1d ago")], network=network)
     assert (p.prefix, p.segments) == (prefix, [segment])
-    assert _member()["title"] == "«Data Scientist»"  # the caller's values are left as they were
+    # The caller's values are left as they were (CorpusView caches them for every task).
+    assert member == _member() and item["title"] == "«Deep Work: 3 habits»" and network["creators"] == ["«Zoe Li»"]
+    assert item["social"]["engaged_names"] == ["«Kim Ng»"]
 
 
 def _structure(text: str) -> list[str]:
