@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,13 +101,14 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
              tasks: Sequence[str] | None = None, k: int = 3, bootstrap: int = 200, seed: int = 0,
              use_cache: bool = True, max_new_tokens: int = 16, progress: bool = True, device: str | None = None,
              include_oracle: bool = True, unit: str = "auto", min_positives: int = 20,
-             reference: str | None = None) -> EvalResult:
+             reference: str | None = None, tasks_dir: str | Path | None = None) -> EvalResult:
     """Score ``models`` ({name: spec or Scorer}, or a list of specs) on the test split and write the reports.
 
     With ``include_oracle`` the oracle joins as a reference when every request carries true probabilities.
     ``unit`` is what the bootstrap resamples within a task (see :class:`CompareConfig`); tasks with fewer
     than ``min_positives`` positives are flagged. The paired comparisons are against ``reference``, by
-    default the best baseline (popularity or a trained baseline folder) by T1 macro AUC.
+    default the best baseline (popularity or a trained baseline folder) by T1 macro AUC. Language models read the
+    answer words from the task specs recorded in the examples; ``tasks_dir`` is checked against them.
     """
     cfg = CompareConfig(k=k, bootstrap=bootstrap, seed=seed, unit=unit, min_positives=min_positives)
     cfg.check()
@@ -118,10 +118,12 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
         raise UserError(f"{out}: exists and is not a folder")
     from recbrew.eval.scorers import parse_models
 
-    from recbrew.scoring.protocol import load_requests
+    from recbrew.examples.folder import Examples
 
     specs = dict(models) if isinstance(models, Mapping) else parse_models(list(models))
-    requests = load_requests(examples, "test", tasks)
+    folder = Examples.open(examples)
+    catalog = folder.catalog(tasks_dir)  # before minutes of scoring: a conflicting --tasks-dir fails here
+    requests = folder.requests("test", tasks)
     if not requests:
         raise UserError(f"{examples}: no test requests" + (f" for tasks {', '.join(tasks)}" if tasks else ""))
     table = RequestTable.from_requests(requests)
@@ -134,7 +136,7 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
         raise UserError(f"reference model {reference!r} is not among the models: "
                         f"{', '.join(m.name for m in entries)}")
 
-    manifest = json.loads((examples / "manifest.json").read_text())
+    manifest = folder.manifest
     key_parts = {"examples": examples_fingerprint(examples), "tasks": sorted(tasks) if tasks else None,
                  "max_new_tokens": max_new_tokens}
     scores, generations, run_info = {}, {}, []
@@ -143,7 +145,7 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
         got = load_cached(path, table)
         if got is None:
             got = run_model(m, requests, table, examples=examples, max_new_tokens=max_new_tokens, progress=progress,
-                            device=device)
+                            device=device, catalog=catalog)
             save_cached(path, table, got)
             m.release()
         scores[m.name] = got.scores

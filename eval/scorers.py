@@ -3,7 +3,8 @@
 A spec is ``oracle``, ``popularity`` (fitted on the examples' T1 training requests), a folder written
 by ``recbrew baselines train``, or anything :func:`recbrew.models.loading.load_model` accepts
 (``smollm2``, a recbrew-tiny folder, an HF folder, a LoRA adapter folder). Language models are
-scored by :class:`recbrew.scoring.hf.HFScorer` in ``multi`` mode and also answer generative tasks.
+scored by :class:`recbrew.scoring.hf.HFScorer` in ``multi`` mode, with the answer words of the task
+specs recorded in the examples folder, and also answer generative tasks.
 
 Scores are cached under ``OUT/scores/`` keyed by the model's fingerprint (its files' names, sizes and
 modification times), the examples' fingerprint and the scoring options; a changed model folder or
@@ -77,8 +78,11 @@ class Model:
     def can_generate(self) -> bool:
         return self.kind == "lm" or hasattr(self.scorer, "generate_text")
 
-    def load(self, examples: Path, device: str | None = None) -> None:
-        """Build the Scorer behind ``spec`` (no-op for objects handed in directly)."""
+    def load(self, examples: Path, device: str | None = None, catalog=None) -> None:
+        """Build the Scorer behind ``spec`` (no-op for objects handed in directly).
+
+        Language models read the answer words from ``catalog`` (default: the task specs recorded in ``examples``).
+        """
         if self.scorer is not None:
             return
         if self.kind == "oracle":
@@ -99,8 +103,12 @@ class Model:
             from recbrew.scoring.hf import HFScorer
 
             # bf16 where the hardware has bf16 arithmetic (CUDA, AVX-512 BF16 / AMX CPUs), fp32 elsewhere.
+            if catalog is None:
+                from recbrew.examples.folder import Examples
+
+                catalog = Examples.open(examples).catalog()
             model, tokenizer = load_model(self.spec, device=device, dtype="auto")
-            self.scorer = HFScorer(model, tokenizer, mode="multi", name=self.name)
+            self.scorer = HFScorer(model, tokenizer, mode="multi", name=self.name, catalog=catalog)
             self.generator = (model, tokenizer)
 
     def release(self) -> None:
@@ -180,11 +188,14 @@ def save_cached(path: Path | None, table: RequestTable, scores: Scores) -> None:
 
 
 def run_model(model: Model, requests: Sequence[dict], table: RequestTable, *, examples: Path, chunk: int = 64,
-              max_new_tokens: int = 16, progress: bool = True, device: str | None = None) -> Scores:
-    """Score every rankable request (in chunks, with a progress bar) and generate answers where the model can."""
+              max_new_tokens: int = 16, progress: bool = True, device: str | None = None, catalog=None) -> Scores:
+    """Score every rankable request (in chunks, with a progress bar) and generate answers where the model can.
+
+    ``catalog``: the task specs (answer words) of the requests; default: those recorded in ``examples``.
+    """
     import time
 
-    model.load(examples, device=device)
+    model.load(examples, device=device, catalog=catalog)
     start = time.perf_counter()
     rank_idx = np.flatnonzero(table.rankable)
     per_request: list[np.ndarray | None] = [None] * len(table)

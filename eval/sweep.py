@@ -102,17 +102,19 @@ def point_examples(cfg: SweepConfig, value) -> Path:
     """The examples a point trains and scores on: the sweep's own, or rebuilt with a token budget."""
     if cfg.axis != "history":
         return cfg.examples
-    from recbrew.baselines.features import manifest, manifest_corpus
     from recbrew.examples.build import BuildConfig, build_examples
+    from recbrew.examples.folder import Examples
 
     out = cfg.out / "examples" / f"max_tokens-{value}"
     if (out / "manifest.json").is_file():
         return out
-    base = manifest(cfg.examples)["config"]
+    folder = Examples.open(cfg.examples)
+    base = folder.config
     known = BuildConfig.__dataclass_fields__
-    build_examples(manifest_corpus(cfg.examples), out,
+    # The same tasks as the sweep's examples, from the specs recorded there (the user's own tasks included).
+    build_examples(folder.corpus_dir("the history sweep rebuilds the examples from it"), out,
                    BuildConfig(**{**{k: v for k, v in base.items() if k in known}, "max_tokens": int(value)}),
-                   progress=cfg.progress)
+                   progress=cfg.progress, catalog=folder.catalog())
     return out
 
 

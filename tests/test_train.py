@@ -286,6 +286,86 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(bad)
 
 
+class _Folder:
+    """The slice of `Examples` that `validation_requests` reads."""
+
+    def __init__(self, validation=None):
+        self.root, self.validation = "EX", validation
+
+    def has_split(self, split):
+        return split == "validation" and self.validation is not None
+
+    def requests(self, split, tasks=None):
+        return [r for r in self.validation if tasks is None or r["task"] in tasks]
+
+
+def test_validation_requests_come_from_the_split_and_never_silently_from_training():
+    from recbrew.train.run import validation_requests
+
+    said = []
+    rows = _rows()
+    trained = [r["request_id"] for r in select_requests(rows, None, {}, None, 0, seed=0)[0]]
+    val_split = [{**r, "request_id": f"v{i}"} for i, r in enumerate(_rows())]
+    # A validation split: every training request stays in training; the split's trained tasks are scored.
+    train, val, source = validation_requests(_Folder(val_split), load_config(None), rows, True, said.append, True)
+    assert [r["request_id"] for r in train] == trained and source == "validation split"
+    assert {r["task"] for r in val} == {"a", "b"} and len(val) == 27 and "27 requests" in said[-1]
+    train, val, _ = validation_requests(_Folder(val_split), load_config(None, ["eval_requests=5"]), rows, True,
+                                        said.append, True)
+    assert len(val) == 5 and [r["request_id"] for r in train] == trained
+    # No split and no eval_requests: no validation, and the log says how to get one.
+    train, val, source = validation_requests(_Folder(), load_config(None), rows, True, said.append, True)
+    assert val == [] and source == "none" and "--val-days or --val-fraction" in said[-1]
+    assert [r["request_id"] for r in train] == trained
+    # No split, eval_requests=N: N requests leave training, and the log says so.
+    train, val, source = validation_requests(_Folder(), load_config(None, ["eval_requests=4"]), rows, True,
+                                             said.append, True)
+    assert len(val) == 4 and len(train) == len(trained) - 4 and source == "held out of train"
+    assert "holding 4 binary training requests out of training" in said[-1]
+
+
+def test_validation_keeps_the_best_step_and_resumes_with_it(tmp_path):
+    """The step with the best validation macro AUC is kept (the one at start never), restored and resumed."""
+    from types import SimpleNamespace
+
+    from recbrew.train.trainer import ValidationCallback
+
+    requests = [{"task": "t", "labels": [1, 1, 0, 0]}]
+    # Scores whose AUC against labels [1, 1, 0, 0] is 0.5, 1.0, 0.75 and (before training) 1.0.
+    scores = {2: [0.9, 0.2, 0.5, 0.3], 4: [0.9, 0.8, 0.1, 0.2], 6: [0.9, 0.4, 0.5, 0.1], 0: [0.9, 0.8, 0.1, 0.2]}
+    model = torch.nn.Linear(3, 1)
+    model.bias.requires_grad_(False)
+
+    def factory(m):
+        return SimpleNamespace(score=lambda reqs: [np.array(scores[int(m.weight[0, 0].item())])])
+
+    def at(step):
+        with torch.no_grad():
+            model.weight.fill_(step)
+        return SimpleNamespace(global_step=step, max_steps=6, is_world_process_zero=True)
+
+    log = []
+    cb = ValidationCallback(factory, requests, every=2, log=log.append, at_start=True, keep_best=True,
+                            best_dir=tmp_path / "best")
+    cb.on_train_begin(None, at(0), None, model=model)
+    for step in (2, 4):
+        cb.on_step_end(None, at(step), None, model=model)
+    cb.on_train_end(None, at(6), None, model=model)
+    assert [(h["step"], h["val_macro_auc"]) for h in cb.history] == [(0, 1.0), (2, 0.5), (4, 1.0), (6, 0.75)]
+    assert cb.best["step"] == 4 and cb.best["val_macro_auc"] == 1.0
+    assert set(cb.best["state"]) == {"weight"}  # trainable weights only
+    cb.restore_best(model)
+    assert torch.equal(model.weight, torch.full((1, 3), 4.0))
+    # A run resumed from checkpoint-4 still knows steps 0-4 and their best; from checkpoint-2 it does not.
+    again = ValidationCallback(factory, requests, 2, log.append, keep_best=True, best_dir=tmp_path / "best")
+    again.resume(4)
+    assert [h["step"] for h in again.history] == [0, 2, 4] and again.best["step"] == 4
+    assert torch.equal(again.best["state"]["weight"], torch.full((1, 3), 4.0))
+    early = ValidationCallback(factory, requests, 2, log.append, keep_best=True, best_dir=tmp_path / "best")
+    early.resume(2)
+    assert [h["step"] for h in early.history] == [0, 2] and early.best is None
+
+
 def test_preference_batches_compare_the_answer_word_only():
     collate = AnswerPreferenceCollator(pad_token_id=0)
     batch = collate([{"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5, 9, 2], "rejected_ids": [6, 9, 2]},
@@ -441,6 +521,123 @@ def test_deepspeed_zero3_trains_like_zero2(workspace):
         assert torch.allclose(w, weights["zero3"][name], atol=1e-5, rtol=1e-4), name
     if init is not None:  # trained for 8 steps on one rank: a different result, so the comparison has teeth
         assert any(not torch.allclose(w, init[n], atol=1e-5) for n, w in weights["zero2"].items())
+
+
+def _my_task(folder, words):
+    """feed_like copied into the user's own folder as my_feed_like, with other answer words."""
+    from recbrew import assets
+
+    (folder / "feed").mkdir(parents=True, exist_ok=True)
+    text = (assets.path("tasks") / "feed" / "feed_like.yaml").read_text()
+    assert 'words: ["yes", "no"]' in text
+    text = text.replace("name: feed_like", "name: my_feed_like").replace(
+        'words: ["yes", "no"]', f"words: {json.dumps(words)}")
+    (folder / "feed" / "my_feed_like.yaml").write_text(text)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def custom(workspace):
+    """Examples of a task from the user's own folder (answer words A/B, single tokens of recbrew-tiny), with a
+    validation split; plus a folder that defines the same task differently."""
+    from recbrew.examples.build import BuildConfig, build_examples
+
+    build_examples(workspace / "world", workspace / "ex-custom",
+                   BuildConfig(tasks=["my_feed_like"], test_days=4, gap_days=1, val_days=2, max_train=40, max_val=16,
+                               max_test=20, tokenizer="none"),
+                   tasks_dir=_my_task(workspace / "my_tasks", ["A", "B"]), progress=False)
+    _my_task(workspace / "other_tasks", ["yes", "no"])
+    return workspace
+
+
+@pytest.mark.slow
+def test_a_task_from_my_own_folder_trains_scores_and_evaluates_without_tasks_dir(custom):
+    from safetensors.torch import load_file
+
+    from recbrew.scoring import load_requests
+
+    ex, out = custom / "ex-custom", custom / "custom-run"
+    val_rows = load_requests(ex, "validation")
+    assert val_rows and all(r["task"] == "my_feed_like" for r in val_rows)
+    n_train = len(load_requests(ex, "train"))
+    proc = _cli("train", "--config", "tiny", f"model={custom / 'tiny'}", f"examples={ex}", f"out={out}",
+                "max_steps=6", "eval_steps=2", "save_steps=100", "logging_steps=1", "batch_size=4", "--json")
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output
+    assert f"validation AUC on {len(val_rows)} requests of the examples' validation split" in output
+    summary = json.loads(output.strip().splitlines()[-1])
+    meta = json.loads((out / "final" / "recbrew_train.json").read_text())
+    assert meta["task_specs"]["my_feed_like"]["spec"]["answer"]["words"] == ["A", "B"]
+    # The validation split is scored; no training request was taken for it.
+    assert (meta["val_source"], meta["val_requests"], meta["train_requests"]) == \
+        ("validation split", len(val_rows), n_train)
+    history = {h["step"]: h["val_macro_auc"] for h in meta["val"]}
+    assert sorted(history) == [2, 4, 6]
+    best = min(history, key=lambda step: (-history[step], step))
+    assert meta["final_step"] == summary["final_step"] == best and meta["selected_by"] == "val_macro_auc"
+    assert summary["val_macro_auc"] == pytest.approx(history[best]) and summary["steps"] == 6
+    # final/ holds the best step's adapter.
+    kept = load_file(str(out / "best-val" / "trainable.safetensors"))
+    final = load_file(str(out / "final" / "adapter_model.safetensors"))
+    assert {k.replace(".default", "") for k in kept} == set(final)
+    for name, w in kept.items():
+        assert torch.equal(w, final[name.replace(".default", "")]), name
+
+    # Scored and evaluated with no --tasks-dir: the examples carry the task's spec.
+    proc = _cli("models", "score", "--examples", str(ex), "--model", str(out / "final"), "--json")
+    scored = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, scored
+    result = json.loads(scored[scored.index("{"):])["tasks"]["my_feed_like"]
+    assert result["requests"] == len(load_requests(ex, "test")) and result["auc"] is not None
+    proc = _cli("baselines", "train", "lirank", "--examples", str(ex), "--out", str(custom / "custom-lirank"),
+                "train.epochs=1")
+    assert proc.communicate(timeout=600)[0] is not None and proc.returncode == 0
+    lirank = json.loads((custom / "custom-lirank" / "train.json").read_text())
+    assert (lirank["val_source"], lirank["val_requests"]) == ("validation split", len(val_rows))
+    proc = _cli("eval", "--models", f"popularity,lirank={custom / 'custom-lirank'},llm={out / 'final'}",
+                "--examples", str(ex), "--out", str(custom / "custom-eval"), "--bootstrap", "0", "--no-progress")
+    report = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, report
+    models = json.loads((custom / "custom-eval" / "report.json").read_text())["tasks"]["my_feed_like"]["models"]
+    assert {"oracle", "popularity", "lirank", "llm"} <= set(models) and models["llm"]["auc"] is not None
+
+    # A catalog that defines the task differently: one line naming the task and what differs, exit code 2.
+    for args in (["eval", "--models", "popularity", "--examples", str(ex), "--out", str(custom / "conflict"),
+                  "--tasks-dir", str(custom / "other_tasks")],
+                 ["train", "--config", "tiny", f"model={custom / 'tiny'}", f"examples={ex}",
+                  f"out={custom / 'conflict-run'}", f"tasks_dir={custom / 'other_tasks'}"]):
+        proc = _cli(*args)
+        said = proc.communicate(timeout=600)[0].strip().splitlines()
+        assert proc.returncode == 2, said
+        assert said[-1].startswith("error: task 'my_feed_like': --tasks-dir ") and \
+            'answer.words: ["yes", "no"] there, ["A", "B"] recorded' in said[-1], said
+
+
+def test_serve_takes_the_task_specs_from_the_examples(custom):
+    """`recbrew serve --examples`: the recorded specs are served (answer words A/B); a conflicting --tasks-dir
+    fails before the engine starts."""
+    from recbrew.errors import ConfigError
+    from recbrew.examples.folder import Examples
+    from recbrew.models.tokenizers import load_tokenizer
+    from recbrew.scoring import load_requests
+    from recbrew.serve.engine import free_port
+    from recbrew.serve.protocol import RankRequest
+    from recbrew.serve.ranker import RankService
+    from recbrew.serve.server import serve
+
+    ex = custom / "ex-custom"
+    folder = Examples.open(ex)
+    svc = RankService(engine_url="", engine_key="", served_model="", model_dir=custom / "tiny",
+                      corpus_dir=folder.corpus, catalog=folder.catalog())
+    tok = load_tokenizer(str(custom / "tiny"))
+    assert svc.labels == {"my_feed_like": [tok(" A")["input_ids"][0], tok(" B")["input_ids"][0]]}
+    row = load_requests(ex, "test")[0]
+    task, prompt = svc.prompt(RankRequest(task="my_feed_like", member=row["member_id"],
+                                          candidates=row["candidate_ids"], at=row["timestamp"]))
+    assert task.answer.words == ["A", "B"] and len(prompt.segments) == len(row["candidate_ids"])
+    assert prompt.segments == row["segments"]  # the build's candidate segments, rendered again
+    with pytest.raises(ConfigError, match=r"^task 'my_feed_like': --tasks-dir .*answer\.words"):
+        serve(str(custom / "tiny"), examples=ex, tasks_dir=custom / "other_tasks", port=free_port())
 
 
 @pytest.mark.gpu

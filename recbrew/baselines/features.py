@@ -25,7 +25,6 @@ reads it back.
 
 from __future__ import annotations
 
-import json
 import math
 import zlib
 from collections.abc import Sequence
@@ -372,24 +371,24 @@ STRUCTURED_COLUMNS = ("request_id", "task", "split_tag", "surface", "member_id",
 
 
 def manifest(examples_dir: str | Path) -> dict:
-    path = Path(examples_dir) / "manifest.json"
-    if not path.is_file():
-        raise UserError(f"{examples_dir}: not an examples folder (no manifest.json); build one with `recbrew data build`")
-    return json.loads(path.read_text())
+    from recbrew.examples.folder import Examples
+
+    return Examples.open(examples_dir).manifest
 
 
 def manifest_kinds(examples_dir: str | Path) -> dict[str, str]:
     """Task name -> kind, from the examples' manifest."""
-    return {name: t["kind"] for name, t in manifest(examples_dir)["tasks"].items()}
+    from recbrew.examples.folder import Examples
+
+    return Examples.open(examples_dir).kinds()
 
 
 def manifest_corpus(examples_dir: str | Path) -> Path:
     """The Corpus folder the examples were built from; UserError when it is gone."""
-    corpus = manifest(examples_dir).get("corpus")
-    if not corpus or not Path(corpus).is_dir():
-        raise UserError(f"{examples_dir}: the Corpus it was built from ({corpus}) is not there; the item store "
-                        "reads it (or set features.item_store=false)")
-    return Path(corpus)
+    from recbrew.examples.folder import Examples
+
+    return Examples.open(examples_dir).corpus_dir(
+        "the item store reads it (or set features.item_store=false)")
 
 
 def load_rows(examples_dir: str | Path, split: str, split_tag: str | None = None,

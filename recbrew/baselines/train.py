@@ -1,7 +1,8 @@
 """Train one ranker (LiRank, LiGR or DCNv2) on the T1 training requests of an examples folder.
 
-Recipe: fit the feature space on the training requests; hold out the latest ``val_fraction`` of
-them; minimize binary cross-entropy over every candidate (listwise slots count as pointwise
+Recipe: fit the feature space on the training requests; validate on the examples' validation split
+when they have one (`recbrew data build --val-days/--val-fraction`), else hold out the latest
+``val_fraction`` of the training requests; minimize binary cross-entropy over every candidate (listwise slots count as pointwise
 labels) with AdamW and a cosine learning-rate decay; after each epoch measure the validation macro AUC, write ``checkpoint.pt``
 (atomically) and keep the best weights; stop after ``patience`` epochs without improvement.
 The model folder gets ``model.pt`` (best weights) and ``train.json``.
@@ -65,14 +66,23 @@ def train_model(cfg: RunConfig, examples: str | Path, out: str | Path | None = N
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
 
+    split_val = None
     if rows is None:
+        from recbrew.examples.folder import Examples
+
         rows = load_rows(examples, "train", split_tag="T1")
+        if Examples.open(examples).has_split("validation"):
+            # The examples' own validation split (`data build --val-days/--val-fraction`) replaces the time holdout.
+            split_val = load_rows(examples, "validation", split_tag="T1")
     if not rows:
         raise UserError(f"{examples}: no T1 training requests with candidates to train on")
     rows = sorted(rows, key=lambda r: (r["timestamp"], r["request_id"]))
     if tc.max_rows:
         rows = rows[-tc.max_rows:]
-    train_rows, val_rows = split_by_time(rows, tc.val_fraction)
+    if split_val is not None:
+        train_rows, val_rows = rows, split_val
+    else:
+        train_rows, val_rows = split_by_time(rows, tc.val_fraction)
     kinds = manifest_kinds(examples) if examples is not None else {r["task"]: r["kind"] for r in rows}
     corpus = manifest_corpus(examples) if cfg.features.item_store and examples is not None else None
     space = FeatureSpace.fit(train_rows, cfg.features, kinds, corpus)
@@ -82,7 +92,8 @@ def train_model(cfg: RunConfig, examples: str | Path, out: str | Path | None = N
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
 
     log = {"model": cfg.model_name, "config": cfg.to_dict(), "train_requests": len(train_rows),
-           "val_requests": len(val_rows), "train_candidates": int(enc["cand_mask"].sum()),
+           "val_requests": len(val_rows), "val_source": "validation split" if split_val is not None else
+           f"latest {tc.val_fraction:g} of train", "train_candidates": int(enc["cand_mask"].sum()),
            "parameters": sum(p.numel() for p in model.parameters()), "compression": space.compression(),
            "epochs": []}
     n = len(train_rows)

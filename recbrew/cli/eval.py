@@ -33,6 +33,9 @@ def evaluate(
     oracle: Annotated[bool, typer.Option("--oracle/--no-oracle", help="Add the oracle as reference when the "
                                          "examples come from a synthetic world.")] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    tasks_dir: Annotated[Path | None, typer.Option("--tasks-dir", help="A task folder to check the examples' recorded "
+                                                   "task specs against (not needed: the specs travel with the "
+                                                   "examples).")] = None,
 ) -> None:
     """Run every model on the same test requests: per-task metrics with intervals, slices, report."""
     if ctx.invoked_subcommand is not None:
@@ -47,7 +50,7 @@ def evaluate(
     from recbrew.eval.scorers import parse_models
 
     result = run_eval(examples, parse_models(models), out, tasks=_split(tasks), k=k, bootstrap=bootstrap, seed=seed,
-                      use_cache=cache, progress=progress, include_oracle=oracle)
+                      use_cache=cache, progress=progress, include_oracle=oracle, tasks_dir=tasks_dir)
     typer.echo(result.table())
     typer.echo(f"wrote {result.paths['html']}, {result.paths['md'].name}, {result.paths['json'].name}")
 

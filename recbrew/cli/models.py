@@ -45,9 +45,11 @@ def score(
     model: Annotated[str, typer.Option("--model", help="'smollm2' or a model folder.")] = "smollm2",
     mode: Annotated[str, typer.Option(help="naive, prefix or multi.")] = "multi",
     tasks: Annotated[str | None, typer.Option(help="Comma-separated tasks (default: all scored tasks).")] = None,
-    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    split: Annotated[str, typer.Option(help="train, validation or test.")] = "test",
     limit: Annotated[int | None, typer.Option(help="At most this many requests per task.")] = None,
-    tasks_dir: Annotated[Path | None, typer.Option("--tasks-dir", help="The catalog the examples came from.")] = None,
+    tasks_dir: Annotated[Path | None, typer.Option("--tasks-dir", help="A task folder to check the examples' recorded "
+                                                   "specs against (the answer words come from the examples).")
+                         ] = None,
     layers: Annotated[int | None, typer.Option("--layers", min=1, help="Keep the first N decoder layers.")] = None,
     dtype: Annotated[str, typer.Option(help="auto (bf16 where the hardware has it), bf16 or fp32.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -57,11 +59,13 @@ def score(
     from sklearn.metrics import roc_auc_score
     from tqdm.auto import tqdm
 
+    from recbrew.examples.folder import Examples
     from recbrew.models.loading import load_model
-    from recbrew.scoring import load_requests
     from recbrew.scoring.hf import HFScorer
 
-    rows = [r for r in load_requests(examples, split, tasks.split(",") if tasks else None) if r["kind"] != "generative"]
+    folder = Examples.open(examples)
+    catalog = folder.catalog(tasks_dir)
+    rows = [r for r in folder.requests(split, tasks.split(",") if tasks else None) if r["kind"] != "generative"]
     if limit:
         per_task: Counter = Counter()
         kept = []
@@ -76,7 +80,7 @@ def score(
         raise UserError(f"--dtype {dtype!r}: choose auto, bf16 or fp32")
     lm, tok = load_model(model, layers=layers,
                          dtype={"auto": "auto", "bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
-    scorer = HFScorer(lm, tok, mode=mode, tasks_dir=tasks_dir)
+    scorer = HFScorer(lm, tok, mode=mode, catalog=catalog)
     by_task: dict[str, tuple[list, list]] = {}
     for row in tqdm(rows, desc=f"scoring ({mode})", unit="req"):
         probs = scorer.score([row])[0]

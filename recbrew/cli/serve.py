@@ -15,7 +15,11 @@ def serve(
     port: Annotated[int, typer.Option(help="Port of the API.")] = 8000,
     api_key: Annotated[str | None, typer.Option("--api-key", help="Require 'Authorization: Bearer KEY'.")] = None,
     corpus: Annotated[Path | None, typer.Option("--corpus", help="Corpus whose member/item ids /v1/rank accepts.")] = None,
-    tasks_dir: Annotated[Path | None, typer.Option("--tasks-dir", help="Your task folder.")] = None,
+    examples: Annotated[Path | None, typer.Option("--examples", help="An examples folder: serve the task specs it "
+                                                  "was built with (your own tasks need no --tasks-dir), over its "
+                                                  "Corpus unless --corpus names another.")] = None,
+    tasks_dir: Annotated[Path | None, typer.Option("--tasks-dir", help="Your task folder (with --examples: checked "
+                                                   "against the recorded specs).")] = None,
     prompts_dir: Annotated[Path | None, typer.Option("--prompts-dir", help="Your templates folder.")] = None,
     max_candidates: Annotated[int, typer.Option("--max-candidates", help="Candidates per /v1/rank request.")] = 100,
     max_model_len: Annotated[int, typer.Option("--max-model-len", help="Context length of the engine.")] = 4096,
@@ -26,4 +30,4 @@ def serve(
 
     run(model, lora=lora, host=host, port=port, api_key=api_key, corpus=corpus, tasks_dir=tasks_dir,
         prompts_dir=prompts_dir, max_candidates=max_candidates, max_model_len=max_model_len,
-        prefix_caching=prefix_caching, log=typer.echo)
+        prefix_caching=prefix_caching, log=typer.echo, examples=examples)

@@ -70,11 +70,16 @@ def train(
 
     result = run(cfg, progress=not quiet, echo=typer.echo)
     summary = {"model_dir": str(result.model_dir), "final_loss": result.final_loss,
-               "val_macro_auc": result.val_macro_auc, "steps": result.steps, "seconds": round(result.seconds, 1)}
+               "val_macro_auc": result.val_macro_auc, "steps": result.steps, "final_step": result.final_step,
+               "seconds": round(result.seconds, 1)}
     if as_json:
         typer.echo(json.dumps(summary))
     else:
-        val = f", validation macro AUC {result.val_macro_auc:.3f}" if result.val_macro_auc is not None else ""
+        val = ""
+        if result.val_macro_auc is not None:
+            val = f", validation macro AUC {result.val_macro_auc:.3f}"
+            if result.final_step != result.steps:
+                val += f" at step {result.final_step} (the best; final/ holds it)"
         typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s: final loss {result.final_loss:.4f}{val}")
         typer.echo(f"result: {result.model_dir} (export a merged model with `recbrew train export {cfg.out}`)")
 

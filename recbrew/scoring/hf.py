@@ -50,7 +50,7 @@ def multi_item_positions(prefix_len: int, segment_lens: Sequence[int]) -> tuple[
 class HFScorer:
     """The Scorer of a causal LM; ``mode`` picks how candidates share the member's prefix."""
 
-    def __init__(self, model, tokenizer, *, mode: str = "multi", tasks_dir=None, batch_size: int = 16,
+    def __init__(self, model, tokenizer, *, mode: str = "multi", tasks_dir=None, catalog=None, batch_size: int = 16,
                  max_pass_tokens: int | None = None, name: str | None = None):
         if mode not in MODES:
             raise UserError(f"unknown scoring mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -68,7 +68,9 @@ class HFScorer:
         self.max_pass_tokens = min(max_pass_tokens or 8192, limit)
         self.name = name or f"{getattr(model.config, '_name_or_path', 'model') or 'model'}:{mode}"
         self._labels: dict[str, list[int]] = {}
-        self._catalog = None
+        #: Task specs by name, for the answer words: given (e.g. an examples folder's recorded specs, see
+        #: `recbrew.examples.folder.Examples.catalog`), else read from ``tasks_dir`` or the shipped catalog.
+        self._catalog = dict(catalog) if catalog is not None else None
         #: Tokens run through the model by the last `score` call (for benchmarks).
         self.tokens_processed = 0
 
@@ -81,7 +83,8 @@ class HFScorer:
             if self._catalog is None:
                 self._catalog = load_catalog(self.tasks_dir)
             if task_name not in self._catalog:
-                raise UserError(f"unknown task {task_name!r} in the requests; pass the catalog they came from")
+                raise UserError(f"unknown task {task_name!r} in the requests; score them with the task specs of "
+                                "their examples folder (recbrew.examples.folder.Examples.catalog)")
             self._labels[task_name] = answer_token_ids(self._catalog[task_name], self.tokenizer)
         return self._labels[task_name]
 

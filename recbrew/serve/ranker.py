@@ -39,12 +39,16 @@ class RankError(UserError):
 class RankService:
     def __init__(self, *, engine_url: str, engine_key: str, served_model: str, model_dir: Path,
                  corpus_dir: Path | None = None, tasks_dir=None, prompts_dir=None, max_candidates: int = 100,
-                 max_model_len: int = 4096, prefix_warmup: bool = True):
+                 max_model_len: int = 4096, prefix_warmup: bool = True, catalog: dict[str, TaskSpec] | None = None,
+                 default_style: str | None = None):
         from recbrew.models.tokenizers import answer_token_ids, load_tokenizer
 
         self.engine_url, self.served_model = engine_url, served_model
         self.headers = {"Authorization": f"Bearer {engine_key}"}
-        self.catalog = load_catalog(tasks_dir)
+        # The served tasks: given (an examples folder's recorded specs), or a task folder, or the shipped catalog.
+        self.catalog = dict(catalog) if catalog is not None else load_catalog(tasks_dir)
+        #: The style a request renders in when it names none (e.g. the style its examples were built in).
+        self.default_style = default_style
         self.env = make_environment(prompts_dir)
         self.tokenizer = load_tokenizer(str(model_dir))
         self.labels = {name: answer_token_ids(t, self.tokenizer) for name, t in self.catalog.items()
@@ -164,8 +168,8 @@ class RankService:
         """The task and the prompt a request renders to (what `rank` sends to the engine)."""
         task = self._task(req)
         member, candidates, history, network = self.context(req, task)
-        prompt = self._renderer(task, req.style).render(member, candidates, history, network=network,
-                                                        max_tokens=req.max_tokens)
+        prompt = self._renderer(task, req.style or self.default_style).render(
+            member, candidates, history, network=network, max_tokens=req.max_tokens)
         return task, prompt
 
     async def rank(self, req: RankRequest) -> RankResponse:

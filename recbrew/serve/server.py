@@ -12,13 +12,23 @@ from recbrew.serve.engine import VLLMServer, check_port
 def serve(model: str, *, lora: Path | None = None, host: str = "127.0.0.1", port: int = 8000,
           api_key: str | None = None, corpus: Path | None = None, tasks_dir=None, prompts_dir=None,
           max_candidates: int = 100, max_model_len: int = 4096, prefix_caching: bool = True,
-          ready_timeout: float = 600.0, log=print) -> None:
+          ready_timeout: float = 600.0, log=print, examples: Path | None = None) -> None:
+    """Serve ``model``; with ``examples`` the tasks are the specs recorded there (checked against ``tasks_dir``),
+    rendered in the style the examples were built in, over their Corpus unless ``corpus`` names another."""
     import uvicorn
 
     from recbrew.models.loading import resolve
     from recbrew.serve.app import create_app
     from recbrew.serve.ranker import RankService
 
+    catalog, style = None, None
+    if examples is not None:
+        from recbrew.examples.folder import Examples
+
+        folder = Examples.open(examples)
+        catalog, style = folder.catalog(tasks_dir), folder.config.get("style")
+        if corpus is None:
+            corpus = folder.corpus_dir("start the server with --corpus DIR (or without --examples)")
     model_dir = resolve(model)
     check_port(host, port)
     if corpus is not None and not Path(corpus).is_dir():
@@ -32,7 +42,8 @@ def serve(model: str, *, lora: Path | None = None, host: str = "127.0.0.1", port
         engine.start(ready_timeout)
         service = RankService(engine_url=engine.url, engine_key=engine.api_key, served_model=engine.served_name,
                               model_dir=model_dir, corpus_dir=corpus, tasks_dir=tasks_dir, prompts_dir=prompts_dir,
-                              max_candidates=max_candidates, max_model_len=max_model_len)
+                              max_candidates=max_candidates, max_model_len=max_model_len, catalog=catalog,
+                              default_style=style)
         log(f"recbrew is serving {engine.served_name} on http://{host}:{port} (/v1/rank, /v1/completions, "
             "/v1/chat/completions, /v1/models)")
         uvicorn.run(create_app(service, api_key), host=host, port=port, log_level="warning")

@@ -19,6 +19,9 @@ class TrainConfig(BaseModel):
 
     model: str = Field("smollm2", description="Model to fine-tune: `smollm2`, a recbrew-tiny folder or any HF folder.")
     examples: str = Field("runs/quickstart/examples", description="Examples folder written by `recbrew data build`.")
+    tasks_dir: str | None = Field(None, description=(
+        "A task folder to check the examples against: the answer words come from the task specs recorded in the "
+        "examples; a task this folder defines differently is an error (null: the recorded specs, no check)."))
     out: str = Field("runs/train", description="Output folder: checkpoints, `final/`, `train_log.json`.")
     objective: Literal["sft", "dpo"] = Field("sft", description="`sft` (answer-token loss) or `dpo` (preference pairs).")
     answer_loss: Literal["vocab", "choices"] = Field("vocab", description=(
@@ -85,7 +88,14 @@ class TrainConfig(BaseModel):
     # Progress, validation, checkpoints.
     logging_steps: int = Field(5, ge=1)
     eval_steps: int = Field(0, ge=0, description="Validation AUC every N steps (0: only at the end).")
-    eval_requests: int = Field(64, ge=0, description="Held-out requests for the validation AUC (0: none).")
+    eval_requests: int | None = Field(None, ge=0, description=(
+        "Validation requests scored for the validation AUC. With a validation split in the examples (`recbrew data "
+        "build --val-days/--val-fraction`): at most this many of it, sampled (null: all of it). Without one: null "
+        "means no validation, N > 0 holds N binary training requests out of training (printed). 0: none."))
+    select_best: bool = Field(True, description=(
+        "final/ holds the evaluated step with the best validation macro AUC (ties: the earlier step), not the last "
+        "one; the step is recorded in recbrew_train.json. The trainable weights of the best step are kept in memory "
+        "and in `out/best-val/` (for full fine-tuning: the whole model). false: final/ is the last step."))
     eval_at_start: bool = Field(False, description="Also score the held-out requests before the first step "
                                 "(the untrained model's AUC, for comparison).")
     save_steps: int = Field(50, ge=1)

@@ -5,6 +5,8 @@ Output folder layout::
     OUT/checkpoint-N/      Trainer checkpoints (model/adapter, optimizer, scheduler, RNG): exact resume
     OUT/final/             the adapter (LoRA) or the full model, its tokenizer and `recbrew_train.json`
     OUT/train_log.json     loss and validation-AUC history, the task mix, timings
+    OUT/best-val/          the best validation step so far: its trainable weights and the evaluation history
+                           (so a resumed run still picks the best step; final/ holds that step)
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recbrew.errors import ConfigError, UserError
+from recbrew.examples.folder import spec_record
 from recbrew.train.config import TrainConfig
 
 META_FILE = "recbrew_train.json"
 LOG_FILE = "train_log.json"
+BEST_DIR = "best-val"
 
 
 @dataclass
@@ -33,6 +37,8 @@ class TrainResult:
     steps: int
     seconds: float
     log: dict
+    final_step: int | None = None
+    """The step final/ holds (the best validation step with ``select_best``, else the last)."""
 
 
 def _cuda() -> bool:
@@ -128,21 +134,61 @@ def lora_config(cfg: TrainConfig, model):
                       target_modules=list(cfg.target_modules), layers_to_transform=layers, task_type="CAUSAL_LM")
 
 
-def _label_lookup(examples: Path, tokenizer):
+def _label_lookup(examples: Path, tokenizer, catalog):
+    """Answer-word token ids by task, from ``catalog`` (the examples' recorded task specs)."""
     from recbrew.models.tokenizers import answer_token_ids
-    from recbrew.tasks import load_catalog
 
-    catalog = load_catalog(None)
     cache: dict[str, list[int]] = {}
 
     def label_ids(task: str) -> list[int]:
         if task not in cache:
             if task not in catalog:
-                raise UserError(f"{examples}: task {task!r} is not in the catalog")
+                raise UserError(f"{examples}: task {task!r} has no spec (the examples record none for it and the "
+                                "catalog lacks it); rebuild the examples with `recbrew data build`")
             cache[task] = answer_token_ids(catalog[task], tokenizer)
         return cache[task]
 
-    return label_ids, catalog
+    return label_ids
+
+
+def validation_requests(folder, cfg: TrainConfig, rows: list[dict], enabled: bool, echo, progress: bool):
+    """(training requests, validation requests, where the validation requests come from).
+
+    From the examples' validation split when there is one (the trained tasks' binary and listwise requests, at most
+    ``eval_requests`` of them); otherwise ``eval_requests`` binary training requests held out of training, said
+    out loud, or none.
+    """
+    import numpy as np
+
+    from recbrew.train.data import select_requests
+
+    def select(holdout: int):
+        return select_requests(rows, cfg.tasks, cfg.task_weights, cfg.max_examples, holdout, cfg.seed,
+                               kinds=cfg.kinds)
+
+    if not enabled or cfg.eval_requests == 0:
+        return *select(0), "none"
+    if folder.has_split("validation"):
+        train_rows, _ = select(0)
+        trained = {r["task"] for r in train_rows}
+        val = [r for r in folder.requests("validation", sorted(trained))
+               if r["kind"] != "generative" and r["labels"]]
+        if cfg.eval_requests and len(val) > cfg.eval_requests:
+            picks = np.random.default_rng(cfg.seed).choice(len(val), size=cfg.eval_requests, replace=False)
+            val = [val[i] for i in sorted(picks)]
+        if progress:
+            echo(f"train: validation AUC on {len(val):,} requests of the examples' validation split")
+        return train_rows, val, "validation split"
+    if cfg.eval_requests is None:
+        if progress:
+            echo(f"train: no validation AUC: {folder.root} has no validation split (build the examples with "
+                 "--val-days or --val-fraction, or set eval_requests=N to hold N training requests out)")
+        return *select(0), "none"
+    train_rows, val = select(cfg.eval_requests)
+    if progress:
+        echo(f"train: {folder.root} has no validation split: holding {len(val):,} binary training requests out of "
+             f"training for the validation AUC (eval_requests={cfg.eval_requests})")
+    return train_rows, val, "held out of train"
 
 
 def _dpo_rows(requests: list[dict], catalog, pairs_per_request: int, seed: int) -> list[dict]:
@@ -170,8 +216,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
     import datasets
     import torch
 
-    from recbrew.scoring.protocol import load_requests
-    from recbrew.train.data import UnitCollator, build_units, select_requests, task_mix, thin_negatives
+    from recbrew.examples.folder import Examples
+    from recbrew.train.data import UnitCollator, build_units, task_mix, thin_negatives
     from recbrew.train.trainer import (
         AnswerDPOTrainer,
         AnswerPreferenceCollator,
@@ -183,10 +229,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
     out = Path(cfg.out)
     examples = Path(cfg.examples)
     cuda = _cuda()
-    manifest_file = examples / "manifest.json"
-    if not manifest_file.is_file():
-        raise UserError(f"{examples}: not an examples folder (no manifest.json); build one with `recbrew data build`")
-    manifest = json.loads(manifest_file.read_text())
+    folder = Examples.open(examples)
+    manifest = folder.manifest
+    # The answer words of every task come from the specs the examples were built with (checked against tasks_dir).
+    catalog = folder.catalog(cfg.tasks_dir)
     previous = out / "config.json"
     if previous.is_file() and cfg.resume:
         old = json.loads(previous.read_text())
@@ -220,12 +266,11 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
         _ = args.device
     path, model, tok = _load(cfg, cuda, pack, out)
-    label_ids_of, catalog = _label_lookup(examples, tok)
+    label_ids_of = _label_lookup(examples, tok, catalog)
 
-    rows = load_requests(examples, "train")
-    holdout = 0 if stage3 else cfg.eval_requests
-    train_rows, val_rows = select_requests(rows, cfg.tasks, cfg.task_weights, cfg.max_examples, holdout, cfg.seed,
-                                           kinds=cfg.kinds)
+    rows = folder.requests("train")
+    # ZeRO-3 partitions the weights: the in-training scorer cannot run on them.
+    train_rows, val_rows, val_source = validation_requests(folder, cfg, rows, not stage3, echo, progress)
     if cfg.negatives_per_positive is not None:
         train_rows = thin_negatives(train_rows, cfg.negatives_per_positive, cfg.seed)
     if not train_rows:
@@ -281,8 +326,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
     if val_rows:
         from recbrew.scoring.hf import HFScorer
 
-        val = ValidationCallback(lambda m: HFScorer(m, _ScoringTokenizer(tok), mode="multi" if pack else "prefix"),
-                                 val_rows, cfg.eval_steps, log, at_start=cfg.eval_at_start)
+        val = ValidationCallback(lambda m: HFScorer(m, _ScoringTokenizer(tok), mode="multi" if pack else "prefix",
+                                                    catalog=catalog),
+                                 val_rows, cfg.eval_steps, log, at_start=cfg.eval_at_start, keep_best=cfg.select_best,
+                                 best_dir=out / BEST_DIR)
         callbacks.append(val)
         trainer.add_callback(val)
     if hpz_check is not None:
@@ -292,6 +339,11 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
     if trainer.is_world_process_zero():
         (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2))
     resume = latest_checkpoint(out) if cfg.resume else None
+    if callbacks:
+        if resume:
+            callbacks[0].resume(int(resume.name.split("-")[-1]))
+        elif trainer.is_world_process_zero():
+            shutil.rmtree(out / BEST_DIR, ignore_errors=True)  # a fresh run: another run's best step is not ours
     if progress:
         echo(f"train: {cfg.objective} on {len(train_rows):,} requests ({sum(mix.values()):,} labelled items"
              f"{', packed' if pack else ''}) from {examples}; model {cfg.model}"
@@ -314,6 +366,17 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
             if part is not None:
                 part.uninstall()
 
+    val = callbacks[0] if callbacks else None
+    last_step = trainer.state.global_step
+    best = val.best if val is not None and cfg.select_best else None
+    chosen = best["step"] if best else last_step
+    if best and best["step"] != last_step:
+        val.restore_best(trainer.model)
+        if progress:
+            last_auc = next((h["val_macro_auc"] for h in val.history if h["step"] == last_step), float("nan"))
+            echo(f"train: final/ holds step {best['step']}, the best validation macro AUC ({best['val_macro_auc']:.4f}; "
+                 f"the last step, {last_step}, had {last_auc:.4f})")
+
     # Written aside and renamed at the end: an interrupted run never leaves a half-written final/.
     staging = out / ".final.tmp"
     if trainer.is_world_process_zero():
@@ -321,15 +384,19 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
     trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(staging))  # every rank: ZeRO-3 gathers the partitioned weights
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    val_hist = callbacks[0].history if callbacks else []
+    val_hist = val.history if val is not None else []
     meta = {
         "objective": cfg.objective, "base_model": str(path), "model_arg": cfg.model, "lora": cfg.lora,
         "data_seed": manifest.get("config", {}).get("seed"), "train_seed": cfg.seed,
         "examples": str(examples.resolve()),
         "task_versions": {t: catalog[t].version for t in sorted({r["task"] for r in train_rows})},
-        "config": cfg.model_dump(), "mix": mix, "steps": trainer.state.global_step,
+        "task_specs": {t: spec_record(catalog[t]) for t in sorted({r["task"] for r in train_rows})},
+        "config": cfg.model_dump(), "mix": mix, "steps": last_step,
         "final_loss": losses[-1] if losses else float(result.training_loss),
-        "val": val_hist,
+        "train_requests": len(train_rows), "val": val_hist, "val_source": val_source, "val_requests": len(val_rows),
+        # The step final/ holds: the best validation macro AUC (select_best), else the last step.
+        "final_step": chosen, "selected_by": "val_macro_auc" if best else "last_step",
+        "final_val_macro_auc": best["val_macro_auc"] if best else (val_hist[-1]["val_macro_auc"] if val_hist else None),
     }
     if frozen is not None:
         meta["frozen_cache"] = frozen.summary()
@@ -352,8 +419,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
     del trainer
     if cuda:
         torch.cuda.empty_cache()
-    return TrainResult(out, final, meta["final_loss"], val_hist[-1]["val_macro_auc"] if val_hist else None,
-                       meta["steps"], seconds, log_doc)
+    return TrainResult(out, final, meta["final_loss"], meta["final_val_macro_auc"], meta["steps"], seconds, log_doc,
+                       meta["final_step"])
 
 
 class _ScoringTokenizer:

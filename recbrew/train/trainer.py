@@ -119,14 +119,73 @@ class AnswerDPOTrainer(DPOTrainer):
 
 
 class ValidationCallback(TrainerCallback):
-    """Macro AUC of P(yes) on held-out binary requests, every ``every`` steps and at the end."""
+    """Macro AUC of the validation requests, every ``every`` steps and at the end; keeps the best step.
 
-    def __init__(self, scorer_factory, requests, every: int, log, at_start: bool = False):
+    With ``keep_best`` the trainable weights of the evaluated step with the best macro AUC are kept (in memory, and
+    under ``best_dir`` with the evaluation history so a resumed run keeps choosing among every step). The
+    evaluation before the first step (``at_start``) is reported but never chosen: it is not a training result.
+    """
+
+    STATE, INFO = "trainable.safetensors", "best.json"
+
+    def __init__(self, scorer_factory, requests, every: int, log, at_start: bool = False, keep_best: bool = False,
+                 best_dir=None):
         self.scorer_factory, self.requests, self.every, self.log = scorer_factory, requests, every, log
-        self.at_start = at_start
+        self.at_start, self.keep_best, self.best_dir = at_start, keep_best, best_dir
         self.history: list[dict] = []
+        #: {"step", "val_macro_auc", "state"} of the best evaluated step so far (``keep_best``).
+        self.best: dict | None = None
 
-    def evaluate(self, step: int, model) -> dict:
+    # The best step, kept and restored -------------------------------------------------------------------
+    @staticmethod
+    def trainable_state(model) -> dict[str, torch.Tensor]:
+        return {n.removeprefix("module."): p.detach().to("cpu", copy=True).contiguous()
+                for n, p in model.named_parameters() if p.requires_grad}
+
+    def restore_best(self, model) -> None:
+        """Copy the best step's trainable weights back into ``model``."""
+        state = self.best["state"]
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n.removeprefix("module.") in state:
+                    p.copy_(state[n.removeprefix("module.")].to(device=p.device, dtype=p.dtype))
+
+    def resume(self, step: int) -> None:
+        """Take back the history and best step written by an interrupted run, up to ``step`` (its checkpoint)."""
+        import json
+
+        from safetensors.torch import load_file
+
+        if self.best_dir is None or not (self.best_dir / self.INFO).is_file():
+            return
+        info = json.loads((self.best_dir / self.INFO).read_text())
+        self.history = [h for h in info.get("history", []) if h["step"] <= step]
+        best = info.get("best")
+        if self.keep_best and best and best["step"] <= step and (self.best_dir / self.STATE).is_file():
+            self.best = {**best, "state": load_file(str(self.best_dir / self.STATE))}
+
+    def _write(self, state) -> None:
+        import json
+        import os
+
+        from safetensors.torch import save_file
+
+        if self.best_dir is None or not state.is_world_process_zero:
+            return
+        self.best_dir.mkdir(parents=True, exist_ok=True)
+        best = None if self.best is None else {k: v for k, v in self.best.items() if k != "state"}
+        if self.best is not None and self.best.get("fresh"):
+            tmp = self.best_dir / f".{self.STATE}.tmp"
+            save_file(self.best["state"], str(tmp))
+            os.replace(tmp, self.best_dir / self.STATE)
+            self.best["fresh"] = False
+            best.pop("fresh", None)
+        tmp = self.best_dir / f".{self.INFO}.tmp"
+        tmp.write_text(json.dumps({"best": best, "history": self.history}, indent=2))
+        os.replace(tmp, self.best_dir / self.INFO)
+
+    # Evaluation -------------------------------------------------------------------------------------------
+    def evaluate(self, step: int, model, state=None, chooseable: bool = True) -> dict:
         from sklearn.metrics import roc_auc_score
 
         was_training = model.training
@@ -143,17 +202,22 @@ class ValidationCallback(TrainerCallback):
         entry = {"step": step, "val_macro_auc": macro, "val_tasks": len(aucs)}
         self.history.append(entry)
         self.log(entry)
+        if self.keep_best and chooseable and not math.isnan(macro) and (
+                self.best is None or macro > self.best["val_macro_auc"]):
+            self.best = {"step": step, "val_macro_auc": macro, "state": self.trainable_state(model), "fresh": True}
+        if state is not None:
+            self._write(state)
         return entry
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.at_start and self.requests and not any(h["step"] == state.global_step for h in self.history):
-            self.evaluate(state.global_step, model)
+            self.evaluate(state.global_step, model, state, chooseable=state.global_step > 0)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.every and self.requests and state.global_step % self.every == 0 \
                 and state.global_step < state.max_steps:
-            self.evaluate(state.global_step, model)
+            self.evaluate(state.global_step, model, state)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.requests and not any(h["step"] == state.global_step for h in self.history):
-            self.evaluate(state.global_step, model)
+            self.evaluate(state.global_step, model, state)
