@@ -69,11 +69,23 @@ def score(
     examples: Annotated[Path, typer.Option("--examples", help="Where real prompts come from.")] = Path("runs/quickstart/examples"),
     grid: Annotated[str, typer.Option(help="PREFIX_TOKENSxCANDIDATES cells.")] = "250x10,250x50,1000x10,1000x50",
     modes: Annotated[str, typer.Option(help="Modes to time (the first is the reference).")] = "naive,prefix,multi",
+    slates: Annotated[int | None, typer.Option("--slates", min=1, help="Instead of the grid: N real test requests "
+                                               "(whole slates) in eval's precision, steady state.")] = None,
+    layers: Annotated[int | None, typer.Option("--layers", min=1, help="Keep the first N decoder layers "
+                                               "(--slates).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Candidates/s and tokens processed per scoring mode, with speed-ups against naive in the same run."""
     from recbrew.errors import UserError
     from recbrew.scoring.bench import bench_score
+
+    if slates:
+        from recbrew.scoring.bench_slates import bench_slates
+
+        chosen = tuple(m.strip() for m in modes.split(",")) if modes != "naive,prefix,multi" else ("naive", "multi")
+        typer.echo(json.dumps(bench_slates(model, str(examples), slates, chosen, layers=layers),
+                              indent=2 if as_json else None))
+        return
 
     try:
         cells = tuple(tuple(int(x) for x in cell.split("x")) for cell in grid.split(","))

@@ -8,8 +8,8 @@
    candidate per sequence: labelled examples/s.
 3. On CUDA only: one step with liger-kernel patches (RMSNorm, RoPE, SwiGLU) vs without: time, memory, loss.
 4. The CPU recipe's levers, stacked one at a time (`bench_levers`): fp32 full depth one candidate per
-   sequence -> bf16 frozen layers -> the first N layers -> whole slates packed -> the frozen-layer cache
-   (an epoch after the first): labelled candidates/s of a LoRA-on-the-top-layer training step, each as
+   sequence -> bf16 frozen layers -> the first N layers -> whole slates packed -> the top layer at the
+   answer positions only -> the frozen-layer cache (an epoch after the first): labelled candidates/s of a LoRA-on-the-top-layer training step, each as
    a ratio to the first, measured in one run (median of 3 timed rounds after a same-shape warm-up).
 """
 
@@ -224,25 +224,35 @@ def _lever_model(name: str, layers: int | None, bf16: bool):
     return model, cache
 
 
-def _lever_step(model, opt, cache, batch: dict) -> float:
-    """One training step; with ``cache`` the frozen layers read (or fill) the frozen-layer cache."""
+def _lever_step(model, opt, cache, top, batch: dict) -> float:
+    """One training step; with ``cache`` the frozen layers read (or fill) the frozen-layer cache, with ``top``
+    the top layer runs at the answer positions only."""
+    from contextlib import ExitStack
+
     index = batch.pop("unit_index")
-    if cache is None:
-        return _step(model, opt, batch, "answer")
-    with cache.batch(index.tolist(), batch["attention_mask"].sum(1).tolist()):
+    with ExitStack() as scope:
+        if cache is not None:
+            scope.enter_context(cache.batch(index.tolist(), batch["attention_mask"].sum(1).tolist()))
+        if top is not None:
+            scope.enter_context(top.positions(batch["answer_rows"], batch["answer_cols"]))
         return _step(model, opt, batch, "answer")
 
 
 def bench_levers(model_name: str = "smollm2", prefix: int = 170, segment: int = 55, k: int = 16, requests: int = 2,
                  layers: int = 6, rounds: int = 3) -> dict:
     """Labelled candidates/s of a training step as the CPU levers stack up (see the module docstring)."""
-    steps = [("fp32", None, False, False, False), ("bf16_frozen", None, True, False, False),
-             ("first_layers", layers, True, False, False), ("packed_slates", layers, True, True, False),
-             ("frozen_cache", layers, True, True, True)]
+    from recbrew.train.answer_layer import AnswerOnlyTopLayer
+    from recbrew.train.frozen_cache import decoder_layers
+
+    # (name, layers kept, bf16 frozen layers, packed slates, answer-only top layer, frozen cache)
+    steps = [("fp32", None, False, False, False, False), ("bf16_frozen", None, True, False, False, False),
+             ("first_layers", layers, True, False, False, False), ("packed_slates", layers, True, True, False, False),
+             ("answer_only_top", layers, True, True, True, False), ("frozen_cache", layers, True, True, True, True)]
     out: dict = {"model": model_name, "prefix_tokens": prefix, "segment_tokens": segment, "candidates_per_slate": k,
                  "slates_per_round": requests, "layers": layers, "rounds": rounds, "levers": {}}
-    for name, depth, bf16, pack, cached in steps:
+    for name, depth, bf16, pack, answer_only, cached in steps:
         model, cache = _lever_model(model_name, depth, bf16)
+        top = AnswerOnlyTopLayer(decoder_layers(model)[-1]).install() if answer_only else None
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         units = _units(model.config.vocab_size, prefix, segment, k, requests, pack=pack)
         units = [{**u, "index": i} for i, u in enumerate(units)]
@@ -250,18 +260,20 @@ def bench_levers(model_name: str = "smollm2", prefix: int = 170, segment: int = 
         batches = [UnitCollator(0, pack)(units[i:i + per_batch]) for i in range(0, len(units), per_batch)]
 
         for batch in batches:  # warm-up at the same shapes (and, for the cache lever, fills it)
-            _lever_step(model, opt, cache if cached else None, dict(batch))
+            _lever_step(model, opt, cache if cached else None, top, dict(batch))
         times = []
         for _ in range(rounds):
             start = time.perf_counter()
             for batch in batches:
-                _lever_step(model, opt, cache if cached else None, dict(batch))
+                _lever_step(model, opt, cache if cached else None, top, dict(batch))
             times.append(time.perf_counter() - start)
         seconds = float(np.median(times))
         candidates = len(units) if not pack else sum(len(u["segment_lens"]) for u in units)
         out["levers"][name] = {"seconds": seconds, "candidates_per_s": candidates / seconds,
                                "tokens": sum(len(u["input_ids"]) for u in units)}
         cache.uninstall()
+        if top is not None:
+            top.uninstall()
         del model, opt
     base = out["levers"]["fp32"]["candidates_per_s"]
     for row in out["levers"].values():

@@ -1,0 +1,54 @@
+"""`recbrew bench score --slates N`: the scoring modes on real requests (whole slates) of an examples folder.
+
+Where the grid benchmark builds one synthetic request per cell, this one times the test requests
+as they are: their prefixes, slates of 3-20 candidates and listwise questions, in the precision and
+depth the eval scores them with (``dtype="auto"``: bf16 where the hardware has it; ``layers``).
+Steady state: every mode is warmed up on the same requests, then timed ``rounds`` times (median).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def bench_slates(model_name: str, examples: str, requests: int = 40, modes: tuple[str, ...] = ("naive", "multi"),
+                 layers: int | None = None, rounds: int = 3, seed: int = 0) -> dict:
+    import torch
+
+    from recbrew.models.loading import load_model
+    from recbrew.models.precision import describe
+    from recbrew.scoring import load_requests
+    from recbrew.scoring.hf import HFScorer
+
+    rows = [r for r in load_requests(examples, "test") if r["kind"] != "generative" and r["segments"]]
+    rng = np.random.default_rng(seed)
+    rows = [rows[i] for i in sorted(rng.choice(len(rows), size=min(requests, len(rows)), replace=False))]
+    model, tokenizer = load_model(model_name, dtype="auto", layers=layers, device="cpu"
+                                  if not torch.cuda.is_available() else None)
+    candidates = sum(len(r["labels"]) for r in rows)
+    out = {"benchmark": "score_slates", "model": model_name, "examples": str(examples), "requests": len(rows),
+           "candidates": candidates, "dtype": describe(model.dtype), "layers": model.config.num_hidden_layers,
+           "threads": torch.get_num_threads(), "rounds": rounds, "modes": {}}
+    reference = None
+    for mode in modes:
+        scorer = HFScorer(model, tokenizer, mode=mode, batch_size=16)
+        encoded = [scorer.encode(r) for r in rows]
+        scorer.score_encoded(encoded)  # warm-up at the same shapes
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            probs = scorer.score_encoded(encoded)
+            times.append(time.perf_counter() - start)
+        flat = np.concatenate([np.atleast_1d(p) for p in probs])
+        reference = flat if reference is None else reference
+        seconds = float(np.median(times))
+        out["modes"][mode] = {"seconds": round(seconds, 3), "candidates_per_s": round(candidates / seconds, 1),
+                              "tokens_processed": scorer.tokens_processed,
+                              "max_abs_diff_vs_first_mode": float(np.abs(flat - reference).max())}
+    first = out["modes"][modes[0]]
+    for row in out["modes"].values():
+        row["speedup_vs_" + modes[0]] = round(first["seconds"] / row["seconds"], 2)
+        row["token_ratio_vs_" + modes[0]] = round(first["tokens_processed"] / row["tokens_processed"], 2)
+    return out
