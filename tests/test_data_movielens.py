@@ -244,3 +244,30 @@ def test_loaded_from_disk_equals_built(tmp_path, ml):
     for name, tbl in ml.tables.items():
         assert loaded.tables[name].equals(tbl), name
     assert loaded.meta == ml.meta
+
+
+def test_leave_last_follows_the_rating_files_order(ml, ratings, tmp_path):
+    """`data build --split leave-last` on MovieLens: each member's test rating is their last line of the file,
+    and the history is the ratings on the lines before it."""
+    from recbrew import assets
+    from recbrew.examples.build import BuildConfig, build_examples
+    from recbrew.scoring import load_requests
+
+    ml.save(tmp_path / "ml")
+    cfg = BuildConfig(tasks=["movies_like"], split="leave-last", one_target=True, history="last:5", max_train=20,
+                      max_val=20, max_test=40, tokenizer="none", seed=1)
+    build_examples(tmp_path / "ml", tmp_path / "ex", cfg, tasks_dir=assets.path("configs") / "movielens" / "tasks",
+                   progress=False)
+    lines: dict[int, list[int]] = {}
+    for i, r in enumerate(ratings):
+        lines.setdefault(int(r["user_id"]), []).append(i)
+    for split, back in (("test", 1), ("validation", 2)):
+        rows = load_requests(tmp_path / "ex", split)
+        assert len(rows) == (40 if split == "test" else 20)
+        for row in rows:
+            mine = lines[row["member_id"]]
+            assert row["record"] == mine[-back]
+            assert row["candidate_ids"] == [int(ratings[row["record"]]["item_id"])]
+            before = mine[:-back][-5:]
+            assert row["hist_item_ids"] == [int(ratings[i]["item_id"]) for i in before]
+            assert row["member_interactions"] == len(mine) - back
