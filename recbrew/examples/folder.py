@@ -217,13 +217,3 @@ class Examples:
             raise UserError(f"{self.root}: the Corpus it was built from ({corpus}) is not there; {why}")
         return corpus
 
-
-def examples_catalog(path: str | Path, tasks_dir: str | Path | None = None) -> dict[str, TaskSpec]:
-    """Shorthand: the task specs of the examples folder at ``path`` (see :meth:`Examples.catalog`)."""
-    return Examples.open(path).catalog(tasks_dir)
-
-
-def ensure_known(catalog: Mapping[str, TaskSpec], names: Sequence[str], where: str) -> None:
-    missing = sorted(set(names) - set(catalog))
-    if missing:
-        raise ConfigError(f"{where}: task(s) {', '.join(missing)} have no spec (not recorded, not in the catalog)")
