@@ -78,11 +78,13 @@ def test_no_interaction_at_or_after_the_moment_is_visible(built, world):
 
 
 def test_prompt_history_only_shows_earlier_engagements(tmp_path, tokenizer):
-    """A corpus where every item title is unique: any title in a prefix must be an earlier engagement."""
+    """A corpus where every item's topic is unique: any topic in a prefix (history lines name the topic) must be an
+    earlier engagement; every candidate segment shows its own title."""
     n_items, days = 40, 12
     members = pa.table({"member_id": [1, 2], "name": ["Ann", "Bob"], "headline": ["Engineer", "Designer"]})
     items = pa.table({"item_id": list(range(n_items)), "item_type": ["post"] * n_items,
-                      "title": [f"UNIQUE-TITLE-{i:03d}" for i in range(n_items)], "topic": ["Engineering"] * n_items})
+                      "title": [f"UNIQUE-TITLE-{i:03d}" for i in range(n_items)],
+                      "topic": [f"UNIQUE-TOPIC-{i:03d}" for i in range(n_items)]})
     rng = np.random.default_rng(0)
     rows = []
     for day in range(days):
@@ -105,7 +107,7 @@ def test_prompt_history_only_shows_earlier_engagements(tmp_path, tokenizer):
     for split in ("train", "test"):
         for row in text[split]:
             for i in range(n_items):
-                if f"UNIQUE-TITLE-{i:03d}" in row["prefix"]:
+                if f"UNIQUE-TOPIC-{i:03d}" in row["prefix"]:
                     assert any(ts < row["timestamp"] for ts in likes[(row["member_id"], i)])
                     checked += 1
             for cid, segment in zip(row["candidate_ids"], row["segments"], strict=True):
