@@ -70,7 +70,7 @@ def test_quickstart_runs_end_to_end_and_reuses_finished_steps(tmp_path):
     generate_world(WorldConfig(members=150, days=12, seed=9), tmp_path / "w", progress=False)
     build_tiny(tmp_path / "w", tmp_path / "tiny", "tiny", seed=0)
     args = ["quickstart", "--out", str(tmp_path / "q"), "--members", "150", "--days", "12", "--max-train", "10",
-            "--max-test", "5", "--burn-in-days", "1", f"model={tmp_path / 'tiny'}", "layers=null", "tasks=null",
+            "--max-test", "5", "--burn-in-days", "1", f"model={tmp_path / 'tiny'}", "layers=null", "tasks=null", "task_weights={}",
             "max_steps=2", "eval_requests=4", "save_steps=100"]
     first = run(*args)
     assert first.returncode == 0, first.stderr[-3000:]
