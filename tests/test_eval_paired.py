@@ -217,10 +217,10 @@ class Fixed:
 @pytest.fixture
 def fake_examples(tmp_path, monkeypatch):
     """An examples folder whose test requests are ``rows``: run_eval without building a world."""
-    import recbrew.scoring.protocol as protocol
+    from recbrew.examples.folder import Examples
 
     def make(rows):
-        monkeypatch.setattr(protocol, "load_requests", lambda examples, split, tasks=None: rows)
+        monkeypatch.setattr(Examples, "requests", lambda self, split="test", tasks=None: rows)
         (tmp_path / "ex").mkdir(exist_ok=True)
         (tmp_path / "ex" / "manifest.json").write_text(json.dumps({"config": {"seed": 0}, "tasks": {}}))
         return tmp_path / "ex"
