@@ -12,7 +12,7 @@ import numpy as np
 from recbrew.data.corpus import Corpus
 from recbrew.data.schema import NO_ACTION
 from recbrew.tasks.spec import TaskSpec
-from recbrew.verbalize.context import CorpusView, age_text
+from recbrew.verbalize.context import CorpusView, select_history
 from recbrew.verbalize.render import HistoryEntry
 
 
@@ -44,19 +44,4 @@ class HistoryIndex:
 
     def entries(self, view: CorpusView, lo: int, hi: int, t: int, task: TaskSpec, limit: int) -> list[HistoryEntry]:
         """The interactions in [lo, hi) that the task's history groups select, newest first, at most ``limit``."""
-        groups = task.history.groups
-        if not groups or hi == lo:
-            return []
-        fields = tuple(task.candidate_fields)
-        out: list[HistoryEntry] = []
-        for i in range(hi - 1, lo - 1, -1):
-            action, surface = self.action[i], self.surface[i]
-            for g, spec in enumerate(groups):
-                if spec.action == action and (spec.surface is None or spec.surface == surface):
-                    ts = int(self.ts[i])
-                    age = age_text(t - ts) if task.history.show_age else None
-                    out.append(HistoryEntry(g, ts, view.item(int(self.item[i]), fields), age))
-                    break
-            if len(out) >= limit:
-                break
-        return out
+        return select_history(view, self.action, self.surface, self.ts, self.item, lo, hi, t, task, limit)

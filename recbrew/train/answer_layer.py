@@ -20,16 +20,12 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from transformers.models.llama.modeling_llama import rotate_half
 
 from recbrew.errors import ConfigError
 
 _PARTS = ("input_layernorm", "post_attention_layernorm", "mlp", "self_attn")
 _PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def supports(layer: nn.Module) -> bool:
@@ -115,9 +111,9 @@ class AnswerOnlyTopLayer:
         keys = attn.k_proj(x).view(batch, width, -1, d)  # [B, T, Hkv, d]
         values = attn.v_proj(x).view(batch, width, -1, d)
         cos, sin = position_embeddings  # [B, T, d]
-        keys = keys * cos[:, :, None] + _rotate_half(keys) * sin[:, :, None]
+        keys = keys * cos[:, :, None] + rotate_half(keys) * sin[:, :, None]
         query = attn.q_proj(x[rows, cols]).view(len(rows), -1, d)  # [M, H, d]
-        query = query * cos[rows, cols][:, None] + _rotate_half(query) * sin[rows, cols][:, None]
+        query = query * cos[rows, cols][:, None] + rotate_half(query) * sin[rows, cols][:, None]
         kv_heads = keys.shape[2]
         groups = query.shape[1] // kv_heads
         query = query.view(len(rows), kv_heads, groups, d)

@@ -167,23 +167,8 @@ class CorpusView:
     def history(self, member_id: int, t: int, task: TaskSpec, limit: int | None = None) -> list[HistoryEntry]:
         """The member's interactions before ``t`` that the task's history groups select, newest first."""
         lo, hi = self._range(self.h_member, self.h_ts, member_id, t)
-        groups = task.history.groups
-        if not groups or hi == lo:
-            return []
-        limit = limit or 4 * task.history.max_items
-        fields = tuple(task.candidate_fields)
-        out: list[HistoryEntry] = []
-        for i in range(hi - 1, lo - 1, -1):
-            action, surface = self.h_action[i], self.h_surface[i]
-            for g, spec in enumerate(groups):
-                if spec.action == action and (spec.surface is None or spec.surface == surface):
-                    ts = int(self.h_ts[i])
-                    age = age_text(t - ts) if task.history.show_age else None
-                    out.append(HistoryEntry(g, ts, self.item(int(self.h_item[i]), fields), age))
-                    break
-            if len(out) >= limit:
-                break
-        return out
+        return select_history(self, self.h_action, self.h_surface, self.h_ts, self.h_item, lo, hi, t, task,
+                              limit or 4 * task.history.max_items)
 
     def connections(self, member_id: int, t: int) -> np.ndarray:
         lo = np.searchsorted(self.c_src, member_id, side="left")
@@ -242,3 +227,24 @@ class CorpusView:
             out["engagements"] = self.engagements(int(item_id), t)
         out["social"] = self.social(member_id, int(item_id), t, task, friends)
         return out
+
+
+def select_history(view: CorpusView, action: np.ndarray, surface: np.ndarray, ts: np.ndarray, item: np.ndarray,
+                   lo: int, hi: int, t: int, task: TaskSpec, limit: int) -> list[HistoryEntry]:
+    """Rows [lo, hi) of the interaction arrays that the task's history groups select, newest first, at most
+    ``limit``; each row goes to the first group whose action (and surface) it matches."""
+    groups = task.history.groups
+    if not groups or hi == lo:
+        return []
+    fields = tuple(task.candidate_fields)
+    out: list[HistoryEntry] = []
+    for i in range(hi - 1, lo - 1, -1):
+        for g, spec in enumerate(groups):
+            if spec.action == action[i] and (spec.surface is None or spec.surface == surface[i]):
+                when = int(ts[i])
+                age = age_text(t - when) if task.history.show_age else None
+                out.append(HistoryEntry(g, when, view.item(int(item[i]), fields), age))
+                break
+        if len(out) >= limit:
+            break
+    return out
