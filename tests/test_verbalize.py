@@ -564,3 +564,40 @@ def test_empty_phrase_lines_are_counted_in_the_budget(catalog, tokenizer):
     assert tight.prefix_tokens == exact(tight.prefix)
     assert tight.prefix == alone.prefix.replace("Member has liked the following posts: none\n", "")
     assert tight.cut_by_group == {"liked the following posts": 30}
+
+
+def test_match_facts_say_what_the_candidate_shares_with_the_member(view, catalog):
+    """`candidate.match`: the facets the member and the item share, and the candidate's field and industry among
+    the member's last actions before the moment (only those), rendered on the candidate's lines."""
+    import numpy as np
+
+    from recbrew.verbalize.context import MATCH_FACETS, RECENT_ACTIONS
+    from recbrew.verbalize.render import Renderer
+
+    members, items = view.corpus.members.to_pylist(), {r["item_id"]: r for r in view.corpus.items.to_pylist()}
+    task = catalog["jobs_apply"]
+    t = int(view.h_ts.max())
+    checked = shared = 0
+    for m in members[:60]:
+        lo, hi = view.actions_range(m["member_id"], t)
+        recent = [items[int(i)] for i in view.h_item[max(lo, hi - RECENT_ACTIONS):hi]]
+        for item in [r for r in items.values() if r["item_type"] == "job"][:8]:
+            got = view.match(m["member_id"], item["item_id"], t)
+            want = [word for mf, itf, word in MATCH_FACETS if m.get(mf) and m.get(mf) == item.get(itf)]
+            assert got["same"] == want
+            assert got["recent"] == len(recent)
+            assert got["field_actions"] == sum(r.get("function") == item["function"] for r in recent)
+            assert got["industry_actions"] == sum(r.get("industry") == item["industry"] for r in recent)
+            checked += 1
+            shared += bool(want)
+    assert checked == 480 and shared > 0
+    # Nothing at or after the moment counts.
+    member = int(view.h_member[np.argmax(view.h_ts)])
+    first = int(view.h_ts[view.actions_range(member, 2**62)[0]])
+    assert view.match(member, int(view.h_item[0]), first)["recent"] == 0
+    # The compact candidate carries the facts on a line of its own.
+    m = next(r for r in members if view.actions_before(r["member_id"], t) > 0)
+    job = next(r for r in items.values() if r["item_type"] == "job" and r["function"] == m["function"])
+    prompt = Renderer(task).render(view.member(m["member_id"]), [view.candidate(m["member_id"], job["item_id"], t, task)],
+                                   view.history(m["member_id"], t, task))
+    assert "same field" in prompt.segments[0] and "in this field" in prompt.segments[0]

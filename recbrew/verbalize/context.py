@@ -28,6 +28,18 @@ _ITEM_FIELDS = [c.name for c in ITEMS.columns if c.name not in ("item_id", "ref_
                                                                   "created_at")]
 #: Item fields always shown, whatever the task's candidate_fields say.
 _ALWAYS = ("item_type", "title", "name", "headline")
+#: Facets on which a candidate can match the member: (member field, item field, word in the prompt).
+MATCH_FACETS = (("function", "function", "field"), ("industry", "industry", "industry"),
+                ("seniority", "seniority", "seniority"), ("location", "location", "location"))
+#: Recent actions over which a candidate's field and industry are counted.
+RECENT_ACTIONS = 50
+
+
+def _codes(values: list | None, vocab: dict[str, int]) -> np.ndarray | None:
+    """Integer codes of categorical ``values`` in a shared vocabulary (-1 where missing)."""
+    if values is None:
+        return None
+    return np.array([vocab.setdefault(v, len(vocab)) if isinstance(v, str) and v else -1 for v in values], np.int64)
 
 
 def age_text(seconds: int) -> str:
@@ -61,6 +73,14 @@ class CorpusView:
         self._ref = _column(items, "ref_id")
         self._created = items["created_at"].to_numpy() if "created_at" in items.column_names else None
         self._names = self._member_cols.get("name")
+        # Facet codes (one vocabulary per facet, shared by members and items) for the match facts.
+        self._m_facet, self._i_facet = {}, {}
+        for m_field, i_field, _ in MATCH_FACETS:
+            vocab: dict[str, int] = {}
+            m_codes = _codes(_column(members, m_field), vocab)
+            i_codes = _codes(_column(items, i_field), vocab)
+            if m_codes is not None and i_codes is not None:
+                self._m_facet[m_field], self._i_facet[i_field] = m_codes, i_codes
 
         # Interactions with an action, sorted by (member, time): history and engagement lookups.
         inter = corpus.interactions
@@ -75,6 +95,10 @@ class CorpusView:
         surface = (inter["surface"].to_numpy(zero_copy_only=False).astype(str) if "surface" in inter.column_names
                    else np.full(len(action), "", dtype=str))
         self.h_surface = surface[acted][order]
+        # Field and industry codes of each action's item (-1 unknown): the candidate's share of recent actions.
+        rows = np.array([self._item_row.get(int(i), -1) for i in self.h_item], np.int64)
+        self.h_facet = {f: np.where(rows >= 0, codes[np.maximum(rows, 0)], -1)
+                        for f, codes in self._i_facet.items() if f in ("function", "industry")}
         # Engagements sorted by (item, time): who engaged with an item before a moment.
         by_item = np.lexsort((self.h_ts, self.h_item))
         self.e_item, self.e_ts, self.e_member = self.h_item[by_item], self.h_ts[by_item], self.h_member[by_item]
@@ -226,6 +250,30 @@ class CorpusView:
             out["age"] = self.item_age(item_id, t)
             out["engagements"] = self.engagements(int(item_id), t)
         out["social"] = self.social(member_id, int(item_id), t, task, friends)
+        out["match"] = self.match(member_id, int(item_id), t)
+        return out
+
+    def match(self, member_id: int, item_id: int, t: int) -> dict:
+        """How the candidate relates to the member: the facets both share (``same``: words such as
+        "field", "industry") and how many of the member's last RECENT_ACTIONS actions before ``t`` were on
+        items of the candidate's field and industry (``recent``: their count, None without a field)."""
+        m_row, i_row = self._member_row.get(int(member_id)), self._item_row.get(int(item_id))
+        out = {"same": [], "recent": None, "field_actions": None, "industry_actions": None}
+        if m_row is None or i_row is None:
+            return out
+        for m_field, i_field, word in MATCH_FACETS:
+            if m_field in self._m_facet and i_field in self._i_facet:
+                mine, theirs = self._m_facet[m_field][m_row], self._i_facet[i_field][i_row]
+                if mine >= 0 and mine == theirs:
+                    out["same"].append(word)
+        if "function" in self.h_facet and self._i_facet["function"][i_row] >= 0:
+            lo, hi = self.actions_range(member_id, t)
+            lo = max(lo, hi - RECENT_ACTIONS)
+            out["recent"] = hi - lo
+            out["field_actions"] = int((self.h_facet["function"][lo:hi] == self._i_facet["function"][i_row]).sum())
+            if "industry" in self.h_facet and self._i_facet["industry"][i_row] >= 0:
+                out["industry_actions"] = int(
+                    (self.h_facet["industry"][lo:hi] == self._i_facet["industry"][i_row]).sum())
         return out
 
 
