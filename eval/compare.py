@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from recbrew.eval import metrics as M
+
+from recbrew import metrics as M
+from recbrew.errors import UserError
 from recbrew.eval.generation import generation_scores
 from recbrew.eval.table import RequestTable
-
-from recbrew.errors import UserError
 
 #: Slices as (request column, upper bucket edges): a value v falls in the first bucket whose edge >= v.
 SLICES: dict[str, tuple[str, tuple[float, ...]]] = {
@@ -331,8 +331,8 @@ def task_metrics(y: np.ndarray, s: np.ndarray, request: np.ndarray, sample: Task
 
 
 def macro(values: list[float | None]) -> float | None:
-    v = [x for x in values if x is not None]
-    return round(float(np.mean(v)), 6) if v else None
+    value = M.macro(values)
+    return None if value is None else round(value, 6)
 
 
 def macro_auc_by_task(table: RequestTable, scores: np.ndarray, request_mask: np.ndarray) -> float | None:

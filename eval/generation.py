@@ -37,27 +37,3 @@ def generation_scores(predictions: Sequence[str | None], targets: Sequence[str |
     """Per-request exact match and token F1."""
     return {"exact": np.array([exact_match(p, t) for p, t in zip(predictions, targets, strict=True)]),
             "f1": np.array([token_f1(p, t) for p, t in zip(predictions, targets, strict=True)])}
-
-
-def first_line(text: str) -> str:
-    """The answer part of a generation: up to the first line break, trimmed."""
-    return text.strip().split("\n", 1)[0].strip()
-
-
-def greedy_generate(model, tokenizer, requests: Sequence[dict], max_new_tokens: int = 16) -> list[str]:
-    """Greedy continuation of ``prefix + segments[0]`` for each request, cut at the first line break."""
-    import torch
-
-    decode = tokenizer.backend.decode if hasattr(tokenizer, "backend") else tokenizer.decode
-    device = model.get_output_embeddings().weight.device
-    pad = model.config.pad_token_id if model.config.pad_token_id is not None else model.config.eos_token_id
-    out = []
-    with torch.no_grad():
-        for row in requests:
-            text = row["prefix"] + (row["segments"][0] if row.get("segments") else "")
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            prompt = torch.tensor([ids], device=device)
-            gen = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                 max_new_tokens=max_new_tokens, pad_token_id=pad)
-            out.append(first_line(decode(gen[0, len(ids):].tolist(), skip_special_tokens=True)))
-    return out

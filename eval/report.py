@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 
+from recbrew.data.io import atomic_write_text
 from recbrew.eval.compare import SLICES, TAGS, fmt_delta, verdict
 from recbrew.eval.plots import reliability_figure, slice_figure
 
@@ -21,15 +21,6 @@ SLICE_TITLES = {"split_tag": "T1 (in-domain) vs T2 (out-of-domain) tasks",
                 "cold_start": "Cold start: member's interactions before the request",
                 "days_from_cutoff": "Days after the training cutoff",
                 "history_length": "History length (interactions shown)"}
-
-
-def atomic_write(path: Path, text: str) -> Path:
-    """Write beside ``path`` and rename over it: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def fmt(v, digits: int = 4) -> str:
@@ -321,6 +312,6 @@ def write_report(out_dir: str | Path, results: dict, meta: dict) -> dict[str, Pa
     """report.json, report.md and report.html under ``out_dir``, each written aside then renamed."""
     out_dir = Path(out_dir)
     doc = {"meta": meta, **results}
-    return {"json": atomic_write(out_dir / "report.json", json.dumps(doc, indent=1, default=str)),
-            "md": atomic_write(out_dir / "report.md", render_markdown(results, meta)),
-            "html": atomic_write(out_dir / "report.html", render_html(results, meta))}
+    return {"json": atomic_write_text(out_dir / "report.json", json.dumps(doc, indent=1, default=str)),
+            "md": atomic_write_text(out_dir / "report.md", render_markdown(results, meta)),
+            "html": atomic_write_text(out_dir / "report.html", render_html(results, meta))}

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+from recbrew.errors import UserError
 from recbrew.eval.compare import AucBootstrap, CompareConfig, bootstrap_aucs, compare, fmt_delta, paired_delta
 from recbrew.eval.report import fmt, unit_text, write_report
 from recbrew.eval.scorers import (
@@ -21,8 +24,6 @@ from recbrew.eval.scorers import (
     save_cached,
 )
 from recbrew.eval.table import RequestTable
-
-from recbrew.errors import UserError
 
 PACKAGES = ("recbrew", "numpy", "scikit-learn", "torch", "transformers", "peft", "datasets", "matplotlib")
 
@@ -101,7 +102,8 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
              tasks: Sequence[str] | None = None, k: int = 3, bootstrap: int = 200, seed: int = 0,
              use_cache: bool = True, max_new_tokens: int = 16, progress: bool = True, device: str | None = None,
              include_oracle: bool = True, unit: str = "auto", min_positives: int = 20,
-             reference: str | None = None, tasks_dir: str | Path | None = None) -> EvalResult:
+             reference: str | None = None, tasks_dir: str | Path | None = None,
+             max_per_task: int | None = None) -> EvalResult:
     """Score ``models`` ({name: spec or Scorer}, or a list of specs) on the test split and write the reports.
 
     With ``include_oracle`` the oracle joins as a reference when every request carries true probabilities.
@@ -109,6 +111,7 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
     than ``min_positives`` positives are flagged. The paired comparisons are against ``reference``, by
     default the best baseline (popularity or a trained baseline folder) by T1 macro AUC. Language models read the
     answer words from the task specs recorded in the examples; ``tasks_dir`` is checked against them.
+    ``max_per_task`` scores only the first N test requests of each task (quick looks, sweeps).
     """
     cfg = CompareConfig(k=k, bootstrap=bootstrap, seed=seed, unit=unit, min_positives=min_positives)
     cfg.check()
@@ -117,13 +120,20 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder")
     from recbrew.eval.scorers import parse_models
-
     from recbrew.examples.folder import Examples
 
     specs = dict(models) if isinstance(models, Mapping) else parse_models(list(models))
     folder = Examples.open(examples)
     catalog = folder.catalog(tasks_dir)  # before minutes of scoring: a conflicting --tasks-dir fails here
     requests = folder.requests("test", tasks)
+    if max_per_task is not None:
+        kept: Counter = Counter()
+        first = []
+        for r in requests:
+            kept[r["task"]] += 1
+            if kept[r["task"]] <= max_per_task:
+                first.append(r)
+        requests = first
     if not requests:
         raise UserError(f"{examples}: no test requests" + (f" for tasks {', '.join(tasks)}" if tasks else ""))
     table = RequestTable.from_requests(requests)

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from recbrew.eval.table import RequestTable
 from tqdm.auto import tqdm
 
+from recbrew.data.io import atomic_path
 from recbrew.errors import UserError
+from recbrew.eval.table import RequestTable
 
 #: Bumped when a change to scoring would make cached scores wrong.
 CACHE_VERSION = 1
@@ -72,11 +72,12 @@ class Model:
     scorer: object | None = None
     kind: str = "scorer"  # oracle | popularity | baseline | lm | scorer
     fingerprint: str | None = None
-    generator: object | None = field(default=None, repr=False)
 
     @property
     def can_generate(self) -> bool:
-        return self.kind == "lm" or hasattr(self.scorer, "generate_text")
+        from recbrew.scoring.protocol import Generator
+
+        return isinstance(self.scorer, Generator)
 
     def load(self, examples: Path, device: str | None = None, catalog=None) -> None:
         """Build the Scorer behind ``spec`` (no-op for objects handed in directly).
@@ -109,12 +110,11 @@ class Model:
                 catalog = Examples.open(examples).catalog()
             model, tokenizer = load_model(self.spec, device=device, dtype="auto")
             self.scorer = HFScorer(model, tokenizer, mode="multi", name=self.name, catalog=catalog)
-            self.generator = (model, tokenizer)
 
     def release(self) -> None:
         """Drop a loaded language model (the next one needs the memory)."""
         if self.spec is not None:
-            self.scorer, self.generator = None, None
+            self.scorer = None
 
 
 def describe(name: str, spec_or_scorer) -> Model:
@@ -178,13 +178,11 @@ def save_cached(path: Path | None, table: RequestTable, scores: Scores) -> None:
     """Write aside, then rename: an interrupted run never leaves a half-written cache file."""
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
     idx = sorted(scores.generations)
-    np.savez(tmp, request_ids=np.array(table.request_ids.tolist(), dtype=str), scores=scores.scores,
-             gen_index=np.array(idx, dtype=np.int64), gen_text=np.array([scores.generations[i] for i in idx], dtype=str),
-             seconds=np.array(scores.seconds))
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, request_ids=np.array(table.request_ids.tolist(), dtype=str), scores=scores.scores,
+                 gen_index=np.array(idx, dtype=np.int64),
+                 gen_text=np.array([scores.generations[i] for i in idx], dtype=str), seconds=np.array(scores.seconds))
 
 
 def run_model(model: Model, requests: Sequence[dict], table: RequestTable, *, examples: Path, chunk: int = 64,
@@ -215,14 +213,8 @@ def run_model(model: Model, requests: Sequence[dict], table: RequestTable, *, ex
     gen_idx = np.flatnonzero(table.generative)
     if len(gen_idx) and model.can_generate:
         rows = [requests[i] for i in gen_idx]
-        if model.generator is not None:
-            from recbrew.eval.generation import greedy_generate
-
-            texts = []
-            for s in tqdm(range(0, len(rows), chunk), desc=f"generate {model.name}", disable=not progress,
-                          leave=False):
-                texts.extend(greedy_generate(*model.generator, rows[s:s + chunk], max_new_tokens))
-        else:
-            texts = list(model.scorer.generate_text(rows))
+        texts = []
+        for s in tqdm(range(0, len(rows), chunk), desc=f"generate {model.name}", disable=not progress, leave=False):
+            texts.extend(model.scorer.generate(rows[s:s + chunk], max_new_tokens))
         generations = {int(i): str(t) for i, t in zip(gen_idx, texts, strict=True)}
     return Scores(table.flatten(per_request), generations, time.perf_counter() - start)

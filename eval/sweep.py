@@ -22,11 +22,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from recbrew.eval.plots import trend_figure
-from recbrew.eval.report import _html_table, _img, _md_table, atomic_write, fmt
-from recbrew.eval.scorers import examples_fingerprint
 
-from recbrew.errors import ConfigError, UserError
+from recbrew.data.io import atomic_write_text
+from recbrew.errors import ConfigError
+from recbrew.eval.plots import trend_figure
+from recbrew.eval.report import _html_table, _img, _md_table, fmt
+from recbrew.eval.scorers import examples_fingerprint
 
 AXES = ("data", "model", "history")
 BASELINE_FAMILIES = ("lirank", "ligr", "dcnv2")
@@ -56,6 +57,11 @@ class SweepConfig:
     overrides: list[str] = field(default_factory=list)
     k: int = 3
     progress: bool = True
+    #: Language models: a training config (name or path, e.g. ``smollm2-cpu``) each point trains with; the
+    #: point's size (``max_examples``), seed and tasks go on top. None: a plain config of ``base_model``.
+    train_config: str | None = None
+    #: Score at most this many test requests per task (None: all).
+    max_test: int | None = None
 
     def check(self) -> None:
         if self.axis not in AXES:
@@ -95,6 +101,8 @@ def point_key(cfg: SweepConfig, value, examples: Path) -> str:
     parts = {"family": cfg.family, "axis": cfg.axis, "value": value, "base": cfg.base_model,
              "max_examples": cfg.max_examples, "max_steps": cfg.max_steps, "lora": cfg.lora, "seed": cfg.seed,
              "tasks": cfg.tasks, "overrides": cfg.overrides, "examples": examples_fingerprint(examples)}
+    # Settings added later join the key only when set, so earlier sweeps keep their finished points.
+    parts.update({k: v for k, v in (("train_config", cfg.train_config), ("max_test", cfg.max_test)) if v is not None})
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -128,13 +136,12 @@ def _parameters(spec: str) -> int:
 def train_point(cfg: SweepConfig, value, examples: Path, out: Path) -> tuple[str, float, dict]:
     """Train one point's model into ``out``: (model spec for eval, size on the axis, training info)."""
     if cfg.family in BASELINE_FAMILIES:
-        from recbrew import assets
         from recbrew.baselines.config import run_config
         from recbrew.baselines.train import train_model
+        from recbrew.config import shipped_or_none
 
-        shipped = assets.path("configs") / "baselines" / f"{cfg.family}.yaml"
         overrides = [*cfg.overrides, f"train.seed={cfg.seed}", f"train.max_rows={int(value)}"]
-        rc = run_config(cfg.family, shipped if shipped.is_file() else None, overrides)
+        rc = run_config(cfg.family, shipped_or_none("baselines", cfg.family), overrides)
         _, _, log = train_model(rc, examples, out, progress=cfg.progress)
         info = {"train_requests": log["train_requests"], "parameters": log["parameters"],
                 "best_val_auc": log.get("best_val_auc")}
@@ -142,14 +149,17 @@ def train_point(cfg: SweepConfig, value, examples: Path, out: Path) -> tuple[str
 
     from recbrew.train import TrainConfig, train
 
+    if cfg.train_config is not None:
+        return _train_with_config(cfg, value, examples, out)
     model = str(value) if cfg.axis == "model" else cfg.base_model
     if model in TINY_PRESETS:
-        from recbrew.baselines.features import manifest_corpus
+        from recbrew.examples.folder import Examples
         from recbrew.models.tiny import build_tiny
 
         folder = cfg.out / "models" / f"recbrew-tiny-{model}-seed{cfg.seed}"
         if not (folder / "config.json").is_file():
-            build_tiny(manifest_corpus(examples), folder, model, seed=cfg.seed, force=True)
+            corpus = Examples.open(examples).corpus_dir("the tiny model's vocabulary is built from it")
+            build_tiny(corpus, folder, model, seed=cfg.seed, force=True)
         model = str(folder)
     cap = int(value) if cfg.axis == "data" else cfg.max_examples
     # Randomly initialized tiny models learn little through an adapter: they are fine-tuned fully.
@@ -166,10 +176,32 @@ def train_point(cfg: SweepConfig, value, examples: Path, out: Path) -> tuple[str
     return str(result.model_dir), size, info
 
 
+def _train_with_config(cfg: SweepConfig, value, examples: Path, out: Path) -> tuple[str, float, dict]:
+    """A language-model point trained with ``cfg.train_config`` (its recipe: depth, LoRA, cache, epochs)."""
+    from recbrew.train import train
+    from recbrew.train.config import load_config
+
+    overrides = [f"examples={examples}", f"out={out}", f"seed={cfg.seed}", "resume=false", "eval_requests=0"]
+    if cfg.axis == "data":
+        overrides.append(f"max_examples={int(value)}")
+    elif cfg.axis == "model":
+        overrides.append(f"model={value}")
+    if cfg.tasks:
+        overrides.append(f"tasks={','.join(cfg.tasks)}")
+    result = train(load_config(cfg.train_config, overrides), progress=cfg.progress)
+    items = sum(result.log.get("mix", {}).values())
+    # The data axis counts what the model learns from: labelled training items (candidates, listwise questions).
+    size = float(items) if cfg.axis == "data" else float(value) if cfg.axis == "history" else float(_parameters(str(value)))
+    info = {"final_loss": result.final_loss, "steps": result.steps, "seconds": round(result.seconds, 1),
+            "labelled_items": items, "train_config": cfg.train_config}
+    return str(result.model_dir), size, info
+
+
 def score_point(cfg: SweepConfig, label: str, spec: str, examples: Path, out: Path) -> dict[str, float | None]:
     from recbrew.eval.run import run_eval
 
     res = run_eval(examples, {label: spec}, out, tasks=cfg.tasks, k=cfg.k, bootstrap=0, progress=cfg.progress,
+                   max_per_task=cfg.max_test,
                    include_oracle=False)
     return res.macro_auc[label]
 
@@ -189,7 +221,7 @@ def run_point(cfg: SweepConfig, value) -> Point:
     spec, size, info = train_point(cfg, value, examples, folder / "model")
     macro = score_point(cfg, label, spec, examples, folder / "eval")
     point = Point(cfg.axis, value, label, size, spec, str(examples), macro["T1"], macro["T2"], info)
-    atomic_write(saved, json.dumps({**asdict(point), "key": key}, indent=1, default=str))
+    atomic_write_text(saved, json.dumps({**asdict(point), "key": key}, indent=1, default=str))
     return point
 
 
@@ -226,8 +258,9 @@ class SweepResult:
 def run_sweep(cfg: SweepConfig) -> SweepResult:
     """Every point of the sweep, the fitted trends and sweep.json / sweep.md / sweep.html under ``cfg.out``."""
     cfg.check()
-    if not (cfg.examples / "manifest.json").is_file():
-        raise UserError(f"{cfg.examples}: not an examples folder (no manifest.json); build one with `recbrew data build`")
+    from recbrew.examples.folder import Examples
+
+    Examples.open(cfg.examples)  # one clear error when it is not an examples folder
     points = [run_point(cfg, v) for v in cfg.values]
     fits = {"T1": fit_trend(points, "auc_T1"), "T2": fit_trend(points, "auc_T2")}
     series = {tag: [(p.size, getattr(p, f"auc_{tag}")) for p in points if p.size] for tag in ("T1", "T2")}
@@ -249,6 +282,6 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
         f"<h1>{title}</h1>", _html_table(header, rows), _img(figure, "trend"),
         "<ul>" + "".join(f"<li>{line[2:]}</li>" for line in trend_lines) + "</ul>",
         '<script>document.body.setAttribute("data-rendered","1");</script></body></html>'])
-    paths = {"json": atomic_write(cfg.out / "sweep.json", json.dumps(doc, indent=1, default=str)),
-             "md": atomic_write(cfg.out / "sweep.md", md), "html": atomic_write(cfg.out / "sweep.html", page)}
+    paths = {"json": atomic_write_text(cfg.out / "sweep.json", json.dumps(doc, indent=1, default=str)),
+             "md": atomic_write_text(cfg.out / "sweep.md", md), "html": atomic_write_text(cfg.out / "sweep.html", page)}
     return SweepResult(points, fits, paths)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+
 from recbrew.kernels.dispatch import interpreter_blocks, tl, triton, use_triton
 
 DEFAULT_VOCAB_CHUNK = 8192

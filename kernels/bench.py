@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
 from recbrew.kernels.answer_head import answer_head
 from recbrew.kernels.dispatch import use_triton
 from recbrew.kernels.multi_item_attention import (

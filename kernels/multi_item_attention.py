@@ -34,6 +34,7 @@ from numbers import Integral
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from recbrew.kernels.dispatch import interpreter_blocks, tl, triton, use_triton
 
 ATTN_NAME = "recbrew_multi_item"

@@ -24,13 +24,13 @@ from recbrew.baselines.features import (
 from recbrew.baselines.gating import GatedMLP
 from recbrew.baselines.ligr import LiGR, LiGRConfig
 from recbrew.baselines.lirank import LiRank, LiRankConfig
-from recbrew.baselines.metrics import expected_calibration_error
 from recbrew.baselines.oracle import Oracle
 from recbrew.baselines.popularity import DAY, Popularity, PopularityConfig
 from recbrew.baselines.quantize import quantize_embeddings, quantize_rows
 from recbrew.baselines.scorer import ModelScorer, probabilities
 from recbrew.baselines.transact import TransAct
 from recbrew.errors import ConfigError, UserError
+from recbrew.metrics import expected_calibration_error
 
 torch.set_num_threads(1)
 T0 = 1_700_000_000

@@ -63,7 +63,6 @@ def test_generate_then_card(tmp_path):
 def test_quickstart_runs_end_to_end_and_reuses_finished_steps(tmp_path):
     """The whole job on a small world (recbrew-tiny stands in for SmolLM2 to keep it short)."""
     from recbrew.eval.check_html import check_html
-
     from recbrew.models.tiny import build_tiny
     from recbrew.world import WorldConfig, generate_world
 

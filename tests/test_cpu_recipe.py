@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from recbrew.kernels.multi_item_attention import register
 
 from recbrew.errors import ConfigError
+from recbrew.kernels.multi_item_attention import register
 from recbrew.models import precision
 from recbrew.models.depth import truncate
 from recbrew.train.data import Item, UnitCollator, make_unit

@@ -9,10 +9,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from recbrew.eval import run_eval
-from recbrew.eval.check_html import check_html
-from recbrew.eval.scorers import parse_models
-from recbrew.eval.table import RequestTable
 from sklearn.metrics import roc_auc_score
 
 from recbrew.baselines.features import load_rows
@@ -20,10 +16,12 @@ from recbrew.baselines.metrics import evaluate
 from recbrew.baselines.popularity import Popularity
 from recbrew.cli import main
 from recbrew.errors import UserError
-from recbrew.examples.build import BuildConfig, build_examples
+from recbrew.eval import run_eval
+from recbrew.eval.check_html import check_html
+from recbrew.eval.scorers import parse_models
+from recbrew.eval.table import RequestTable
 from recbrew.scoring.protocol import load_requests
 from recbrew.tasks.catalog import get_task
-from recbrew.world import WorldConfig, generate_world
 
 torch.set_num_threads(1)
 # The module fixture (world, examples, three models scored) takes about half a minute.
@@ -32,15 +30,8 @@ TASKS = ["feed_like", "jobs_apply_listwise", "events_register", "jobs_next_title
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from recbrew.models.tiny import build_tiny
-
-    root = tmp_path_factory.mktemp("eval")
-    generate_world(WorldConfig(members=300, days=14, seed=2), root / "world", progress=False)
-    build_examples(root / "world", root / "ex", BuildConfig(tasks=TASKS, test_days=4, gap_days=1, max_train=60,
-                                                            max_test=10, tokenizer="none"), progress=False)
-    build_tiny(root / "world", root / "tiny", "tiny", seed=0)
-    return root
+def world(tmp_path_factory, small_setup):
+    return small_setup(tmp_path_factory.mktemp("eval"), TASKS, max_train=60, max_test=10)
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import json
 
 import numpy as np
 import pytest
-from recbrew.eval import metrics as M
+
+from recbrew import metrics as M
+from recbrew.errors import UserError
 from recbrew.eval.compare import CompareConfig, bootstrap_aucs, compare, paired_delta, task_samples
 from recbrew.eval.report import render_html, render_markdown
 from recbrew.eval.run import EvalResult, has_true_probs, run_eval
 from recbrew.eval.table import RequestTable
-
-from recbrew.errors import UserError
 
 META = {"examples": "ex", "requests": 0, "models": [], "versions": {}, "task_versions": {}}
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
+
 from recbrew.eval.compare import CompareConfig, bucket_labels, buckets, compare, diversity, macro_auc_by_task
-from recbrew.eval.generation import exact_match, first_line, normalize, token_f1
+from recbrew.eval.generation import exact_match, normalize, token_f1
 from recbrew.eval.report import render_html, render_markdown
 from recbrew.eval.table import RequestTable
-from sklearn.metrics import roc_auc_score
+from recbrew.scoring.hf import first_line
 
 
 def request(i, task, labels, topics=None, companies=None, kind="binary", tag="T1", member=None, inter=0, days=1.5,

@@ -7,13 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from recbrew.eval.check_html import check_html
-from recbrew.eval.sweep import Point, SweepConfig, fit_trend, run_sweep
 
 from recbrew.baselines.features import load_rows
 from recbrew.errors import ConfigError
-from recbrew.examples.build import BuildConfig, build_examples
-from recbrew.world import WorldConfig, generate_world
+from recbrew.eval.check_html import check_html
+from recbrew.eval.sweep import Point, SweepConfig, fit_trend, run_sweep
 
 torch.set_num_threads(1)
 TASKS = ["feed_like", "jobs_apply", "events_register"]
@@ -21,11 +19,9 @@ FAST = ["train.epochs=1", "train.val_fraction=0", "features.history_len=10"]
 
 
 @pytest.fixture(scope="module")
-def examples(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep")
-    generate_world(WorldConfig(members=250, days=14, seed=3), root / "world", progress=False)
-    build_examples(root / "world", root / "ex", BuildConfig(tasks=TASKS, test_days=4, gap_days=1, max_train=80,
-                                                            max_test=20, tokenizer="none"), progress=False)
+def examples(tmp_path_factory, small_setup):
+    root = small_setup(tmp_path_factory.mktemp("sweep"), TASKS, max_train=80, max_test=20, world=(250, 14, 3),
+                       tiny_seed=None)
     return root / "ex"
 
 
@@ -81,3 +77,19 @@ def test_llm_sweep_point_fine_tunes_through_recbrew_train_and_scores_the_result(
     report = json.loads((tmp_path / "llm" / "points" / "data-8" / "eval" / "report.json").read_text())
     assert report["meta"]["models"][0]["kind"] == "lm"
     assert point.auc_T1 == report["summary"]["data-8"]["auc_T1"] is not None
+
+
+def test_llm_sweep_with_a_training_config_counts_labelled_items_and_caps_the_test_set(examples, tmp_path,
+                                                                                     shared_tiny):
+    """--train-config: every point trains with that recipe (its size sets max_examples); the data axis reads
+    labelled items; --max-test scores the first N test requests of each task."""
+    tiny = shared_tiny(examples.parent / "world", "tiny", 0)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model: {tiny}\nlora: false\nmax_steps: 2\nbatch_size: 4\n")
+    cfg = SweepConfig(examples, tmp_path / "llm", axis="data", values=[6, 12], family="llm", train_config=str(recipe),
+                      max_test=2, progress=False)
+    points = run_sweep(cfg).points
+    assert [p.train_info["steps"] for p in points] == [2, 2]
+    assert points[0].size == points[0].train_info["labelled_items"] < points[1].size
+    report = json.loads((tmp_path / "llm" / "points" / "data-6" / "eval" / "report.json").read_text())
+    assert report["meta"]["requests"] <= 2 * len(TASKS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from recbrew.kernels.answer_head import answer_head, answer_head_reference
 from recbrew.kernels.dispatch import INTERPRETED, kernel_backend
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from recbrew.kernels.answer_head import answer_head
 from recbrew.kernels.dispatch import INTERPRETED, kernel_backend
 from recbrew.kernels.multi_item_attention import ATTN_NAME, register
-
 from recbrew.scoring.hf import multi_item_positions
 
 CUDA = torch.cuda.is_available()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from recbrew.kernels import multi_item_attention as mia
 from recbrew.kernels.dispatch import INTERPRETED, kernel_backend, use_triton
 from recbrew.kernels.multi_item_attention import (

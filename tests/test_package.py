@@ -56,7 +56,6 @@ def test_wheel_installs_and_imports_root_folders(tmp_path):
 def test_editable_install_maps_root_folders():
     import recbrew.eval
     import recbrew.kernels
-
     from recbrew import assets
 
     assert Path(recbrew.kernels.__file__).parent == ROOT / "kernels"

@@ -7,28 +7,19 @@ import json
 import numpy as np
 import pytest
 import torch
-from recbrew.kernels.multi_item_attention import multi_item_attention_reference, multi_item_attention_torch
 
 from recbrew.errors import UserError
-from recbrew.examples.build import BuildConfig, build_examples
+from recbrew.kernels.multi_item_attention import multi_item_attention_reference, multi_item_attention_torch
 from recbrew.scoring import Scorer, load_requests
 from recbrew.scoring.hf import MODES, HFScorer
-from recbrew.world import WorldConfig, generate_world
 
 TASKS = ["feed_like", "jobs_apply_listwise", "pymk_connect"]
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, small_setup):
     """A small world, its examples (``ex``) and a recbrew-tiny model (``tiny``) under one folder."""
-    from recbrew.models.tiny import build_tiny
-
-    root = tmp_path_factory.mktemp("scoring")
-    generate_world(WorldConfig(members=300, days=14, seed=2), root / "world", progress=False)
-    build_examples(root / "world", root / "ex", BuildConfig(tasks=TASKS, test_days=4, gap_days=1, max_train=5,
-                                                            max_test=12, tokenizer="none"), progress=False)
-    build_tiny(root / "world", root / "tiny", "tiny", seed=0)
-    return root
+    return small_setup(tmp_path_factory.mktemp("scoring"), TASKS, max_train=5, max_test=12)
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +69,9 @@ def test_modes_agree_on_recbrew_tiny(setup):
 
 def test_multi_mode_builds_no_attention_mask(setup, monkeypatch):
     """The layout replaces the mask: Hugging Face's mask function never runs for a multi-item pass."""
-    from recbrew.kernels.multi_item_attention import ATTN_NAME
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    from recbrew.kernels.multi_item_attention import ATTN_NAME
 
     model, tok, rows = setup
     multi = HFScorer(model, tok, mode="multi")  # switches the model to the multi-item attention

@@ -11,12 +11,10 @@ import httpx
 import numpy as np
 import pytest
 
-from recbrew.examples.build import BuildConfig, build_examples
 from recbrew.scoring import load_requests
 from recbrew.serve.engine import free_port
 from recbrew.serve.launch import start_serve, stop_serve
 from recbrew.serve.protocol import RankRequest
-from recbrew.world import WorldConfig, generate_world
 
 # Every test here talks to a real vLLM server, which takes 30-150 s to start on CPU.
 pytestmark = pytest.mark.slow
@@ -31,14 +29,9 @@ def _start(model: Path | str, world: Path, *extra: str):
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    from recbrew.models.tiny import build_tiny
-
-    root = tmp_path_factory.mktemp("serve")
-    generate_world(WorldConfig(members=300, days=14, seed=5), root / "world", progress=False)
-    build_examples(root / "world", root / "ex", BuildConfig(tasks=TASKS, test_days=4, gap_days=1, max_train=5,
-                                                            max_test=10, tokenizer="none"), progress=False)
-    build_tiny(root / "world", root / "tiny", "tiny", seed=1)
+def stack(tmp_path_factory, small_setup):
+    root = small_setup(tmp_path_factory.mktemp("serve"), TASKS, max_train=5, max_test=10, world=(300, 14, 5),
+                       tiny_seed=1)
     proc, url = _start(root / "tiny", root / "world", "--max-candidates", "8", "--max-model-len", "1024")
     yield {"root": root, "url": url, "proc": proc, "rows": load_requests(root / "ex", "test")}
     if proc.poll() is None:
@@ -230,7 +223,8 @@ def test_engine_call_retries_one_dropped_connection_then_answers_502():
     """A keep-alive connection the engine closed as it was reused is retried once; a second failure is a 502."""
     import asyncio
 
-    from recbrew.serve.ranker import RankError, RankService
+    from recbrew.serve.engine_scorer import EngineScorer
+    from recbrew.serve.protocol import RankError
 
     failures = {"left": 1}
     calls = []
@@ -242,13 +236,13 @@ def test_engine_call_retries_one_dropped_connection_then_answers_502():
             raise httpx.ReadError("")
         return httpx.Response(200, json={"choices": []})
 
-    service = object.__new__(RankService)  # only the engine call is under test
-    service.engine_url, service.served_model, service.headers = "http://engine", "ranker", {}
+    scorer = EngineScorer(engine_url="http://engine", engine_key="k", served_model="ranker", tokenizer=None,
+                          catalog={})
 
     async def complete():
         async with httpx.AsyncClient(transport=httpx.MockTransport(engine)) as client:
-            service.client = client
-            return await service._complete({"prompt": [1, 2]})
+            scorer.client = client
+            return await scorer.complete({"prompt": [1, 2]})
 
     assert asyncio.run(complete()) == {"choices": []}
     assert len(calls) == 2 and calls[0] == {"model": "ranker", "prompt": [1, 2]}

@@ -195,7 +195,7 @@ def test_missing_template_is_a_user_error(tmp_path):
 
 
 def test_answer_word_must_be_a_single_token(tokenizer):
-    from recbrew.models.tokenizers import answer_token_ids
+    from recbrew.scoring.answers import answer_token_ids
 
     task = load_task(FEED_LIKE)
     assert answer_token_ids(task, tokenizer) == [9805, 787]  # " yes", " no" in SmolLM2

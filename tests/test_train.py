@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from recbrew.kernels.dispatch import INTERPRETED, kernel_backend
-from recbrew.kernels.multi_item_attention import register
 
 from recbrew.errors import ConfigError, UserError
+from recbrew.kernels.dispatch import INTERPRETED, kernel_backend
+from recbrew.kernels.multi_item_attention import register
 from recbrew.train.config import load_config
 from recbrew.train.data import Item, UnitCollator, make_unit, select_requests, thin_negatives
 from recbrew.train.trainer import AnswerPreferenceCollator, answer_logits, answer_loss
@@ -377,18 +377,9 @@ def test_preference_batches_compare_the_answer_word_only():
 
 # End to end on a generated world -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    from recbrew.examples.build import BuildConfig, build_examples
-    from recbrew.models.tiny import build_tiny
-    from recbrew.world import WorldConfig, generate_world
-
-    root = tmp_path_factory.mktemp("train")
-    generate_world(WorldConfig(members=300, days=14, seed=4), root / "world", progress=False)
-    build_examples(root / "world", root / "ex", BuildConfig(tasks=["feed_like", "jobs_apply", "events_register"],
-                                                            test_days=4, gap_days=1, max_train=40, max_test=20,
-                                                            tokenizer="none"), progress=False)
-    build_tiny(root / "world", root / "tiny", "tiny", seed=0)
-    return root
+def workspace(tmp_path_factory, small_setup):
+    return small_setup(tmp_path_factory.mktemp("train"), ["feed_like", "jobs_apply", "events_register"],
+                       max_train=40, max_test=20, world=(300, 14, 4))
 
 
 def _cli(*args, **kw):
@@ -665,3 +656,18 @@ def test_liger_patched_training_step_matches_unpatched():
         out[name] = (loss.detach(), model.model.layers[0].mlp.down_proj.weight.grad.clone())
     assert torch.allclose(out["plain"][0], out["liger"][0], atol=1e-4)
     assert torch.allclose(out["plain"][1], out["liger"][1], atol=1e-3, rtol=1e-2)
+
+
+def test_vocab_loss_through_the_answer_head_equals_full_logits_cross_entropy(tiny_llama):
+    """The fused answer head (chunked log-sum-exp) gives the full-vocabulary loss and its gradients."""
+    units = [make_unit(p, items) for p, items in _requests(seed=3)]
+    batch = UnitCollator(pad_id=0, multi_item=True)(units)
+    params = [p for p in tiny_llama.parameters() if p.requires_grad]
+    with kernel_backend("torch"):
+        fused = answer_loss(tiny_llama, batch)
+        fused_grads = torch.autograd.grad(fused, params)
+        full = F.cross_entropy(answer_logits(tiny_llama, batch).float(), batch["answer_ids"])
+        full_grads = torch.autograd.grad(full, params)
+    torch.testing.assert_close(fused, full, atol=1e-5, rtol=1e-5)
+    for a, b in zip(fused_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -99,7 +99,7 @@ def test_path_and_yaml_configs(tmp_path):
 
 @pytest.mark.parametrize("text, match", [
     ('{"zero_optimization": {"stage": 3,}}', r"bad\.json: invalid JSON at line 1 column 35: Expecting property name"),
-    ('[1, 2]', "must be a JSON object, got list"),
+    ('[1, 2]', "is a mapping of fields, got list"),
     ('{"zero_optimization": 3}', "zero_optimization must be an object"),
     ('{"zero_optimization": {"stage": 5}}', r"zero_optimization\.stage: Input should be less than or equal to 3"),
     ('{"zero_optimization": {"stage": 3, "zero_hpz_partition_size": 0}}',

@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from recbrew import assets
+from recbrew import config
 from recbrew.baselines.config import run_config
 from recbrew.baselines.features import load_rows
 from recbrew.baselines.metrics import evaluate
 from recbrew.baselines.quantize import quantize_embeddings
 from recbrew.baselines.scorer import MODEL_FILE, ModelScorer, load_model
 from recbrew.baselines.train import train_model
+from recbrew.data.io import atomic_write_text
 
 #: variant -> (model, overrides on top of its shipped config).
 VARIANTS = {
@@ -45,15 +45,10 @@ VARIANTS = {
 }
 
 
-def shipped_config(model: str) -> Path | None:
-    path = assets.path("configs") / "baselines" / f"{model}.yaml"
-    return path if path.is_file() else None
-
-
 def _train_or_load(variant: str, seed: int, examples: Path, out: Path, overrides: list[str], rows: list[dict],
                    progress: bool):
     model_name, own = VARIANTS[variant]
-    cfg = run_config(model_name, shipped_config(model_name), [*overrides, *own, f"train.seed={seed}"])
+    cfg = run_config(model_name, config.shipped_or_none("baselines", model_name), [*overrides, *own, f"train.seed={seed}"])
     folder = out / "models" / f"{variant}-seed{seed}"
     if (folder / MODEL_FILE).is_file():
         model, space, payload = load_model(folder)
@@ -104,13 +99,11 @@ def run_ablation(examples: str | Path, out: str | Path, overrides: list[str] | N
     result["markdown"] = render_markdown(table, seeds)
     for name, text in (("ablation.json", json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2)),
                        ("ablation.md", result["markdown"])):
-        tmp = out / f".{name}.tmp-{os.getpid()}"
-        tmp.write_text(text + "\n")
-        os.replace(tmp, out / name)
+        atomic_write_text(out / name, text + "\n")
     return result
 
 
-def _auc(runs: list[dict], tag: str = "T1", key: str | None = None) -> list[float | None]:
+def _macros(runs: list[dict], tag: str = "T1", key: str | None = None) -> list[float | None]:
     return [(r[key] if key else r)["macro_auc"][tag] for r in runs]
 
 
@@ -123,9 +116,9 @@ def summarize(runs: dict[str, list[dict]]) -> list[dict]:
             return
         row = {"comparison": comparison, "a": label_a, "b": label_b}
         for tag in ("T1", "T2"):
-            row[f"auc_a_{tag}"], row[f"auc_b_{tag}"] = _mean(_auc(runs[a], tag)), _mean(_auc(runs[b], tag))
-        row["auc_b_T1_std"] = _std(_auc(runs[b], "T1"))
-        deltas = [y - x for x, y in zip(_auc(runs[a]), _auc(runs[b]), strict=True) if x is not None and y is not None]
+            row[f"auc_a_{tag}"], row[f"auc_b_{tag}"] = _mean(_macros(runs[a], tag)), _mean(_macros(runs[b], tag))
+        row["auc_b_T1_std"] = _std(_macros(runs[b], "T1"))
+        deltas = [y - x for x, y in zip(_macros(runs[a]), _macros(runs[b]), strict=True) if x is not None and y is not None]
         row["delta_T1"] = _mean(deltas)
         row.update(extra)
         rows.append(row)
@@ -140,8 +133,8 @@ def summarize(runs: dict[str, list[dict]]) -> list[dict]:
         base = runs["lirank"]
         deltas = [r["int8"]["macro_auc"]["T1"] - r["macro_auc"]["T1"] for r in base]
         rows.append({"comparison": "embedding tables", "a": "fp32", "b": "int8 middle-max",
-                     "auc_a_T1": _mean(_auc(base)), "auc_b_T1": _mean(_auc(base, key="int8")),
-                     "auc_a_T2": _mean(_auc(base, "T2")), "auc_b_T2": _mean(_auc(base, "T2", key="int8")),
+                     "auc_a_T1": _mean(_macros(base)), "auc_b_T1": _mean(_macros(base, key="int8")),
+                     "auc_a_T2": _mean(_macros(base, "T2")), "auc_b_T2": _mean(_macros(base, "T2", key="int8")),
                      "delta_T1": round(float(np.mean(deltas)), 5), "max_abs_delta_T1": round(float(np.max(np.abs(deltas))), 5),
                      "size_ratio": base[0]["int8"]["size_ratio"], "fp32_bytes": base[0]["int8"]["fp32_bytes"],
                      "quantized_bytes": base[0]["int8"]["quantized_bytes"]})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from recbrew.baselines.ablation import shipped_config
+from recbrew import config
 from recbrew.baselines.config import run_config
 from recbrew.baselines.features import load_rows
 from recbrew.baselines.popularity import Popularity
@@ -49,7 +49,7 @@ def bench_baselines(examples_dir: str | Path, max_train: int = 2000, max_test: i
                                       "train_examples_per_s": round(result["train_examples"] / fit_seconds, 1),
                                       **_score_speed(pop, test_rows)}
     for name in MODELS:
-        cfg = run_config(name, shipped_config(name), ["train.epochs=1", "train.val_fraction=0", f"train.threads={threads}"])
+        cfg = run_config(name, config.shipped_or_none("baselines", name), ["train.epochs=1", "train.val_fraction=0", f"train.threads={threads}"])
         model, space, log = train_model(cfg, examples_dir, None, rows=train_rows, progress=False)
         epoch = log["epochs"][0]
         result["models"][name] = {"parameters": log["parameters"], "train_seconds": epoch["seconds"],

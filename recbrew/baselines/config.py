@@ -5,7 +5,7 @@ A config file (``configs/baselines/NAME.yaml``) has up to four keys::
     name: lirank            # optional; must match the model being trained
     model: {...}            # fields of LiRankConfig / LiGRConfig / DCNv2Config
     features: {...}         # fields of FeatureConfig
-    train: {...}            # fields of TrainConfig
+    train: {...}            # fields of FitConfig
 
 Command-line overrides are ``section.field=value`` (``train.epochs=3``, ``model.rdcn=false``);
 values are read as YAML. The sections are validated with pydantic at this boundary and become
@@ -18,15 +18,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-from pydantic import TypeAdapter, ValidationError
-
+from recbrew import config
 from recbrew.baselines.dcn import DCNv2, DCNv2Config
 from recbrew.baselines.features import FeatureConfig
 from recbrew.baselines.ligr import LiGR, LiGRConfig
 from recbrew.baselines.lirank import LiRank, LiRankConfig
 from recbrew.errors import ConfigError
-from recbrew.overrides import yaml_value
 
 #: The trainable rankers: name -> (config dataclass, model class).
 MODELS = {"lirank": (LiRankConfig, LiRank), "ligr": (LiGRConfig, LiGR), "dcnv2": (DCNv2Config, DCNv2)}
@@ -34,7 +31,7 @@ SECTIONS = ("model", "features", "train")
 
 
 @dataclass
-class TrainConfig:
+class FitConfig:
     """How a ranker is trained: T1 train requests, their candidates as pointwise labels, BCE."""
 
     epochs: int = 10
@@ -60,58 +57,38 @@ class RunConfig:
     model_name: str
     model: LiRankConfig | LiGRConfig | DCNv2Config
     features: FeatureConfig = field(default_factory=FeatureConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: FitConfig = field(default_factory=FitConfig)
 
     def to_dict(self) -> dict:
         return {"name": self.model_name, "model": dataclasses.asdict(self.model),
                 "features": dataclasses.asdict(self.features), "train": dataclasses.asdict(self.train)}
 
 
-def _section(cls, values: dict, where: str):
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(values).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    try:
-        return TypeAdapter(cls).validate_python(values)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{where}.{loc}: {err['msg']}") from None
-
-
 def parse_overrides(overrides: list[str] | None) -> dict[str, dict]:
     """``section.field=value`` strings -> {section: {field: value}}."""
     out: dict[str, dict] = {}
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        section, dot, name = key.strip().partition(".")
-        if not sep or not dot or section not in SECTIONS or not name:
-            raise ConfigError(f"override {item!r}: expected section.field=value with section one of "
+    for key, value in config.parse_overrides(overrides, "train.epochs=3").items():
+        section, dot, name = key.partition(".")
+        if not dot or section not in SECTIONS or not name or "." in name:
+            raise ConfigError(f"override {key!r}: expected section.field=value with section one of "
                               f"{', '.join(SECTIONS)} (e.g. train.epochs=3)")
-        out.setdefault(section, {})[name] = yaml_value(raw)
+        out.setdefault(section, {})[name] = value
     return out
 
 
 def run_config(model_name: str, path: str | Path | None = None, overrides: list[str] | None = None,
                base: dict | None = None) -> RunConfig:
-    """Defaults <- ``base`` <- the YAML file <- overrides, validated."""
+    """Defaults <- ``base`` <- the YAML file (a path, or a shipped name such as ``lirank``) <- overrides, validated.
+
+    Callers that want a model's shipped defaults pass ``config.shipped_or_none("baselines", model_name)``.
+    """
     if model_name not in MODELS:
         raise ConfigError(f"unknown model {model_name!r} (one of: {', '.join(MODELS)})")
     where = str(path) if path else "config"
     data: dict = {s: dict(v) for s, v in (base or {}).items() if s in SECTIONS}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such config file")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping with keys name, {', '.join(SECTIONS)}")
+        path = config.resolve("baselines", path)
+        loaded = config.read_mapping(path, "baseline config")
         unknown = sorted(set(loaded) - {"name", *SECTIONS})
         if unknown:
             raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)} (known: name, {', '.join(SECTIONS)})")
@@ -122,9 +99,9 @@ def run_config(model_name: str, path: str | Path | None = None, overrides: list[
     for s, values in parse_overrides(overrides).items():
         data.setdefault(s, {}).update(values)
     model_cls = MODELS[model_name][0]
-    return RunConfig(model_name, _section(model_cls, data.get("model", {}), f"{where}: model"),
-                     _section(FeatureConfig, data.get("features", {}), f"{where}: features"),
-                     _section(TrainConfig, data.get("train", {}), f"{where}: train"))
+    return RunConfig(model_name, config.validate(model_cls, data.get("model", {}), where, "model"),
+                     config.validate(FeatureConfig, data.get("features", {}), where, "features"),
+                     config.validate(FitConfig, data.get("train", {}), where, "train"))
 
 
 def build_model(cfg: RunConfig, space):

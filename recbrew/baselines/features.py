@@ -30,12 +30,16 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from recbrew.errors import UserError
 from recbrew.examples.build import ITEM_FEATURES, MEMBER_FEATURES
+
+if TYPE_CHECKING:
+    from recbrew.examples.folder import Examples
 
 MEMBER_FIELDS = tuple(f"member_{f}" for f in MEMBER_FEATURES)
 ITEM_FIELDS = tuple(f"cand_{f}" for f in ITEM_FEATURES)
@@ -161,6 +165,9 @@ class FeatureSpace:
     store_ids: list[int] = field(default_factory=list)
     store_cats: list[list[int]] = field(default_factory=list)
     store_created: list[int] = field(default_factory=list)
+    #: Remainder table sizes fixed by an id range that grew after fitting ('member' / 'item'; see
+    #: ``recbrew/simulate/ranker.py``): the id -> (quotient, remainder) mapping of the trained rows must not move.
+    remainders: dict[str, int] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ fitting
 
@@ -196,7 +203,8 @@ class FeatureSpace:
     def remainder(self) -> dict[str, int]:
         """Remainder table size of the member and item id tables."""
         r = self.config.qr_remainder
-        return {"member": r or default_remainder(self.member_ids + 1), "item": r or default_remainder(self.item_ids + 1)}
+        return {"member": self.remainders.get("member") or r or default_remainder(self.member_ids + 1),
+                "item": self.remainders.get("item") or r or default_remainder(self.item_ids + 1)}
 
     def compression(self) -> dict:
         """Id table rows with and without QR compression, and their ratio."""
@@ -315,23 +323,29 @@ class FeatureSpace:
         return {"config": vars(self.config).copy(), "tasks": self.tasks, "task_surface": self.task_surface,
                 "kinds": self.kinds, "member_ids": self.member_ids, "item_ids": self.item_ids,
                 "attr_ids": self.attr_ids, "attr_cats": self.attr_cats, "store_ids": self.store_ids,
-                "store_cats": self.store_cats, "store_created": self.store_created}
+                "store_cats": self.store_cats, "store_created": self.store_created, "remainders": self.remainders}
 
     @classmethod
     def from_dict(cls, d: dict) -> FeatureSpace:
         return cls(FeatureConfig(**d["config"]), list(d["tasks"]), dict(d["task_surface"]), dict(d["kinds"]),
                    int(d["member_ids"]), int(d["item_ids"]), list(d["attr_ids"]), [list(c) for c in d["attr_cats"]],
-                   list(d["store_ids"]), [list(c) for c in d["store_cats"]], list(d["store_created"]))
+                   list(d["store_ids"]), [list(c) for c in d["store_cats"]], list(d["store_created"]),
+                   dict(d.get("remainders", {})))
 
 
 def item_store(corpus_dir: str | Path, buckets: int) -> tuple[list[int], list[list[int]], list[int]]:
     """Hashed static attributes and creation times of every item of a Corpus, sorted by item id."""
-    import pyarrow.compute as pc
-
     from recbrew.data.corpus import Corpus
 
     corpus = Corpus.load(corpus_dir, tables=["items", "members"])
-    items = corpus.items.sort_by("item_id")
+    return item_store_tables(corpus.items, corpus.members, buckets)
+
+
+def item_store_tables(items, members, buckets: int) -> tuple[list[int], list[list[int]], list[int]]:
+    """:func:`item_store` from the items and members tables in memory (e.g. a world being simulated)."""
+    import pyarrow.compute as pc
+
+    items = items.sort_by("item_id")
     n = items.num_rows
 
     def col(name: str) -> list:
@@ -342,7 +356,6 @@ def item_store(corpus_dir: str | Path, buckets: int) -> tuple[list[int], list[li
     values["genre"] = [g[0] if g else None for g in col("genres")]
     values["decade"] = [None if y is None else str(y // 10 * 10) for y in col("year")]
     # Member items (people-you-may-know candidates): the school of the member they stand for.
-    members = corpus.members
     school = (dict(zip(members["member_id"].to_pylist(), members["school"].to_pylist(), strict=True))
               if "school" in members.column_names else {})
     values["school"] = [school.get(r) if r is not None else None for r in col("ref_id")]
@@ -370,58 +383,18 @@ STRUCTURED_COLUMNS = ("request_id", "task", "split_tag", "surface", "member_id",
                       "hist_surfaces", "hist_timestamps", *MEMBER_FIELDS, *ITEM_FIELDS)
 
 
-def manifest(examples_dir: str | Path) -> dict:
+def examples_folder(examples) -> Examples:
+    """``examples`` opened (a path), or itself (an already opened `Examples`)."""
     from recbrew.examples.folder import Examples
 
-    return Examples.open(examples_dir).manifest
+    return examples if isinstance(examples, Examples) else Examples.open(examples)
 
 
-def manifest_kinds(examples_dir: str | Path) -> dict[str, str]:
-    """Task name -> kind, from the examples' manifest."""
-    from recbrew.examples.folder import Examples
-
-    return Examples.open(examples_dir).kinds()
-
-
-def manifest_corpus(examples_dir: str | Path) -> Path:
-    """The Corpus folder the examples were built from; UserError when it is gone."""
-    from recbrew.examples.folder import Examples
-
-    return Examples.open(examples_dir).corpus_dir(
-        "the item store reads it (or set features.item_store=false)")
-
-
-def load_rows(examples_dir: str | Path, split: str, split_tag: str | None = None,
+def load_rows(examples: str | Path | Examples, split: str, split_tag: str | None = None,
               tasks: Sequence[str] | None = None) -> list[dict]:
     """Rankable rows (binary and listwise, with candidates) of the structured view, with their kind.
 
     Reads only the structured view (no prompts), so training loads fast; ``split_tag='T1'`` keeps
     the tasks baselines may train on.
     """
-    import datasets
-
-    kinds = manifest_kinds(examples_dir)
-    path = Path(examples_dir) / "structured"
-    if not path.is_dir():
-        raise UserError(f"{examples_dir}: no structured/ view; rebuild the examples with `recbrew data build`")
-    ds = datasets.load_from_disk(str(path))
-    if split not in ds:
-        raise UserError(f"{examples_dir}: no {split!r} split (have: {', '.join(ds)})")
-    missing = [c for c in STRUCTURED_COLUMNS if c not in ds[split].column_names]
-    if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; rebuild the examples with `recbrew data build`")
-    cols = ds[split].select_columns(list(STRUCTURED_COLUMNS))[:]
-    wanted = set(tasks) if tasks else None
-    rows = []
-    for i, task in enumerate(cols["task"]):
-        kind = kinds.get(task, "binary")
-        if kind == "generative" or not cols["candidate_ids"][i]:
-            continue
-        if split_tag and cols["split_tag"][i] != split_tag:
-            continue
-        if wanted is not None and task not in wanted:
-            continue
-        row = {c: cols[c][i] for c in STRUCTURED_COLUMNS}
-        row["kind"] = kind
-        rows.append(row)
-    return rows
+    return examples_folder(examples).structured_rows(split, STRUCTURED_COLUMNS, split_tag, tasks)

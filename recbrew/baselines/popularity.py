@@ -12,13 +12,13 @@ shrunk to the global rate. Listwise requests get the slots' rates normalized to 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from recbrew.data.io import atomic_write_text
 from recbrew.errors import UserError
 
 DAY = 86_400
@@ -43,6 +43,7 @@ class Popularity:
     """Scorer from per-(task, item) and per-item decayed positive rates."""
 
     name = "popularity"
+    views = ("structured",)
 
     def __init__(self, state: dict):
         self.state = state
@@ -100,9 +101,7 @@ class Popularity:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / FILE
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"model": "popularity", **self.state}))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"model": "popularity", **self.state}))
         return path
 
     @classmethod

@@ -7,7 +7,6 @@ A trained model folder holds ``model.pt`` (config, fitted feature space and weig
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from recbrew.baselines.features import FeatureSpace, batch_tensors
 from recbrew.baselines.popularity import FILE as POPULARITY_FILE
 from recbrew.baselines.popularity import Popularity
 from recbrew.baselines.quantize import quantize_embeddings
+from recbrew.data.io import atomic_path
 from recbrew.errors import UserError
 
 MODEL_FILE = "model.pt"
@@ -54,6 +54,9 @@ def predict_logits(model: torch.nn.Module, enc: dict[str, np.ndarray], batch_siz
 class ModelScorer:
     """A trained LiRank / LiGR / DCNv2 behind the Scorer protocol."""
 
+    #: Reads the structured view of a request (ids, categoricals, history), not its prompt.
+    views = ("structured",)
+
     def __init__(self, name: str, model: torch.nn.Module, space: FeatureSpace, batch_size: int = 256):
         self.name, self.model, self.space, self.batch_size = name, model.eval(), space, batch_size
 
@@ -72,9 +75,8 @@ class ModelScorer:
 
 def atomic_save(obj, path: Path) -> None:
     """torch.save to a temp file beside ``path``, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def model_payload(cfg, space: FeatureSpace, model: torch.nn.Module, extra: dict | None = None) -> dict:

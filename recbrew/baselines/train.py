@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -22,10 +21,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from recbrew.baselines.config import RunConfig, build_model
-from recbrew.baselines.features import FeatureSpace, batch_tensors, load_rows, manifest_corpus, manifest_kinds
-from recbrew.baselines.metrics import macro_auc, per_task_auc
+from recbrew.baselines.features import FeatureSpace, batch_tensors, examples_folder, load_rows
 from recbrew.baselines.scorer import MODEL_FILE, atomic_save, model_payload, predict_logits, probabilities
+from recbrew.data.io import atomic_write_text
 from recbrew.errors import UserError
+from recbrew.metrics import macro_auc, per_task_auc
 
 CHECKPOINT = "checkpoint.pt"
 LOG_FILE = "train.json"
@@ -67,13 +67,12 @@ def train_model(cfg: RunConfig, examples: str | Path, out: str | Path | None = N
         out.mkdir(parents=True, exist_ok=True)
 
     split_val = None
+    folder = examples_folder(examples) if examples is not None else None
     if rows is None:
-        from recbrew.examples.folder import Examples
-
-        rows = load_rows(examples, "train", split_tag="T1")
-        if Examples.open(examples).has_split("validation"):
+        rows = load_rows(folder, "train", split_tag="T1")
+        if folder.has_split("validation"):
             # The examples' own validation split (`data build --val-days/--val-fraction`) replaces the time holdout.
-            split_val = load_rows(examples, "validation", split_tag="T1")
+            split_val = load_rows(folder, "validation", split_tag="T1")
     if not rows:
         raise UserError(f"{examples}: no T1 training requests with candidates to train on")
     rows = sorted(rows, key=lambda r: (r["timestamp"], r["request_id"]))
@@ -83,8 +82,9 @@ def train_model(cfg: RunConfig, examples: str | Path, out: str | Path | None = N
         train_rows, val_rows = rows, split_val
     else:
         train_rows, val_rows = split_by_time(rows, tc.val_fraction)
-    kinds = manifest_kinds(examples) if examples is not None else {r["task"]: r["kind"] for r in rows}
-    corpus = manifest_corpus(examples) if cfg.features.item_store and examples is not None else None
+    kinds = folder.kinds() if folder is not None else {r["task"]: r["kind"] for r in rows}
+    corpus = (folder.corpus_dir("the item store reads it (or set features.item_store=false)")
+              if cfg.features.item_store and folder is not None else None)
     space = FeatureSpace.fit(train_rows, cfg.features, kinds, corpus)
     enc = space.encode(train_rows)
     val_enc = space.encode(val_rows) if val_rows else None
@@ -161,7 +161,5 @@ def train_model(cfg: RunConfig, examples: str | Path, out: str | Path | None = N
                seconds=round(time.perf_counter() - began, 2))
     if out is not None:
         atomic_save(model_payload(cfg, space, model, {"train_log": json.dumps(log)}), out / MODEL_FILE)
-        tmp = out / f".{LOG_FILE}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(log, indent=2) + "\n")
-        os.replace(tmp, out / LOG_FILE)
+        atomic_write_text(out / LOG_FILE, json.dumps(log, indent=2) + "\n")
     return model, space, log

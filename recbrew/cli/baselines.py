@@ -48,14 +48,11 @@ def train(
         pop = Popularity.fit(load_rows(examples, "train", split_tag="T1"), PopularityConfig())
         typer.echo(f"wrote {pop.save(out)}")
         return
-    from recbrew import assets
     from recbrew.baselines.config import run_config
     from recbrew.baselines.train import train_model
+    from recbrew.config import shipped_or_none
 
-    if config is None:
-        shipped = assets.path("configs") / "baselines" / f"{model}.yaml"
-        config = shipped if shipped.is_file() else None
-    cfg = run_config(model, config, overrides)
+    cfg = run_config(model, config if config is not None else shipped_or_none("baselines", model), overrides)
     _, _, log = train_model(cfg, examples, out, resume=resume, progress=progress)
     comp = log["compression"]["total"]
     typer.echo(f"{model}: best epoch {log['best_epoch']}, validation macro AUC {log['best_val_auc']}, "

@@ -68,6 +68,11 @@ def sweep(
     max_examples: Annotated[int | None, typer.Option("--max-examples", help="Training requests of model/history "
                                                      "points (default: all).")] = None,
     max_steps: Annotated[int, typer.Option("--max-steps", help="llm: optimizer steps per point.")] = 50,
+    train_config: Annotated[str | None, typer.Option("--train-config", help="llm: train every point with this "
+                                                     "config (name or path, e.g. smollm2-cpu); the point's size "
+                                                     "sets max_examples.")] = None,
+    max_test: Annotated[int | None, typer.Option("--max-test", help="Score at most N test requests per task.")
+                        ] = None,
     tasks: Annotated[str | None, typer.Option("--tasks", help="Comma-separated tasks (default: all).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of training.")] = 0,
     overrides: Annotated[list[str] | None, typer.Argument(help="Baselines: section.field=value, e.g. train.epochs=3.")] = None,
@@ -78,7 +83,8 @@ def sweep(
 
     cfg = SweepConfig(examples=examples, out=out, axis=axis, values=_split(values) or [], family=family,
                       base_model=base_model, max_examples=max_examples, max_steps=max_steps, seed=seed,
-                      tasks=_split(tasks), overrides=list(overrides or []), progress=progress)
+                      tasks=_split(tasks), overrides=list(overrides or []), progress=progress,
+                      train_config=train_config, max_test=max_test)
     result = run_sweep(cfg)
     typer.echo(result.table())
     typer.echo(f"wrote {result.paths['html']}, {result.paths['md'].name}, {result.paths['json'].name}")

@@ -55,11 +55,10 @@ def score(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Score examples with a language model (P of the answer word) and print AUC per task."""
-    import numpy as np
-    from sklearn.metrics import roc_auc_score
     from tqdm.auto import tqdm
 
     from recbrew.examples.folder import Examples
+    from recbrew.metrics import per_task_auc
     from recbrew.models.loading import load_model
     from recbrew.scoring.hf import HFScorer
 
@@ -81,17 +80,10 @@ def score(
     lm, tok = load_model(model, layers=layers,
                          dtype={"auto": "auto", "bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
     scorer = HFScorer(lm, tok, mode=mode, catalog=catalog)
-    by_task: dict[str, tuple[list, list]] = {}
-    for row in tqdm(rows, desc=f"scoring ({mode})", unit="req"):
-        probs = scorer.score([row])[0]
-        labels, scores = by_task.setdefault(row["task"], ([], []))
-        labels.extend(row["labels"])
-        scores.extend(probs.tolist())
-    result = {}
-    for task, (labels, scores) in sorted(by_task.items()):
-        y = np.array(labels)
-        auc = float(roc_auc_score(y, scores)) if 0 < y.sum() < len(y) else None
-        result[task] = {"requests": sum(r["task"] == task for r in rows), "candidates": len(y), "auc": auc}
+    probs = [scorer.score([row])[0] for row in tqdm(rows, desc=f"scoring ({mode})", unit="req")]
+    requests = Counter(r["task"] for r in rows)
+    result = {task: {"requests": requests[task], "candidates": t["candidates"], "auc": t["auc"]}
+              for task, t in per_task_auc(rows, probs).items()}
     if as_json:
         typer.echo(json.dumps({"model": model, "mode": mode, "split": split, "tasks": result}, indent=2))
         return

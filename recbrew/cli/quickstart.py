@@ -8,6 +8,7 @@ picks up where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -41,7 +42,6 @@ def _took(name: str, started: float) -> None:
 
 def _baseline(name: str, examples: Path, out: Path, seed: int) -> Path:
     """Train one classic ranker into ``out`` (written aside, then moved into place)."""
-    from recbrew import assets
     from recbrew.data.io import staged_directory
 
     with staged_directory(out) as tmp:
@@ -53,10 +53,10 @@ def _baseline(name: str, examples: Path, out: Path, seed: int) -> Path:
         else:
             from recbrew.baselines.config import run_config
             from recbrew.baselines.train import train_model
+            from recbrew.config import shipped_or_none
 
             # Five epochs: on the quickstart's data both peak by then (validation AUC), and it saves a minute.
-            cfg = run_config(name, assets.path("configs") / "baselines" / f"{name}.yaml",
-                             [f"train.seed={seed}", "train.epochs=5"])
+            cfg = run_config(name, shipped_or_none("baselines", name), [f"train.seed={seed}", "train.epochs=5"])
             train_model(cfg, examples, tmp, progress=False)
         (tmp / "quickstart.json").write_text(json.dumps({"examples": str(examples.resolve()), "seed": seed}))
     return out
@@ -64,8 +64,12 @@ def _baseline(name: str, examples: Path, out: Path, seed: int) -> Path:
 
 def quickstart(
     out: Annotated[Path, typer.Option("--out", help="Where every step writes its outputs.")] = Path("runs/quickstart"),
-    members: Annotated[int, typer.Option(help="Members of the generated world.")] = 2000,
-    days: Annotated[int, typer.Option(help="Days of the generated world.")] = 30,
+    world_config: Annotated[str, typer.Option("--world-config", help="World config: a YAML path or a shipped "
+                                              "name (configs/world/NAME.yaml).")] = "default",
+    members: Annotated[int | None, typer.Option(help="Members of the generated world (default: the world "
+                                                "config's, 2000).")] = None,
+    days: Annotated[int | None, typer.Option(help="Days of the generated world (default: the world config's, "
+                                             "30).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the whole run.")] = 0,
     max_train: Annotated[int, typer.Option("--max-train", help="Training requests per task.")] = 300,
     max_test: Annotated[int, typer.Option("--max-test", help="Test requests per task (every model scores them).")] = 50,
@@ -78,18 +82,21 @@ def quickstart(
 ) -> None:
     """Run the pipeline end to end: world -> examples -> LoRA fine-tune -> baselines -> eval report."""
     from recbrew.cli.world import print_card
+    from recbrew.cli.world import world_config as load_world_config
     from recbrew.examples.build import BuildConfig, build_examples
-    from recbrew.world import CARD_FILE, WorldConfig, generate_world
+    from recbrew.world import CARD_FILE, generate_world
 
     began = time.time()
     world_dir = out / "world"
     _TIMES.clear()
-    card = _reusable(world_dir / CARD_FILE, {"seed": seed, "members": members, "days": days})
+    wcfg = load_world_config(world_config, members, days, seed)
+    card = _reusable(world_dir / CARD_FILE, {"seed": wcfg.seed, "members": wcfg.members, "days": wcfg.days,
+                                             "behaviour": dataclasses.asdict(wcfg.behaviour)})
     if card is not None:
         _step(1, f"world: re-using {world_dir}")
     else:
-        started = _step(1, f"world: generating {members:,} members x {days} days into {world_dir}")
-        card = generate_world(WorldConfig(members=members, days=days, seed=seed), world_dir, force=True)
+        started = _step(1, f"world: generating {wcfg.members:,} members x {wcfg.days} days into {world_dir}")
+        card = generate_world(wcfg, world_dir, force=True)
         _took("world", started)
     print_card(card)
 

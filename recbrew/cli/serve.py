@@ -9,7 +9,9 @@ import typer
 
 
 def serve(
-    model: Annotated[str, typer.Argument(help="'smollm2', a recbrew-tiny folder or any HF model folder.")],
+    model: Annotated[str, typer.Argument(help="'smollm2', a recbrew-tiny folder, any HF model folder, or a "
+                                         "classic ranker trained by `recbrew baselines train` (served in-process, "
+                                         "no engine).")],
     lora: Annotated[Path | None, typer.Option("--lora", help="A LoRA adapter folder to serve on top.")] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the API.")] = 8000,
@@ -25,7 +27,9 @@ def serve(
     max_model_len: Annotated[int, typer.Option("--max-model-len", help="Context length of the engine.")] = 4096,
     prefix_caching: Annotated[bool, typer.Option("--prefix-caching/--no-prefix-caching")] = True,
 ) -> None:
-    """Serve a model with vLLM (prefix caching on) behind recbrew's gateway: OpenAI routes + /v1/rank."""
+    """Serve a model with vLLM (prefix caching on) behind recbrew's gateway: OpenAI routes + /v1/rank.
+
+    A classic ranker's folder (LiRank, LiGR, DCNv2) is served in-process on /v1/rank with the Corpus's ids."""
     from recbrew.serve.server import serve as run
 
     run(model, lora=lora, host=host, port=port, api_key=api_key, corpus=corpus, tasks_dir=tasks_dir,

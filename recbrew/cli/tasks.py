@@ -72,7 +72,7 @@ def list_tasks(tasks_dir: TasksDir = None,
 
 def validate_catalog(tasks_dir=None, prompts_dir=None, tokenizer: str = "none") -> list[str]:
     """Load every task, render its template with a probe profile, check its answer words; returns names."""
-    from recbrew.models.tokenizers import answer_token_ids
+    from recbrew.scoring.answers import answer_token_ids
     from recbrew.tasks import load_catalog
     from recbrew.tasks.spec import Kind
     from recbrew.verbalize.environment import make_environment

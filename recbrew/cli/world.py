@@ -14,6 +14,17 @@ from recbrew.errors import UserError
 app = typer.Typer(help="Generate the synthetic professional network (with ground truth).", no_args_is_help=True)
 
 
+def world_config(config: str | Path | None, members: int | None, days: int | None, seed: int | None,
+                 overrides: list[str] | None = None):
+    """The WorldConfig of a world config file (a path, or a shipped name such as ``default``), ``key=value``
+    overrides (``behaviour.interest=1.5``) and the explicit ``--members/--days/--seed``."""
+    from recbrew import config as configs
+    from recbrew.world import WorldConfig
+
+    flags = [f"{k}={v}" for k, v in (("members", members), ("days", days), ("seed", seed)) if v is not None]
+    return configs.load(WorldConfig, "world", config, [*(overrides or []), *flags], example="behaviour.social=0")
+
+
 def print_card(card: dict) -> None:
     """The world card as a short human-readable summary."""
     from rich.console import Console
@@ -41,18 +52,25 @@ def print_card(card: dict) -> None:
 @app.command()
 def generate(
     out: Annotated[Path, typer.Option("--out", help="Directory to write the Corpus and world_card.json into.")],
-    members: Annotated[int, typer.Option(help="Number of members (about 15% join during the window).")] = 2000,
-    days: Annotated[int, typer.Option(help="Days of activity to simulate.")] = 30,
-    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives byte-identical files.")] = 0,
+    config: Annotated[str, typer.Option("--config", help="World config: a YAML path or a shipped name "
+                                        "(configs/world/NAME.yaml).")] = "default",
+    members: Annotated[int | None, typer.Option(help="Number of members (about 15% join during the window); "
+                                                "default: the config's (2000).")] = None,
+    days: Annotated[int | None, typer.Option(help="Days of activity to simulate; default: the config's (30).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed: the same seed gives byte-identical files; "
+                                             "default: the config's (0).")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value settings of the world config, e.g. "
+                                                          "behaviour.social=0 or new_member_share=0.3.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it already holds files.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the world card as JSON.")] = False,
 ) -> None:
     """Generate a world: members, items, social graph and every impression with its true probabilities."""
-    from recbrew.world import WorldConfig, generate_world
+    from recbrew.world import generate_world
 
     start = time.perf_counter()
-    card = generate_world(WorldConfig(members=members, days=days, seed=seed), out, force=force, progress=progress)
+    cfg = world_config(config, members, days, seed, overrides)
+    card = generate_world(cfg, out, force=force, progress=progress)
     if as_json:
         typer.echo(json.dumps(card, indent=2))
     else:

@@ -266,16 +266,61 @@ def _csv_convert_options(table: str | None) -> pcsv.ConvertOptions:
     )
 
 
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside ``path`` to write one file to; renamed over ``path`` when the block ends
+    normally, removed when it raises. Readers never see half a file, and an interrupted writer leaves none.
+
+    ``suffix`` ends the temporary name, for writers that insist on an extension (``np.savez``: ``.npz``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through `atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def build_folder_once(target: Path, build: Callable[[Path], None], done: Callable[[], bool]) -> Path:
+    """Build a folder into a per-process temporary sibling and rename it into place, unless ``done()`` says it
+    is there already. Several processes (ranks of a distributed run) may race: the first rename wins and the
+    others drop their copy. A folder that is there but not ``done()`` (another source, an old format) is replaced.
+    """
+    if done():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        build(tmp)
+        if done():  # another process finished first
+            return target
+        shutil.rmtree(target, ignore_errors=True)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not done():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def write_table(tbl: pa.Table, path: str | os.PathLike) -> None:
     """Write ``tbl`` in the format its extension names, atomically (temp file, then rename)."""
     path = Path(path)
     writer = _WRITERS[format_of(path)]
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         writer(tbl, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_parquet(tbl: pa.Table, path: Path) -> None:

@@ -130,6 +130,24 @@ class _Context:
     last: int | None  # the history window (``last:N``), None for everything before the request
 
 
+def structured_fields(view, member: int, t: int, cand_ids: list[int], fields: tuple[str, ...], history: tuple,
+                      lo: int, hi: int, keep: int = STRUCTURED_HISTORY) -> dict:
+    """The structured view of one request (what classic rankers read): ids, the member's profile fields, the
+    candidates' fields and the last ``keep`` history steps of rows [lo, hi) of ``history`` = (item, action,
+    surface, timestamp) arrays. `recbrew serve` builds the same for requests it ranks with a classic ranker."""
+    item, action, surface, ts = history
+    hist = slice(max(lo, hi - keep), hi)
+    profile = view.member(member)
+    items = [view.item(c, fields) for c in cand_ids]
+    return {
+        "member_id": member, "timestamp": t, "candidate_ids": list(cand_ids), "member_interactions": hi - lo,
+        "hist_item_ids": item[hist].tolist(), "hist_actions": action[hist].tolist(),
+        "hist_surfaces": surface[hist].tolist(), "hist_timestamps": ts[hist].tolist(),
+        **{f"member_{f}": profile.get(f) for f in MEMBER_FEATURES},
+        **{f"cand_{f}": [it.get(f) for it in items] for f in ITEM_FEATURES},
+    }
+
+
 def build_task(ctx: _Context, task: TaskSpec, renderer: Renderer, req: Requests, text: _Columns,
                structured: _Columns, progress) -> dict:
     """Render every request of one task; returns per-split counts."""
@@ -170,20 +188,14 @@ def build_task(ctx: _Context, task: TaskSpec, renderer: Renderer, req: Requests,
             "days_from_cutoff": None if np.isnan(days[i]) else float(days[i]), "style": renderer.task.style,
             "record": int(req.pos[i]),
         })
-        h_lo = max(h_first, h_hi - (ctx.last or STRUCTURED_HISTORY))
-        hist = slice(h_lo, h_hi)
-        profile = view.member(member)
-        row = {
+        h = ctx.history
+        # Column order as it always was: ids, labels, then the fields.
+        structured.add(split, {
             "request_id": request_id, "task": task.name, "split_tag": task.split.value, "surface": task.surface,
             "member_id": member, "timestamp": t, "candidate_ids": cand_ids, "labels": labels, "true_probs": probs,
-            "member_interactions": interactions,
-            "hist_item_ids": ctx.history.item[hist].tolist(), "hist_actions": ctx.history.action[hist].tolist(),
-            "hist_surfaces": ctx.history.surface[hist].tolist(), "hist_timestamps": ctx.history.ts[hist].tolist(),
-        }
-        row.update({f"member_{f}": profile.get(f) for f in MEMBER_FEATURES})
-        items = [view.item(c, fields) for c in cand_ids]
-        row.update({f"cand_{f}": [it.get(f) for it in items] for f in ITEM_FEATURES})
-        structured.add(split, row)
+            **structured_fields(view, member, t, cand_ids, fields, (h.item, h.action, h.surface, h.ts), h_first, h_hi,
+                                ctx.last or STRUCTURED_HISTORY),
+        })
         counts[split] += 1
         counts["candidates"] += len(cand_ids)
         counts["positives"] += sum(labels)

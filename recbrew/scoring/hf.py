@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from recbrew.errors import UserError
+from recbrew.scoring.answers import AnswerWords, normalize
 
 MODES = ("naive", "prefix", "multi")
 # Stands in for the attention mask of multi-item calls, which the multi-item attention never reads.
@@ -67,26 +68,15 @@ class HFScorer:
         limit = getattr(model.config, "max_position_embeddings", 4096)
         self.max_pass_tokens = min(max_pass_tokens or 8192, limit)
         self.name = name or f"{getattr(model.config, '_name_or_path', 'model') or 'model'}:{mode}"
-        self._labels: dict[str, list[int]] = {}
-        #: Task specs by name, for the answer words: given (e.g. an examples folder's recorded specs, see
-        #: `recbrew.examples.folder.Examples.catalog`), else read from ``tasks_dir`` or the shipped catalog.
-        self._catalog = dict(catalog) if catalog is not None else None
+        #: Answer-word ids by task: from ``catalog`` (e.g. an examples folder's recorded specs), else from
+        #: ``tasks_dir`` or the shipped catalog.
+        self.answers = AnswerWords(tokenizer, catalog, tasks_dir)
         #: Tokens run through the model by the last `score` call (for benchmarks).
         self.tokens_processed = 0
 
     # Requests -> token ids --------------------------------------------------------------------
     def label_ids(self, task_name: str) -> list[int]:
-        if task_name not in self._labels:
-            from recbrew.models.tokenizers import answer_token_ids
-            from recbrew.tasks import load_catalog
-
-            if self._catalog is None:
-                self._catalog = load_catalog(self.tasks_dir)
-            if task_name not in self._catalog:
-                raise UserError(f"unknown task {task_name!r} in the requests; score them with the task specs of "
-                                "their examples folder (recbrew.examples.folder.Examples.catalog)")
-            self._labels[task_name] = answer_token_ids(self._catalog[task_name], self.tokenizer)
-        return self._labels[task_name]
+        return self.answers(task_name)
 
     def encode(self, row: dict) -> Encoded:
         if row.get("kind") == "generative":
@@ -100,9 +90,7 @@ class HFScorer:
         logits = hidden @ weight.T
         if getattr(self.head, "bias", None) is not None:
             logits = logits + self.head.bias[enc.label_ids]
-        probs = torch.softmax(logits.float(), dim=-1)
-        # Binary: P(first word) per segment. Listwise: the slot distribution of the one segment.
-        return probs[0].cpu().numpy() if enc.listwise else probs[:, 0].cpu().numpy()
+        return normalize(logits.float().cpu().numpy(), enc.listwise)
 
     def _run(self, input_ids, use_cache: bool = False, **kwargs):
         device = self.head.weight.device
@@ -198,3 +186,27 @@ class HFScorer:
 
     def score(self, requests: Sequence[dict]) -> list[np.ndarray]:
         return self.score_encoded([self.encode(r) for r in requests])
+
+    # Generation (the `Generator` protocol) ------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, requests: Sequence[dict], max_new_tokens: int = 16) -> list[str]:
+        """Greedy continuation of ``prefix + segments[0]`` for each request, cut at the first line break."""
+        tok = self.tokenizer
+        decode = tok.backend.decode if hasattr(tok, "backend") else tok.decode
+        device = self.head.weight.device
+        config = self.model.config
+        pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
+        out = []
+        for row in requests:
+            text = row["prefix"] + (row["segments"][0] if row.get("segments") else "")
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            prompt = torch.tensor([ids], device=device)
+            gen = self.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                      max_new_tokens=max_new_tokens, pad_token_id=pad)
+            out.append(first_line(decode(gen[0, len(ids):].tolist(), skip_special_tokens=True)))
+        return out
+
+
+def first_line(text: str) -> str:
+    """The answer part of a generation: up to the first line break, trimmed."""
+    return text.strip().split("\n", 1)[0].strip()

@@ -20,12 +20,23 @@ class Scorer(Protocol):
     """Anything that ranks: ``score(requests)[i][j]`` is P(positive) of candidate j of request i.
 
     For listwise requests the k probabilities are over the request's slots (they sum to 1);
-    for binary requests each candidate's probability stands alone.
+    for binary requests each candidate's probability stands alone. A scorer that reads the structured
+    view says so with ``views = ("structured",)`` (absent: it reads the text view), so a server knows
+    which requests it can score.
     """
 
     name: str
 
     def score(self, requests: Sequence[dict]) -> list[np.ndarray]: ...
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """A model that also writes: ``generate(requests)[i]`` is its greedy answer to generative request i (the
+    continuation of ``prefix + segments[0]`` up to the first line break). Language-model scorers are Generators;
+    eval and serving ask for text only from those."""
+
+    def generate(self, requests: Sequence[dict], max_new_tokens: int = 16) -> list[str]: ...
 
 
 def load_requests(examples_dir: str | Path, split: str = "test", tasks: Sequence[str] | None = None) -> list[dict]:

@@ -1,4 +1,5 @@
-"""The HTTP surface: `/v1/rank` plus the OpenAI routes, passed through to the vLLM engine.
+"""The HTTP surface: `/v1/rank` plus the OpenAI routes, passed through to the vLLM engine (when the service
+ranks with one; a service built on an in-process Scorer serves `/v1/rank`, `/v1/tasks` and `/v1/models`).
 
 recbrew runs as a thin gateway in front of vLLM's own server rather than inside it: vLLM keeps
 its OpenAI routes, batching and prefix cache untouched, recbrew's Python (templates, Corpus
@@ -16,8 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from recbrew.serve.protocol import RankRequest, RankResponse
-from recbrew.serve.ranker import RankError, RankService
+from recbrew.serve.protocol import RankError, RankRequest, RankResponse
+from recbrew.serve.ranker import RankService
 
 _PASS_THROUGH = ("/v1/completions", "/v1/chat/completions")
 
@@ -58,6 +59,8 @@ def create_app(service: RankService, api_key: str | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health():
+        if not service.engine_url:  # the scorer runs in this process
+            return JSONResponse({"status": "ok"})
         try:
             ok = (await service.client.get(f"{service.engine_url}/health", timeout=5)).status_code == 200
         except httpx.HTTPError:
@@ -76,6 +79,8 @@ def create_app(service: RankService, api_key: str | None = None) -> FastAPI:
 
     @app.get("/v1/models")
     async def models():
+        if not service.engine_url:
+            return {"object": "list", "data": [{"id": service.served_model, "object": "model", "owned_by": "recbrew"}]}
         resp = await service.client.get(f"{service.engine_url}/v1/models", headers=service.headers, timeout=30)
         return Response(resp.content, status_code=resp.status_code, media_type="application/json")
 
@@ -104,6 +109,7 @@ def create_app(service: RankService, api_key: str | None = None) -> FastAPI:
         return StreamingResponse(chunks(), status_code=upstream.status_code,
                                  media_type=upstream.headers.get("content-type", "text/event-stream"))
 
-    for path in _PASS_THROUGH:
-        app.add_api_route(path, forward, methods=["POST"])
+    if service.engine_url:  # text completion needs the engine; an in-process Scorer only ranks
+        for path in _PASS_THROUGH:
+            app.add_api_route(path, forward, methods=["POST"])
     return app

@@ -6,6 +6,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from recbrew.errors import UserError
+
+
+class RankError(UserError):
+    """A request the server cannot answer; ``status`` is the HTTP code to answer with (4xx: the client's
+    fault, 502: the engine's)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -40,7 +51,8 @@ class RankRequest(_Model):
 class RankedCandidate(_Model):
     candidate: int | str
     score: float = Field(description="P(positive answer), normalized over the task's answer words")
-    logprobs: dict[str, float] = Field(description="raw log-probability of each answer word")
+    logprobs: dict[str, float] = Field(description="log-probability of each answer word, normalized over the "
+                                                   "task's answer words (listwise: this candidate's letter)")
     rank: int
 
 

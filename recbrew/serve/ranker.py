@@ -1,12 +1,14 @@
-"""`/v1/rank`: render a task's prompts and score the candidates through the vLLM engine.
+"""`/v1/rank`: render a task's prompts into a request row and rank its candidates with a Scorer.
 
-The member's shared prefix is sent first as a prefix-only request, so its KV blocks exist in
-vLLM's prefix cache before the candidates (prefix + segment each) are scored in one batch.
-Prompts travel as token ids, tokenized exactly as the HF scorer does (prefix and segment apart).
+The row is what `recbrew data build` writes for one request (the text view, plus the structured view
+when the member and candidates come from the served Corpus), so any Scorer that eval compares can be
+served: the vLLM engine (`EngineScorer`, the default of `recbrew serve`), an in-process HF model, or a
+classic ranker. Synchronous Scorers run in a worker thread; generative tasks need a Generator.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import numpy as np
 
 from recbrew.data.schema import ITEMS, MEMBERS
 from recbrew.errors import UserError
-from recbrew.serve.protocol import RankedCandidate, RankRequest, RankResponse
+from recbrew.serve.protocol import RankedCandidate, RankError, RankRequest, RankResponse
 from recbrew.tasks import load_catalog
 from recbrew.tasks.spec import Kind, TaskSpec
 from recbrew.verbalize.environment import make_environment
@@ -28,22 +30,18 @@ _NO_SOCIAL = {"engaged_count": 0, "engaged_names": [], "mutual_count": None, "mu
               "shared_company": False, "shared_school": False}
 
 
-class RankError(UserError):
-    """A bad /v1/rank request; ``status`` is the HTTP code to answer with."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
 class RankService:
-    def __init__(self, *, engine_url: str, engine_key: str, served_model: str, model_dir: Path,
+    """Renders `/v1/rank` requests and ranks them with ``scorer``; without one, with the vLLM engine at
+    ``engine_url`` (`EngineScorer`). ``model_dir`` gives the tokenizer that counts the prompt tokens."""
+
+    def __init__(self, *, engine_url: str = "", engine_key: str = "", served_model: str = "", model_dir: Path,
                  corpus_dir: Path | None = None, tasks_dir=None, prompts_dir=None, max_candidates: int = 100,
                  max_model_len: int = 4096, prefix_warmup: bool = True, catalog: dict[str, TaskSpec] | None = None,
-                 default_style: str | None = None):
-        from recbrew.models.tokenizers import answer_token_ids, load_tokenizer
+                 default_style: str | None = None, scorer=None):
+        from recbrew.models.tokenizers import load_tokenizer
+        from recbrew.serve.engine_scorer import EngineScorer
 
-        self.engine_url, self.served_model = engine_url, served_model
+        self.engine_url, self.served_model = engine_url, served_model or getattr(scorer, "name", "")
         self.headers = {"Authorization": f"Bearer {engine_key}"}
         # The served tasks: given (an examples folder's recorded specs), or a task folder, or the shipped catalog.
         self.catalog = dict(catalog) if catalog is not None else load_catalog(tasks_dir)
@@ -51,9 +49,11 @@ class RankService:
         self.default_style = default_style
         self.env = make_environment(prompts_dir)
         self.tokenizer = load_tokenizer(str(model_dir))
-        self.labels = {name: answer_token_ids(t, self.tokenizer) for name, t in self.catalog.items()
-                       if t.kind != Kind.generative}
-        self.max_candidates, self.max_model_len, self.prefix_warmup = max_candidates, max_model_len, prefix_warmup
+        self.scorer = scorer if scorer is not None else EngineScorer(
+            engine_url=engine_url, engine_key=engine_key, served_model=served_model, tokenizer=self.tokenizer,
+            catalog=self.catalog, prefix_warmup=prefix_warmup)
+        self.max_candidates, self.max_model_len = max_candidates, max_model_len
+        self._client: httpx.AsyncClient | None = None
         self.view, self.end = None, None
         if corpus_dir is not None:
             from recbrew.data.corpus import Corpus
@@ -63,7 +63,6 @@ class RankService:
             corpus = Corpus.load(corpus_dir)
             self.view, self.end = CorpusView(corpus), time_range(corpus)[1]
         self._renderers: dict[tuple[str, str | None], Renderer] = {}
-        self.client: httpx.AsyncClient | None = None
 
     # Prompt ---------------------------------------------------------------------------------------
     def _task(self, req: RankRequest) -> TaskSpec:
@@ -143,26 +142,34 @@ class RankService:
                     break
         return out
 
-    # Engine ---------------------------------------------------------------------------------------
-    async def _complete(self, body: dict) -> dict:
-        body = {"model": self.served_model, **body}
-        for attempt in range(2):
-            try:
-                resp = await self.client.post(f"{self.engine_url}/v1/completions", json=body, headers=self.headers,
-                                              timeout=600)
-                break
-            except httpx.TimeoutException as exc:
-                raise RankError(502, f"the vLLM engine did not answer in time: {type(exc).__name__}") from None
-            except httpx.HTTPError as exc:
-                # A pooled keep-alive connection the engine closed just as it was reused fails with a transport
-                # error before the request is read; scoring has no side effects, so one retry is safe.
-                if attempt or not isinstance(exc, httpx.TransportError):
-                    raise RankError(502, f"the vLLM engine did not answer: {type(exc).__name__}: {exc}") from None
-        if resp.status_code != 200:
-            detail = resp.json().get("error", {}).get("message", resp.text) if resp.headers.get(
-                "content-type", "").startswith("application/json") else resp.text
-            raise RankError(502 if resp.status_code >= 500 else 400, f"vLLM: {detail}")
-        return resp.json()
+    # Scorer -----------------------------------------------------------------------------------------
+    @property
+    def client(self) -> httpx.AsyncClient | None:
+        return self._client
+
+    @client.setter
+    def client(self, client: httpx.AsyncClient | None) -> None:
+        """The gateway's HTTP client, shared with an engine-backed scorer."""
+        self._client = client
+        if hasattr(self.scorer, "client"):
+            self.scorer.client = client
+
+    async def _score(self, row: dict) -> np.ndarray:
+        if hasattr(self.scorer, "ascore"):
+            return (await self.scorer.ascore([row]))[0]
+        if "structured" in getattr(self.scorer, "views", ("text",)) and "candidate_ids" not in row:
+            raise RankError(400, f"the served model ({self.served_model}) scores the structured view of a request: "
+                                 "send a member id and candidate ids of the served Corpus, not inline ones")
+        return (await asyncio.to_thread(self.scorer.score, [row]))[0]
+
+    async def _generate(self, row: dict) -> str:
+        from recbrew.scoring.protocol import Generator
+
+        if hasattr(self.scorer, "agenerate"):
+            return (await self.scorer.agenerate([row]))[0]
+        if isinstance(self.scorer, Generator):
+            return (await asyncio.to_thread(self.scorer.generate, [row]))[0]
+        raise RankError(400, f"task is generative and the served model ({self.served_model}) ranks only")
 
     def prompt(self, req: RankRequest) -> tuple[TaskSpec, RenderedPrompt]:
         """The task and the prompt a request renders to (what `rank` sends to the engine)."""
@@ -187,40 +194,44 @@ class RankService:
         if longest >= self.max_model_len:
             raise RankError(400, f"the prompt is {longest} tokens, longer than the model's context of "
                                  f"{self.max_model_len - 1}; shorten the candidate text or lower max_tokens")
-        ids = self.tokenizer([prompt.prefix, *prompt.segments], add_special_tokens=False)["input_ids"]
-        prefix_ids, seg_ids = ids[0], ids[1:]
         base = {"id": f"rank-{uuid.uuid4().hex[:16]}", "model": self.served_model, "task": task.name,
                 "task_version": task.version, "kind": kind.value, "prompt_tokens": longest,
                 "history_kept": prompt.history_kept, "history_cut": prompt.history_cut}
+        row = self.request_row(req, task, prompt)
         if kind == Kind.generative:
-            out = await self._complete({"prompt": [prefix_ids + seg_ids[0]], "max_tokens": 24, "temperature": 0,
-                                        "stop": ["\n"]})
-            return RankResponse(**base, text=out["choices"][0]["text"].strip())
-        if self.prefix_warmup and len(seg_ids) > 1:
-            await self._complete({"prompt": [prefix_ids], "max_tokens": 1, "temperature": 0})
-        labels = self.labels[task.name]
-        out = await self._complete({
-            "prompt": [prefix_ids + s for s in seg_ids], "max_tokens": 1, "temperature": 0,
-            "logprobs": len(labels), "logprob_token_ids": labels, "return_tokens_as_token_ids": True,
-        })
-        choices = sorted(out["choices"], key=lambda c: c["index"])
-        logprobs = np.array([[c["logprobs"]["top_logprobs"][0][f"token_id:{t}"] for t in labels] for c in choices])
+            return RankResponse(**base, text=await self._generate(row))
+        probs = np.asarray(await self._score(row), dtype=np.float64)
         names = list(task.answer.words)
         ident = [c if isinstance(c, int) else i for i, c in enumerate(req.candidates)]
+        with np.errstate(divide="ignore"):
+            logs = np.log(probs)
+        order = np.argsort(-probs, kind="stable")
         if kind == Kind.listwise:
-            slot = np.exp(logprobs[0] - logprobs[0].max())
-            slot /= slot.sum()
-            order = np.argsort(-slot, kind="stable")
-            results = [RankedCandidate(candidate=ident[j], score=float(slot[j]),
-                                       logprobs={names[j]: float(logprobs[0][j])}, rank=r + 1)
-                       for r, j in enumerate(order)]
+            results = [RankedCandidate(candidate=ident[j], score=float(probs[j]), logprobs={names[j]: float(logs[j])},
+                                       rank=r + 1) for r, j in enumerate(order)]
             return RankResponse(**base, results=results, choice=ident[int(order[0])])
         # Binary: P(positive word) normalized over the answer words.
-        shifted = logprobs - logprobs.max(axis=1, keepdims=True)
-        scores = np.exp(shifted[:, 0]) / np.exp(shifted).sum(axis=1)
-        order = np.argsort(-scores, kind="stable")
-        results = [RankedCandidate(candidate=ident[j], score=float(scores[j]),
-                                   logprobs={w: float(lp) for w, lp in zip(names, logprobs[j], strict=True)},
-                                   rank=r + 1) for r, j in enumerate(order)]
+        with np.errstate(divide="ignore"):
+            rest = np.log1p(-probs)
+        results = [RankedCandidate(candidate=ident[j], score=float(probs[j]),
+                                   logprobs={names[0]: float(logs[j]), names[1]: float(rest[j])}, rank=r + 1)
+                   for r, j in enumerate(order)]
         return RankResponse(**base, results=results)
+
+    def request_row(self, req: RankRequest, task: TaskSpec, prompt: RenderedPrompt) -> dict:
+        """The request as a Scorer reads it: the text view, plus the structured view when the member and every
+        candidate are ids in the served Corpus (what classic rankers score)."""
+        row = {"request_id": "served", "task": task.name, "task_version": task.version, "kind": task.kind.value,
+               "split_tag": task.split.value, "surface": task.surface, "prefix": prompt.prefix,
+               "segments": prompt.segments, "labels": [], "target": None}
+        ids = [c for c in req.candidates if isinstance(c, int)]
+        if self.view is not None and isinstance(req.member, int) and len(ids) == len(req.candidates):
+            from recbrew.examples.build import structured_fields
+
+            t = req.at or self.end
+            lo, hi = self.view.actions_range(req.member, t)
+            view = self.view
+            row.update(structured_fields(view, req.member, t, ids, tuple(task.candidate_fields),
+                                         (view.h_item, view.h_action, view.h_surface, view.h_ts), lo, hi))
+        return row
 

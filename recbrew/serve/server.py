@@ -29,10 +29,23 @@ def serve(model: str, *, lora: Path | None = None, host: str = "127.0.0.1", port
         catalog, style = folder.catalog(tasks_dir), folder.config.get("style")
         if corpus is None:
             corpus = folder.corpus_dir("start the server with --corpus DIR (or without --examples)")
-    model_dir = resolve(model)
-    check_port(host, port)
     if corpus is not None and not Path(corpus).is_dir():
         raise UserError(f"{corpus}: no such Corpus folder")
+    if _is_classic_ranker(model):
+        from recbrew.baselines.scorer import load_scorer
+
+        if corpus is None:
+            raise UserError(f"{model}: a classic ranker scores Corpus ids: give --corpus DIR (or --examples)")
+        check_port(host, port)
+        scorer = load_scorer(model)
+        service = RankService(model_dir="smollm2", corpus_dir=corpus, tasks_dir=tasks_dir, prompts_dir=prompts_dir,
+                              max_candidates=max_candidates, max_model_len=max_model_len, catalog=catalog,
+                              default_style=style, scorer=scorer)
+        log(f"recbrew is serving {scorer.name} from {model} on http://{host}:{port} (/v1/rank, /v1/models)")
+        uvicorn.run(create_app(service, api_key), host=host, port=port, log_level="warning")
+        return
+    model_dir = resolve(model)
+    check_port(host, port)
     engine = VLLMServer(model_dir, lora=lora, prefix_caching=prefix_caching, max_model_len=max_model_len)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal with the previous
     # handler in place: make that handler an exception, so `finally` always stops the engine too.
@@ -49,6 +62,12 @@ def serve(model: str, *, lora: Path | None = None, host: str = "127.0.0.1", port
         uvicorn.run(create_app(service, api_key), host=host, port=port, log_level="warning")
     finally:
         engine.stop()
+
+
+def _is_classic_ranker(model: str) -> bool:
+    from recbrew.baselines.scorer import MODEL_FILE
+
+    return (Path(model) / MODEL_FILE).is_file()
 
 
 def _exit_on_signal(signum, frame):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from recbrew.errors import UserError
+from recbrew.scoring.answers import AnswerWords, normalize
 
 
 class VLLMScorer:
@@ -29,20 +30,8 @@ class VLLMScorer:
         self.tokenizer = load_tokenizer(str(path))
         self.llm = LLM(model=str(Path(path)), dtype="float32", enforce_eager=True, max_model_len=max_model_len,
                        enable_prefix_caching=prefix_caching)
-        self.tasks_dir = tasks_dir
         self.name = name or f"vllm:{Path(path).name}"
-        self._labels: dict[str, list[int]] = {}
-
-    def _label_ids(self, task: str) -> list[int]:
-        if task not in self._labels:
-            from recbrew.models.tokenizers import answer_token_ids
-            from recbrew.tasks import load_catalog
-
-            catalog = load_catalog(self.tasks_dir)
-            if task not in catalog:
-                raise UserError(f"unknown task {task!r} in the requests")
-            self._labels[task] = answer_token_ids(catalog[task], self.tokenizer)
-        return self._labels[task]
+        self.answers = AnswerWords(self.tokenizer, tasks_dir=tasks_dir)
 
     def score(self, requests: Sequence[dict]) -> list[np.ndarray]:
         from vllm import SamplingParams
@@ -52,7 +41,7 @@ class VLLMScorer:
         for i, row in enumerate(requests):
             if row.get("kind") == "generative":
                 raise UserError(f"request {row.get('request_id')}: generative tasks are not scored by P(answer)")
-            labels = self._label_ids(row["task"])
+            labels = self.answers(row["task"])
             ids = self.tokenizer([row["prefix"], *row["segments"]], add_special_tokens=False)["input_ids"]
             for seg in ids[1:]:
                 prompts.append(TokensPrompt(prompt_token_ids=ids[0] + seg))
@@ -64,10 +53,4 @@ class VLLMScorer:
         for owner, out, p in zip(owners, outputs, params, strict=True):
             step = out.outputs[0].logprobs[0]
             per_request[owner].append([step[t].logprob for t in p.logprob_token_ids])
-        result = []
-        for row, lps in zip(requests, per_request, strict=True):
-            lp = np.array(lps)
-            probs = np.exp(lp - lp.max(axis=1, keepdims=True))
-            probs /= probs.sum(axis=1, keepdims=True)
-            result.append(probs[0] if row.get("kind") == "listwise" else probs[:, 0])
-        return result
+        return [normalize(lps, row.get("kind") == "listwise") for row, lps in zip(requests, per_request, strict=True)]

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from recbrew.errors import ConfigError
-from recbrew.overrides import yaml_value
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class TrainConfig(BaseModel):
     """Everything a run needs; every field can be overridden as ``key=value`` on the command line."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    #: Settings a checkpoint depends on: resuming a run whose value of any of these changed is refused.
+    RESUME_FIELDS: ClassVar[tuple[str, ...]] = (
+        "model", "examples", "objective", "answer_loss", "lora", "layers", "lora_layers", "pack", "seed", "tasks",
+        "kinds", "task_weights", "max_examples", "negatives_per_positive", "batch_size", "grad_accum")
 
     model: str = Field("smollm2", description="Model to fine-tune: `smollm2`, a recbrew-tiny folder or any HF folder.")
     examples: str = Field("runs/quickstart/examples", description="Examples folder written by `recbrew data build`.")
@@ -131,39 +131,13 @@ class TrainConfig(BaseModel):
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """A config from a YAML file (a path, or a shipped name like `tiny`) plus ``key=value`` overrides."""
-    data: dict = {}
-    if path is not None:
-        file = resolve_config(path)
-        try:
-            data = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{file}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{file}: a training config is a mapping of fields")
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: write it as key=value (e.g. max_steps=20)")
-        if key not in TrainConfig.model_fields:
-            raise ConfigError(f"override {item!r}: unknown field {key!r}; fields: {', '.join(TrainConfig.model_fields)}")
-        data[key] = yaml_value(raw)
-    try:
-        return TrainConfig(**data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "config"
-        raise ConfigError(f"{path or 'config'}: {where}: {err['msg']}") from None
+    from recbrew import config
+
+    return config.load(TrainConfig, "train", path, overrides, dotted=False)
 
 
 def resolve_config(name: str | Path) -> Path:
     """A config path, or the shipped `configs/train/NAME.yaml`."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    from recbrew.assets import path as asset_path
+    from recbrew import config
 
-    shipped = asset_path("configs") / "train" / f"{name}.yaml"
-    if shipped.is_file():
-        return shipped
-    names = sorted(p.stem for p in (asset_path("configs") / "train").glob("*.yaml"))
-    raise ConfigError(f"training config {str(name)!r} not found: give a YAML path or one of {', '.join(names)}")
+    return config.resolve("train", name)

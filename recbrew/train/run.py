@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from recbrew.errors import ConfigError, UserError
@@ -134,23 +134,6 @@ def lora_config(cfg: TrainConfig, model):
                       target_modules=list(cfg.target_modules), layers_to_transform=layers, task_type="CAUSAL_LM")
 
 
-def _label_lookup(examples: Path, tokenizer, catalog):
-    """Answer-word token ids by task, from ``catalog`` (the examples' recorded task specs)."""
-    from recbrew.models.tokenizers import answer_token_ids
-
-    cache: dict[str, list[int]] = {}
-
-    def label_ids(task: str) -> list[int]:
-        if task not in cache:
-            if task not in catalog:
-                raise UserError(f"{examples}: task {task!r} has no spec (the examples record none for it and the "
-                                "catalog lacks it); rebuild the examples with `recbrew data build`")
-            cache[task] = answer_token_ids(catalog[task], tokenizer)
-        return cache[task]
-
-    return label_ids
-
-
 def validation_requests(folder, cfg: TrainConfig, rows: list[dict], enabled: bool, echo, progress: bool):
     """(training requests, validation requests, where the validation requests come from).
 
@@ -211,213 +194,314 @@ def _dpo_rows(requests: list[dict], catalog, pairs_per_request: int, seed: int) 
     return rows
 
 
+@dataclass
+class _Run:
+    """What the steps of one training run hand each other."""
+
+    cfg: TrainConfig
+    progress: bool
+    echo: object
+    out: Path
+    examples: Path
+    cuda: bool
+    folder: object = None
+    catalog: dict = field(default_factory=dict)
+    ds_config: dict | None = None
+    hpz_check: object = None
+    pack: bool = False
+    args: object = None
+    path: Path | None = None
+    model: object = None
+    tok: object = None
+    train_rows: list = field(default_factory=list)
+    val_rows: list = field(default_factory=list)
+    val_source: str = "none"
+    trainer: object = None
+    mix: dict = field(default_factory=dict)
+    frozen: object = None
+    answer_layer: object = None
+    cache_mb: float = 0.0
+    validation: object = None
+    log_entries: list = field(default_factory=list)
+
+    def say(self, text: str) -> None:
+        if self.progress:
+            self.echo(text)
+
+
 def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult:
     """Fine-tune ``cfg.model`` on the T1 task mixture of ``cfg.examples``; returns where the result is."""
-    import datasets
-    import torch
-
-    from recbrew.examples.folder import Examples
-    from recbrew.train.data import UnitCollator, build_units, task_mix, thin_negatives
-    from recbrew.train.trainer import (
-        AnswerDPOTrainer,
-        AnswerPreferenceCollator,
-        AnswerSFTTrainer,
-        ValidationCallback,
-    )
-
     started = time.time()
-    out = Path(cfg.out)
-    examples = Path(cfg.examples)
-    cuda = _cuda()
-    folder = Examples.open(examples)
-    manifest = folder.manifest
-    # The answer words of every task come from the specs the examples were built with (checked against tasks_dir).
-    catalog = folder.catalog(cfg.tasks_dir)
-    previous = out / "config.json"
-    if previous.is_file() and cfg.resume:
-        old = json.loads(previous.read_text())
-        changed = [k for k in ("model", "examples", "objective", "answer_loss", "lora", "layers", "lora_layers", "pack",
-                               "seed",
-                               "tasks", "kinds", "task_weights", "max_examples", "negatives_per_positive",
-                               "batch_size", "grad_accum") if old.get(k) != cfg.model_dump().get(k)]
-        if changed and latest_checkpoint(out):
-            raise UserError(f"{out}: holds checkpoints of a run with other {', '.join(changed)}; "
-                            "use another --out or resume=false")
+    run = _open(cfg, progress, echo)
+    _check_resume(run)
+    _distributed(run)
+    run.path, run.model, run.tok = _load(cfg, run.cuda, run.pack, run.out)
+    _select(run)
+    if cfg.objective == "sft":
+        _sft_trainer(run)
+    else:
+        _dpo_trainer(run)
+    _callbacks(run)
+    resume = _prepare_out(run)
+    _announce(run, resume)
+    result = _fit(run, resume)
+    return _finish(run, result, started)
 
-    ds_config, hpz_check = None, None
+
+def _open(cfg: TrainConfig, progress: bool, echo) -> _Run:
+    """The run's folders, device and the examples with the task specs they were built with."""
+    from recbrew.examples.folder import Examples
+
+    run = _Run(cfg, progress, echo, Path(cfg.out), Path(cfg.examples), _cuda())
+    run.folder = Examples.open(run.examples)
+    # The answer words of every task come from the specs the examples were built with (checked against tasks_dir).
+    run.catalog = run.folder.catalog(cfg.tasks_dir)
+    run.pack = cfg.pack and cfg.objective == "sft"
+    return run
+
+
+def _check_resume(run: _Run) -> None:
+    """Refuse to resume checkpoints of a run whose resume-sensitive settings differ (TrainConfig.RESUME_FIELDS)."""
+    previous = run.out / "config.json"
+    if not (previous.is_file() and run.cfg.resume):
+        return
+    old, now = json.loads(previous.read_text()), run.cfg.model_dump()
+    changed = [k for k in TrainConfig.RESUME_FIELDS if old.get(k) != now.get(k)]
+    if changed and latest_checkpoint(run.out):
+        raise UserError(f"{run.out}: holds checkpoints of a run with other {', '.join(changed)}; "
+                        "use another --out or resume=false")
+
+
+def _distributed(run: _Run) -> None:
+    """DeepSpeed config and hpZ check when asked for, the training arguments, and the process group."""
+    cfg = run.cfg
     if cfg.deepspeed:
         from recbrew.train.zero import CHECK_KEY, HpzIntegrityCallback, load_deepspeed_config
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        ds_config = load_deepspeed_config(cfg.deepspeed, world_size=world, overrides=cfg.deepspeed_overrides)
+        run.ds_config = load_deepspeed_config(cfg.deepspeed, world_size=world, overrides=cfg.deepspeed_overrides)
         # recbrew's own block: DeepSpeed does not know it. The command-line setting wins over the config's.
-        block = ds_config.pop(CHECK_KEY, None)
+        block = run.ds_config.pop(CHECK_KEY, None)
         if cfg.hpz_check_every:
-            hpz_check = HpzIntegrityCallback(every_n_steps=cfg.hpz_check_every, on_mismatch=cfg.hpz_check_action)
+            run.hpz_check = HpzIntegrityCallback(every_n_steps=cfg.hpz_check_every, on_mismatch=cfg.hpz_check_action)
         elif block is not None:
-            hpz_check = HpzIntegrityCallback.from_deepspeed_config({CHECK_KEY: block})
-    stage3 = bool(ds_config and ds_config.get("zero_optimization", {}).get("stage") == 3)
-    pack = cfg.pack and cfg.objective == "sft"
-    args = _training_args(cfg, out, progress, cuda, ds_config)  # before loading: ZeRO-3 loads weights partitioned
-    if ds_config:
+            run.hpz_check = HpzIntegrityCallback.from_deepspeed_config({CHECK_KEY: block})
+    run.args = _training_args(cfg, run.out, run.progress, run.cuda, run.ds_config)  # before loading: ZeRO-3
+    if run.ds_config:
         import deepspeed
 
         # Join the process group now, so zero.Init partitions the weights over every rank.
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
-        _ = args.device
-    path, model, tok = _load(cfg, cuda, pack, out)
-    label_ids_of = _label_lookup(examples, tok, catalog)
+        deepspeed.init_distributed(dist_backend="nccl" if run.cuda else "gloo")
+        _ = run.args.device
 
-    rows = folder.requests("train")
+
+def _stage3(run: _Run) -> bool:
+    return bool(run.ds_config and run.ds_config.get("zero_optimization", {}).get("stage") == 3)
+
+
+def _select(run: _Run) -> None:
+    """The training requests (weighted, capped, thinned) and the validation requests."""
+    from recbrew.train.data import thin_negatives
+
+    cfg = run.cfg
+    rows = run.folder.requests("train")
     # ZeRO-3 partitions the weights: the in-training scorer cannot run on them.
-    train_rows, val_rows, val_source = validation_requests(folder, cfg, rows, not stage3, echo, progress)
+    run.train_rows, run.val_rows, run.val_source = validation_requests(run.folder, cfg, rows, not _stage3(run),
+                                                                       run.echo, run.progress)
     if cfg.negatives_per_positive is not None:
-        train_rows = thin_negatives(train_rows, cfg.negatives_per_positive, cfg.seed)
-    if not train_rows:
-        raise UserError(f"{examples}: no training requests for the chosen tasks")
-    peft_config = lora_config(cfg, model) if cfg.lora else None
-    callbacks, log_entries = [], []
-    frozen, cache_mb, answer_layer = None, 0.0, None
+        run.train_rows = thin_negatives(run.train_rows, cfg.negatives_per_positive, cfg.seed)
+    if not run.train_rows:
+        raise UserError(f"{run.examples}: no training requests for the chosen tasks")
 
-    def log(entry: dict) -> None:
-        log_entries.append(entry)
-        if progress:
-            echo(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
 
-    if cfg.objective == "sft":
-        units = build_units(train_rows, tok, label_ids_of, tok.eos_token_id, pack=pack,
-                            candidates_per_sequence=cfg.candidates_per_sequence)
-        mix = task_mix(units)
-        if cfg.cache_frozen:
-            from recbrew.train.frozen_cache import FrozenLayerCache, decoder_layers
+def _sft_trainer(run: _Run) -> None:
+    """Units (packed slates), the frozen-layer cache and the answer-only top layer, and the SFT trainer."""
+    import datasets
 
-            layers = decoder_layers(model)
-            if cfg.lora_layers < len(layers):
-                frozen = FrozenLayerCache(layers, len(layers) - cfg.lora_layers, dtype=frozen_dtype(cfg, cuda))
-                units = [{**u, "index": i} for i, u in enumerate(units)]
-                cache_mb = (sum(u["length"] for u in units) * model.config.hidden_size
-                            * (frozen.dtype or model.dtype).itemsize / 2**20)
-            elif progress:
-                echo(f"train: cache_frozen: all {len(layers)} layers are adapted (lora_layers={cfg.lora_layers}), "
-                     "so there is nothing to cache")
-        if cfg.answer_only_top_layer and not ds_config:
-            from recbrew.train.answer_layer import AnswerOnlyTopLayer, supports
-            from recbrew.train.frozen_cache import decoder_layers
+    from recbrew.scoring.answers import AnswerWords
+    from recbrew.train.data import UnitCollator, build_units, task_mix
+    from recbrew.train.trainer import AnswerSFTTrainer
 
-            top = decoder_layers(model)[-1]
-            if supports(top):
-                answer_layer = AnswerOnlyTopLayer(top)
-            elif progress:
-                echo("train: answer_only_top_layer: this model's layers are not Llama-style; the top layer runs "
-                     "at every position")
-        dataset = datasets.Dataset.from_list(units)
-        trainer = AnswerSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
-                                   data_collator=UnitCollator(tok.pad_token_id, multi_item=pack),
-                                   peft_config=peft_config, frozen_cache=frozen, answer_layer=answer_layer,
+    cfg, tok = run.cfg, run.tok
+    units = build_units(run.train_rows, tok, AnswerWords(tok, run.catalog), tok.eos_token_id,
+                        pack=run.pack, candidates_per_sequence=cfg.candidates_per_sequence)
+    run.mix = task_mix(units)
+    if cfg.cache_frozen:
+        units = _frozen_cache(run, units)
+    if cfg.answer_only_top_layer and not run.ds_config:
+        from recbrew.train.answer_layer import AnswerOnlyTopLayer, supports
+        from recbrew.train.frozen_cache import decoder_layers
+
+        top = decoder_layers(run.model)[-1]
+        if supports(top):
+            run.answer_layer = AnswerOnlyTopLayer(top)
+        else:
+            run.say("train: answer_only_top_layer: this model's layers are not Llama-style; the top layer runs "
+                    "at every position")
+    run.trainer = AnswerSFTTrainer(model=run.model, args=run.args, train_dataset=datasets.Dataset.from_list(units),
+                                   processing_class=tok, data_collator=UnitCollator(tok.pad_token_id, multi_item=run.pack),
+                                   peft_config=_peft(run), frozen_cache=run.frozen, answer_layer=run.answer_layer,
                                    loss_over=cfg.answer_loss)
-    else:
-        pairs = _dpo_rows(train_rows, catalog, cfg.dpo_pairs_per_request, cfg.seed)
-        if not pairs:
-            raise UserError(f"{examples}: no request has both an engaged and a non-engaged candidate for DPO")
-        mix = {"pairs": len(pairs)}
-        trainer = AnswerDPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(pairs),
-                                   processing_class=tok, peft_config=peft_config,
-                                   data_collator=AnswerPreferenceCollator(pad_token_id=tok.pad_token_id))
-    if val_rows:
+
+
+def _frozen_cache(run: _Run, units: list[dict]) -> list[dict]:
+    """Cache the activations entering the adapted layers (epoch 1 computes them); units gain their index."""
+    from recbrew.train.frozen_cache import FrozenLayerCache, decoder_layers
+
+    layers = decoder_layers(run.model)
+    if run.cfg.lora_layers >= len(layers):
+        run.say(f"train: cache_frozen: all {len(layers)} layers are adapted (lora_layers={run.cfg.lora_layers}), "
+                "so there is nothing to cache")
+        return units
+    run.frozen = FrozenLayerCache(layers, len(layers) - run.cfg.lora_layers, dtype=frozen_dtype(run.cfg, run.cuda))
+    run.cache_mb = (sum(u["length"] for u in units) * run.model.config.hidden_size
+                    * (run.frozen.dtype or run.model.dtype).itemsize / 2**20)
+    return [{**u, "index": i} for i, u in enumerate(units)]
+
+
+def _peft(run: _Run):
+    return lora_config(run.cfg, run.model) if run.cfg.lora else None
+
+
+def _dpo_trainer(run: _Run) -> None:
+    import datasets
+
+    from recbrew.train.trainer import AnswerDPOTrainer, AnswerPreferenceCollator
+
+    pairs = _dpo_rows(run.train_rows, run.catalog, run.cfg.dpo_pairs_per_request, run.cfg.seed)
+    if not pairs:
+        raise UserError(f"{run.examples}: no request has both an engaged and a non-engaged candidate for DPO")
+    run.mix = {"pairs": len(pairs)}
+    run.trainer = AnswerDPOTrainer(model=run.model, args=run.args, train_dataset=datasets.Dataset.from_list(pairs),
+                                   processing_class=run.tok, peft_config=_peft(run),
+                                   data_collator=AnswerPreferenceCollator(pad_token_id=run.tok.pad_token_id))
+
+
+def _callbacks(run: _Run) -> None:
+    """The validation AUC (and best-step keeping) and the hpZ integrity check."""
+    if run.val_rows:
         from recbrew.scoring.hf import HFScorer
+        from recbrew.train.trainer import ValidationCallback
 
-        val = ValidationCallback(lambda m: HFScorer(m, _ScoringTokenizer(tok), mode="multi" if pack else "prefix",
-                                                    catalog=catalog),
-                                 val_rows, cfg.eval_steps, log, at_start=cfg.eval_at_start, keep_best=cfg.select_best,
-                                 best_dir=out / BEST_DIR)
-        callbacks.append(val)
-        trainer.add_callback(val)
-    if hpz_check is not None:
-        trainer.add_callback(hpz_check)
+        def log(entry: dict) -> None:
+            run.log_entries.append(entry)
+            run.say(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
 
-    out.mkdir(parents=True, exist_ok=True)
-    if trainer.is_world_process_zero():
-        (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2))
-    resume = latest_checkpoint(out) if cfg.resume else None
-    if callbacks:
+        mode = "multi" if run.pack else "prefix"
+        run.validation = ValidationCallback(
+            lambda m: HFScorer(m, _ScoringTokenizer(run.tok), mode=mode, catalog=run.catalog), run.val_rows,
+            run.cfg.eval_steps, log, at_start=run.cfg.eval_at_start, keep_best=run.cfg.select_best,
+            best_dir=run.out / BEST_DIR)
+        run.trainer.add_callback(run.validation)
+    if run.hpz_check is not None:
+        run.trainer.add_callback(run.hpz_check)
+
+
+def _prepare_out(run: _Run) -> Path | None:
+    """Write config.json; the checkpoint to resume from, if any (a fresh run forgets another run's best step)."""
+    run.out.mkdir(parents=True, exist_ok=True)
+    if run.trainer.is_world_process_zero():
+        (run.out / "config.json").write_text(json.dumps(run.cfg.model_dump(), indent=2))
+    resume = latest_checkpoint(run.out) if run.cfg.resume else None
+    if run.validation is not None:
         if resume:
-            callbacks[0].resume(int(resume.name.split("-")[-1]))
-        elif trainer.is_world_process_zero():
-            shutil.rmtree(out / BEST_DIR, ignore_errors=True)  # a fresh run: another run's best step is not ours
-    if progress:
-        echo(f"train: {cfg.objective} on {len(train_rows):,} requests ({sum(mix.values()):,} labelled items"
-             f"{', packed' if pack else ''}) from {examples}; model {cfg.model}"
-             f"{' + LoRA' if cfg.lora else ' (full)'}; {'CUDA' if cuda else 'CPU'}"
-             f"{'; resuming from ' + str(resume) if resume else ''}")
-        if frozen is not None:
-            from recbrew.models.precision import describe
+            run.validation.resume(int(resume.name.split("-")[-1]))
+        elif run.trainer.is_world_process_zero():
+            shutil.rmtree(run.out / BEST_DIR, ignore_errors=True)
+    return resume
 
-            echo(f"train: caching the activations entering layer {frozen.first} of {len(frozen.layers)} "
-                 f"(~{cache_mb:,.0f} MB); epochs after the first run the top {cfg.lora_layers} layers only; "
-                 f"frozen layers in {describe(frozen.dtype or model.dtype)}, adapted layers in "
-                 f"{describe(model.dtype)}")
-    for part in (frozen, answer_layer):
-        if part is not None:
-            part.install()
+
+def _announce(run: _Run, resume: Path | None) -> None:
+    cfg = run.cfg
+    run.say(f"train: {cfg.objective} on {len(run.train_rows):,} requests ({sum(run.mix.values()):,} labelled items"
+            f"{', packed' if run.pack else ''}) from {run.examples}; model {cfg.model}"
+            f"{' + LoRA' if cfg.lora else ' (full)'}; {'CUDA' if run.cuda else 'CPU'}"
+            f"{'; resuming from ' + str(resume) if resume else ''}")
+    if run.frozen is not None:
+        from recbrew.models.precision import describe
+
+        frozen = run.frozen
+        run.say(f"train: caching the activations entering layer {frozen.first} of {len(frozen.layers)} "
+                f"(~{run.cache_mb:,.0f} MB); epochs after the first run the top {cfg.lora_layers} layers only; "
+                f"frozen layers in {describe(frozen.dtype or run.model.dtype)}, adapted layers in "
+                f"{describe(run.model.dtype)}")
+
+
+def _fit(run: _Run, resume: Path | None):
+    """Train with the cache and the answer-only layer installed; final weights = the best validation step."""
+    parts = [p for p in (run.frozen, run.answer_layer) if p is not None]
+    for part in parts:
+        part.install()
     try:
-        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        result = run.trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:
-        for part in (frozen, answer_layer):
-            if part is not None:
-                part.uninstall()
+        for part in parts:
+            part.uninstall()
+    val, last_step = run.validation, run.trainer.state.global_step
+    best = val.best if val is not None and run.cfg.select_best else None
+    if best and best["step"] != last_step:
+        val.restore_best(run.trainer.model)
+        last_auc = next((h["val_macro_auc"] for h in val.history if h["step"] == last_step), float("nan"))
+        run.say(f"train: final/ holds step {best['step']}, the best validation macro AUC "
+                f"({best['val_macro_auc']:.4f}; the last step, {last_step}, had {last_auc:.4f})")
+    return result
 
-    val = callbacks[0] if callbacks else None
+
+def _meta(run: _Run, result) -> dict:
+    """What final/recbrew_train.json records about the run."""
+    cfg, trainer, val = run.cfg, run.trainer, run.validation
     last_step = trainer.state.global_step
     best = val.best if val is not None and cfg.select_best else None
-    chosen = best["step"] if best else last_step
-    if best and best["step"] != last_step:
-        val.restore_best(trainer.model)
-        if progress:
-            last_auc = next((h["val_macro_auc"] for h in val.history if h["step"] == last_step), float("nan"))
-            echo(f"train: final/ holds step {best['step']}, the best validation macro AUC ({best['val_macro_auc']:.4f}; "
-                 f"the last step, {last_step}, had {last_auc:.4f})")
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    val_hist = val.history if val is not None else []
+    trained = sorted({r["task"] for r in run.train_rows})
+    meta = {
+        "objective": cfg.objective, "base_model": str(run.path), "model_arg": cfg.model, "lora": cfg.lora,
+        "data_seed": run.folder.manifest.get("config", {}).get("seed"), "train_seed": cfg.seed,
+        "examples": str(run.examples.resolve()),
+        "task_versions": {t: run.catalog[t].version for t in trained},
+        "task_specs": {t: spec_record(run.catalog[t]) for t in trained},
+        "config": cfg.model_dump(), "mix": run.mix, "steps": last_step,
+        "final_loss": losses[-1] if losses else float(result.training_loss),
+        "train_requests": len(run.train_rows), "val": val_hist, "val_source": run.val_source,
+        "val_requests": len(run.val_rows),
+        # The step final/ holds: the best validation macro AUC (select_best), else the last step.
+        "final_step": best["step"] if best else last_step, "selected_by": "val_macro_auc" if best else "last_step",
+        "final_val_macro_auc": best["val_macro_auc"] if best else (val_hist[-1]["val_macro_auc"] if val_hist else None),
+    }
+    if run.frozen is not None:
+        meta["frozen_cache"] = run.frozen.summary()
+    if run.hpz_check is not None:
+        reports = run.hpz_check.reports
+        meta["hpz_integrity"] = {"checks": len(reports), "checked_params": sum(r.checked_params for r in reports),
+                                 "mismatches": sum(r.slice_mismatches + r.full_mismatches for r in reports)}
+        run.say("hpZ integrity: {checks} checks, {checked_params} parameters compared, {mismatches} mismatches"
+                .format(**meta["hpz_integrity"]))
+    return meta
 
-    # Written aside and renamed at the end: an interrupted run never leaves a half-written final/.
-    staging = out / ".final.tmp"
+
+def _finish(run: _Run, result, started: float) -> TrainResult:
+    """Write final/ aside and rename it into place (an interrupted run never leaves a half-written one)."""
+    trainer, out = run.trainer, run.out
+    staging, final = out / ".final.tmp", out / "final"
     if trainer.is_world_process_zero():
         shutil.rmtree(staging, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(staging))  # every rank: ZeRO-3 gathers the partitioned weights
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    val_hist = val.history if val is not None else []
-    meta = {
-        "objective": cfg.objective, "base_model": str(path), "model_arg": cfg.model, "lora": cfg.lora,
-        "data_seed": manifest.get("config", {}).get("seed"), "train_seed": cfg.seed,
-        "examples": str(examples.resolve()),
-        "task_versions": {t: catalog[t].version for t in sorted({r["task"] for r in train_rows})},
-        "task_specs": {t: spec_record(catalog[t]) for t in sorted({r["task"] for r in train_rows})},
-        "config": cfg.model_dump(), "mix": mix, "steps": last_step,
-        "final_loss": losses[-1] if losses else float(result.training_loss),
-        "train_requests": len(train_rows), "val": val_hist, "val_source": val_source, "val_requests": len(val_rows),
-        # The step final/ holds: the best validation macro AUC (select_best), else the last step.
-        "final_step": chosen, "selected_by": "val_macro_auc" if best else "last_step",
-        "final_val_macro_auc": best["val_macro_auc"] if best else (val_hist[-1]["val_macro_auc"] if val_hist else None),
-    }
-    if frozen is not None:
-        meta["frozen_cache"] = frozen.summary()
-    if hpz_check is not None:
-        reports = hpz_check.reports
-        meta["hpz_integrity"] = {"checks": len(reports), "checked_params": sum(r.checked_params for r in reports),
-                                 "mismatches": sum(r.slice_mismatches + r.full_mismatches for r in reports)}
-        if progress:
-            echo("hpZ integrity: {checks} checks, {checked_params} parameters compared, {mismatches} mismatches"
-                 .format(**meta["hpz_integrity"]))
+    meta = _meta(run, result)
     seconds = time.time() - started
-    log_doc = {**meta, "seconds": seconds, "log_history": trainer.state.log_history, "entries": log_entries}
-    final = out / "final"
+    log_doc = {**meta, "seconds": seconds, "log_history": trainer.state.log_history, "entries": run.log_entries}
     if trainer.is_world_process_zero():
         (staging / META_FILE).write_text(json.dumps(meta, indent=2))
-        tok.save_pretrained(str(staging))
+        run.tok.save_pretrained(str(staging))
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
         (out / LOG_FILE).write_text(json.dumps(log_doc, indent=2, default=str))
+    run.trainer = None
     del trainer
-    if cuda:
+    if run.cuda:
+        import torch
+
         torch.cuda.empty_cache()
     return TrainResult(out, final, meta["final_loss"], meta["final_val_macro_auc"], meta["steps"], seconds, log_doc,
                        meta["final_step"])

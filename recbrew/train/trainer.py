@@ -16,36 +16,61 @@ from __future__ import annotations
 import math
 from contextlib import ExitStack
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
 from trl import DPOTrainer, SFTTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
+from recbrew.data.io import atomic_path, atomic_write_text
+
 
 def answer_logits(model, inputs: dict) -> torch.Tensor:
     """[M, V] logits at the answer positions of a collated batch (the LM head runs nowhere else)."""
     cols = inputs["answer_cols"]
     keep, where = torch.unique(cols, sorted=True, return_inverse=True)
+    out = model(**_decoder_kwargs(inputs), logits_to_keep=keep, use_cache=False)
+    return out.logits[inputs["answer_rows"], where]
+
+
+def _decoder_kwargs(inputs: dict) -> dict:
     kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids")}
     if "multi_item" in inputs:
         kwargs["multi_item"] = inputs["multi_item"]
-    out = model(**kwargs, logits_to_keep=keep, use_cache=False)
-    return out.logits[inputs["answer_rows"], where]
+    return kwargs
+
+
+def vocab_loss(model, inputs: dict) -> torch.Tensor:
+    """Mean full-vocabulary cross-entropy of the answer tokens through the fused answer head
+    (`recbrew.kernels.answer_head`): the log-sum-exp over the vocabulary is taken in chunks, so no
+    [answers x vocab] logits tensor is kept for the backward pass."""
+    from recbrew.kernels.answer_head import answer_head
+
+    head = model.get_output_embeddings()
+    if head.weight.numel() == 0 or getattr(head, "bias", None) is not None:
+        # Partitioned (ZeRO-3: the weight exists inside the forward only) or biased heads: plain logits.
+        logits = answer_logits(model, inputs).float()
+        return F.cross_entropy(logits, inputs["answer_ids"].to(logits.device))
+    hidden = model.get_decoder()(**_decoder_kwargs(inputs), use_cache=False).last_hidden_state
+    width = hidden.shape[1]
+    positions = inputs["answer_rows"].to(hidden.device) * width + inputs["answer_cols"].to(hidden.device)
+    targets = inputs["answer_ids"].to(hidden.device)
+    words, place = torch.unique(targets, return_inverse=True)
+    out = answer_head(hidden.to(head.weight.dtype), positions, head.weight, words, full_vocab=True)
+    return -out.full_logprobs.gather(1, place[:, None]).mean()
 
 
 def answer_loss(model, inputs: dict, over: str = "vocab") -> torch.Tensor:
     """Mean next-token cross-entropy over the batch's answer tokens.
 
-    ``over="vocab"``: over the full vocabulary. ``over="choices"``: over the answer's choice words only
-    (yes/no, the slot letters), the normalization the scorer ranks by; answers without choices
+    ``over="vocab"``: over the full vocabulary (`vocab_loss`). ``over="choices"``: over the answer's choice
+    words only (yes/no, the slot letters), the normalization the scorer ranks by; answers without choices
     (generative targets) keep the full vocabulary.
     """
+    if over == "vocab" or "answer_choices" not in inputs:
+        return vocab_loss(model, inputs)
     logits = answer_logits(model, inputs).float()
     targets = inputs["answer_ids"].to(logits.device)
-    if over == "vocab" or "answer_choices" not in inputs:
-        return F.cross_entropy(logits, targets)
     choices = inputs["answer_choices"].to(logits.device)
     valid = choices >= 0
     picked = logits.gather(1, choices.clamp(min=0)).masked_fill(~valid, float("-inf"))
@@ -166,7 +191,6 @@ class ValidationCallback(TrainerCallback):
 
     def _write(self, state) -> None:
         import json
-        import os
 
         from safetensors.torch import save_file
 
@@ -175,30 +199,23 @@ class ValidationCallback(TrainerCallback):
         self.best_dir.mkdir(parents=True, exist_ok=True)
         best = None if self.best is None else {k: v for k, v in self.best.items() if k != "state"}
         if self.best is not None and self.best.get("fresh"):
-            tmp = self.best_dir / f".{self.STATE}.tmp"
-            save_file(self.best["state"], str(tmp))
-            os.replace(tmp, self.best_dir / self.STATE)
+            with atomic_path(self.best_dir / self.STATE) as tmp:
+                save_file(self.best["state"], str(tmp))
             self.best["fresh"] = False
             best.pop("fresh", None)
-        tmp = self.best_dir / f".{self.INFO}.tmp"
-        tmp.write_text(json.dumps({"best": best, "history": self.history}, indent=2))
-        os.replace(tmp, self.best_dir / self.INFO)
+        atomic_write_text(self.best_dir / self.INFO, json.dumps({"best": best, "history": self.history}, indent=2))
 
     # Evaluation -------------------------------------------------------------------------------------------
     def evaluate(self, step: int, model, state=None, chooseable: bool = True) -> dict:
-        from sklearn.metrics import roc_auc_score
+        from recbrew import metrics
 
         was_training = model.training
         model.eval()
         probs = self.scorer_factory(model).score(self.requests)
         model.train(was_training)
-        per_task: dict[str, tuple[list, list]] = {}
-        for req, p in zip(self.requests, probs, strict=True):
-            ys, ps = per_task.setdefault(req["task"], ([], []))
-            ys.extend(req["labels"])
-            ps.extend(np.asarray(p).tolist())
-        aucs = {t: roc_auc_score(y, p) for t, (y, p) in per_task.items() if 0 < sum(y) < len(y)}
-        macro = float(np.mean(list(aucs.values()))) if aucs else math.nan
+        aucs = [t["auc"] for t in metrics.per_task_auc(self.requests, probs).values() if t["auc"] is not None]
+        macro = metrics.macro(aucs)
+        macro = math.nan if macro is None else macro
         entry = {"step": step, "val_macro_auc": macro, "val_tasks": len(aucs)}
         self.history.append(entry)
         self.log(entry)

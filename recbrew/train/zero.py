@@ -10,8 +10,6 @@ copies and compares them with the primary shards; :class:`HpzIntegrityCallback` 
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import os
 import warnings
@@ -23,12 +21,11 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
-import yaml
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from transformers import TrainerCallback
 
-from recbrew import assets
+from recbrew import config
 from recbrew.errors import ConfigError, RecbrewError
 
 log = logging.getLogger(__name__)
@@ -77,55 +74,14 @@ class _ZeroSection(BaseModel):
 # -- configs ---------------------------------------------------------------------------------------
 
 
-def config_dir() -> Path:
-    """Folder of the shipped DeepSpeed configs."""
-    return assets.path("configs") / "deepspeed"
-
-
 def shipped_configs() -> list[str]:
     """Names of the shipped DeepSpeed configs (``zero2``, ``zero3``, ``zeropp``)."""
-    return sorted(p.stem for p in config_dir().iterdir() if p.suffix in SUFFIXES)
+    return config.shipped_names("deepspeed", SUFFIXES)
 
 
-def _resolve(path_or_name: str | Path) -> Path:
-    path = Path(path_or_name)
-    if path.is_file():
-        return path
-    if isinstance(path_or_name, str) and "/" not in path_or_name and path.suffix not in SUFFIXES:
-        for suffix in SUFFIXES:
-            shipped = config_dir() / f"{path_or_name}{suffix}"
-            if shipped.is_file():
-                return shipped
-    raise ConfigError(f"DeepSpeed config {str(path_or_name)!r}: no such file and not a shipped config "
-                      f"(shipped: {', '.join(shipped_configs())})")
-
-
-def _read(path: Path) -> dict:
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}".splitlines()[0]) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a DeepSpeed config must be a JSON object, got {type(data).__name__}")
-    return data
-
-
-def apply_overrides(config: dict, overrides: Mapping[str, Any]) -> dict:
-    """A copy of ``config`` with dotted keys set (``{"zero_optimization.zero_hpz_partition_size": 4}``)."""
-    out = copy.deepcopy(config)
-    for key, value in overrides.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"DeepSpeed override {key!r}: {part!r} is not a section")
-            node = child
-        node[leaf] = value
-    return out
+def apply_overrides(ds_config: dict, overrides: Mapping[str, Any]) -> dict:
+    """A copy of ``ds_config`` with dotted keys set (``{"zero_optimization.zero_hpz_partition_size": 4}``)."""
+    return config.set_dotted(ds_config, overrides, "DeepSpeed override")
 
 
 def unresolved_auto(config: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -175,9 +131,9 @@ def load_deepspeed_config(path_or_name: str | Path, *, world_size: int | None = 
     ``deepspeed_version`` and ``accelerator`` default to the installed DeepSpeed and
     :func:`ds_accelerator`. Raises :class:`ConfigError` with one line.
     """
-    path = _resolve(path_or_name)
-    config = apply_overrides(_read(path), overrides or {})
-    zero_raw = config.get("zero_optimization", {})
+    path = config.resolve("deepspeed", path_or_name, SUFFIXES)
+    ds = apply_overrides(config.read_mapping(path, "DeepSpeed config"), overrides or {})
+    zero_raw = ds.get("zero_optimization", {})
     if not isinstance(zero_raw, dict):
         raise ConfigError(f"{path}: zero_optimization must be an object")
     try:
@@ -186,8 +142,8 @@ def load_deepspeed_config(path_or_name: str | Path, *, world_size: int | None = 
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         raise ConfigError(f"{path}: zero_optimization.{loc}: {err['msg']}") from None
-    if CHECK_KEY in config:
-        hpz_check_settings(config, source=str(path))
+    if CHECK_KEY in ds:
+        hpz_check_settings(ds, source=str(path))
     hpz = zero.zero_hpz_partition_size
     zeropp = {"zero_hpz_partition_size": hpz > 1, "zero_quantized_weights": zero.zero_quantized_weights,
               "zero_quantized_nontrainable_weights": zero.zero_quantized_nontrainable_weights,
@@ -206,7 +162,7 @@ def load_deepspeed_config(path_or_name: str | Path, *, world_size: int | None = 
                               f"size {world_size}; set it to the ranks per node, a divisor of {world_size} (override "
                               "zero_optimization.zero_hpz_partition_size=N)")
         require_hpz_fixes(deepspeed_version or _installed_deepspeed())
-    return config
+    return ds
 
 
 def hpz_check_settings(config: Mapping[str, Any], *, source: str = "DeepSpeed config") -> HpzCheckSettings:

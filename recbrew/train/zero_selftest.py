@@ -27,6 +27,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from recbrew.data.io import atomic_write_text
 from recbrew.errors import RecbrewError, UserError
 
 FAULTS = ("stale", "zeroed")
@@ -278,9 +279,7 @@ def main(argv: list[str] | None = None) -> None:
             "runs": runs, "comparisons": [_compare(base, r) for r in runs[1:]],
         }
         result["ok"] = base["hpz_allgathers"] == 0 and all(c["as_expected"] for c in result["comparisons"])
-        tmp = out / "results.json.tmp"
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(out / "results.json")
+        atomic_write_text(out / "results.json", json.dumps(result, indent=2))
     dist.barrier()
     dist.destroy_process_group()
 

@@ -1,4 +1,5 @@
-"""Ranking and calibration metrics over flat candidate arrays, vectorized with numpy.
+"""Ranking and calibration metrics over flat candidate arrays, vectorized with numpy: the one home of
+AUC, ECE and the per-task / macro AUC that eval, the baselines, training and the CLI all report.
 
 Candidates of many requests sit in one flat array; ``groups`` says which request (or member) each
 belongs to. Ties are handled the way scikit-learn does: AUC counts a tied positive/negative pair
@@ -7,6 +8,8 @@ single class has no AUC (NaN, left out of averages), never an error.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -195,3 +198,38 @@ def weighted_means(values: np.ndarray, weights: np.ndarray, counts: np.ndarray) 
     tot = w.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(tot > 0, (w @ values[ok]) / np.where(tot > 0, tot, 1.0), np.nan)
+
+
+# Per task and macro ---------------------------------------------------------------------------------
+
+def per_task_auc(rows: Sequence[dict], probs: Sequence[np.ndarray]) -> dict[str, dict]:
+    """A task's AUC pools the candidates of all its requests (binary: P(positive) of each candidate; listwise:
+    each slot's probability of being the chosen one); None where the task lacks one of the classes."""
+    by_task: dict[str, tuple[list, list, str | None]] = {}
+    for row, p in zip(rows, probs, strict=True):
+        if not len(row["labels"]):
+            continue
+        labels, scores, _ = by_task.setdefault(row["task"], ([], [], row.get("split_tag")))
+        labels.extend(row["labels"])
+        scores.extend(np.asarray(p, dtype=np.float64).tolist())
+    out = {}
+    for task, (labels, scores, tag) in sorted(by_task.items()):
+        y = np.asarray(labels, dtype=np.float64)
+        value = auc(y, scores) if 0 < y.sum() < len(y) else None
+        out[task] = {"auc": value, "split_tag": tag, "candidates": len(y), "positives": int(y.sum())}
+    return out
+
+
+def macro(values: Sequence[float | None]) -> float | None:
+    """Mean of the values that exist (None when none does)."""
+    v = [x for x in values if x is not None and not np.isnan(x)]
+    return float(np.mean(v)) if v else None
+
+
+def macro_auc(tasks: dict[str, dict]) -> dict[str, float | None]:
+    """Macro AUC per split tag (T1, T2) over ``per_task_auc``'s tasks that have both classes."""
+    out = {}
+    for tag in ("T1", "T2"):
+        value = macro([t["auc"] for t in tasks.values() if t["split_tag"] == tag])
+        out[tag] = None if value is None else round(value, 4)
+    return out
