@@ -90,6 +90,23 @@ class LiRank(nn.Module):
     def forward(self, b: dict, calibrate: bool = True) -> torch.Tensor:
         """Logits [B, K] of every candidate slot (padding slots hold 0); ``calibrate=False`` skips the
         calibration layer (the raw head logit)."""
+        bi, ki, h = self.represent(b)
+        return scatter_logits(b, bi, ki, self.head_logit(b, bi, h, calibrate=calibrate))
+
+    def head_logit(self, b: dict, bi: torch.Tensor, h: torch.Tensor, offset: torch.Tensor | None = None,
+                   calibrate: bool = True) -> torch.Tensor:
+        """Task-head logit of representations ``h`` (+ ``offset`` before calibration: a sampled change of the
+        last layer, as Thompson sampling draws it), calibrated unless ``calibrate=False``."""
+        logit = self.heads(h, b["task"][bi])
+        if offset is not None:
+            logit = logit + offset
+        if self.calibration is not None and calibrate:
+            logit = self.calibration(logit, b["surface"][bi])
+        return logit
+
+    def represent(self, b: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(request index, slot index, final representation [N, hidden[-1]]) of every real candidate: the input
+        of the task heads, on which a Bayesian last layer (neural-linear bandit) puts its posterior."""
         bi, ki = valid_candidates(b)
         emb = self.embeddings
         cand = emb.candidate_vector(b)[bi, ki]
@@ -99,8 +116,4 @@ class LiRank(nn.Module):
             parts.append(self.history(tokens[bi], b["hist_mask"][bi], cand))
         else:
             parts.append(pooled_history(emb, b)[bi])
-        h = self.mlp(self.cross(torch.cat(parts, 1)))
-        logit = self.heads(h, b["task"][bi])
-        if self.calibration is not None and calibrate:
-            logit = self.calibration(logit, b["surface"][bi])
-        return scatter_logits(b, bi, ki, logit)
+        return bi, ki, self.mlp(self.cross(torch.cat(parts, 1)))

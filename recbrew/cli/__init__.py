@@ -33,7 +33,7 @@ def _root(
 
 def _register() -> None:
     # Imported here so `recbrew --version` stays fast and each stage's imports stay lazy.
-    from recbrew.cli import baselines, bench, data, models, quickstart, serve, tasks, train, world
+    from recbrew.cli import baselines, bench, data, models, quickstart, serve, simulate, tasks, train, world
     from recbrew.cli import eval as eval_cli
 
     app.add_typer(world.app, name="world")
@@ -46,6 +46,7 @@ def _register() -> None:
     app.command("serve")(serve.serve)
     app.add_typer(bench.app, name="bench")
     app.command("quickstart")(quickstart.quickstart)
+    app.command("simulate")(simulate.simulate)
 
 
 _register()

@@ -18,6 +18,7 @@ from recbrew.data.schema import INTERACTIONS, NO_ACTION, TRUE_PROB_PREFIX
 from recbrew.world.config import DAY, ITEM_KINDS, WORLD_START, SurfaceSpec, WorldConfig
 from recbrew.world.entities import ITEM_KIND_CODES, ItemStore, Members
 from recbrew.world.graph import SocialGraph, same_group
+from recbrew.world.policy import SlatePolicy, SlateRequest, check_pick
 
 #: Prior weight (in impressions) of the smoothed item rate used as the popularity score.
 POPULARITY_PRIOR = 10.0
@@ -208,7 +209,10 @@ class Simulator:
         return who[c], cand[c], log["timestamp"][c]
 
     # One day --------------------------------------------------------------------------------------
-    def run_day(self, day: int, rng: np.random.Generator) -> DayLog:
+    def run_day(self, day: int, rng: np.random.Generator, policy: SlatePolicy | None = None) -> DayLog:
+        """Simulate one day. Without ``policy`` each visit shows the items the world drew for it; with one, each
+        visit draws ``policy.pool_factor`` times its slate size as a candidate pool and the policy picks and orders
+        the slate (each surface then draws from its own stream, so visits are the same whatever the policy shows)."""
         self._day = day
         self._expire(day)
         self._grow_stats()
@@ -216,7 +220,8 @@ class Simulator:
         proofs: dict[str, sp.csr_matrix] = {}
         parts, scored, engaged = [], [], []
         new_edges = (np.zeros(0, np.int64),) * 3
-        for surface in self.config.surfaces:
+        streams = rng.spawn(len(self.config.surfaces)) if policy is not None else [rng] * len(self.config.surfaces)
+        for surface, rng in zip(self.config.surfaces, streams, strict=True):
             # Visits, each showing a whole slate: the member sees several items at once, in slots 0, 1, ...
             visits = rng.poisson(surface.rate * self.members.activity[active])
             visitor = np.repeat(active, visits)
@@ -224,7 +229,7 @@ class Simulator:
                 continue
             lo, hi = surface.slate
             sizes = rng.integers(lo, hi + 1, size=len(visitor))
-            visit = np.repeat(np.arange(len(visitor)), sizes)
+            visit = np.repeat(np.arange(len(visitor)), sizes if policy is None else sizes * policy.pool_factor)
             who = visitor[visit]
             proof = None
             if surface.item_type != "member":
@@ -242,6 +247,11 @@ class Simulator:
                 already = (self._lookup(self.graph.adjacency, who, cand) > 0) | self._made(who, cand)
                 keep = (cand != who) & ~already
                 who, item, visit = who[keep], item[keep], visit[keep]
+            if policy is not None:
+                request = SlateRequest(day, surface, who, item, visit, sizes,
+                                       lambda w=who, i=item, p=proof, s=surface: self.engage_probability(day, s, w, i, p))
+                pick = check_pick(policy.choose(request), request)
+                who, item, visit = who[pick], item[pick], visit[pick]
             # Slots within each visit's slate (after duplicates left). Sources were drawn independently per
             # slot, so slot order carries no source signal; the position effect is the world's own.
             position = _group_positions(visit)
@@ -263,32 +273,15 @@ class Simulator:
         table = table.set_column(0, "impression_id", pa.array(ids))
         return DayLog(table, new_edges, scored)
 
+    def engage_probability(self, day: int, surface: SurfaceSpec, who, item, proof) -> np.ndarray:
+        """True probability of any action of the surface for each (member, item), shown in the first slot."""
+        logits = self._logits(day, surface, who, item, np.zeros(len(who), np.int64), proof)
+        expl = np.exp(logits)
+        return expl.sum(axis=1) / (1.0 + expl.sum(axis=1))
+
     def _outcomes(self, rng, day, surface: SurfaceSpec, who, item, position, proof, visit) -> dict:
-        m, st, b = self.members, self.store, self.b
         n = len(who)
-        interest = m.interest_on(day, who, st.function[item].astype(np.int64), st.industry[item].astype(np.int64))
-        lifetime = ITEM_KINDS[surface.item_type].lifetime if surface.item_type in ITEM_KINDS else 0
-        age = np.maximum(day - st.created_day[item], 0).astype(np.float32)
-        recency = age / lifetime if lifetime else np.minimum(age / 60.0, 1.0)
-        if surface.item_type == "member":
-            cand = item - st.member_base
-            adj = self.graph.adjacency
-            social = np.asarray(adj[who].multiply(adj[cand]).sum(axis=1)).ravel().astype(np.float32)
-            extra = (1.0 * (m.company[who] == m.company[cand]) + 0.7 * (m.school[who] == m.school[cand])
-                     + 0.4 * (m.location[who] == m.location[cand]))
-            recency = np.zeros(n, np.float32)
-        else:
-            social = self._lookup(proof, who, item)
-            extra = np.zeros(n, np.float32)
-            if surface.item_type == "job":
-                extra = (-0.5 * np.abs(m.seniority[who].astype(np.float32) - st.seniority[item])
-                         + 0.6 * ((m.location[who] == st.location[item]) | st.remote[item]) + 1.0 * m.open_to_work[who])
-            elif surface.item_type == "event":
-                extra = 0.8 * (m.location[who] == st.location[item])
-        shared = (b.interest * interest + b.social * (np.log1p(social) - b.social_center) + b.quality * st.quality[item]
-                  - b.recency * recency + b.activity * np.log(m.activity[who]) - b.position * np.log1p(position)
-                  + extra).astype(np.float64)
-        logits = np.stack([base + shared for _, base in surface.actions], axis=1)
+        logits = self._logits(day, surface, who, item, position, proof)
         expl = np.exp(logits)
         probs = expl / (1.0 + expl.sum(axis=1, keepdims=True))
         cdf = np.cumsum(probs, axis=1)
@@ -318,6 +311,34 @@ class Simulator:
             columns.setdefault(TRUE_PROB_PREFIX + action, pa.nulls(n, pa.float32()))
         table = pa.table(columns, schema=self.schema)
         return {"table": table, "scored": scored, "acted": outcome < len(surface.actions), "timestamp": timestamp}
+
+    def _logits(self, day, surface: SurfaceSpec, who, item, position, proof) -> np.ndarray:
+        """[n, actions] true logits of each impression (the hidden model)."""
+        m, st, b = self.members, self.store, self.b
+        n = len(who)
+        interest = m.interest_on(day, who, st.function[item].astype(np.int64), st.industry[item].astype(np.int64))
+        lifetime = ITEM_KINDS[surface.item_type].lifetime if surface.item_type in ITEM_KINDS else 0
+        age = np.maximum(day - st.created_day[item], 0).astype(np.float32)
+        recency = age / lifetime if lifetime else np.minimum(age / 60.0, 1.0)
+        if surface.item_type == "member":
+            cand = item - st.member_base
+            adj = self.graph.adjacency
+            social = np.asarray(adj[who].multiply(adj[cand]).sum(axis=1)).ravel().astype(np.float32)
+            extra = (1.0 * (m.company[who] == m.company[cand]) + 0.7 * (m.school[who] == m.school[cand])
+                     + 0.4 * (m.location[who] == m.location[cand]))
+            recency = np.zeros(n, np.float32)
+        else:
+            social = self._lookup(proof, who, item)
+            extra = np.zeros(n, np.float32)
+            if surface.item_type == "job":
+                extra = (-0.5 * np.abs(m.seniority[who].astype(np.float32) - st.seniority[item])
+                         + 0.6 * ((m.location[who] == st.location[item]) | st.remote[item]) + 1.0 * m.open_to_work[who])
+            elif surface.item_type == "event":
+                extra = 0.8 * (m.location[who] == st.location[item])
+        shared = (b.interest * interest + b.social * (np.log1p(social) - b.social_center) + b.quality * st.quality[item]
+                  - b.recency * recency + b.activity * np.log(m.activity[who]) - b.position * np.log1p(position)
+                  + extra).astype(np.float64)
+        return np.stack([base + shared for _, base in surface.actions], axis=1)
 
     def _update_stats(self, parts: list[pa.Table]) -> None:
         if not parts:

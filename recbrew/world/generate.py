@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -112,46 +113,77 @@ def _new_items(config: WorldConfig, kind: str, rng: np.random.Generator, initial
     return n, -rng.integers(1, 366, size=n).astype(np.int32)
 
 
-def _generate(config: WorldConfig, out: Path, progress: bool) -> dict:
+@dataclass
+class OpenWorld:
+    """A world being run: entities, graph, item store and the day simulator, before anything is written.
+
+    ``recbrew world generate`` streams it to Parquet; ``recbrew simulate`` runs the same world with a slate
+    policy. Each stage draws from its own seeded stream, so both see the same members, graph and items.
+    """
+
+    config: WorldConfig
+    companies: Companies
+    members: Members
+    members_table: pa.Table
+    graph: SocialGraph
+    store: ItemStore
+    factory: ItemFactory
+    sim: Simulator
+    item_counts: dict
+
+    def create_items(self, rng: np.random.Generator, day: int | None) -> list[pa.Table]:
+        """The initial stock (``day=None``) or one day's new items, added to the pools; their tables."""
+        # Authors joined before the items' creation day (the initial stock reaches back a year).
+        authors = np.flatnonzero(self.members.joined_day < (day if day is not None else -366))
+        tables = []
+        for kind in ITEM_KINDS:
+            n, days = _new_items(self.config, kind, rng, initial=day is None)
+            if n == 0:
+                continue
+            table = self.factory.create(kind, rng, n, days + (day or 0), authors)
+            tables.append(table)
+            self.sim.add_to_pool(kind, table["item_id"].to_numpy())
+            self.item_counts[kind] = self.item_counts.get(kind, 0) + n
+        return tables
+
+    def day_rng(self, day: int) -> np.random.Generator:
+        return _rng(self.config, 6, day)
+
+
+def open_world(config: WorldConfig) -> tuple[OpenWorld, list[pa.Table], list[pa.Table]]:
+    """The world at day 0: its state, the initial edge tables and the initial item tables (in write order)."""
     rng = _rng(config, 0)
     companies = Companies.generate(rng, config.companies)
     members = Members.generate(rng, config, companies)
     members_table = members.table(_rng(config, 1), companies)
-    pq.write_table(members_table, out / "members.parquet", **PARQUET_OPTIONS)
-
     graph = SocialGraph.generate(_rng(config, 2), config, members)
-    edges = _Sink(out / "edges.parquet", EDGE_SCHEMA, config.chunk_rows)
-    edges.write(graph.connections())
-    for table in graph.follows(_rng(config, 3), members, companies):
-        edges.write(table)
-
+    edges = [graph.connections(), *graph.follows(_rng(config, 3), members, companies)]
     store = ItemStore(companies, members, _rng(config, 4))
     factory = ItemFactory(store, members, companies)
-    items = _Sink(out / "items.parquet", ITEM_SCHEMA, config.chunk_rows)
-    items.write(companies.table())
-    items.write(_member_cards(members_table, store))
-    del members_table
+    items = [companies.table(), _member_cards(members_table, store)]
     sim = Simulator(config, members, store, graph)
-    item_counts = {"company": len(companies), "member": len(members)}
+    world = OpenWorld(config, companies, members, members_table, graph, store, factory, sim,
+                      {"company": len(companies), "member": len(members)})
+    items += world.create_items(_rng(config, 5), None)
+    return world, edges, items
 
-    def create(rng: np.random.Generator, day: int | None) -> None:
-        # Authors joined before the items' creation day (the initial stock reaches back a year).
-        authors = np.flatnonzero(members.joined_day < (day if day is not None else -366))
-        for kind in ITEM_KINDS:
-            n, days = _new_items(config, kind, rng, initial=day is None)
-            if n == 0:
-                continue
-            table = factory.create(kind, rng, n, days + (day or 0), authors)
-            items.write(table)
-            sim.add_to_pool(kind, table["item_id"].to_numpy())
-            item_counts[kind] = item_counts.get(kind, 0) + n
 
-    create(_rng(config, 5), None)
+def _generate(config: WorldConfig, out: Path, progress: bool) -> dict:
+    world, initial_edges, initial_items = open_world(config)
+    members, graph, sim, companies = world.members, world.graph, world.sim, world.companies
+    pq.write_table(world.members_table, out / "members.parquet", **PARQUET_OPTIONS)
+    edges = _Sink(out / "edges.parquet", EDGE_SCHEMA, config.chunk_rows)
+    for table in initial_edges:
+        edges.write(table)
+    items = _Sink(out / "items.parquet", ITEM_SCHEMA, config.chunk_rows)
+    for table in initial_items:
+        items.write(table)
+    item_counts = world.item_counts
     interactions = _Sink(out / "interactions.parquet", interaction_schema(config.surfaces), config.chunk_rows)
     stats = ActionStats()
     new_connections = 0
     for day in tqdm(range(config.days), desc="simulating days", unit="day", disable=not progress):
-        day_rng = _rng(config, 6, day)
+        day_rng = world.day_rng(day)
         log = sim.run_day(day, day_rng)
         interactions.write(log.interactions)
         src, dst, ts = log.connections
@@ -163,7 +195,8 @@ def _generate(config: WorldConfig, out: Path, progress: bool) -> dict:
         for entry in surfaces.to_pylist():
             stats.count_impressions(entry["values"], entry["counts"])
         # Items created today are shown from tomorrow on.
-        create(day_rng, day)
+        for table in world.create_items(day_rng, day):
+            items.write(table)
 
     n_interactions = interactions.close()
     n_items = items.close()
