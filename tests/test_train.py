@@ -621,7 +621,7 @@ def test_serve_takes_the_task_specs_from_the_examples(custom):
     svc = RankService(engine_url="", engine_key="", served_model="", model_dir=custom / "tiny",
                       corpus_dir=folder.corpus, catalog=folder.catalog())
     tok = load_tokenizer(str(custom / "tiny"))
-    assert svc.labels == {"my_feed_like": [tok(" A")["input_ids"][0], tok(" B")["input_ids"][0]]}
+    assert svc.scorer.answers("my_feed_like") == [tok(" A")["input_ids"][0], tok(" B")["input_ids"][0]]
     row = load_requests(ex, "test")[0]
     task, prompt = svc.prompt(RankRequest(task="my_feed_like", member=row["member_id"],
                                           candidates=row["candidate_ids"], at=row["timestamp"]))
