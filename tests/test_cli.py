@@ -35,6 +35,8 @@ def test_stage_groups_are_listed():
         (["world", "generate", "--members", "10", "--out", "{tmp}/w"], "--members must be at least 50"),
         (["world", "card", "{tmp}"], "world_card.json not found"),
         (["bench", "world", "--scale", "1"], "--scale must be at least 2"),
+        (["world", "generate", "--out", "{tmp}/w", "behaviour.nope=1"], "behaviour: unknown field(s) nope"),
+        (["world", "generate", "--out", "{tmp}/w", "--config", "nope"], "world config 'nope': no such file"),
     ],
 )
 def test_user_errors_print_one_line_and_exit_2(tmp_path, args, message):
@@ -57,6 +59,23 @@ def test_generate_then_card(tmp_path):
     assert "oracle AUC" in table.stdout and "feed" in table.stdout
     refused = run("world", "generate", "--members", "120", "--out", str(tmp_path / "w"))
     assert refused.returncode == 2 and "--force" in refused.stderr
+
+
+def test_world_config_file_and_settings(tmp_path):
+    """`--config` reads a world YAML (the shipped default is the WorldConfig defaults); key=value sets one field;
+    --members/--days/--seed win over both."""
+    from recbrew.cli.world import world_config
+    from recbrew.world import WorldConfig
+
+    assert world_config("default", None, None, None) == WorldConfig()
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("members: 120\ndays: 3\nbehaviour: {social: 0.5}\n")
+    out = run("world", "generate", "--config", str(mine), "--seed", "5", "--out", str(tmp_path / "w"),
+              "--no-progress", "--json", "behaviour.interest=1.5")
+    assert out.returncode == 0, out.stderr
+    card = json.loads(out.stdout)
+    assert card["sizes"]["members"] == 120 and card["days"] == 3 and card["seed"] == 5
+    assert card["behaviour"]["social"] == 0.5 and card["behaviour"]["interest"] == 1.5
 
 
 @pytest.mark.slow
