@@ -96,7 +96,10 @@ class CorpusView:
                    else np.full(len(action), "", dtype=str))
         self.h_surface = surface[acted][order]
         # Field and industry codes of each action's item (-1 unknown): the candidate's share of recent actions.
-        rows = np.array([self._item_row.get(int(i), -1) for i in self.h_item], np.int64)
+        by_id = np.argsort(self.item_ids, kind="stable")
+        at = np.minimum(np.searchsorted(self.item_ids[by_id], self.h_item), max(len(by_id) - 1, 0))
+        rows = (np.where(self.item_ids[by_id][at] == self.h_item, by_id[at], -1) if len(by_id)
+                else np.full(len(self.h_item), -1, np.int64))
         self.h_facet = {f: np.where(rows >= 0, codes[np.maximum(rows, 0)], -1)
                         for f, codes in self._i_facet.items() if f in ("function", "industry")}
         # Engagements sorted by (item, time): who engaged with an item before a moment.
