@@ -13,6 +13,7 @@ import pytest
 from recbrew.baselines.bayes import ITEM_VARIANCE_START, BayesianLastLayer
 from recbrew.simulate import SimulationConfig, simulate
 from recbrew.simulate.policy import Popularity, epsilon_keys
+from recbrew.simulate.rows import sample_requests
 from recbrew.world.config import SURFACES, WorldConfig
 from recbrew.world.generate import open_world
 from recbrew.world.policy import OraclePolicy, RandomPolicy, SlateRequest, check_pick, top_per_visit
@@ -266,6 +267,17 @@ def test_short_simulation_has_a_fixed_result(simulated):
 FIXED_POSITIVES = {"random": 415, "popularity": 503, "oracle": 615}
 
 
+def test_replay_samples_a_seeded_share_of_every_earlier_day_in_order():
+    days = [{"task": [f"t{d}"] * n, "labels": [[d, i] for i in range(n)]} for d, n in enumerate((10, 3, 0, 1))]
+    picked = sample_requests(days, 0.3, seed=7)
+    assert [len(p["task"]) for p in picked] == [3, 1, 1]  # 30 % of 10, at least one of a non-empty day; none of 0
+    for p in picked:
+        idx = [row[1] for row in p["labels"]]
+        assert idx == sorted(idx) and len(set(idx)) == len(idx)
+    assert sample_requests(days, 0.3, seed=7) == picked
+    assert sample_requests(days, 1.0, seed=1) == [d for d in days if d["task"]]
+
+
 def test_resume_after_an_interruption_gives_the_same_result(simulated, tmp_path):
     _, reference = simulated
     out = tmp_path / "run"
@@ -295,6 +307,7 @@ def test_other_settings_in_the_same_folder_are_refused(simulated):
     (["--policies", "greedy,foo"], "unknown policy foo"),
     (["--epsilon", "1.5"], "--epsilon must be in [0, 1]"),
     (["--update-epochs", "0"], "--update-epochs must be at least 1"),
+    (["--replay-fraction", "1.5"], "--replay-fraction must be in [0, 1]"),
     (["--ranker", "ligr"], "thompson needs a ranker with a Bayesian last layer"),
     (["--policies", "random", "--compare-full"], "add greedy to --policies"),
     (["train.nope=1"], "unknown field(s) nope"),

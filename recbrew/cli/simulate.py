@@ -29,6 +29,9 @@ def simulate(
     update_epochs: Annotated[int, typer.Option("--update-epochs", help="Incremental: passes over the new logs.")] = 1,
     replay_days: Annotated[int, typer.Option("--replay-days", help="Incremental: also train on this many days "
                                              "before the new one (0: the new day only).")] = 0,
+    replay_fraction: Annotated[float, typer.Option("--replay-fraction", help="Incremental: also train on this share "
+                                                   "of every earlier day's requests, sampled anew each day "
+                                                   "(0: none).")] = 0.3,
     full_epochs: Annotated[int, typer.Option("--full-epochs", help="Passes of a full training.")] = 3,
     compare_full: Annotated[bool, typer.Option("--compare-full", help="Also retrain from scratch every day beside "
                                                "greedy's incremental model: update time and AUC side by side.")] = False,
@@ -54,7 +57,8 @@ def simulate(
     cfg = SimulationConfig(members=members, world_seed=world_seed, days=days, warmup_days=warmup_days, seed=seed,
                            policies=names, ranker=ranker, overrides=tuple(overrides or ()), training=training,
                            update_lr=update_lr, anchor=anchor, grow_ids=grow_ids, update_epochs=update_epochs,
-                           replay_days=replay_days, full_epochs=full_epochs, compare_full=compare_full,
+                           replay_days=replay_days, replay_fraction=replay_fraction, full_epochs=full_epochs,
+                           compare_full=compare_full,
                            epsilon=epsilon, pool_factor=pool_factor, explore_scale=explore_scale, prior=prior,
                            posterior_decay=posterior_decay)
     start = time.perf_counter()

@@ -36,7 +36,7 @@ from recbrew.errors import ConfigError, UserError
 from recbrew.metrics import auc as roc_auc
 from recbrew.simulate.policy import LOGGING, POLICIES, RANKER_POLICIES, LoopPolicy, Popularity, Shown
 from recbrew.simulate.ranker import LoopRanker
-from recbrew.simulate.rows import RowBuilder, concat_columns
+from recbrew.simulate.rows import RowBuilder, concat_columns, sample_requests
 from recbrew.world.config import WorldConfig
 from recbrew.world.entities import ITEM_KIND_CODES
 from recbrew.world.generate import OpenWorld, open_world
@@ -73,6 +73,10 @@ class SimulationConfig:
     #: Incremental: passes over the new logs, and how many days before the new one they include (0: the day only).
     update_epochs: int = 1
     replay_days: int = 0
+    #: Incremental: a random sample of this share of every earlier day's requests (warm-up days included) is
+    #: trained on with the new day, so one day's pass does not pull the model away from what the other days
+    #: taught it (0: none).
+    replay_fraction: float = 0.3
     #: Passes of a full training (the warm-up model and ``full`` retraining).
     full_epochs: int = 3
     #: Also retrain from scratch every day beside the greedy policy's incremental model (same logs, not
@@ -104,6 +108,8 @@ class SimulationConfig:
             raise ConfigError(f"--epsilon must be in [0, 1] (got {self.epsilon})")
         if self.pool_factor < 1:
             raise ConfigError(f"--pool-factor must be at least 1 (got {self.pool_factor})")
+        if not 0.0 <= self.replay_fraction <= 1.0:
+            raise ConfigError(f"--replay-fraction must be in [0, 1] (got {self.replay_fraction})")
         if self.update_epochs < 1 or self.replay_days < 0:
             raise ConfigError(f"--update-epochs must be at least 1 and --replay-days at least 0 "
                               f"(got {self.update_epochs}, {self.replay_days})")
@@ -239,6 +245,8 @@ def run_day(run: Run, day: int, cfg: SimulationConfig, policy: LoopPolicy) -> tu
                 metrics["item_ids_added"] = ranker.grow(*tables)
             # Replay: the day's logs together with the days before it (LiRank's warm start sees more than one day).
             recent = [train] if run.logs is None else run.logs[-(cfg.replay_days + 1):]
+            if cfg.replay_fraction and run.logs is not None:
+                recent += sample_requests(run.logs[:-(cfg.replay_days + 1)], cfg.replay_fraction, seed)
             ranker.update(concat_columns(recent), cfg.update_lr, cfg.anchor, seed, epochs=cfg.update_epochs)
             seconds = time.perf_counter() - started
         if ranker.bayes is not None and policy.name == "thompson":
@@ -330,7 +338,7 @@ def _start(cfg: SimulationConfig, out: Path, name: str, warm: Run) -> Run:
     run.name, run.metrics, run.done = name, [], 0
     ranked = name in RANKER_POLICIES
     run.ranker = run.ranker if ranked else None
-    if not (ranked and (cfg.training == "full" or cfg.replay_days)) and not (name == "greedy" and cfg.compare_full):
+    if not (ranked and (cfg.training == "full" or cfg.replay_days or cfg.replay_fraction)) and not (name == "greedy" and cfg.compare_full):
         run.logs = None
     if name == "greedy" and cfg.compare_full:
         run.shadow = warm.ranker

@@ -112,3 +112,16 @@ def concat_columns(parts: list[dict[str, list]]) -> dict[str, list]:
     if not parts:
         return {}
     return {k: [v for p in parts for v in p[k]] for k in parts[0]}
+
+
+def sample_requests(days: list[dict[str, list]], fraction: float, seed: int) -> list[dict[str, list]]:
+    """A seeded random ``fraction`` of each day's requests (at least one of a non-empty day), in their order."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for cols in days:
+        n = len(cols.get("task", ()))
+        if not n:
+            continue
+        keep = np.sort(rng.choice(n, max(1, round(fraction * n)), replace=False)).tolist()
+        out.append({k: [v[i] for i in keep] for k, v in cols.items()})
+    return out
