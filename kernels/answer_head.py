@@ -20,9 +20,12 @@ from typing import NamedTuple
 
 import torch
 
-from recbrew.kernels.dispatch import interpreter_blocks, tl, triton, use_triton
+from recbrew.kernels.dispatch import INTERPRETED, backend, interpreter_blocks, tl, triton, use_triton
 
 DEFAULT_VOCAB_CHUNK = 8192
+#: On CUDA the torch path widens its vocabulary chunk up to this many [M x chunk] logits (64 MiB in fp32):
+#: fewer, larger cuBLAS calls, memory still bounded.
+CUDA_CHUNK_ELEMENTS = 2**24
 
 
 class AnswerHeadOutput(NamedTuple):
@@ -225,11 +228,35 @@ def answer_head(hidden: torch.Tensor, positions: torch.Tensor, weight: torch.Ten
     dev = hidden.device
     positions = torch.as_tensor(positions, dtype=torch.long, device=dev).reshape(-1)
     label_ids = torch.as_tensor(label_ids, dtype=torch.long, device=dev).reshape(-1)
-    if len(positions) and not (0 <= int(positions.min()) and int(positions.max()) < flat.shape[0]):
-        raise IndexError(f"answer positions must lie in [0, {flat.shape[0]})")
-    if len(label_ids) and not (0 <= int(label_ids.min()) and int(label_ids.max()) < weight.shape[0]):
-        raise IndexError(f"verbalizer token ids must lie in [0, {weight.shape[0]})")
+    _check_range(positions, flat.shape[0], "answer positions")
+    _check_range(label_ids, weight.shape[0], "verbalizer token ids")
     chunk = int(vocab_chunk or DEFAULT_VOCAB_CHUNK)
     triton_path = use_triton(flat, weight) and len(positions) > 0
+    if triton_path and backend() == "auto" and not _fills_gpu(len(positions), weight.shape[0], chunk, full_vocab, dev):
+        triton_path = False
+    if not triton_path and dev.type == "cuda":
+        chunk = max(chunk, CUDA_CHUNK_ELEMENTS // max(1, len(positions)))
     logprobs, full = AnswerHeadFunction.apply(flat, positions, weight, label_ids, full_vocab, chunk, triton_path)
     return AnswerHeadOutput(logprobs, full if full_vocab else None)
+
+
+def _check_range(index: torch.Tensor, size: int, what: str) -> None:
+    """Indices in [0, size): checked on the host for CPU tensors, asynchronously on CUDA (no sync per step)."""
+    if not len(index):
+        return
+    if index.is_cuda:
+        torch._assert_async(((index >= 0) & (index < size)).all(), f"{what} must lie in [0, {size})")
+    elif not (0 <= int(index.min()) and int(index.max()) < size):
+        raise IndexError(f"{what} must lie in [0, {size})")
+
+
+def _fills_gpu(m: int, vocab: int, chunk: int, full_vocab: bool, device: torch.device) -> bool:
+    """Whether the fused Triton forward launches enough programs to keep the GPU busy (two per SM).
+
+    A training step reads a few answer rows: then the Triton grid is a handful of programs walking the
+    vocabulary while most SMs idle, and the torch path's cuBLAS matmuls over wide chunks are faster.
+    """
+    if INTERPRETED or device.type != "cuda":
+        return True
+    programs = triton.cdiv(m, 32) * (triton.cdiv(vocab, chunk) if full_vocab else 1)
+    return programs >= 2 * torch.cuda.get_device_properties(device).multi_processor_count

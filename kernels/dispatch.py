@@ -5,6 +5,10 @@ The choice can be overridden with the ``RECBREW_KERNELS`` environment variable o
 Forcing ``triton`` on CPU tensors runs the kernels through Triton's interpreter, which exists for
 tests: ``TRITON_INTERPRET=1`` must be set before the kernel modules import, because ``@triton.jit``
 picks the interpreter when it decorates a kernel.
+
+Multi-item attention has more candidates (:func:`choose_attention`): recbrew's Triton kernel,
+FlexAttention with a block mask built from the layout, SDPA with the dense mask, and the torch path.
+``RECBREW_ATTENTION`` / :func:`attention_backend` pick one by name; ``auto`` follows :data:`ATTENTION_TABLE`.
 """
 
 from __future__ import annotations
@@ -43,12 +47,7 @@ def use_triton(*tensors: torch.Tensor) -> bool:
     on_cuda = all(t.is_cuda for t in tensors)
     if choice == "auto":
         return triton is not None and on_cuda and not INTERPRETED
-    if triton is None:
-        raise RuntimeError("kernel backend 'triton' was forced but triton is not installed")
-    if not on_cuda and not INTERPRETED:
-        raise RuntimeError("kernel backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before "
-                           "recbrew.kernels is imported")
-    return True
+    return _check_triton(*tensors)
 
 
 @contextlib.contextmanager
@@ -67,3 +66,79 @@ def kernel_backend(name: str):
 def interpreter_blocks(gpu: int, interpreted: int) -> int:
     """A block size: the GPU choice, or a small one under the interpreter so small shapes still span tiles."""
     return interpreted if INTERPRETED else gpu
+
+
+# Multi-item attention --------------------------------------------------------------------------------
+ATTENTION_BACKENDS = ("auto", "triton", "flex", "sdpa", "torch")
+#: Up to this many tokens per sequence, ``auto`` on CUDA takes SDPA with the dense mask (an [L, L] mask of
+#: at most 1 MiB; one library call beats building tile tables or a block mask).
+SDPA_MAX_TOKENS = 1024
+#: ``auto``'s choice, first matching row wins. On the H200 (torch 2.11, bf16, 16/4 heads of 128) compiled
+#: FlexAttention with a block mask ran x4.6 / x4.3 dense-mask SDPA (forward / forward + backward) at prefix
+#: 8k with 500 candidates, recbrew's Triton kernel x2.4 / x1.4 and x0.8 at 50 candidates; so FlexAttention
+#: takes every CUDA shape past SDPA_MAX_TOKENS, and the Triton kernel stands in where FlexAttention cannot
+#: run (import or compile failure). `recbrew bench kernels` times every backend per shape and reports where
+#: the table's choice was not the fastest.
+ATTENTION_TABLE = (
+    ("cpu (or any non-CUDA tensor)", "torch"),
+    (f"cuda, tokens <= {SDPA_MAX_TOKENS}", "sdpa"),
+    ("cuda, FlexAttention available", "flex"),
+    ("cuda, triton installed", "triton"),
+    ("cuda otherwise", "torch"),
+)
+
+_attention_override: str | None = None
+
+
+def attention_choice() -> str:
+    """The multi-item attention asked for: the :func:`attention_backend` override, else ``RECBREW_ATTENTION``."""
+    choice = _attention_override or os.environ.get("RECBREW_ATTENTION", "auto")
+    if choice not in ATTENTION_BACKENDS:
+        raise ValueError(f"RECBREW_ATTENTION={choice!r}: choose one of {', '.join(ATTENTION_BACKENDS)}")
+    return choice
+
+
+def choose_attention(*tensors: torch.Tensor, tokens: int, flex_ok: bool) -> str:
+    """The implementation of one multi-item attention call: ``triton``, ``flex``, ``sdpa`` or ``torch``.
+
+    An explicit ``RECBREW_ATTENTION`` wins, then a forced ``RECBREW_KERNELS`` (``triton``/``torch``), then
+    :data:`ATTENTION_TABLE` for ``tokens`` per sequence; ``flex_ok`` says whether FlexAttention can run here.
+    """
+    choice = attention_choice()
+    if choice == "triton" or (choice == "auto" and backend() == "triton"):
+        _check_triton(*tensors)
+        return "triton"
+    if choice != "auto":
+        if choice == "flex" and not flex_ok:
+            raise RuntimeError("attention backend 'flex' was forced but FlexAttention is not available here")
+        return choice
+    if backend() == "torch" or not all(t.is_cuda for t in tensors):
+        return "torch"
+    if tokens <= SDPA_MAX_TOKENS:
+        return "sdpa"
+    if flex_ok:
+        return "flex"
+    return "triton" if triton is not None and not INTERPRETED else "torch"
+
+
+def _check_triton(*tensors: torch.Tensor) -> bool:
+    """True, or a clear error when Triton cannot run on these tensors."""
+    if triton is None:
+        raise RuntimeError("kernel backend 'triton' was forced but triton is not installed")
+    if not all(t.is_cuda for t in tensors) and not INTERPRETED:
+        raise RuntimeError("kernel backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before "
+                           "recbrew.kernels is imported")
+    return True
+
+
+@contextlib.contextmanager
+def attention_backend(name: str):
+    """Run the enclosed multi-item attention calls with ``name`` (one of :data:`ATTENTION_BACKENDS`)."""
+    global _attention_override
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(ATTENTION_BACKENDS)}")
+    previous, _attention_override = _attention_override, name
+    try:
+        yield
+    finally:
+        _attention_override = previous

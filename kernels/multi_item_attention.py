@@ -27,6 +27,7 @@ no valid token attends to.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recbrew.kernels.dispatch import interpreter_blocks, tl, triton, use_triton
+from recbrew.kernels.dispatch import attention_choice, choose_attention, interpreter_blocks, tl, triton
 
 ATTN_NAME = "recbrew_multi_item"
 
@@ -180,82 +181,144 @@ def dense_mask(prefix_len: int, segment_lens: Sequence[int], device=None) -> tor
 
 
 # Layouts -----------------------------------------------------------------------------------------
-Layout = tuple[int, tuple[int, ...]]
+#: One document: a prefix length and its candidate segments' lengths.
+Document = tuple[int, tuple[int, ...]]
+#: One sequence: its documents, laid out one after the other (several requests packed into one pass).
+Layout = tuple[Document, ...]
+
+
+def _document(p, segs) -> Document:
+    segs = tuple(int(n) for n in segs)
+    if p < 0 or any(n < 0 for n in segs):
+        raise ValueError(f"negative length in layout prefix={p} segments={list(segs)}")
+    return int(p), tuple(n for n in segs if n)
+
+
+def _sequence(prefix_len, segment_lens) -> Layout:
+    """One sequence's documents: an int prefix with a list of segments, or a list of each (packed)."""
+    if isinstance(prefix_len, Integral):
+        docs = [_document(prefix_len, segment_lens)]
+    else:
+        docs = [_document(p, segs) for p, segs in zip(prefix_len, segment_lens, strict=True)]
+    return tuple(d for d in docs if d[0] or d[1])
+
+
+def layout_tokens(layout: Layout) -> int:
+    """Tokens a sequence's documents cover (the rest of the sequence is padding)."""
+    return sum(p + sum(segs) for p, segs in layout)
 
 
 def normalize_layouts(prefix_len, segment_lens, batch: int, total: int) -> tuple[Layout, ...]:
-    """One ``(prefix_len, segment_lens)`` per sequence, validated against the sequence length."""
+    """The documents of every sequence, validated against the sequence length.
+
+    ``prefix_len`` int and ``segment_lens`` list of ints: one document shared by the batch. Otherwise one
+    entry per sequence, each either an int with a list of ints (one document) or a list of ints with a
+    list of lists (several documents packed one after the other, e.g. several requests in one pass).
+    """
     if isinstance(prefix_len, Integral):
-        rows = [(int(prefix_len), segment_lens)] * batch
+        rows = [_sequence(prefix_len, segment_lens)] * batch
     else:
-        rows = list(zip(prefix_len, segment_lens, strict=True))
+        rows = [_sequence(p, segs) for p, segs in zip(prefix_len, segment_lens, strict=True)]
         if len(rows) != batch:
             raise ValueError(f"{len(rows)} per-sequence layouts for a batch of {batch}")
-    out = []
-    for p, segs in rows:
-        segs = tuple(int(n) for n in segs)
-        if p < 0 or any(n < 0 for n in segs):
-            raise ValueError(f"negative length in layout prefix={p} segments={list(segs)}")
-        if p + sum(segs) > total:
-            raise ValueError(f"prefix {p} + segments {sum(segs)} > sequence length {total}")
-        out.append((int(p), tuple(n for n in segs if n)))
-    return tuple(out)
+    for layout in rows:
+        if layout_tokens(layout) > total:
+            raise ValueError(f"layout {[(p, list(s)) for p, s in layout]} covers {layout_tokens(layout)} tokens "
+                             f"> sequence length {total}")
+    return tuple(rows)
 
 
 @dataclass(frozen=True)
 class LayoutTables:
     """What the kernels read instead of a mask, O(tokens) in size.
 
-    ``seg`` [B, L] int32: -1 prefix, j for segment j, -2 padding.
-    ``q_tiles`` [B, Tq, 4] int32: query rows [start, end), then ``pre_end`` and ``kv_start``: the tile
-    sees keys [0, pre_end) unmasked and keys [kv_start, end) where segment ids match and key <= query.
+    ``seg`` [B, L] int32: -1 prefix, j for segment j (numbered across the sequence's documents), -2 padding.
+    ``doc`` [B, L] int32: the token's document, -1 padding.
+    ``q_tiles`` [B, Tq, 5] int32: query rows [start, end), then ``pre_start``, ``pre_end`` and ``kv_start``:
+    the tile sees keys [pre_start, pre_end) unmasked (its document's prefix) and keys [kv_start, end) where
+    segment ids match and key <= query. A tile never spans two documents.
     ``k_tiles`` [B, Tk, 3] int32: key rows [start, end) and ``q_end``: the queries that can see them lie
     in [start, q_end). Unused (padding) tiles are all zero and do nothing.
     """
 
     seg: torch.Tensor
+    doc: torch.Tensor
     q_tiles: torch.Tensor
     k_tiles: torch.Tensor
+    padded: bool = False
+    """Whether some token is padding (known without reading the device tensors)."""
+
+
+def _document_tiles(off: int, p: int, lens: np.ndarray, first_seg: int, seg_row: np.ndarray, block_m: int,
+                    block_n: int):
+    """Query and key tiles of one document starting at token ``off``; fills its part of ``seg_row``."""
+    starts = off + p + np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    end = int(starts[-1])
+    seg_row[off:off + p] = PREFIX
+    local = np.repeat(np.arange(len(lens)), lens)  # segment index within the document, per candidate token
+    seg_row[off + p:end] = first_seg + local
+    # Query tiles: the prefix (causal over itself), then the candidate rows, which may pack several short
+    # segments into one tile; kv_start is the start of the tile's first segment.
+    qs = np.arange(off, off + p, block_m)
+    q_prefix = np.stack([qs, np.minimum(qs + block_m, off + p), qs * 0 + off, qs * 0 + off, qs * 0 + off], 1)
+    ss = np.arange(off + p, end, block_m)
+    q_cand = np.stack([ss, np.minimum(ss + block_m, end), ss * 0 + off, ss * 0 + off + p,
+                       starts[local[ss - off - p]]], 1)
+    # Key tiles: a prefix key is seen by every later query of its document; a candidate key by the rest of
+    # its segment.
+    ks = np.arange(off, off + p, block_n)
+    k_prefix = np.stack([ks, np.minimum(ks + block_n, off + p), ks * 0 + end], 1)
+    cs = np.arange(off + p, end, block_n)
+    ce = np.minimum(cs + block_n, end)
+    k_cand = np.stack([cs, ce, starts[local[ce - 1 - off - p] + 1]], 1)
+    return np.concatenate([q_prefix, q_cand]), np.concatenate([k_prefix, k_cand])
 
 
 def _layout_arrays(layouts: tuple[Layout, ...], total: int, block_m: int, block_n: int):
     batch = len(layouts)
     seg = np.full((batch, total), PADDING, np.int32)
+    doc = np.full((batch, total), -1, np.int32)
     q_rows, k_rows = [], []
-    for b, (p, segs) in enumerate(layouts):
-        lens = np.asarray(segs, dtype=np.int64)
-        starts = p + np.concatenate([[0], np.cumsum(lens)])
-        end = int(starts[-1])
-        seg[b, :p] = PREFIX
-        seg[b, p:end] = np.repeat(np.arange(len(lens)), lens)
-        # Query tiles: the prefix (causal over itself), then the candidate rows, which may pack several
-        # short segments into one tile; kv_start is the start of the tile's first segment.
-        qs = np.arange(0, p, block_m)
-        q_prefix = np.stack([qs, np.minimum(qs + block_m, p), 0 * qs, 0 * qs], 1)
-        ss = np.arange(p, end, block_m)
-        q_cand = np.stack([ss, np.minimum(ss + block_m, end), np.full_like(ss, p), starts[seg[b, ss]]], 1)
-        q_rows.append(np.concatenate([q_prefix, q_cand]))
-        # Key tiles: a prefix key is seen by every later query; a candidate key by the rest of its segment.
-        ks = np.arange(0, p, block_n)
-        k_prefix = np.stack([ks, np.minimum(ks + block_n, p), np.full_like(ks, end)], 1)
-        cs = np.arange(p, end, block_n)
-        ce = np.minimum(cs + block_n, end)
-        k_cand = np.stack([cs, ce, starts[seg[b, np.maximum(ce - 1, 0)] + 1]], 1) if len(cs) else np.zeros((0, 3))
-        k_rows.append(np.concatenate([k_prefix, k_cand]))
-    q_tiles = np.zeros((batch, max(1, *(len(r) for r in q_rows)), 4), np.int32)
+    for b, layout in enumerate(layouts):
+        off, first_seg, qb, kb = 0, 0, [np.zeros((0, 5), np.int64)], [np.zeros((0, 3), np.int64)]
+        for d, (p, segs) in enumerate(layout):
+            lens = np.asarray(segs, dtype=np.int64)
+            q, k = _document_tiles(off, p, lens, first_seg, seg[b], block_m, block_n)
+            qb.append(q)
+            kb.append(k)
+            n = p + int(lens.sum())
+            doc[b, off:off + n] = d
+            off, first_seg = off + n, first_seg + len(lens)
+        q_rows.append(np.concatenate(qb))
+        k_rows.append(np.concatenate(kb))
+    q_tiles = np.zeros((batch, max(1, *(len(r) for r in q_rows)), 5), np.int32)
     k_tiles = np.zeros((batch, max(1, *(len(r) for r in k_rows)), 3), np.int32)
     for b in range(batch):
         q_tiles[b, : len(q_rows[b])] = q_rows[b]
         k_tiles[b, : len(k_rows[b])] = k_rows[b]
-    return seg, q_tiles, k_tiles
+    return seg, doc, q_tiles, k_tiles
 
 
 @functools.lru_cache(maxsize=32)
 def layout_tables(layouts: tuple[Layout, ...], total: int, block_m: int, block_n: int,
                   device: torch.device) -> LayoutTables:
     """Tile tables for a batch of layouts (cached: every layer of a model call asks for the same ones)."""
-    seg, q_tiles, k_tiles = _layout_arrays(layouts, total, block_m, block_n)
-    return LayoutTables(*(torch.from_numpy(a).to(device) for a in (seg, q_tiles, k_tiles)))
+    arrays = _layout_arrays(layouts, total, block_m, block_n)
+    return LayoutTables(*(torch.from_numpy(a).to(device) for a in arrays), padded=bool((arrays[1] < 0).any()))
+
+
+def layout_mask(tables: LayoutTables) -> torch.Tensor:
+    """The dense [B, L, L] boolean mask (True = may attend) of a batch's layout tables.
+
+    Padding rows see themselves only, so a dense kernel gives them finite values (the callers zero them).
+    """
+    seg, doc = tables.seg, tables.doc
+    idx = torch.arange(seg.shape[1], device=seg.device)
+    causal = idx[None, None, :] <= idx[None, :, None]
+    same_doc = doc[:, None, :] == doc[:, :, None]
+    sees = (seg[:, None, :] == PREFIX) | (seg[:, None, :] == seg[:, :, None])
+    pad_self = (doc[:, :, None] < 0) & (idx[None, None, :] == idx[None, :, None])
+    return (causal & same_doc & sees & (doc[:, :, None] >= 0)) | pad_self
 
 
 # Triton kernels ----------------------------------------------------------------------------------
@@ -275,11 +338,12 @@ if triton is not None:
         b = (bh // H).to(tl.int64)
         h = bh % H
         hk = h // GROUPS
-        t = QT + (b * NUM_TILES + tile) * 4
+        t = QT + (b * NUM_TILES + tile) * 5
         q_start = tl.load(t)
         q_end = tl.load(t + 1)
-        pre_end = tl.load(t + 2)
-        kv_start = tl.load(t + 3)
+        pre_start = tl.load(t + 2)
+        pre_end = tl.load(t + 3)
+        kv_start = tl.load(t + 4)
         qk_scale = tl.cast(sm_scale, tl.float32) * 1.4426950408889634  # softmax in base 2
 
         # 64-bit offsets: large batches overflow 32-bit element offsets.
@@ -297,13 +361,13 @@ if triton is not None:
         m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-        # Key blocks [0, pre_end) (candidate tiles: the whole prefix, unmasked), then [kv_start, q_end)
-        # (own segment(s), or the prefix for prefix tiles: causal where segment ids match).
-        n_pre = tl.cdiv(pre_end, BLOCK_N)
+        # Key blocks [pre_start, pre_end) (candidate tiles: their document's whole prefix, unmasked), then
+        # [kv_start, q_end) (own segment(s), or the prefix for prefix tiles: causal where segment ids match).
+        n_pre = tl.cdiv(pre_end - pre_start, BLOCK_N)
         n_own = tl.cdiv(q_end - kv_start, BLOCK_N)
         for i in range(0, n_pre + n_own):
             pre = i < n_pre
-            start = tl.where(pre, i * BLOCK_N, kv_start + (i - n_pre) * BLOCK_N)
+            start = tl.where(pre, pre_start + i * BLOCK_N, kv_start + (i - n_pre) * BLOCK_N)
             limit = tl.where(pre, pre_end, q_end)
             offs_n = start + tl.arange(0, BLOCK_N).to(tl.int64)
             in_range = offs_n < limit
@@ -343,11 +407,12 @@ if triton is not None:
         b = (bh // H).to(tl.int64)
         h = bh % H
         hk = h // GROUPS
-        t = QT + (b * NUM_TILES + tile) * 4
+        t = QT + (b * NUM_TILES + tile) * 5
         q_start = tl.load(t)
         q_end = tl.load(t + 1)
-        pre_end = tl.load(t + 2)
-        kv_start = tl.load(t + 3)
+        pre_start = tl.load(t + 2)
+        pre_end = tl.load(t + 3)
+        kv_start = tl.load(t + 4)
         qk_scale = tl.cast(sm_scale, tl.float32) * 1.4426950408889634
 
         offs_m = q_start + tl.arange(0, BLOCK_M).to(tl.int64)
@@ -365,11 +430,11 @@ if triton is not None:
         Kb = K + b * stride_kb + hk * stride_kh
         Vb = V + b * stride_vb + hk * stride_vh
         dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-        n_pre = tl.cdiv(pre_end, BLOCK_N)
+        n_pre = tl.cdiv(pre_end - pre_start, BLOCK_N)
         n_own = tl.cdiv(q_end - kv_start, BLOCK_N)
         for i in range(0, n_pre + n_own):
             pre = i < n_pre
-            start = tl.where(pre, i * BLOCK_N, kv_start + (i - n_pre) * BLOCK_N)
+            start = tl.where(pre, pre_start + i * BLOCK_N, kv_start + (i - n_pre) * BLOCK_N)
             limit = tl.where(pre, pre_end, q_end)
             offs_n = start + tl.arange(0, BLOCK_N).to(tl.int64)
             in_range = offs_n < limit
@@ -516,34 +581,146 @@ class MultiItemAttentionFunction(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
-# Dispatch ----------------------------------------------------------------------------------------
+# Other implementations ---------------------------------------------------------------------------
 def _torch_path(q, k, v, layouts: tuple[Layout, ...], scale: float) -> torch.Tensor:
-    total = q.shape[2]
-    if len(set(layouts)) == 1 and layouts[0][0] + sum(layouts[0][1]) == total:
-        return multi_item_attention_torch(q, k, v, layouts[0][0], layouts[0][1], scale)
+    b, h, total, d = q.shape
+    if len(set(layouts)) == 1 and len(layouts[0]) == 1 and layout_tokens(layouts[0]) == total:
+        (p, segs), = layouts[0]
+        return multi_item_attention_torch(q, k, v, p, segs, scale)
     rows = []
-    for b, (p, segs) in enumerate(layouts):
-        n = p + sum(segs)
-        row = multi_item_attention_torch(q[b:b + 1, :, :n], k[b:b + 1, :, :n], v[b:b + 1, :, :n], p, segs, scale)
-        rows.append(F.pad(row, (0, 0, 0, total - n)))
+    for i, layout in enumerate(layouts):
+        parts, off = [q.new_zeros(1, h, 0, d)], 0
+        for p, segs in layout:  # each packed document on its own
+            n = p + sum(segs)
+            window = slice(off, off + n)
+            parts.append(multi_item_attention_torch(q[i:i + 1, :, window], k[i:i + 1, :, window],
+                                                    v[i:i + 1, :, window], p, segs, scale))
+            off += n
+        rows.append(F.pad(torch.cat(parts, 2), (0, 0, 0, total - off)))
     return torch.cat(rows)
 
 
+def _zero_padding(out: torch.Tensor, tables: LayoutTables) -> torch.Tensor:
+    if tables.padded:
+        out = out * (tables.doc >= 0)[:, None, :, None].to(out.dtype)
+    return out
+
+
+def _sdpa_path(q, k, v, tables: LayoutTables, scale: float) -> torch.Tensor:
+    """SDPA with the dense [L, L] mask (heads expanded, as Hugging Face's SDPA path does): small shapes."""
+    groups = q.shape[1] // k.shape[1]
+    out = F.scaled_dot_product_attention(q, expand_kv(k, groups), expand_kv(v, groups),
+                                         attn_mask=layout_mask(tables)[:, None], scale=scale)
+    return _zero_padding(out, tables)
+
+
+#: FlexAttention's block size; its block mask is built from the layout (see :func:`flex_block_mask`).
+FLEX_BLOCK = 128
+_flex_failed: list[str] = []  # why compiled FlexAttention failed in this process, if it did
+
+
+@functools.lru_cache(maxsize=1)
+def _flex():
+    """(flex_attention eager, compiled) or None when this torch has no FlexAttention."""
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+    except ImportError:
+        return None
+    return flex_attention, torch.compile(flex_attention)
+
+
+def flex_available(device: torch.device) -> bool:
+    """Whether FlexAttention can run here (compiled on CUDA; eager elsewhere, for tests)."""
+    return _flex() is not None and not (device.type == "cuda" and _flex_failed)
+
+
+def _visible_rows(seg, doc, q0: int, q1: int) -> torch.Tensor:
+    """[B, q1 - q0, L] visibility of the query rows [q0, q1) (padding sees padding, finite and zeroed later)."""
+    keys = torch.arange(seg.shape[1], device=seg.device)
+    rows = torch.arange(q0, q1, device=seg.device)
+    sq, dq = seg[:, q0:q1, None], doc[:, q0:q1, None]
+    return ((keys[None, None] <= rows[None, :, None]) & (doc[:, None] == dq)
+            & ((seg[:, None] == PREFIX) | (seg[:, None] == sq)))
+
+
+@functools.lru_cache(maxsize=16)
+def flex_block_mask(layouts: tuple[Layout, ...], total: int, device: torch.device):
+    """FlexAttention's BlockMask for a batch of layouts, built a chunk of query rows at a time (no [L, L] mask).
+
+    Blocks with every pair visible are "full" (no mask_mod call), blocks with some are "partial".
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    tables = layout_tables(layouts, total, FLEX_BLOCK, FLEX_BLOCK, device)
+    seg, doc = tables.seg, tables.doc
+    nb = -(-total // FLEX_BLOCK)
+    width = nb * FLEX_BLOCK
+    any_parts, all_parts = [], []
+    chunk = FLEX_BLOCK * max(1, 2**24 // max(1, width * len(layouts) * FLEX_BLOCK))
+    for q0 in range(0, total, chunk):
+        q1 = min(total, q0 + chunk)
+        vis = _visible_rows(seg, doc, q0, q1)
+        rows = -(-(q1 - q0) // FLEX_BLOCK) * FLEX_BLOCK
+        # Out-of-range rows and keys count as visible for "full" and invisible for "partial".
+        padded = F.pad(vis, (0, width - total, 0, rows - (q1 - q0)), value=True)
+        inside = F.pad(vis, (0, width - total, 0, rows - (q1 - q0)), value=False)
+        shape = (len(layouts), rows // FLEX_BLOCK, FLEX_BLOCK, nb, FLEX_BLOCK)
+        any_parts.append(inside.view(shape).any(4).any(2))
+        all_parts.append(padded.view(shape).all(4).all(2))
+    full = torch.cat(all_parts, 1)
+    partial = torch.cat(any_parts, 1) & ~full
+
+    def indices(blocks):  # [B, Q, K] bool -> counts [B, 1, Q] and indices [B, 1, Q, K], visible ones first
+        order = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True)
+        return blocks.sum(-1, dtype=torch.int32)[:, None], order.to(torch.int32)[:, None]
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return ((kv_idx <= q_idx) & (doc[b, kv_idx] == doc[b, q_idx])
+                & ((seg[b, kv_idx] == PREFIX) | (seg[b, kv_idx] == seg[b, q_idx])))
+
+    return BlockMask.from_kv_blocks(*indices(partial), *indices(full), FLEX_BLOCK, mask_mod, (total, total))
+
+
+def _flex_path(q, k, v, layouts: tuple[Layout, ...], scale: float) -> torch.Tensor:
+    eager, compiled = _flex()
+    total = q.shape[2]
+    mask = flex_block_mask(layouts, total, q.device)
+    fn = compiled if q.is_cuda else eager
+    out = fn(q, k, v, block_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    return _zero_padding(out, layout_tables(layouts, total, FLEX_BLOCK, FLEX_BLOCK, q.device))
+
+
+# Dispatch ----------------------------------------------------------------------------------------
 def multi_item_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_len, segment_lens,
                          scaling: float | None = None, *, block_m: int | None = None,
                          block_n: int | None = None) -> torch.Tensor:
-    """Multi-item attention [B, H, L, D] for q [B, H, L, D], k, v [B, Hkv, L, D]: Triton on CUDA, torch on CPU.
+    """Multi-item attention [B, H, L, D] for q [B, H, L, D], k, v [B, Hkv, L, D], on the fastest implementation.
 
-    ``prefix_len``/``segment_lens`` describe one layout for the batch, or one per sequence (see the module
-    docstring). ``block_m``/``block_n`` override the Triton tile sizes (tests use them to cover tiling).
+    ``prefix_len``/``segment_lens`` describe one layout for the batch, or one per sequence, each possibly
+    several packed documents (see :func:`normalize_layouts`). The implementation comes from
+    :func:`recbrew.kernels.dispatch.choose_attention`. ``block_m``/``block_n`` override the Triton tile sizes
+    (tests use them to cover tiling).
     """
     b, h, total, d = q.shape
     if h % k.shape[1]:
         raise ValueError(f"{h} query heads are not a multiple of {k.shape[1]} key/value heads")
     layouts = normalize_layouts(prefix_len, segment_lens, b, total)
     scale = float(scaling) if scaling is not None else d ** -0.5
-    if not use_triton(q, k, v):
+    impl = choose_attention(q, k, v, tokens=total, flex_ok=flex_available(q.device))
+    if impl == "flex":
+        try:
+            return _flex_path(q, k, v, layouts, scale)
+        except Exception as exc:  # a compile failure on this stack: fall back to Triton for the process
+            if not q.is_cuda or attention_choice() == "flex":
+                raise
+            _flex_failed.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+            warnings.warn(f"FlexAttention failed ({_flex_failed[-1]}); multi-item attention uses Triton",
+                          stacklevel=2)
+            impl = "triton" if triton is not None else "torch"
+    if impl == "torch":
         return _torch_path(q, k, v, layouts, scale)
+    if impl == "sdpa":
+        return _sdpa_path(q, k, v, layout_tables(layouts, total, FLEX_BLOCK, FLEX_BLOCK, q.device), scale)
     block_m, block_n, _ = _blocks(d, block_m, block_n)
     tables = layout_tables(layouts, total, block_m, block_n, q.device)
     return MultiItemAttentionFunction.apply(q, k, v, tables, scale, block_m, block_n)

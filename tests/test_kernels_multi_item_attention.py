@@ -13,6 +13,7 @@ from recbrew.kernels import multi_item_attention as mia
 from recbrew.kernels.dispatch import INTERPRETED, kernel_backend, use_triton
 from recbrew.kernels.multi_item_attention import (
     dense_mask,
+    layout_mask,
     layout_tables,
     multi_item_attention,
     multi_item_attention_reference,
@@ -87,17 +88,21 @@ def test_per_sequence_layouts_with_padding():
 
 @pytest.mark.parametrize("prefix, segments, block_m, block_n", [
     (37, [5, 11, 1], 16, 16), (0, [3, 7, 30], 16, 32), (64, [16] * 8, 16, 16), (5, [1] * 40, 32, 16),
+    ([9, 0, 20], [[4, 6], [3], [1, 17]], 16, 16),  # three packed documents
 ])
 def test_tiles_visit_exactly_the_visible_blocks(prefix, segments, block_m, block_n):
     """Every key block a query tile visits holds a visible pair, and together they cover the mask."""
-    layouts = normalize_layouts(prefix, segments, 1, prefix + sum(segments))
-    total = prefix + sum(segments)
+    packed = not isinstance(prefix, int)
+    total = sum(prefix) + sum(map(sum, segments)) if packed else prefix + sum(segments)
+    layouts = normalize_layouts([prefix] if packed else prefix, [segments] if packed else segments, 1, total)
     tables = layout_tables(layouts, total, block_m, block_n, torch.device("cpu"))
-    mask = dense_mask(prefix, segments)
-    seg = tables.seg[0]
+    mask = layout_mask(tables)[0]
+    if not packed:
+        assert torch.equal(mask, dense_mask(prefix, segments))
     covered = torch.zeros_like(mask)
-    for q0, q1, pre_end, kv_start in tables.q_tiles[0].tolist():
-        blocks = [(s, min(s + block_n, pre_end)) for s in range(0, pre_end, block_n)]
+    for q0, q1, pre_start, pre_end, kv_start in tables.q_tiles[0].tolist():
+        assert tables.doc[0, q0] == tables.doc[0, q1 - 1], "a query tile spans two documents"
+        blocks = [(s, min(s + block_n, pre_end)) for s in range(pre_start, pre_end, block_n)]
         blocks += [(s, min(s + block_n, q1)) for s in range(kv_start, q1, block_n)]
         for k0, k1 in blocks:
             tile = mask[q0:q1, k0:k1]
@@ -111,14 +116,17 @@ def test_tiles_visit_exactly_the_visible_blocks(prefix, segments, block_m, block
             assert tile.any(), f"key rows {k0}:{k1} visit a fully masked query block at {s}"
             covered[s:min(s + block_m, q_end), k0:k1] |= tile
     assert torch.equal(covered, mask)
-    assert seg[:prefix].eq(-1).all() and seg[prefix:].ge(0).all()
+    if not packed:
+        seg = tables.seg[0]
+        assert seg[:prefix].eq(-1).all() and seg[prefix:].ge(0).all()
 
 
 def test_visited_work_at_many_candidates():
     """Prefix 512 + 100 candidates of 32 at 64-token tiles: 36 causal prefix blocks, 9 per candidate tile."""
     prefix, segments, block = 512, [32] * 100, 64
     tables = layout_tables(normalize_layouts(prefix, segments, 1, 3712), 3712, block, block, torch.device("cpu"))
-    visited = sum(-(-pre // block) + -(-(q1 - kv) // block) for _, q1, pre, kv in tables.q_tiles[0].tolist())
+    visited = sum(-(-(pre - p0) // block) + -(-(q1 - kv) // block)
+                  for _, q1, p0, pre, kv in tables.q_tiles[0].tolist())
     assert visited == sum(range(1, 9)) + 50 * 9  # a causal dense-mask kernel visits 58 * 59 / 2 = 1711
 
 
@@ -160,7 +168,8 @@ def test_bf16_compiled_kernels_match_fp32_torch(prefix, segments, heads, kv_head
     """bf16 Triton is as close to the fp32 result as the bf16 torch path is (up to 2x, plus a floor)."""
     total = prefix + sum(segments)
     q, k, v = _inputs(2, heads, kv_heads, total, dim, torch.bfloat16)
-    got = _forward_and_grads(lambda *x: multi_item_attention(*x, prefix, segments), q, k, v)
+    with kernel_backend("triton"):
+        got = _forward_and_grads(lambda *x: multi_item_attention(*x, prefix, segments), q, k, v)
     with kernel_backend("torch"):
         torch_bf16 = _forward_and_grads(lambda *x: multi_item_attention(*x, prefix, segments), q, k, v)
         q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))

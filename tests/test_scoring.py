@@ -67,6 +67,46 @@ def test_modes_agree_on_recbrew_tiny(setup):
             assert probs.sum() == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.fixture(scope="module")
+def random_llama():
+    """A small random Llama and a few encoded requests of uneven prefixes and slates (one listwise)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from recbrew.scoring.hf import Encoded
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=131, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    rng = np.random.default_rng(0)
+    encoded = []
+    for i, (p, k) in enumerate(zip(rng.integers(3, 30, 7), rng.integers(1, 6, 7), strict=True)):
+        segments = [rng.integers(0, 131, n).tolist() for n in rng.integers(1, 9, 1 if i == 2 else k)]
+        encoded.append(Encoded(rng.integers(0, 131, p).tolist(), segments, [5, 9], i == 2))
+    return LlamaForCausalLM(config).eval(), encoded
+
+
+@pytest.mark.parametrize("limit", [None, 60, 30])
+def test_multi_mode_packs_requests_and_equals_one_at_a_time(random_llama, limit):
+    """Many requests per pass (a document each, or several when one overflows): the scores of one at a time."""
+    model, encoded = random_llama
+    scorer = HFScorer(model, None, mode="multi", max_pass_tokens=limit)
+    packs = scorer._packs(encoded)
+    sizes = [[len(encoded[i].prefix) + sum(len(encoded[i].segments[j]) for j in g) for i, g in p] for p in packs]
+    assert all(len(s) == 1 or sum(s) <= scorer.max_pass_tokens for s in sizes)
+    if limit is None:
+        assert len(packs) == 1 and len(packs[0]) == len(encoded)  # every request in one pass
+    if limit == 60:
+        assert max(len(p) for p in packs) > 1
+    if limit == 30:  # a request split into documents that repeat its prefix
+        assert len({i for p in packs for i, _ in p}) < sum(len(p) for p in packs)
+    batched = scorer.score_encoded(encoded)
+    assert scorer.tokens_processed == sum(map(sum, sizes))
+    naive = HFScorer(model, None, mode="naive").score_encoded(encoded)
+    for enc, got, expected in zip(encoded, batched, naive, strict=True):
+        np.testing.assert_allclose(got, scorer.score_encoded([enc])[0], atol=1e-4)
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
 def test_multi_mode_builds_no_attention_mask(setup, monkeypatch):
     """The layout replaces the mask: Hugging Face's mask function never runs for a multi-item pass."""
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS

@@ -9,8 +9,11 @@ Three execution modes give the same probabilities (fp32, within 1e-4):
   the earlier tokens of its own segment only (recbrew's multi-item attention, registered as a
   Hugging Face attention function and described by segment lengths, not a dense mask), and
   positions restart after the prefix for every segment, so each segment is computed exactly as if
-  it followed the prefix alone. Candidates that do not fit ``max_pass_tokens`` go into further
-  passes.
+  it followed the prefix alone. Several requests are packed into one pass, each a document of its
+  own (prefix + its segments; no padding, positions restarting per document), up to
+  ``max_pass_tokens``; a request whose candidates do not fit is split into several documents that
+  repeat its prefix. One forward pass thus serves many requests, which on a GPU removes the
+  per-request launch overhead.
 
 Only the hidden states at answer positions meet the LM head, and only its answer-word rows: no
 [tokens x vocab] logits tensor is ever built.
@@ -65,8 +68,11 @@ class HFScorer:
                 model.set_attn_implementation(register())
         self.decoder = model.get_decoder()
         self.head = model.get_output_embeddings()
-        limit = getattr(model.config, "max_position_embeddings", 4096)
-        self.max_pass_tokens = min(max_pass_tokens or 8192, limit)
+        #: Tokens per multi-item pass (default 16,384 on CUDA, 8,192 elsewhere); one document (a request's
+        #: prefix + some of its segments) also stays within the model's positions.
+        on_cuda = self.head.weight.is_cuda
+        self.max_pass_tokens = max_pass_tokens or (16384 if on_cuda else 8192)
+        self.max_document_tokens = min(self.max_pass_tokens, getattr(model.config, "max_position_embeddings", 4096))
         self.name = name or f"{getattr(model.config, '_name_or_path', 'model') or 'model'}:{mode}"
         #: Answer-word ids by task: from ``catalog`` (e.g. an examples folder's recorded specs), else from
         #: ``tasks_dir`` or the shipped catalog.
@@ -149,10 +155,10 @@ class HFScorer:
         return out
 
     def _passes(self, enc: Encoded) -> list[list[int]]:
-        """Segment indices per pass: as many as fit ``max_pass_tokens`` after the prefix (at least one)."""
+        """Segment indices per document: as many as fit ``max_document_tokens`` after the prefix (at least one)."""
         passes, current, used = [], [], len(enc.prefix)
         for j, seg in enumerate(enc.segments):
-            if current and used + len(seg) > self.max_pass_tokens:
+            if current and used + len(seg) > self.max_document_tokens:
                 passes.append(current)
                 current, used = [], len(enc.prefix)
             current.append(j)
@@ -160,23 +166,61 @@ class HFScorer:
         passes.append(current)
         return passes
 
-    def _multi(self, encoded: list[Encoded]) -> list[np.ndarray]:
-        out = []
-        for enc in encoded:
-            rows = [None] * len(enc.segments)
+    def _packs(self, encoded: list[Encoded]) -> list[list[tuple[int, list[int]]]]:
+        """Documents (request index, segment indices) grouped into passes of at most ``max_pass_tokens``."""
+        packs, current, used = [], [], 0
+        for i, enc in enumerate(encoded):
             for group in self._passes(enc):
+                size = len(enc.prefix) + sum(len(enc.segments[j]) for j in group)
+                if current and used + size > self.max_pass_tokens:
+                    packs.append(current)
+                    current, used = [], 0
+                current.append((i, group))
+                used += size
+        return packs + [current] if current else packs
+
+    def _multi(self, encoded: list[Encoded]) -> list[np.ndarray]:
+        rows: list[list] = [[None] * len(enc.segments) for enc in encoded]
+        for pack in self._packs(encoded):
+            ids, positions, prefixes, seg_lens, ends, owners = [], [], [], [], [], []
+            for i, group in pack:
+                enc = encoded[i]
                 segs = [enc.segments[j] for j in group]
                 lens = [len(s) for s in segs]
-                positions, ends = multi_item_positions(len(enc.prefix), lens)
-                ids = torch.tensor([enc.prefix + [t for s in segs for t in s]])
-                # A 4-D mask reaches the layers as it is, so Hugging Face builds no L x L mask (the positions
-                # restart, which it would read as packed sequences); the layout replaces the mask.
-                states = self._run(ids, position_ids=positions[None], attention_mask=_LAYOUT_ONLY,
-                                   multi_item=(len(enc.prefix), lens)).last_hidden_state[0]
-                for j, end in zip(group, ends.tolist(), strict=True):
-                    rows[j] = states[end]
-                self.tokens_processed += ids.shape[1]
-            out.append(self._answer_probs(torch.stack(rows), enc))
+                pos, end = multi_item_positions(len(enc.prefix), lens)
+                ends.append(end + len(ids))
+                owners.extend((i, j) for j in group)
+                ids += enc.prefix + [t for s in segs for t in s]
+                positions.append(pos)
+                prefixes.append(len(enc.prefix))
+                seg_lens.append(lens)
+            # A 4-D mask reaches the layers as it is, so Hugging Face builds no L x L mask (the positions
+            # restart, which it would read as packed sequences); the layout replaces the mask.
+            states = self._run(torch.tensor([ids]), position_ids=torch.cat(positions)[None],
+                               attention_mask=_LAYOUT_ONLY, multi_item=([prefixes], [seg_lens])).last_hidden_state[0]
+            picked = states[torch.cat(ends).to(states.device)]  # one gather per pass
+            for k, (i, j) in enumerate(owners):
+                rows[i][j] = picked[k]
+            self.tokens_processed += len(ids)
+        return self._answers_batched([torch.stack(r) for r in rows], encoded)
+
+    def _answers_batched(self, hidden: list[torch.Tensor], encoded: list[Encoded]) -> list[np.ndarray]:
+        """``_answer_probs`` for many requests: one LM-head product and one copy to the host per answer-word set."""
+        out: list = [None] * len(encoded)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, enc in enumerate(encoded):
+            groups.setdefault(tuple(enc.label_ids), []).append(i)
+        for label_ids, members in groups.items():
+            weight = self.head.weight[list(label_ids)]
+            logits = torch.cat([hidden[i] for i in members]) @ weight.T
+            if getattr(self.head, "bias", None) is not None:
+                logits = logits + self.head.bias[list(label_ids)]
+            logits = logits.float().cpu().numpy()
+            start = 0
+            for i in members:
+                n = len(encoded[i].segments)
+                out[i] = normalize(logits[start:start + n], encoded[i].listwise)
+                start += n
         return out
 
     @torch.no_grad()
