@@ -1,11 +1,15 @@
 """Kernel benchmarks: time and peak memory against the torch baselines, measured in the same run.
 
-- Multi-item attention (prefix + K candidates of 32 tokens) vs SDPA with the equivalent dense boolean
-  mask and vs FlexAttention with the same mask as a block mask; forward, and forward + backward.
+- Multi-item attention (prefix + K candidates of 32 tokens): every implementation the dispatcher can pick
+  (recbrew's Triton kernel, FlexAttention with the layout's block mask, SDPA with the dense mask, the torch
+  path) and what ``auto`` picks, against SDPA with the equivalent dense boolean mask (the baseline);
+  forward, and forward + backward. Each row says which implementation was fastest and how ``auto`` fares.
 - The answer head vs gather + linear + log_softmax in torch, verbalizer-only and full-vocabulary.
 
-On a GPU: the full grid (prefix 2k/8k x K 50/500), bf16, Triton kernels. On CPU the same comparison
-runs at shapes scaled down to fit a minute or two, through the torch path, in fp32; the JSON says so.
+Steady state: every timing is the median of ``repeats`` (>= 3) calls after two warm-up calls at the same
+shape; the first call (compilation included) is reported apart as ``first_call_ms``.
+On a GPU: the full grid (prefix 2k/8k x K 50/500), bf16. On CPU the same comparison runs at shapes scaled
+down to fit a minute or two, in fp32 (``quick``: seconds, for tests); the JSON says so.
 ``bench_kernels()`` returns the JSON-ready dict that ``recbrew bench kernels --json`` prints.
 """
 
@@ -18,22 +22,38 @@ import torch
 import torch.nn.functional as F
 
 from recbrew.kernels.answer_head import answer_head
-from recbrew.kernels.dispatch import use_triton
+from recbrew.kernels.dispatch import (
+    ATTENTION_TABLE,
+    SDPA_MAX_TOKENS,
+    attention_backend,
+    choose_attention,
+    triton,
+)
 from recbrew.kernels.multi_item_attention import (
     dense_mask,
     expand_kv,
+    flex_available,
     layout_tables,
     multi_item_attention,
     normalize_layouts,
 )
 
 SEGMENT_TOKENS = 32
+WARMUP_CALLS = 2
 GPU_GRID = dict(prefixes=(2048, 8192), candidates=(50, 500), heads=16, kv_heads=4, head_dim=128,
-                dtype=torch.bfloat16, repeats=5, flex_budget_s=150,
-                answer=dict(positions=4000, hidden=2048, vocab=128256, labels=2))
+                dtype=torch.bfloat16, repeats=3, flex_budget_s=60,
+                answer=(dict(positions=4000, hidden=2048, vocab=128256, labels=2),
+                        # A SmolLM2 training step of `bench train`: a few answer rows, the whole vocabulary.
+                        dict(positions=8, hidden=576, vocab=49152, labels=2)))
 CPU_GRID = dict(prefixes=(256, 1024), candidates=(8, 32), heads=4, kv_heads=2, head_dim=64,
-                dtype=torch.float32, repeats=2, flex_budget_s=60,
-                answer=dict(positions=256, hidden=256, vocab=32000, labels=2))
+                dtype=torch.float32, repeats=3, flex_budget_s=60,
+                answer=(dict(positions=256, hidden=256, vocab=32000, labels=2),
+                        dict(positions=8, hidden=576, vocab=49152, labels=2)))
+QUICK_GRID = dict(prefixes=(64,), candidates=(4,), heads=2, kv_heads=1, head_dim=32,
+                  dtype=torch.float32, repeats=3, flex_budget_s=30,
+                  answer=(dict(positions=16, hidden=64, vocab=1000, labels=2),))
+#: The implementations timed besides the baseline (names of :data:`recbrew.kernels.dispatch.ATTENTION_BACKENDS`).
+IMPLEMENTATIONS = ("triton", "flex", "sdpa", "torch")
 
 
 def _sync(device: str) -> None:
@@ -42,16 +62,22 @@ def _sync(device: str) -> None:
 
 
 def _measure(fn: Callable[[], object], device: str, repeats: int) -> dict:
-    """Median milliseconds over ``repeats`` calls after one warm-up call, and peak extra memory (CUDA)."""
+    """Median milliseconds over ``repeats`` calls after warm-up calls at the same shape, the first call's time
+    (compilation included) and peak extra memory (CUDA)."""
     try:
+        start = time.perf_counter()
         fn()
+        _sync(device)
+        first = (time.perf_counter() - start) * 1e3
+        for _ in range(WARMUP_CALLS - 1):
+            fn()
         _sync(device)
         if device == "cuda":
             torch.cuda.empty_cache()
             base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
         times = []
-        for _ in range(repeats):
+        for _ in range(max(3, repeats)):
             start = time.perf_counter()
             fn()
             _sync(device)
@@ -62,18 +88,29 @@ def _measure(fn: Callable[[], object], device: str, repeats: int) -> dict:
     except Exception as exc:  # a baseline missing on this stack must not sink the whole report
         return {"ms": None, "peak_mb": None, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else None
-    return {"ms": round(sorted(times)[len(times) // 2], 3), "peak_mb": None if peak is None else round(peak, 1)}
+    return {"ms": round(sorted(times)[len(times) // 2], 3), "first_call_ms": round(first, 1),
+            "peak_mb": None if peak is None else round(peak, 1)}
 
 
-def _flex():
-    try:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-    except ImportError:
-        return None
-    return create_block_mask, torch.compile(flex_attention, dynamic=False)
+def _skip(name: str, device: str, backward: bool, deadline: float, tokens: int) -> str | None:
+    """Why an implementation is not timed here, or None."""
+    if name == "sdpa" and device == "cuda" and tokens > 2 * SDPA_MAX_TOKENS:
+        return f"auto takes SDPA only up to {SDPA_MAX_TOKENS} tokens; sdpa_dense_mask is the same computation"
+    if name == "triton" and not (device == "cuda" and triton is not None):
+        return "Triton runs on CUDA only (the CPU interpreter is for tests)"
+    if name == "flex":
+        if not flex_available(torch.device(device)):
+            return "FlexAttention is not available in this torch"
+        if backward and device == "cpu":
+            return "FlexAttention has no backward on CPU"
+        if time.perf_counter() > deadline:
+            return "FlexAttention compiles per shape and the time budget for it is spent"
+    if name == "torch" and device == "cuda":
+        return "the CPU path; not a candidate on CUDA"
+    return None
 
 
-def _attention_case(prefix: int, k: int, grid: dict, device: str, flex, deadline: float) -> list[dict]:
+def _attention_case(prefix: int, k: int, grid: dict, device: str, deadline: float) -> list[dict]:
     segments = [SEGMENT_TOKENS] * k
     total = prefix + sum(segments)
     h, hkv, d, dtype = grid["heads"], grid["kv_heads"], grid["head_dim"], grid["dtype"]
@@ -83,46 +120,27 @@ def _attention_case(prefix: int, k: int, grid: dict, device: str, flex, deadline
     v = torch.randn(1, hkv, total, d, device=device, dtype=dtype, generator=gen)
     grad = torch.randn_like(q)
     mask = dense_mask(prefix, segments, device=device)
-    seg = torch.full((total,), -1, device=device)
-    seg[prefix:] = torch.arange(total - prefix, device=device) // SEGMENT_TOKENS
 
-    def ours(a, b, c):
-        return multi_item_attention(a, b, c, prefix, segments)
-
-    def sdpa(a, b, c):
+    def sdpa_dense(a, b, c):
         # Heads expanded as Hugging Face's SDPA path does: a masked GQA call may otherwise drop to the math kernel.
         groups = a.shape[1] // b.shape[1]
         return F.scaled_dot_product_attention(a, expand_kv(b, groups), expand_kv(c, groups), attn_mask=mask)
 
-    methods = {"multi_item": ours, "sdpa_dense_mask": sdpa}
-    if flex is not None and time.perf_counter() > deadline:
-        methods["flex_attention"] = TimeoutError("skipped: FlexAttention compiles per shape and the time budget "
-                                                 "for it is spent")
-    elif flex is not None:
-        create_block_mask, flex_attention = flex
+    def ours(name):
+        def run(a, b, c):
+            with attention_backend(name):
+                return multi_item_attention(a, b, c, prefix, segments)
+        return run
 
-        def visible(b, hh, qi, ki):
-            return (ki <= qi) & ((seg[ki] == -1) | (seg[ki] == seg[qi]))
-
-        try:
-            block_mask = create_block_mask(visible, None, None, total, total, device=device)
-
-            def flex_fn(a, b, c):
-                return flex_attention(a, b, c, block_mask=block_mask, enable_gqa=True)
-
-            methods["flex_attention"] = flex_fn
-        except Exception as exc:
-            methods["flex_attention"] = exc
-
+    auto = choose_attention(q, kk, v, tokens=total, flex_ok=flex_available(q.device))
     rows = []
     for backward in (False, True):
-        row = {"prefix": prefix, "candidates": k, "tokens": total, "pass": "forward_backward" if backward else "forward"}
-        for name, fn in methods.items():
-            if isinstance(fn, Exception):
-                row[name] = {"ms": None, "peak_mb": None, "error": f"{type(fn).__name__}: {str(fn)[:160]}"}
-                continue
-            if name == "flex_attention" and backward and device == "cpu":
-                row[name] = {"ms": None, "peak_mb": None, "skipped": "FlexAttention has no backward on CPU"}
+        row = {"prefix": prefix, "candidates": k, "tokens": total, "pass": "forward_backward" if backward else "forward",
+               "auto_choice": auto}
+        for name, fn in (("sdpa_dense_mask", sdpa_dense), *((n, ours(n)) for n in IMPLEMENTATIONS)):
+            why = None if name == "sdpa_dense_mask" else _skip(name, device, backward, deadline, total)
+            if why:
+                row[name] = {"ms": None, "peak_mb": None, "skipped": why}
                 continue
             if backward:
                 inputs = [t.detach().requires_grad_() for t in (q, kk, v)]
@@ -134,17 +152,32 @@ def _attention_case(prefix: int, k: int, grid: dict, device: str, flex, deadline
                     with torch.no_grad():
                         fn(q, kk, v)
             row[name] = _measure(call, device, grid["repeats"])
-        base = row["sdpa_dense_mask"]["ms"]
-        for name in methods:
-            ms = row[name]["ms"]
-            if name != "sdpa_dense_mask" and ms and base:
-                row[name]["speedup_vs_sdpa_dense_mask"] = round(base / ms, 2)
+        _attention_ratios(row)
         row["dense_mask_mb"] = round(total * total / 2**20, 1)
         tables = layout_tables(normalize_layouts(prefix, segments, 1, total), total, 64, 64, torch.device(device))
-        row["layout_tables_kb"] = round(sum(t.numel() * 4 for t in (tables.seg, tables.q_tiles, tables.k_tiles))
-                                        / 2**10, 1)
+        row["layout_tables_kb"] = round(sum(t.numel() * 4 for t in (tables.seg, tables.doc, tables.q_tiles,
+                                                                        tables.k_tiles)) / 2**10, 1)
         rows.append(row)
     return rows
+
+
+def _attention_ratios(row: dict) -> None:
+    """Speed-ups against the dense-mask baseline, the fastest implementation and how ``auto``'s choice fares."""
+    base = row["sdpa_dense_mask"]["ms"]
+    timed = {n: row[n]["ms"] for n in ("sdpa_dense_mask", *IMPLEMENTATIONS) if row.get(n, {}).get("ms")}
+    for name in IMPLEMENTATIONS:
+        if name in timed and base:
+            row[name]["speedup_vs_sdpa_dense_mask"] = round(base / timed[name], 2)
+    if not timed:
+        return
+    fastest = min(timed, key=timed.get)
+    row["fastest"] = fastest
+    auto_ms = timed.get(row["auto_choice"])
+    if auto_ms:
+        row["auto"] = {"ms": auto_ms, "speedup_vs_sdpa_dense_mask": round(base / auto_ms, 2) if base else None,
+                       "ratio_vs_fastest": round(timed[fastest] / auto_ms, 2)}
+        if "flex" in timed:
+            row["auto"]["ratio_vs_flex"] = round(timed["flex"] / auto_ms, 2)
 
 
 def _answer_head_cases(cfg: dict, dtype, device: str, repeats: int) -> list[dict]:
@@ -188,20 +221,22 @@ def _answer_head_cases(cfg: dict, dtype, device: str, repeats: int) -> list[dict
     return rows
 
 
-def bench_kernels(device: str | None = None) -> dict:
-    """Benchmark both kernels on the GPU if there is one (full grid), else on CPU at reduced shapes."""
+def bench_kernels(device: str | None = None, quick: bool = False) -> dict:
+    """Benchmark both kernels on the GPU if there is one (full grid), else on CPU at reduced shapes
+    (``quick``: tiny shapes, seconds)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    grid = GPU_GRID if device == "cuda" else CPU_GRID
-    probe = torch.empty(1, device=device)
+    grid = QUICK_GRID if quick else GPU_GRID if device == "cuda" else CPU_GRID
     report = {
         "device": device,
         "card": torch.cuda.get_device_name() if device == "cuda" else None,
         "torch": torch.__version__,
         "cpu_threads": torch.get_num_threads(),
-        "path": "triton" if use_triton(probe) else "torch",
         "dtype": str(grid["dtype"]).removeprefix("torch."),
+        "timing": f"median of {max(3, grid['repeats'])} calls after {WARMUP_CALLS} warm-up calls at the same shape; "
+                  "first_call_ms (compilation included) apart",
         "attention_config": {"heads": grid["heads"], "kv_heads": grid["kv_heads"], "head_dim": grid["head_dim"],
                              "batch": 1, "segment_tokens": SEGMENT_TOKENS},
+        "dispatch_table": [list(row) for row in ATTENTION_TABLE],
     }
     try:
         import triton
@@ -210,22 +245,39 @@ def bench_kernels(device: str | None = None) -> dict:
     except ImportError:
         report["triton"] = None
     if device != "cuda":
-        report["note"] = ("CPU run: the torch path (no Triton) at shapes scaled down from prefix 2k/8k x 50/500 "
-                          "candidates to fit a CPU; GPU figures need a GPU. Peak memory is measured on CUDA only.")
+        report["note"] = ("CPU run: shapes scaled down from prefix 2k/8k x 50/500 candidates to fit a CPU, fp32; "
+                          "GPU figures need a GPU. Peak memory is measured on CUDA only.")
     start = time.perf_counter()
-    flex = _flex()
     report["baselines"] = {
         "sdpa_dense_mask": "F.scaled_dot_product_attention with the equivalent [L, L] boolean mask",
-        "flex_attention": "torch.compile(flex_attention) with the layout as a block mask",
+        "flex": "torch.compile(flex_attention) (eager on CPU) with the layout's block mask",
         "torch_full_logits": "gather the answer rows, full LM-head linear, log_softmax (over the verbalizer "
                              "tokens, or over the vocabulary for full_vocab)",
     }
     deadline = start + grid["flex_budget_s"]
     report["attention"] = [row for prefix in grid["prefixes"] for k in grid["candidates"]
-                           for row in _attention_case(prefix, k, grid, device, flex, deadline)]
-    report["answer_head"] = _answer_head_cases(grid["answer"], grid["dtype"], device, grid["repeats"])
+                           for row in _attention_case(prefix, k, grid, device, deadline)]
+    report["answer_head"] = [row for cfg in grid["answer"]
+                             for row in _answer_head_cases(cfg, grid["dtype"], device, grid["repeats"])]
+    report["summary"] = _summary(report)
     report["seconds"] = round(time.perf_counter() - start, 1)
     return report
+
+
+def _summary(report: dict) -> dict:
+    """The issue's questions in one place: is auto at least as fast as FlexAttention and never slower than
+    dense SDPA; is the answer head never slower than full logits."""
+    rows = [r for r in report["attention"] if "auto" in r]
+    heads = [r["answer_head"].get("speedup_vs_torch") for r in report["answer_head"]]
+    return {
+        "auto_min_speedup_vs_sdpa_dense_mask": min((r["auto"]["speedup_vs_sdpa_dense_mask"] or 0 for r in rows),
+                                                   default=None),
+        "auto_min_ratio_vs_flex": min((r["auto"]["ratio_vs_flex"] for r in rows if "ratio_vs_flex" in r["auto"]),
+                                      default=None),
+        "auto_not_fastest": [f"{r['prefix']}/{r['candidates']} {r['pass']}: {r['auto_choice']} vs {r['fastest']}"
+                             for r in rows if r["auto"]["ratio_vs_fastest"] < 0.95],
+        "answer_head_min_speedup_vs_torch": min((x for x in heads if x), default=None),
+    }
 
 
 if __name__ == "__main__":

@@ -171,17 +171,34 @@ def test_smollm2_converts_offline_and_modes_agree(setup, tmp_path, monkeypatch):
 
 
 def test_bench_score_counts_tokens_and_ratios(built):
-    """Token counts follow the layout of each mode; speed-ups come from the times measured in the same run."""
+    """Token counts follow the layout of each mode; speed-ups come from the medians measured in the same run."""
     from recbrew.scoring.bench import bench_score
 
-    result = bench_score(str(built / "tiny"), str(built / "ex"), grid=((60, 3),))
+    result = bench_score(str(built / "tiny"), str(built / "ex"), grid=((60, 3),), requests=2)
     cell = result["grid"][0]
     modes, bound = cell["modes"], cell["bound_tokens"]
-    segment_tokens = bound - cell["prefix_tokens"]
-    assert cell["prefix_tokens"] == 60 and cell["candidates"] == 3
-    assert modes["naive"]["tokens_processed"] == 3 * 60 + segment_tokens
+    segment_tokens = bound - 2 * cell["prefix_tokens"]
+    assert cell["prefix_tokens"] == 60 and cell["candidates"] == 3 and cell["requests"] == 2
+    assert result["dtype"] == "fp32" and result["rounds"] >= 3
+    assert modes["naive"]["tokens_processed"] == 2 * 3 * 60 + segment_tokens
     assert modes["prefix"]["tokens_processed"] == modes["multi"]["tokens_processed"] == bound
-    assert cell["bound_speedup"] == round((3 * 60 + segment_tokens) / bound, 2)
+    assert modes["multi"]["passes"] == 1 and modes["multi"]["attention"] == ["torch"]
+    assert cell["token_bound_speedup"] == round((2 * 3 * 60 + segment_tokens) / bound, 2)
     for row in modes.values():
         assert row["max_abs_diff_vs_first_mode"] < 1e-4
         assert row["speedup_vs_naive"] == round(modes["naive"]["seconds"] / row["seconds"], 2)
+        assert row["first_call_seconds"] > 0
+
+
+def test_bench_score_on_random_token_ids(random_llama, monkeypatch):
+    """Without examples (or a tokenizer) the requests are random ids: exact token counts, modes agree."""
+    from recbrew.scoring import bench
+
+    model, _ = random_llama
+    monkeypatch.setattr("recbrew.models.loading.load_model", lambda *a, **kw: (model, None))
+    result = bench.bench_score("random", None, grid=((20, 4),), requests=3, segment_tokens=5)
+    modes = result["grid"][0]["modes"]
+    assert result["grid"][0]["bound_tokens"] == 3 * (20 + 4 * 5)
+    assert modes["naive"]["tokens_processed"] == 3 * 4 * (20 + 5)
+    for row in modes.values():
+        assert row["max_abs_diff_vs_first_mode"] < 1e-4

@@ -65,10 +65,18 @@ def baselines(
 
 @app.command()
 def score(
-    model: Annotated[str, typer.Option(help="'smollm2' or a model folder.")] = "smollm2",
-    examples: Annotated[Path, typer.Option("--examples", help="Where real prompts come from.")] = Path("runs/quickstart/examples"),
+    model: Annotated[str, typer.Option(help="'smollm2', 'random-smollm2' (its shape, random weights) or a model "
+                                       "folder.")] = "smollm2",
+    examples: Annotated[Path, typer.Option("--examples", help="Where real prompts come from (random token ids "
+                                           "when missing).")] = Path("runs/quickstart/examples"),
     grid: Annotated[str, typer.Option(help="PREFIX_TOKENSxCANDIDATES cells.")] = "250x10,250x50,1000x10,1000x50",
     modes: Annotated[str, typer.Option(help="Modes to time (the first is the reference).")] = "naive,prefix,multi",
+    requests: Annotated[int, typer.Option(min=1, help="Requests per cell, scored together.")] = 4,
+    rounds: Annotated[int, typer.Option(min=3, help="Timed rounds after the warm-up (median).")] = 3,
+    dtype: Annotated[str | None, typer.Option(help="fp32, bf16 or auto (default: bf16 on CUDA, fp32 on "
+                                              "CPU).")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="One small cell (32x3, 2 requests): seconds on a "
+                                        "CPU.")] = False,
     slates: Annotated[int | None, typer.Option("--slates", min=1, help="Instead of the grid: N real test requests "
                                                "(whole slates) in eval's precision, steady state.")] = None,
     layers: Annotated[int | None, typer.Option("--layers", min=1, help="Keep the first N decoder layers "
@@ -87,20 +95,26 @@ def score(
                               indent=2 if as_json else None))
         return
 
+    if quick:
+        grid, requests = "32x3", 2
     try:
         cells = tuple(tuple(int(x) for x in cell.split("x")) for cell in grid.split(","))
     except ValueError:
         raise UserError(f"--grid {grid!r}: expected cells like 250x10,1000x50") from None
-    result = bench_score(model, str(examples), cells, tuple(m.strip() for m in modes.split(",")))
+    result = bench_score(model, str(examples), cells, tuple(m.strip() for m in modes.split(",")), requests=requests,
+                         rounds=rounds, dtype=dtype)
     typer.echo(json.dumps(result, indent=2 if as_json else None))
 
 
 @app.command()
-def kernels(as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False) -> None:
-    """Multi-item attention vs dense-mask SDPA / FlexAttention, and the answer head vs torch: time and memory."""
+def kernels(
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny shapes (seconds; a check that it runs).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Multi-item attention backends vs dense-mask SDPA (and what auto picks), the answer head vs torch."""
     from recbrew.kernels.bench import bench_kernels
 
-    typer.echo(json.dumps(bench_kernels(), indent=2 if as_json else None))
+    typer.echo(json.dumps(bench_kernels(quick=quick), indent=2 if as_json else None))
 
 
 @app.command()
@@ -131,6 +145,9 @@ def train(
     levers: Annotated[bool, typer.Option("--levers", help="Instead: the CPU recipe's levers stacked one at a time "
                                          "(fp32 -> bf16 -> first N layers -> packed slates -> frozen cache).")] = False,
     layers: Annotated[int, typer.Option(help="Decoder layers kept by the depth lever (--levers).")] = 6,
+    steps: Annotated[int, typer.Option(min=3, help="Timed steps (rounds) after the warm-up (median).")] = 3,
+    quick: Annotated[bool, typer.Option("--quick", help="Small shapes (64 tokens, K=2): a check that it "
+                                        "runs.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """LoRA training: answer-position LM head vs full logits, K-candidate packing vs one per sequence (+ Liger on CUDA)."""
@@ -145,7 +162,10 @@ def train(
         for name, row in result["levers"].items():
             typer.echo(f"{name:14} {row['candidates_per_s']:8.1f} labelled candidates/s  x{row['ratio_vs_fp32']:.2f}")
         return
-    result = bench_train(model, tokens=tokens, batch=batch, k=k, prefix=prefix, segment=segment)
+    if quick:
+        tokens, batch, k, prefix, segment = 64, 1, 2, 32, 8
+    result = bench_train(model, tokens=tokens, batch=batch, k=k, prefix=prefix, segment=segment, head_steps=steps,
+                         rounds=steps)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
