@@ -31,7 +31,7 @@ def simulate(
                                              "before the new one (0: the new day only).")] = 0,
     replay_fraction: Annotated[float, typer.Option("--replay-fraction", help="Incremental: also train on this share "
                                                    "of every earlier day's requests, sampled anew each day "
-                                                   "(0: none).")] = 0.3,
+                                                   "(0: none).")] = 0.5,
     full_epochs: Annotated[int, typer.Option("--full-epochs", help="Passes of a full training.")] = 3,
     compare_full: Annotated[bool, typer.Option("--compare-full", help="Also retrain from scratch every day beside "
                                                "greedy's incremental model: update time and AUC side by side.")] = False,

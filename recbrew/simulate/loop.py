@@ -76,7 +76,7 @@ class SimulationConfig:
     #: Incremental: a random sample of this share of every earlier day's requests (warm-up days included) is
     #: trained on with the new day, so one day's pass does not pull the model away from what the other days
     #: taught it (0: none).
-    replay_fraction: float = 0.3
+    replay_fraction: float = 0.5
     #: Passes of a full training (the warm-up model and ``full`` retraining).
     full_epochs: int = 3
     #: Also retrain from scratch every day beside the greedy policy's incremental model (same logs, not
