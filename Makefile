@@ -41,7 +41,7 @@ lint: $(STAMP)
 # used as they are (a venv over its site-packages); WHEELS is a folder of the other wheels recbrew imports
 # (see `make gpu-wheels`), installed offline without dependency resolution. docs/kernels.md has the recipe.
 GPU_PY ?= python3
-GPU_VENV ?= .venv-gpu
+GPU_VENV ?= build/venv-gpu
 WHEELS ?=
 GPU_BENCH_MODEL ?= random-smollm2
 GPU_WHEEL_NAMES ?= trl datasets liger-kernel pydantic pydantic-core annotated-types typing-inspection gguf typer \

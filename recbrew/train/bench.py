@@ -11,6 +11,10 @@
    sequence -> bf16 frozen layers -> the first N layers -> whole slates packed -> the top layer at the
    answer positions only -> the frozen-layer cache (an epoch after the first): labelled candidates/s of a LoRA-on-the-top-layer training step, each as
    a ratio to the first, measured in one run (median of 3 timed rounds after a same-shape warm-up).
+
+Steady state throughout: a warm-up step at the very shapes timed, then the median of >= 3 timed steps
+(rounds); the first step (compilation of kernels for new shapes included) is reported apart. bf16 on CUDA.
+``model`` may be `random-smollm2` (SmolLM2-135M's shape, random weights: no download needed).
 """
 
 from __future__ import annotations
@@ -31,16 +35,13 @@ from recbrew.train.trainer import answer_loss
 
 def _model(name: str, attn: str | None = None, device: str = "cpu"):
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
 
     from recbrew.kernels.multi_item_attention import register
-    from recbrew.models.loading import resolve
+    from recbrew.models.loading import causal_lm, resolve_dtype
     from recbrew.train.config import TrainConfig
     from recbrew.train.run import lora_config
 
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(resolve(name), dtype=dtype, attn_implementation=attn or register())
-    model.to(device)
+    model = causal_lm(name, resolve_dtype(None, device), attn or register(), device)
     lora = lora_config(TrainConfig(model=name, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]), model)
     return get_peft_model(model, lora).train()  # training mode: activation checkpointing acts only there
 
@@ -111,20 +112,27 @@ def head_worker(model_name: str, head: str, batch: int, tokens: int, steps: int,
     coll = UnitCollator(0, multi_item=False)(units)
     coll = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in coll.items()}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    _step(model, opt, coll, head)  # warm-up: optimizer state and allocator settle
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    start = time.perf_counter()
+    _step(model, opt, coll, head)  # warm-up at the same shape: compilation, optimizer state, allocator
+    sync()
+    first = time.perf_counter() - start
     if device == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    start = time.perf_counter()
+    times, losses = [], []
     with _PeakRSS() as rss:
-        losses = [_step(model, opt, coll, head) for _ in range(steps)]
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+        for _ in range(max(3, steps)):
+            start = time.perf_counter()
+            losses.append(_step(model, opt, coll, head))
+            sync()
+            times.append(time.perf_counter() - start)
+    seconds = float(np.median(times))
     peak = (torch.cuda.max_memory_allocated() - base) if device == "cuda" else (rss.peak - rss.start)
-    return {"head": head, "examples_per_s": batch * steps / seconds, "step_peak_mib": peak / 2**20,
+    return {"head": head, "examples_per_s": batch / seconds, "step_seconds": seconds, "first_step_seconds": first,
+            "timed_steps": len(times), "step_peak_mib": peak / 2**20,
             "memory": "cuda max_memory_allocated" if device == "cuda" else "RSS", "loss": losses[0],
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
             "vocab": vocab, "tokens": tokens, "batch": batch, "gradient_checkpointing": checkpointing}
 
 
@@ -145,23 +153,28 @@ def bench_packing(model_name: str, prefix: int, segment: int, k: int, requests: 
     vocab = model.config.vocab_size
     layouts = {"packed": (_units(vocab, prefix, segment, k, requests, pack=True), True),
                "single": (_units(vocab, prefix, segment, k, requests, pack=False), False)}
-    results = {name: {"seconds": 0.0, "examples": 0, "tokens": 0} for name in layouts}
-    for units, multi in layouts.values():  # warm-up
-        _step(model, opt, _to(UnitCollator(0, multi)(units[:1]), device), "answer")
-    for _ in range(rounds):  # alternate, so drifting machine load hits both
-        for name, (units, multi) in layouts.items():
-            # Batches of equal labelled examples: one packed sequence = K single ones.
-            per_batch = 1 if multi else k
-            for i in range(0, len(units), per_batch):
-                batch = _to(UnitCollator(0, multi)(units[i:i + per_batch]), device)
-                start = time.perf_counter()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    # Batches of equal labelled examples: one packed sequence = K single ones.
+    batches = {name: [_to(UnitCollator(0, multi)(units[i:i + (1 if multi else k)]), device)
+                      for i in range(0, len(units), 1 if multi else k)] for name, (units, multi) in layouts.items()}
+    results = {name: {"first_round_seconds": 0.0, "round_seconds": [], "examples": 0, "tokens": 0} for name in layouts}
+    for name, todo in batches.items():  # warm-up at the very shapes timed
+        start = time.perf_counter()
+        for batch in todo:
+            _step(model, opt, batch, "answer")
+        sync()
+        results[name]["first_round_seconds"] = time.perf_counter() - start
+        results[name]["examples"] = sum(len(b["answer_ids"]) for b in todo)
+        results[name]["tokens"] = sum(int(b["attention_mask"].sum()) for b in todo)
+    for _ in range(max(3, rounds)):  # alternate, so drifting machine load hits both
+        for name, todo in batches.items():
+            start = time.perf_counter()
+            for batch in todo:
                 _step(model, opt, batch, "answer")
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                results[name]["seconds"] += time.perf_counter() - start
-                results[name]["examples"] += len(batch["answer_ids"])
-                results[name]["tokens"] += int(batch["attention_mask"].sum())
+            sync()
+            results[name]["round_seconds"].append(time.perf_counter() - start)
     for row in results.values():
+        row["seconds"] = float(np.median(row["round_seconds"]))
         row["examples_per_s"] = row["examples"] / row["seconds"]
     return {"model": model_name, "prefix_tokens": prefix, "segment_tokens": segment, "k": k, **results,
             "ratio_examples_per_s": results["packed"]["examples_per_s"] / results["single"]["examples_per_s"],
@@ -174,7 +187,10 @@ def _to(batch: dict, device: str) -> dict:
 
 def bench_liger(model_name: str, batch: int, tokens: int, steps: int) -> dict:
     """CUDA only: a training step with liger-kernel patches vs without (time, max memory, loss)."""
-    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError as exc:
+        return {"skipped": f"liger-kernel not importable: {exc}"}
 
     out = {}
     for patched in (False, True):
@@ -189,11 +205,13 @@ def bench_liger(model_name: str, batch: int, tokens: int, steps: int) -> dict:
         first = _step(model, opt, coll, "answer")
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        for _ in range(steps):
+        times = []
+        for _ in range(max(3, steps)):
+            start = time.perf_counter()
             _step(model, opt, coll, "answer")
-        torch.cuda.synchronize()
-        out["liger" if patched else "torch"] = {"seconds_per_step": (time.perf_counter() - start) / steps,
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        out["liger" if patched else "torch"] = {"seconds_per_step": float(np.median(times)),
                                                 "max_memory_mib": torch.cuda.max_memory_allocated() / 2**20,
                                                 "loss": first}
         del model, opt
@@ -205,17 +223,16 @@ def bench_liger(model_name: str, batch: int, tokens: int, steps: int) -> dict:
 
 def _lever_model(name: str, layers: int | None, bf16: bool):
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
 
     from recbrew.kernels.multi_item_attention import register
     from recbrew.models.depth import truncate
-    from recbrew.models.loading import resolve
+    from recbrew.models.loading import causal_lm
     from recbrew.train.config import TrainConfig
     from recbrew.train.frozen_cache import FrozenLayerCache, decoder_layers
     from recbrew.train.run import lora_config
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(resolve(name), dtype=torch.float32, attn_implementation=register())
+    model = causal_lm(name, torch.float32, register(), "cpu")
     if layers:
         truncate(model, min(layers, model.config.num_hidden_layers))
     model = get_peft_model(model, lora_config(TrainConfig(model=name, lora_layers=1), model)).train()
@@ -281,10 +298,11 @@ def bench_levers(model_name: str = "smollm2", prefix: int = 170, segment: int = 
     return out
 
 
-def bench_train(model: str = "smollm2", tokens: int = 512, batch: int = 2, head_steps: int = 1, k: int = 8,
-                prefix: int = 448, segment: int = 32, requests: int = 2, rounds: int = 2) -> dict:
+def bench_train(model: str = "smollm2", tokens: int = 512, batch: int = 2, head_steps: int = 3, k: int = 8,
+                prefix: int = 448, segment: int = 32, requests: int = 2, rounds: int = 3) -> dict:
     """Both comparisons (and Liger on CUDA), with ratios against the baselines measured in the same run."""
-    result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+              "timing": "median of >= 3 timed steps (rounds) after a warm-up at the same shapes; first step apart"}
     # With activation checkpointing the stored activations shrink to one tensor per layer, and the logits are
     # what remains of a step's peak; without it they share the peak with every layer's activations.
     for key, ckpt in (("lm_head", False), ("lm_head_checkpointed", True)):
