@@ -41,6 +41,15 @@ def check_port(host: str, port: int) -> None:
             raise UserError(f"{host}:{port} is already in use; pick another --port") from None
 
 
+def default_dtype() -> str:
+    """bfloat16 where a CUDA GPU has bf16 arithmetic, float32 elsewhere."""
+    import torch
+
+    from recbrew.models.precision import fast_dtype
+
+    return "bfloat16" if torch.cuda.is_available() and fast_dtype("cuda") == torch.bfloat16 else "float32"
+
+
 @dataclass
 class VLLMServer:
     """One vLLM server process bound to 127.0.0.1 on a private port, guarded by an internal key."""
@@ -53,6 +62,8 @@ class VLLMServer:
     port: int = field(default_factory=free_port)
     api_key: str = field(default_factory=lambda: secrets.token_hex(16))
     extra_args: list[str] = field(default_factory=list)
+    #: vLLM's --dtype; None: bfloat16 on a GPU with bf16 arithmetic, float32 elsewhere (the CPU engine).
+    dtype: str | None = None
     process: subprocess.Popen | None = None
     log_path: Path | None = None
 
@@ -67,7 +78,7 @@ class VLLMServer:
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
                "--host", "127.0.0.1", "--port", str(self.port), "--api-key", self.api_key,
-               "--max-model-len", str(self.max_model_len), "--enforce-eager", "--dtype", "float32",
+               "--max-model-len", str(self.max_model_len), "--enforce-eager", "--dtype", self.dtype or default_dtype(),
                "--enable-prefix-caching" if self.prefix_caching else "--no-enable-prefix-caching",
                "--disable-log-stats", *self.extra_args]
         if self.lora:
