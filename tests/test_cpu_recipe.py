@@ -148,7 +148,7 @@ def test_train_config_takes_layers_and_refuses_nonsense():
 
 @pytest.mark.parametrize("multi_item", [False, True])
 def test_answer_only_top_layer_gives_the_full_layers_loss_and_gradients(multi_item):
-    from recbrew.train.answer_layer import AnswerOnlyTopLayer
+    from recbrew.models.answer_layer import AnswerOnlyTopLayer
 
     units = _units(2, n=4)
     if not multi_item:
@@ -176,7 +176,7 @@ def test_answer_only_top_layer_gives_the_full_layers_loss_and_gradients(multi_it
 
 
 def test_answer_only_top_layer_is_inactive_outside_its_scope():
-    from recbrew.train.answer_layer import AnswerOnlyTopLayer
+    from recbrew.models.answer_layer import AnswerOnlyTopLayer
 
     model = _llama(2)
     ids = torch.randint(3, VOCAB, (2, 9))

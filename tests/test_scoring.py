@@ -85,11 +85,14 @@ def random_llama():
     return LlamaForCausalLM(config).eval(), encoded
 
 
+@pytest.mark.parametrize("top", ["answer-only", "full"])
 @pytest.mark.parametrize("limit", [None, 60, 30])
-def test_multi_mode_packs_requests_and_equals_one_at_a_time(random_llama, limit):
-    """Many requests per pass (a document each, or several when one overflows): the scores of one at a time."""
+def test_multi_mode_packs_requests_and_equals_one_at_a_time(random_llama, limit, top):
+    """Many requests per pass (a document each, or several when one overflows): the scores of one at a time,
+    with the top layer run at the answer positions only (the CPU default) or in full."""
     model, encoded = random_llama
-    scorer = HFScorer(model, None, mode="multi", max_pass_tokens=limit)
+    scorer = HFScorer(model, None, mode="multi", max_pass_tokens=limit, answer_only_top=top == "answer-only")
+    assert (scorer.top is not None) == (top == "answer-only")
     packs = scorer._packs(encoded)
     sizes = [[len(encoded[i].prefix) + sum(len(encoded[i].segments[j]) for j in g) for i, g in p] for p in packs]
     assert all(len(s) == 1 or sum(s) <= scorer.max_pass_tokens for s in sizes)
@@ -105,6 +108,8 @@ def test_multi_mode_packs_requests_and_equals_one_at_a_time(random_llama, limit)
     for enc, got, expected in zip(encoded, batched, naive, strict=True):
         np.testing.assert_allclose(got, scorer.score_encoded([enc])[0], atol=1e-4)
         np.testing.assert_allclose(got, expected, atol=1e-4)
+    if scorer.top is not None:
+        assert scorer.top.calls >= len(packs) and "forward" not in vars(model.get_decoder().layers[-1])
 
 
 def test_multi_mode_builds_no_attention_mask(setup, monkeypatch):

@@ -21,6 +21,7 @@ Only the hidden states at answer positions meet the LM head, and only its answer
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ class HFScorer:
     """The Scorer of a causal LM; ``mode`` picks how candidates share the member's prefix."""
 
     def __init__(self, model, tokenizer, *, mode: str = "multi", tasks_dir=None, catalog=None, batch_size: int = 16,
-                 max_pass_tokens: int | None = None, name: str | None = None):
+                 max_pass_tokens: int | None = None, name: str | None = None, answer_only_top: bool | None = None):
         if mode not in MODES:
             raise UserError(f"unknown scoring mode {mode!r}; choose one of {', '.join(MODES)}")
         self.model, self.tokenizer, self.mode = model, tokenizer, mode
@@ -73,12 +74,25 @@ class HFScorer:
         on_cuda = self.head.weight.is_cuda
         self.max_pass_tokens = max_pass_tokens or (16384 if on_cuda else 8192)
         self.max_document_tokens = min(self.max_pass_tokens, getattr(model.config, "max_position_embeddings", 4096))
+        #: Multi mode: the top layer runs at the answer positions only (keys and values everywhere), the
+        #: only outputs scoring reads; on by default on CPU, where it saves most of a layer's work.
+        self.top = self._answer_only_top(answer_only_top, on_cuda) if mode == "multi" else None
         self.name = name or f"{getattr(model.config, '_name_or_path', 'model') or 'model'}:{mode}"
         #: Answer-word ids by task: from ``catalog`` (e.g. an examples folder's recorded specs), else from
         #: ``tasks_dir`` or the shipped catalog.
         self.answers = AnswerWords(tokenizer, catalog, tasks_dir)
         #: Tokens run through the model by the last `score` call (for benchmarks).
         self.tokens_processed = 0
+
+    def _answer_only_top(self, wanted: bool | None, on_cuda: bool):
+        from recbrew.models.answer_layer import AnswerOnlyTopLayer, supports
+
+        layers = getattr(self.decoder, "layers", None)
+        if wanted is False or (wanted is None and on_cuda) or not layers or not supports(layers[-1]):
+            return None
+        if "forward" in vars(layers[-1]):  # already wrapped (a training run's own answer-only layer)
+            return None
+        return AnswerOnlyTopLayer(layers[-1])
 
     # Requests -> token ids --------------------------------------------------------------------
     def label_ids(self, task_name: str) -> list[int]:
@@ -196,13 +210,29 @@ class HFScorer:
                 seg_lens.append(lens)
             # A 4-D mask reaches the layers as it is, so Hugging Face builds no L x L mask (the positions
             # restart, which it would read as packed sequences); the layout replaces the mask.
-            states = self._run(torch.tensor([ids]), position_ids=torch.cat(positions)[None],
-                               attention_mask=_LAYOUT_ONLY, multi_item=([prefixes], [seg_lens])).last_hidden_state[0]
-            picked = states[torch.cat(ends).to(states.device)]  # one gather per pass
+            answer_cols = torch.cat(ends)
+            with self._top_at(answer_cols):
+                states = self._run(torch.tensor([ids]), position_ids=torch.cat(positions)[None],
+                                   attention_mask=_LAYOUT_ONLY,
+                                   multi_item=([prefixes], [seg_lens])).last_hidden_state[0]
+            picked = states[answer_cols.to(states.device)]  # one gather per pass
             for k, (i, j) in enumerate(owners):
                 rows[i][j] = picked[k]
             self.tokens_processed += len(ids)
         return self._answers_batched([torch.stack(r) for r in rows], encoded)
+
+    @contextlib.contextmanager
+    def _top_at(self, cols: torch.Tensor):
+        """The top layer computed at ``cols`` of the (single) sequence only, for the enclosed forward."""
+        if self.top is None:
+            yield
+            return
+        self.top.install()
+        try:
+            with self.top.positions(torch.zeros_like(cols), cols):
+                yield
+        finally:
+            self.top.uninstall()
 
     def _answers_batched(self, hidden: list[torch.Tensor], encoded: list[Encoded]) -> list[np.ndarray]:
         """``_answer_probs`` for many requests: one LM-head product and one copy to the host per answer-word set."""

@@ -258,7 +258,7 @@ def _lever_step(model, opt, cache, top, batch: dict) -> float:
 def bench_levers(model_name: str = "smollm2", prefix: int = 170, segment: int = 55, k: int = 16, requests: int = 2,
                  layers: int = 6, rounds: int = 3) -> dict:
     """Labelled candidates/s of a training step as the CPU levers stack up (see the module docstring)."""
-    from recbrew.train.answer_layer import AnswerOnlyTopLayer
+    from recbrew.models.answer_layer import AnswerOnlyTopLayer
     from recbrew.train.frozen_cache import decoder_layers
 
     # (name, layers kept, bf16 frozen layers, packed slates, answer-only top layer, frozen cache)

@@ -329,7 +329,7 @@ def _sft_trainer(run: _Run) -> None:
     if cfg.cache_frozen:
         units = _frozen_cache(run, units)
     if cfg.answer_only_top_layer and not run.ds_config:
-        from recbrew.train.answer_layer import AnswerOnlyTopLayer, supports
+        from recbrew.models.answer_layer import AnswerOnlyTopLayer, supports
         from recbrew.train.frozen_cache import decoder_layers
 
         top = decoder_layers(run.model)[-1]

@@ -9,8 +9,9 @@ stay those of the full layer (a test checks both, packed and unpacked).
 
 It replaces ``forward`` on the top layer's instance (module names, weights and PEFT adapters are
 untouched: the projections are called as modules, so LoRA applies) and is active only inside
-`AnswerOnlyTopLayer.positions(rows, cols)`; any other forward (scoring, generation, export) runs the
-layer as usual. It supports Llama-family layers (SmolLM2, Llama, Qwen2, recbrew-tiny): an input norm,
+`AnswerOnlyTopLayer.positions(rows, cols)`; any other forward (generation, export) runs the layer as
+usual. Training uses it for the loss; `HFScorer` uses it on CPU for scoring, where the answer
+positions are all it reads too. It supports Llama-family layers (SmolLM2, Llama, Qwen2, recbrew-tiny): an input norm,
 ``self_attn`` with q/k/v/o projections and rotary positions, a post-attention norm and an MLP.
 """
 
@@ -39,6 +40,8 @@ def allowed_keys(rows: torch.Tensor, cols: torch.Tensor, width: int, layout=None
 
     Causal without a layout. With a multi-item layout ``(prefix_lens, segment_lens)`` (one entry per batch
     row, or an int and a list for a batch of one): the row's prefix plus its own segment up to the query.
+    A row whose entry is a list of prefixes (and of segment-length lists) packs several documents one
+    after another: a query sees its own document only.
     """
     keys = torch.arange(width, device=cols.device)
     causal = keys[None, :] <= cols[:, None]
@@ -47,6 +50,8 @@ def allowed_keys(rows: torch.Tensor, cols: torch.Tensor, width: int, layout=None
     prefix_lens, segment_lens = layout
     if isinstance(prefix_lens, int):
         prefix_lens, segment_lens = [prefix_lens], [segment_lens]
+    if any(isinstance(p, (list, tuple)) for p in prefix_lens):
+        return _packed_allowed(rows, cols, keys, prefix_lens, segment_lens)
     starts = torch.zeros(len(rows), dtype=torch.long, device=cols.device)
     plen = torch.tensor([prefix_lens[int(r)] for r in rows.tolist()], dtype=torch.long, device=cols.device)
     for i, (r, c) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
@@ -60,6 +65,38 @@ def allowed_keys(rows: torch.Tensor, cols: torch.Tensor, width: int, layout=None
     own = (keys[None, :] >= starts[:, None]) & causal
     # A query inside the prefix (no segment) sees the causal prefix only.
     return torch.where((cols >= plen)[:, None], in_prefix | own, causal)
+
+
+def _packed_allowed(rows, cols, keys, prefix_lens, segment_lens) -> torch.Tensor:
+    """`allowed_keys` for rows that pack documents: [doc start, doc start + prefix) plus the query's own segment
+    up to the query (or the causal part of its document's prefix)."""
+    lo_prefix = torch.zeros(len(rows), dtype=torch.long)
+    hi_prefix = torch.zeros(len(rows), dtype=torch.long)
+    lo_own = torch.zeros(len(rows), dtype=torch.long)
+    for i, (r, c) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
+        docs_p, docs_s = prefix_lens[r], segment_lens[r]
+        if isinstance(docs_p, int):
+            docs_p, docs_s = [docs_p], [docs_s]
+        start = 0
+        for p, segs in zip(docs_p, docs_s, strict=True):
+            end = start + p + sum(segs)
+            if c < end:
+                break
+            start = end
+        lo_prefix[i], hi_prefix[i] = start, start + p
+        seg = start + p
+        if c < seg:  # inside the document's prefix: causal within it
+            lo_own[i] = start
+        else:
+            for n in segs:
+                if c < seg + n:
+                    break
+                seg += n
+            lo_own[i] = seg
+    lo_prefix, hi_prefix, lo_own = (t.to(cols.device) for t in (lo_prefix, hi_prefix, lo_own))
+    in_prefix = (keys[None, :] >= lo_prefix[:, None]) & (keys[None, :] < hi_prefix[:, None])
+    own = (keys[None, :] >= lo_own[:, None]) & (keys[None, :] <= cols[:, None])
+    return in_prefix | own
 
 
 class AnswerOnlyTopLayer:
@@ -117,14 +154,16 @@ class AnswerOnlyTopLayer:
         kv_heads = keys.shape[2]
         groups = query.shape[1] // kv_heads
         query = query.view(len(rows), kv_heads, groups, d)
-        k_rows, v_rows = keys[rows], values[rows]  # [M, T, Hkv, d]
-        scores = torch.einsum("mkgd,mtkd->mkgt", query, k_rows).float() * attn.scaling
+        # One sequence (scoring): every query reads the same keys, so none are copied per query.
+        k_rows, v_rows = (keys[0], values[0]) if batch == 1 else (keys[rows], values[rows])  # [(M,) T, Hkv, d]
+        pattern = "tkd" if batch == 1 else "mtkd"
+        scores = torch.einsum(f"mkgd,{pattern}->mkgt", query, k_rows).float() * attn.scaling
         # Batches are right-padded, so the keys a query may see never include padding: causal (or the
         # multi-item layout) is the whole mask.
         allowed = allowed_keys(rows, cols, width, kwargs.get("multi_item"))
         scores = scores.masked_fill(~allowed[:, None, None, :], float("-inf"))
         weights = torch.softmax(scores, dim=-1).to(v_rows.dtype)
-        out = torch.einsum("mkgt,mtkd->mkgd", weights, v_rows).reshape(len(rows), -1)
+        out = torch.einsum(f"mkgt,{pattern}->mkgd", weights, v_rows).reshape(len(rows), -1)
         h = hidden_states[rows, cols] + attn.o_proj(out)
         h = h + layer.mlp(layer.post_attention_layernorm(h))
         # Only the answer positions are read after this layer; the others keep their input.
