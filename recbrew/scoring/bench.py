@@ -53,7 +53,7 @@ def _requests(tokenizer, examples: str | None, prefix_tokens: int, k: int, count
     return out
 
 
-def _timed(scorer, encoded, rounds: int, sync) -> tuple[float, float, list]:
+def timed(scorer, encoded, rounds: int, sync) -> tuple[float, float, list]:
     """(first call seconds, median seconds of ``rounds`` calls after it, probabilities)."""
     start = time.perf_counter()
     scorer.score_encoded(encoded)  # warm-up at the same shapes (compiles what needs compiling)
@@ -97,7 +97,7 @@ def bench_score(model_name: str = "smollm2", examples: str | None = "runs/quicks
         reference = None
         for mode in modes:
             scorer = HFScorer(model, tokenizer, mode=mode, batch_size=batch_size)
-            first, seconds, probs = _timed(scorer, encoded, rounds, sync)
+            first, seconds, probs = timed(scorer, encoded, rounds, sync)
             flat = np.concatenate(probs)
             reference = flat if reference is None else reference
             row = {"seconds": round(seconds, 4), "first_call_seconds": round(first, 3),

@@ -8,9 +8,9 @@ Steady state: every mode is warmed up on the same requests, then timed ``rounds`
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
+
+from recbrew.scoring.bench import timed
 
 
 def bench_slates(model_name: str, examples: str, requests: int = 40, modes: tuple[str, ...] = ("naive", "multi"),
@@ -36,19 +36,9 @@ def bench_slates(model_name: str, examples: str, requests: int = 40, modes: tupl
         scorer = HFScorer(model, tokenizer, mode=mode, batch_size=16)
         encoded = [scorer.encode(r) for r in rows]
         sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
-        start = time.perf_counter()
-        scorer.score_encoded(encoded)  # warm-up at the same shapes (kernels compile here)
-        sync()
-        first = time.perf_counter() - start
-        times = []
-        for _ in range(max(3, rounds)):
-            start = time.perf_counter()
-            probs = scorer.score_encoded(encoded)
-            sync()
-            times.append(time.perf_counter() - start)
+        first, seconds, probs = timed(scorer, encoded, rounds, sync)  # same-shape warm-up, then the median
         flat = np.concatenate([np.atleast_1d(p) for p in probs])
         reference = flat if reference is None else reference
-        seconds = float(np.median(times))
         out["modes"][mode] = {"seconds": round(seconds, 3), "first_call_seconds": round(first, 3),
                               "candidates_per_s": round(candidates / seconds, 1),
                               "tokens_processed": scorer.tokens_processed,
