@@ -28,15 +28,32 @@ BACKENDS = ("auto", "triton", "torch")
 #: Whether the kernels in this process were decorated for Triton's CPU interpreter.
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-_override: str | None = None
+#: The in-process overrides (context managers) of each switch, by its environment variable.
+_overrides: dict[str, str | None] = {"RECBREW_KERNELS": None, "RECBREW_ATTENTION": None}
+
+
+def _asked(variable: str, allowed: tuple[str, ...]) -> str:
+    """A switch's value: its in-process override, else its environment variable, else ``auto``."""
+    choice = _overrides[variable] or os.environ.get(variable, "auto")
+    if choice not in allowed:
+        raise ValueError(f"{variable}={choice!r}: choose one of {', '.join(allowed)}")
+    return choice
+
+
+@contextlib.contextmanager
+def _overriding(variable: str, name: str, allowed: tuple[str, ...], what: str):
+    if name not in allowed:
+        raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(allowed)}")
+    previous, _overrides[variable] = _overrides[variable], name
+    try:
+        yield
+    finally:
+        _overrides[variable] = previous
 
 
 def backend() -> str:
     """The backend asked for: the :func:`kernel_backend` override, else ``RECBREW_KERNELS``, else ``auto``."""
-    choice = _override or os.environ.get("RECBREW_KERNELS", "auto")
-    if choice not in BACKENDS:
-        raise ValueError(f"RECBREW_KERNELS={choice!r}: choose one of {', '.join(BACKENDS)}")
-    return choice
+    return _asked("RECBREW_KERNELS", BACKENDS)
 
 
 def use_triton(*tensors: torch.Tensor) -> bool:
@@ -53,14 +70,8 @@ def use_triton(*tensors: torch.Tensor) -> bool:
 @contextlib.contextmanager
 def kernel_backend(name: str):
     """Run the enclosed kernel ops with backend ``name`` (``auto``, ``triton`` or ``torch``)."""
-    global _override
-    if name not in BACKENDS:
-        raise ValueError(f"unknown kernel backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    previous, _override = _override, name
-    try:
+    with _overriding("RECBREW_KERNELS", name, BACKENDS, "kernel backend"):
         yield
-    finally:
-        _override = previous
 
 
 def interpreter_blocks(gpu: int, interpreted: int) -> int:
@@ -87,15 +98,9 @@ ATTENTION_TABLE = (
     ("cuda otherwise", "torch"),
 )
 
-_attention_override: str | None = None
-
-
 def attention_choice() -> str:
     """The multi-item attention asked for: the :func:`attention_backend` override, else ``RECBREW_ATTENTION``."""
-    choice = _attention_override or os.environ.get("RECBREW_ATTENTION", "auto")
-    if choice not in ATTENTION_BACKENDS:
-        raise ValueError(f"RECBREW_ATTENTION={choice!r}: choose one of {', '.join(ATTENTION_BACKENDS)}")
-    return choice
+    return _asked("RECBREW_ATTENTION", ATTENTION_BACKENDS)
 
 
 def choose_attention(*tensors: torch.Tensor, tokens: int, flex_ok: bool) -> str:
@@ -134,11 +139,5 @@ def _check_triton(*tensors: torch.Tensor) -> bool:
 @contextlib.contextmanager
 def attention_backend(name: str):
     """Run the enclosed multi-item attention calls with ``name`` (one of :data:`ATTENTION_BACKENDS`)."""
-    global _attention_override
-    if name not in ATTENTION_BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(ATTENTION_BACKENDS)}")
-    previous, _attention_override = _attention_override, name
-    try:
+    with _overriding("RECBREW_ATTENTION", name, ATTENTION_BACKENDS, "attention backend"):
         yield
-    finally:
-        _attention_override = previous
