@@ -225,3 +225,20 @@ def test_bench_slates_times_real_requests_and_modes_agree(tmp_path):
     assert multi["tokens_processed"] < naive["tokens_processed"]
     assert multi["token_ratio_vs_naive"] == round(naive["tokens_processed"] / multi["tokens_processed"], 2)
     assert multi["max_abs_diff_vs_first_mode"] < (2e-2 if out["dtype"] == "bf16" else 1e-4)
+
+
+@pytest.mark.parametrize("docs", [1, 3])
+def test_answer_layer_keys_follow_the_multi_item_layout(docs):
+    """Every query of a (packed) layout sees exactly what the dense multi-item mask allows, prefix queries included."""
+    import torch
+
+    from recbrew.kernels.multi_item_attention import dense_mask
+    from recbrew.models.answer_layer import allowed_keys
+
+    prefix, segs = 5, [3, 4, 2]
+    width = prefix + sum(segs)
+    one = dense_mask(prefix, segs).reshape(width, width).bool()
+    expected = torch.block_diag(*[one] * docs)
+    layout = (prefix, segs) if docs == 1 else ([[prefix] * docs], [[segs] * docs])
+    cols = torch.arange(width * docs)
+    assert torch.equal(allowed_keys(torch.zeros_like(cols), cols, width * docs, layout), expected)

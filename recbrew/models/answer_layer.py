@@ -50,26 +50,12 @@ def allowed_keys(rows: torch.Tensor, cols: torch.Tensor, width: int, layout=None
     prefix_lens, segment_lens = layout
     if isinstance(prefix_lens, int):
         prefix_lens, segment_lens = [prefix_lens], [segment_lens]
-    if any(isinstance(p, (list, tuple)) for p in prefix_lens):
-        return _packed_allowed(rows, cols, keys, prefix_lens, segment_lens)
-    starts = torch.zeros(len(rows), dtype=torch.long, device=cols.device)
-    plen = torch.tensor([prefix_lens[int(r)] for r in rows.tolist()], dtype=torch.long, device=cols.device)
-    for i, (r, c) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
-        start = prefix_lens[r]
-        for n in segment_lens[r]:
-            if c < start + n:
-                break
-            start += n
-        starts[i] = start if c >= prefix_lens[r] else 0
-    in_prefix = keys[None, :] < plen[:, None]
-    own = (keys[None, :] >= starts[:, None]) & causal
-    # A query inside the prefix (no segment) sees the causal prefix only.
-    return torch.where((cols >= plen)[:, None], in_prefix | own, causal)
+    return _layout_allowed(rows, cols, keys, prefix_lens, segment_lens)
 
 
-def _packed_allowed(rows, cols, keys, prefix_lens, segment_lens) -> torch.Tensor:
-    """`allowed_keys` for rows that pack documents: [doc start, doc start + prefix) plus the query's own segment
-    up to the query (or the causal part of its document's prefix)."""
+def _layout_allowed(rows, cols, keys, prefix_lens, segment_lens) -> torch.Tensor:
+    """`allowed_keys` under a layout: the query's document prefix plus its own segment up to the query; a query
+    inside a prefix sees that prefix causally. A row with one document may give it as an int and a list."""
     lo_prefix = torch.zeros(len(rows), dtype=torch.long)
     hi_prefix = torch.zeros(len(rows), dtype=torch.long)
     lo_own = torch.zeros(len(rows), dtype=torch.long)
@@ -83,10 +69,10 @@ def _packed_allowed(rows, cols, keys, prefix_lens, segment_lens) -> torch.Tensor
             if c < end:
                 break
             start = end
-        lo_prefix[i], hi_prefix[i] = start, start + p
         seg = start + p
-        if c < seg:  # inside the document's prefix: causal within it
-            lo_own[i] = start
+        lo_prefix[i], hi_prefix[i] = start, min(seg, c + 1)
+        if c < seg:  # inside the prefix: no segment of its own
+            lo_own[i] = c + 1
         else:
             for n in segs:
                 if c < seg + n:
