@@ -143,7 +143,8 @@ def test_rows_carry_boundaries_tokens_and_metadata(built):
     out, _ = built
     text = _load(out)
     for row in text["train"]:
-        assert len(row["segments"]) == (len(row["candidate_ids"]) if row["kind"] == "binary" else 1)
+        # Binary and the shipped listwise tasks (scoring: options): one segment per candidate.
+        assert len(row["segments"]) == (1 if row["kind"] == "generative" else len(row["candidate_ids"]))
         assert row["prefix_tokens"] + max(row["segment_tokens"]) <= 1536
         assert row["split_tag"] in ("T1", "T2") and row["member_interactions"] >= 0
         if row["kind"] == "listwise":

@@ -145,6 +145,22 @@ def test_answer_probability_equals_full_logits_softmax(setup):
     assert isinstance(scorer, Scorer)
 
 
+def test_listwise_options_are_the_softmax_of_their_log_odds(setup):
+    from recbrew.scoring.answers import normalize
+
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    odds = np.array([2.0, -1.0, 0.0])
+    np.testing.assert_allclose(normalize(logits, listwise=True), np.exp(odds) / np.exp(odds).sum(), rtol=1e-6)
+    np.testing.assert_allclose(normalize([[0.0, 1.0, 3.0]], listwise=True),
+                               np.exp([0.0, 1.0, 3.0]) / np.exp([0.0, 1.0, 3.0]).sum(), rtol=1e-6)
+    model, tok, rows = setup
+    row = next(r for r in rows if r["kind"] == "listwise")
+    assert len(row["segments"]) == len(row["labels"]) > 1  # the shipped listwise tasks score by options
+    multi = HFScorer(model, tok, mode="multi").score([row])[0]
+    assert multi.shape == (len(row["labels"]),) and multi.sum() == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(HFScorer(model, tok, mode="naive").score([row])[0], multi, atol=1e-4)
+
+
 def test_bad_mode_and_generative_requests_are_user_errors(setup):
     model, tok, rows = setup
     with pytest.raises(UserError, match="unknown scoring mode"):

@@ -104,6 +104,11 @@ def test_choices_loss_is_the_cross_entropy_over_the_answer_words(tiny_llama):
     listwise = request_items({"kind": "listwise", "task": "l", "labels": [0, 0, 1]}, [1], [[5, 6]], [20, 21, 22, 23],
                              None)
     assert [(i.answers, i.choices) for i in listwise] == [([22], [20, 21, 22])]
+    # scoring: options: one segment per option, each answered [positive, negative] like a binary candidate.
+    options = request_items({"kind": "listwise", "task": "o", "labels": [0, 1, 0]}, [1], [[5], [6], [7]], [11, 12],
+                            None)
+    assert [(i.segment, i.answers, i.choices) for i in options] == [([5], [12], [11, 12]), ([6], [11], [11, 12]),
+                                                                   ([7], [12], [11, 12])]
     generative = request_items({"kind": "generative", "task": "g"}, [1], [[5]], [], [30, 31, 2])
     units = [make_unit([3, 4, 8], binary), make_unit([9, 3], listwise), make_unit([4], generative)]
     assert units[2]["answer_choices"] == [[], [], []]

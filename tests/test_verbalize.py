@@ -136,8 +136,17 @@ def test_truncation_strategies(catalog, tokenizer):
     assert max(counts) - min(counts) <= 1
 
 
-def test_listwise_and_generative_have_one_segment(catalog):
-    lw = next(t for t in catalog.values() if t.kind.value == "listwise")
+def _letters(task):
+    """A shipped listwise task (scoring: options) as it reads with scoring: letters (one prompt, slot letters)."""
+    from recbrew.tasks.spec import TaskSpec
+
+    spec = task.model_dump(mode="json") | {"scoring": "letters", "template": "listwise",
+                                            "answer": {"words": list("ABCDEFGHIJKLMNOPQRSTUVWXYZ"[:task.k])}}
+    return TaskSpec.model_validate(spec)
+
+
+def test_listwise_by_letters_and_generative_have_one_segment(catalog):
+    lw = _letters(next(t for t in catalog.values() if t.kind.value == "listwise"))
     p = Renderer(lw).render(_member(), [_item(f"Option {i}") for i in range(lw.k)], _history(2))
     assert len(p.segments) == 1
     for word in lw.answer.words:
@@ -145,6 +154,29 @@ def test_listwise_and_generative_have_one_segment(catalog):
     gen = next(t for t in catalog.values() if t.kind.value == "generative")
     g = Renderer(gen).render(_member(), [], _history(2))
     assert len(g.segments) == 1 and gen.question in g.segments[0]
+
+
+def test_listwise_by_options_has_one_answered_segment_per_option(catalog):
+    lw = next(t for t in catalog.values() if t.kind.value == "listwise")
+    assert lw.scoring == "options" and lw.segment_per_candidate
+    p = Renderer(lw).render(_member(), [_item(f"Option {i}") for i in range(lw.k)], _history(2))
+    assert len(p.segments) == lw.k
+    for i, seg in enumerate(p.segments):
+        assert f"Option {i}" in seg and seg.endswith("Answer:") and lw.question in seg
+        assert not any(f"Option {j}" in seg for j in range(lw.k) if j != i)
+
+
+def test_listwise_scoring_checks_its_answer_words(catalog):
+    from recbrew.tasks.spec import TaskSpec
+
+    spec = next(t for t in catalog.values() if t.kind.value == "listwise").model_dump(mode="json")
+    with pytest.raises(ValueError, match="scoring: options need two answer words"):
+        TaskSpec.model_validate(spec | {"answer": {"words": ["A", "B", "C", "D"]}})
+    with pytest.raises(ValueError, match="one answer word per slot"):
+        TaskSpec.model_validate(spec | {"scoring": "letters"})
+    binary = next(t for t in catalog.values() if t.kind.value == "binary").model_dump(mode="json")
+    with pytest.raises(ValueError, match="apply to listwise tasks only"):
+        TaskSpec.model_validate(binary | {"scoring": "options"})
 
 
 # Fast path vs. a straightforward render ------------------------------------------------------------
@@ -195,7 +227,7 @@ def _reference_render(r: Renderer, env, tokenizer, member, candidates, history, 
     def count(texts):
         return [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
 
-    if r.task.kind == Kind.binary:
+    if r.task.kind == Kind.binary or r.task.scoring == "options":
         segments = [block("candidate", {"candidate": c}) for c in candidates]
     elif r.task.kind == Kind.listwise:
         segments = [block("candidate", {"candidates": list(candidates)})]
@@ -264,6 +296,7 @@ def test_cached_render_equals_straightforward_render(catalog, tokenizer, view):
     variant_cut_with_empty = 0
     tasks = sorted(catalog.items()) + [(f"{n}+plain+empty", _variant(t)) for n, t in sorted(catalog.items())
                                        if t.history.groups]
+    tasks += [(f"{n}+letters", _letters(t)) for n, t in sorted(catalog.items()) if t.kind.value == "listwise"]
     for name, task in tasks:
         for style in ("compact", "prose"):
             r = Renderer(task, tokenizer=tokenizer, style=style)

@@ -37,7 +37,11 @@ def simulate(
                                                "greedy's incremental model: update time and AUC side by side.")] = False,
     epsilon: Annotated[float, typer.Option(help="Epsilon-greedy: share of visits shown a random slate.")] = 0.1,
     pool_factor: Annotated[int, typer.Option("--pool-factor", help="Candidates drawn per slate slot.")] = 3,
-    explore_scale: Annotated[float, typer.Option("--explore-scale", help="Thompson: scale of the posterior draws.")] = 1.0,
+    explore_scale: Annotated[float, typer.Option("--explore-scale", help="Thompson: scale of the posterior draws, "
+                                                 "the exploration strength (1: the posterior as it is).")] = 1.0,
+    optimistic: Annotated[bool, typer.Option("--optimistic/--no-optimistic", help="Thompson: a draw below the "
+                                             "posterior mean counts as the mean, so wide posteriors (new items) "
+                                             "are explored upward only.")] = True,
     prior: Annotated[float, typer.Option(help="Thompson: prior precision of the last layer.")] = 1.0,
     posterior_decay: Annotated[float, typer.Option("--posterior-decay", help="Thompson: daily forgetting of the "
                                                    "posterior precision (1: none).")] = 1.0,
@@ -60,7 +64,7 @@ def simulate(
                            replay_days=replay_days, replay_fraction=replay_fraction, full_epochs=full_epochs,
                            compare_full=compare_full,
                            epsilon=epsilon, pool_factor=pool_factor, explore_scale=explore_scale, prior=prior,
-                           posterior_decay=posterior_decay)
+                           posterior_decay=posterior_decay, optimistic=optimistic)
     start = time.perf_counter()
     results = run(cfg, out, force=force, say=typer.echo)
     typer.echo(f"{'policy':<11} {'positives':>9} {'regret':>8} {'AUC':>7} {'coverage':>8} {'new items':>9}")

@@ -4,7 +4,8 @@ A task answers with single-token words (``yes``/``no``, the slot letters ``A``..
 ``Answer:`` after a space. A model's score for a request is its distribution over those words only:
 
 - binary: P(first word) of each candidate, normalized over the task's words;
-- listwise: the distribution over the slot letters of the one prompt (it sums to 1).
+- listwise: the distribution over the slots (it sums to 1): over the slot letters of the one prompt, or
+  (``scoring: options``) over the options' log-odds, each option answered like a binary candidate.
 
 The HF scorer, the vLLM scorer, `/v1/rank` and the trainer's ``answer_loss: choices`` all use this
 module, so a model is trained and ranked by the same normalization.
@@ -63,9 +64,15 @@ class AnswerWords:
 
 
 def normalize(logits, listwise: bool) -> np.ndarray:
-    """Scores from answer-word logits (or log-probabilities) ``[candidates, words]``: softmax over the words;
-    binary -> P(first word) per candidate, listwise -> the slot distribution of the one prompt (row 0)."""
+    """Scores from answer-word logits (or log-probabilities) ``[segments, words]``.
+
+    Binary: softmax over the words, P(first word) per candidate. Listwise: one row (``scoring: letters``) ->
+    the slot distribution of the one prompt; one row per option (``scoring: options``) -> softmax over the
+    options of their log-odds (positive minus negative word), the distribution over the slots either way.
+    """
     z = np.asarray(logits, dtype=np.float64)
+    if listwise and len(z) > 1:
+        z = (z[:, 0] - z[:, 1])[None, :]
     z = z - z.max(axis=-1, keepdims=True)
     probs = np.exp(z)
     probs /= probs.sum(axis=-1, keepdims=True)

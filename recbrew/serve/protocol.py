@@ -52,7 +52,8 @@ class RankedCandidate(_Model):
     candidate: int | str
     score: float = Field(description="P(positive answer), normalized over the task's answer words")
     logprobs: dict[str, float] = Field(description="log-probability of each answer word, normalized over the "
-                                                   "task's answer words (listwise: this candidate's letter)")
+                                                   "task's answer words (listwise: P(chosen) under this candidate's "
+                                                   "letter, or under 'choice' for a task with scoring: options)")
     rank: int
 
 

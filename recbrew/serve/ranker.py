@@ -207,7 +207,10 @@ class RankService:
             logs = np.log(probs)
         order = np.argsort(-probs, kind="stable")
         if kind == Kind.listwise:
-            results = [RankedCandidate(candidate=ident[j], score=float(probs[j]), logprobs={names[j]: float(logs[j])},
+            # Each candidate's log-probability of being the chosen one: under its slot letter, or "choice" when the
+            # task answers each option yes / no (scoring: options).
+            keys = ["choice"] * len(probs) if task.segment_per_candidate else names
+            results = [RankedCandidate(candidate=ident[j], score=float(probs[j]), logprobs={keys[j]: float(logs[j])},
                                        rank=r + 1) for r, j in enumerate(order)]
             return RankResponse(**base, results=results, choice=ident[int(order[0])])
         # Binary: P(positive word) normalized over the answer words.

@@ -85,10 +85,13 @@ class SimulationConfig:
     epsilon: float = 0.1
     #: Candidates drawn per slate slot.
     pool_factor: int = 3
-    #: Thompson sampling: scale of the posterior draws, prior precision, daily forgetting of the precision.
+    #: Thompson sampling: scale of the posterior draws (the exploration strength), prior precision, daily
+    #: forgetting of the precision.
     explore_scale: float = 1.0
     prior: float = 1.0
     posterior_decay: float = 1.0
+    #: Thompson sampling: optimistic (a draw below the posterior mean counts as the mean) or plain draws.
+    optimistic: bool = True
     #: An item counts as new on the days up to this many after its creation (it is shown from the day after).
     new_item_days: int = 2
 
@@ -347,8 +350,8 @@ def _start(cfg: SimulationConfig, out: Path, name: str, warm: Run) -> Run:
 
 def _policy(cfg: SimulationConfig, run: Run, scorer=None) -> LoopPolicy:
     ranker = LoopRanker.from_state(run.ranker) if run.ranker is not None else None
-    return LoopPolicy(run.name, cfg.pool_factor, cfg.seed, cfg.epsilon, ranker, run.rows, run.popularity,
-                      scorer if run.name == "greedy" else None)
+    return LoopPolicy(run.name, cfg.pool_factor, cfg.seed, cfg.epsilon, cfg.optimistic, ranker, run.rows,
+                      run.popularity, scorer if run.name == "greedy" else None)
 
 
 def _check_out(cfg: SimulationConfig, out: Path, force: bool) -> None:

@@ -7,7 +7,7 @@
 | ``popularity`` | the item's smoothed action rate in this run's logs | the best ones |
 | ``greedy`` | the ranker's probability (any Scorer) | the best ones |
 | ``epsilon`` | the ranker's probability | a random slate with probability epsilon per visit, else greedy |
-| ``thompson`` | the ranker's logit + <h, delta>, delta drawn per visit from the Bayesian last layer | the best ones |
+| ``thompson`` | the ranker's logit + the posterior mean of the Bayesian last layer (item offsets) + the draw's deviation from that mean, kept only upward by default (optimistic) | the best ones |
 
 Every policy is a world :class:`~recbrew.world.policy.SlatePolicy`; it remembers what it showed (and the
 scores it showed them with) for the loop's metrics and updates.
@@ -80,6 +80,8 @@ class LoopPolicy:
     pool_factor: int = 3
     seed: int = 0
     epsilon: float = 0.1
+    #: Thompson: keep only the upward part of each draw's deviation from the posterior mean (optimistic sampling).
+    optimistic: bool = True
     ranker: LoopRanker | None = None
     rows: RowBuilder | None = None
     popularity: Popularity | None = None
@@ -127,9 +129,14 @@ class LoopPolicy:
                 mean, key, h, task, net = scored.prob, scored.prob, scored.h, scored.task, scored.prob
                 if self.name == "thompson" and self.ranker.bayes is not None:
                     # The posterior mean (the network with each item's mean offset) and a draw around it.
-                    mean = self.ranker.bayes.mean_probability(scored.prob, request.item, scored.task)
+                    bayes = self.ranker.bayes
+                    mean = bayes.mean_probability(scored.prob, request.item, scored.task)
                     p = np.clip(scored.prob, 1e-6, 1 - 1e-6)
-                    key = np.log(p / (1 - p)) + self._thompson_offsets(scored, request)
+                    offset = bayes.offset_mean(request.item, scored.task)
+                    draw = self._thompson_offsets(scored, request)
+                    if self.optimistic:
+                        draw = optimistic_draw(offset, draw)
+                    key = np.log(p / (1 - p)) + draw
             if self.name == "epsilon":
                 key = epsilon_keys(key, request.visit, self.epsilon, self.rng)
         pick = top_per_visit(request.visit, key, request.sizes)
@@ -146,6 +153,18 @@ class LoopPolicy:
         _, group = np.unique(request.visit, return_inverse=True)
         return bayes.sample_offsets(scored.h, int(scored.task[0]), group, int(group.max()) + 1, self.rng,
                                     item=request.item)
+
+
+def optimistic_draw(mean: np.ndarray, draw: np.ndarray) -> np.ndarray:
+    """Optimistic Bayesian sampling (May et al., 2012): a posterior draw where it lies above the posterior mean,
+    else the mean.
+
+    A draw below the mean only hides a candidate, and a candidate not shown teaches nothing, so that half of the
+    posterior's spread costs positives and buys no information. The upward half is kept: a candidate gains
+    sd * sqrt(2 / pi) on average, a lot for a new item (its offset's prior spread) and almost nothing for one
+    the logs have seen often, so the policy explores where the posterior is wide.
+    """
+    return np.maximum(draw, mean)
 
 
 def epsilon_keys(key: np.ndarray, visit: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:

@@ -50,7 +50,8 @@ class Label(_Strict):
 class Answer(_Strict):
     """The verbalizer: label words, each a single token of the model's tokenizer after a space."""
 
-    words: list[str] = Field(min_length=2, description="binary: [positive, negative]; listwise: one per slot")
+    words: list[str] = Field(min_length=2, description="binary: [positive, negative]; listwise: one per slot "
+                                                        "(scoring: letters) or [positive, negative] (scoring: options)")
 
     @field_validator("words")
     @classmethod
@@ -121,6 +122,12 @@ class TaskSpec(_Strict):
     metrics: list[str] = Field(default_factory=lambda: ["auc", "gauc", "ndcg@10", "logloss"])
     #: Listwise: candidates per question (the answer words label the slots).
     k: int | None = Field(None, ge=2, le=26)
+    #: Listwise: how the model answers. ``letters``: one prompt lists the k options and the answer is the chosen
+    #: slot's letter (``answer.words`` has one word per slot). ``options``: each option is its own segment after
+    #: the shared prefix, answered [positive, negative] like a binary candidate in the same multi-item pass, and
+    #: the k answers are normalized into the distribution over the slots (softmax of their log-odds).
+    scoring: Literal["letters", "options"] | None = Field(
+        None, description="listwise only: letters (one prompt, the slot letter) or options (one answer per option)")
     generative: Generative | None = None
     #: Per free-text field, how its values are shown; fields not listed stay in guillemets.
     quote: dict[str, QuoteMode] = Field(default_factory=dict)
@@ -149,13 +156,22 @@ class TaskSpec(_Strict):
         if self.kind == Kind.listwise:
             if self.k is None:
                 raise ValueError("listwise tasks need k (candidates per question)")
-            if len(self.answer.words) != self.k:
-                raise ValueError(f"listwise tasks need one answer word per slot: k={self.k}, got {len(self.answer.words)}")
-        elif self.k is not None:
-            raise ValueError("k applies to listwise tasks only")
+            if self.segment_per_candidate and len(self.answer.words) != 2:
+                raise ValueError("listwise tasks with scoring: options need two answer words: [positive, negative], "
+                                 f"got {len(self.answer.words)}")
+            if not self.segment_per_candidate and len(self.answer.words) != self.k:
+                raise ValueError(f"listwise tasks need one answer word per slot: k={self.k}, got {len(self.answer.words)} "
+                                 "(or scoring: options with [positive, negative])")
+        elif self.k is not None or self.scoring is not None:
+            raise ValueError("k and scoring apply to listwise tasks only")
         if (self.kind == Kind.generative) != (self.generative is not None):
             raise ValueError("generative tasks (and only they) need a 'generative:' section with a target")
         return self
+
+    @property
+    def segment_per_candidate(self) -> bool:
+        """Whether each candidate is its own answered segment (binary tasks and listwise ``scoring: options``)."""
+        return self.kind == Kind.binary or (self.kind == Kind.listwise and self.scoring == "options")
 
     @property
     def plain_fields(self) -> frozenset[str]:

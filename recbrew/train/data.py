@@ -1,7 +1,7 @@
 """Training data: requests -> token sequences whose loss sits on answer tokens only.
 
 A *labelled item* is one candidate segment and the answer tokens that follow it (the label word of a
-binary candidate, the letter of a listwise question's positive slot, or a generative target and
+binary candidate or listwise option, the letter of a listwise question's positive slot, or a generative target and
 EOS). The segment is extended by all answer tokens but the last, and the model is trained to
 predict each answer token from the position before it.
 
@@ -43,7 +43,9 @@ def request_items(row: dict, prefix: list[int], segments: list[list[int]], label
         labels = list(row["labels"])
         if labels.count(1) != 1:
             return []
-        return [Item(segments[0], [label_ids[labels.index(1)]], task, list(label_ids[:len(labels)]))]
+        if len(segments) == 1 and len(labels) > 1:  # scoring: letters, one prompt answered by the slot's letter
+            return [Item(segments[0], [label_ids[labels.index(1)]], task, list(label_ids[:len(labels)]))]
+    # Binary candidates, and the options of a listwise question scored by options: each answers positive / negative.
     return [Item(seg, [label_ids[0] if y else label_ids[1]], task, list(label_ids[:2]))
             for seg, y in zip(segments, row["labels"], strict=True)]
 

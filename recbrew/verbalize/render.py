@@ -46,7 +46,8 @@ class HistoryEntry:
 @dataclass
 class RenderedPrompt:
     prefix: str
-    #: One segment per candidate for pointwise tasks; a single segment for listwise / generative.
+    #: One segment per candidate for pointwise tasks (binary, listwise scored by options); a single segment for
+    #: listwise scored by letters and generative tasks.
     segments: list[str]
     prefix_tokens: int | None = None
     segment_tokens: list[int] | None = None
@@ -195,7 +196,7 @@ class Renderer:
         return self._block("candidate", variables)
 
     def segments(self, candidates: Sequence[dict]) -> list[str]:
-        if self.task.kind == Kind.binary:
+        if self.task.segment_per_candidate:
             return [self._memoized("candidate", self._candidate_block, {"candidate": c}) for c in candidates]
         if self.task.kind == Kind.listwise:
             return [self._memoized("candidate", self._candidate_block, {"candidates": list(candidates)})]
