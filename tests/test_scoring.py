@@ -161,6 +161,25 @@ def test_listwise_options_are_the_softmax_of_their_log_odds(setup):
     np.testing.assert_allclose(HFScorer(model, tok, mode="naive").score([row])[0], multi, atol=1e-4)
 
 
+def test_generation_stops_at_the_end_of_its_answer_line(setup):
+    from recbrew.scoring.hf import _LineDone, first_line
+
+    words = {1: "  ", 2: "\n", 3: "Data", 4: " Engineer", 5: "\nmore"}
+    done = _LineDone(1, lambda ids, skip_special_tokens=True: "".join(words[i] for i in ids))
+    states = [bool(done(torch.tensor([[9, *gen]]), None)[0]) for gen in ([1], [1, 2], [1, 2, 3], [1, 2, 3, 4],
+                                                                          [1, 2, 3, 4, 5])]
+    assert states == [False, False, False, False, True]  # leading blank lines are not the end of the answer
+    model, tok, rows = setup
+    scorer = HFScorer(model, tok, mode="multi")
+    prompts = [{"prefix": r["prefix"], "segments": r["segments"][:1], "kind": "generative"} for r in rows[:4]]
+    for row, got in zip(prompts, scorer.generate(prompts, max_new_tokens=12), strict=True):
+        ids = torch.tensor([tok(row["prefix"] + row["segments"][0], add_special_tokens=False)["input_ids"]])
+        full = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                              pad_token_id=model.config.eos_token_id)
+        decode = tok.backend.decode if hasattr(tok, "backend") else tok.decode
+        assert got == first_line(decode(full[0, ids.shape[1]:].tolist(), skip_special_tokens=True))
+
+
 def test_bad_mode_and_generative_requests_are_user_errors(setup):
     model, tok, rows = setup
     with pytest.raises(UserError, match="unknown scoring mode"):

@@ -12,7 +12,7 @@ import pytest
 
 from recbrew.baselines.bayes import ITEM_VARIANCE_START, BayesianLastLayer
 from recbrew.simulate import SimulationConfig, simulate
-from recbrew.simulate.policy import Popularity, epsilon_keys
+from recbrew.simulate.policy import Popularity, epsilon_keys, optimistic_draw
 from recbrew.simulate.rows import sample_requests
 from recbrew.world.config import SURFACES, WorldConfig
 from recbrew.world.generate import open_world
@@ -176,6 +176,26 @@ def test_item_offsets_are_uncertain_for_unseen_items_and_tau_is_estimated():
     assert draws.mean() == pytest.approx(m[0], abs=0.01) and draws.var() == pytest.approx(var[0], rel=0.05)
     restored = BayesianLastLayer.from_state(layer.state())
     assert np.allclose(restored.item_variance(np.array([0, 3]), 1), layer.item_variance(np.array([0, 3]), 1))
+
+
+def test_optimistic_draws_never_fall_below_the_posterior_mean_and_explore_where_it_is_wide():
+    rng = np.random.default_rng(0)
+    layer = BayesianLastLayer(2, tasks=2)
+    # Item 0 shown 2,000 times (acting more often than predicted: tau^2 comes out clearly above 0), item 1 never.
+    n = 2000
+    layer.update(np.zeros((n, 2)), np.ones(n, np.int64), np.full(n, 0.3), item=np.zeros(n, np.int64),
+                 label=rng.random(n) < 0.4)
+    items = np.repeat([0, 1], 20000)
+    mean = layer.offset_mean(items, 1)
+    draws = layer.sample_offsets(np.zeros((len(items), 2)), 1, np.zeros(len(items), np.int64), 1, rng, item=items)
+    opt = optimistic_draw(mean, draws)
+    up = draws > mean
+    assert (opt >= mean).all() and np.array_equal(opt[up], draws[up]) and np.array_equal(opt[~up], mean[~up])
+    # The mean gain over the posterior mean is sd / sqrt(2 pi): wide for the unseen item, narrow for the seen one.
+    sd = np.sqrt(layer.item_variance(np.array([0, 1]), 1))
+    gain = np.array([(opt - mean)[items == i].mean() for i in (0, 1)])
+    assert gain == pytest.approx(sd / np.sqrt(2 * np.pi), rel=0.03)
+    assert gain[1] > 5 * gain[0]
 
 
 @pytest.mark.parametrize("qr", [True, False])

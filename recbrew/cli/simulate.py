@@ -38,7 +38,7 @@ def simulate(
     epsilon: Annotated[float, typer.Option(help="Epsilon-greedy: share of visits shown a random slate.")] = 0.1,
     pool_factor: Annotated[int, typer.Option("--pool-factor", help="Candidates drawn per slate slot.")] = 3,
     explore_scale: Annotated[float, typer.Option("--explore-scale", help="Thompson: scale of the posterior draws, "
-                                                 "the exploration strength (1: the posterior as it is).")] = 1.0,
+                                                 "the exploration strength (1: the posterior as it is).")] = 2.0,
     optimistic: Annotated[bool, typer.Option("--optimistic/--no-optimistic", help="Thompson: a draw below the "
                                              "posterior mean counts as the mean, so wide posteriors (new items) "
                                              "are explored upward only.")] = True,

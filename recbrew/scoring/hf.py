@@ -265,6 +265,8 @@ class HFScorer:
     @torch.no_grad()
     def generate(self, requests: Sequence[dict], max_new_tokens: int = 16) -> list[str]:
         """Greedy continuation of ``prefix + segments[0]`` for each request, cut at the first line break."""
+        from transformers import StoppingCriteriaList
+
         tok = self.tokenizer
         decode = tok.backend.decode if hasattr(tok, "backend") else tok.decode
         device = self.head.weight.device
@@ -276,9 +278,22 @@ class HFScorer:
             ids = tok(text, add_special_tokens=False)["input_ids"]
             prompt = torch.tensor([ids], device=device)
             gen = self.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                      max_new_tokens=max_new_tokens, pad_token_id=pad)
+                                      max_new_tokens=max_new_tokens, pad_token_id=pad,
+                                      stopping_criteria=StoppingCriteriaList([_LineDone(len(ids), decode)]))
             out.append(first_line(decode(gen[0, len(ids):].tolist(), skip_special_tokens=True)))
         return out
+
+
+class _LineDone:
+    """Stops a one-sequence greedy generation once its answer line is complete: a line break after some text
+    (what `first_line` keeps is then fixed, so the tokens after it would be thrown away)."""
+
+    def __init__(self, start: int, decode):
+        self.start, self.decode = start, decode
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        text = self.decode(input_ids[0, self.start:].tolist(), skip_special_tokens=True).lstrip()
+        return torch.full((input_ids.shape[0],), "\n" in text, dtype=torch.bool, device=input_ids.device)
 
 
 def first_line(text: str) -> str:

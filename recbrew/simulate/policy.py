@@ -161,7 +161,7 @@ def optimistic_draw(mean: np.ndarray, draw: np.ndarray) -> np.ndarray:
 
     A draw below the mean only hides a candidate, and a candidate not shown teaches nothing, so that half of the
     posterior's spread costs positives and buys no information. The upward half is kept: a candidate gains
-    sd * sqrt(2 / pi) on average, a lot for a new item (its offset's prior spread) and almost nothing for one
+    sd / sqrt(2 pi) on average, a lot for a new item (its offset's prior spread) and almost nothing for one
     the logs have seen often, so the policy explores where the posterior is wide.
     """
     return np.maximum(draw, mean)
