@@ -199,7 +199,8 @@ def test_cli_render_prints_prompt_tokens_and_cut(world, tokenizer):
     res = subprocess.run([str(RECBREW), "tasks", "render", "feed_like", "--corpus", str(world), "--member",
                           str(member), "--max-tokens", "400"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert "Will the member like this post?\nAnswer:" in res.stdout
+    assert "### Question\nWill the member like this post?\n\n### Candidate" in res.stdout
+    assert res.stdout.split("-" * 60)[0].rstrip().endswith("Answer:")
     tokens = int(res.stdout.split("tokens: ")[1].split()[0])
     assert tokens <= 400 and "history: kept" in res.stdout and "cut" in res.stdout
     listed = json.loads(subprocess.run([str(RECBREW), "tasks", "list", "--json"], capture_output=True,
