@@ -33,7 +33,7 @@ AXES = ("data", "model", "history")
 BASELINE_FAMILIES = ("lirank", "ligr", "dcnv2")
 FAMILIES = (*BASELINE_FAMILIES, "llm")
 TINY_PRESETS = ("tiny", "small", "base")
-X_LABELS = {"data": "training requests", "model": "parameters", "history": "max prompt tokens"}
+X_LABELS = {"data": "labelled training items", "model": "parameters", "history": "max prompt tokens"}
 
 
 @dataclass
