@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -436,6 +437,29 @@ def test_sigkill_and_resume_reaches_the_same_result(workspace):
     assert abs(loss_a - loss_b) < 1e-4
     for name, w in weights_a.items():
         assert torch.allclose(w, weights_b[name], atol=1e-5), name
+
+
+@pytest.mark.slow
+def test_resume_from_the_last_checkpoint_trains_no_further_step(workspace):
+    """Killed after checkpoint-8 (the whole budget) but before final/: the resumed run writes final/ from it."""
+    whole = workspace / "whole"
+    if not (whole / "final").is_dir():
+        proc = _cli(*_train_args(workspace, whole))
+        output = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, output
+    late = workspace / "killed-late"
+    shutil.copytree(whole, late, ignore=shutil.ignore_patterns("final", "train_log.json"))
+    proc = _cli(*_train_args(workspace, late))
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output
+    assert f"resuming from {late / 'checkpoint-8'}" in output
+    log = json.loads((late / "train_log.json").read_text())
+    assert log["steps"] == 8 and max(h.get("step", 0) for h in log["log_history"]) == 8
+    loss_a, weights_a = _final(whole)
+    loss_b, weights_b = _final(late)
+    assert loss_a == loss_b
+    for name, w in weights_a.items():
+        assert torch.equal(w, weights_b[name]), name
 
 
 @pytest.mark.slow

@@ -85,7 +85,22 @@ def answer_loss(model, inputs: dict, over: str = "vocab") -> torch.Tensor:
     return losses.mean()
 
 
-class AnswerSFTTrainer(SFTTrainer):
+class _StopAtBudget:
+    """A run resumed from a checkpoint that already holds its whole step budget trains no further step.
+
+    The Trainer checks ``max_steps`` after each optimizer step, so a run killed after its last checkpoint but
+    before ``final/`` was written would, on resume, train one step past the budget whenever the budget is not a
+    whole number of epochs. Here the batches run dry instead: the checkpoint's weights are what ``final/`` gets.
+    """
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return [], None
+        return super().get_batch_samples(epoch_iterator, num_batches, device)
+
+
+class AnswerSFTTrainer(_StopAtBudget, SFTTrainer):
     """TRL SFT with the loss on answer tokens only, read through an answer-positions-only LM head."""
 
     def __init__(self, *args, frozen_cache=None, answer_layer=None, loss_over: str = "vocab", **kwargs):
@@ -139,7 +154,7 @@ class AnswerPreferenceCollator(DataCollatorForPreference):
         return batch
 
 
-class AnswerDPOTrainer(DPOTrainer):
+class AnswerDPOTrainer(_StopAtBudget, DPOTrainer):
     """TRL DPO over engaged vs non-engaged candidates of one member (see the module docstring)."""
 
 
