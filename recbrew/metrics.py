@@ -52,14 +52,21 @@ def auc(labels, scores, weights=None) -> float | np.ndarray:
         starts = _block_starts(s[order])
         wy = w[:, order] * y[order]
         wn = w[:, order] * (1.0 - y[order])
-        pos = np.add.reduceat(wy, starts, axis=1)
-        neg = np.add.reduceat(wn, starts, axis=1)
-        below = np.cumsum(neg, axis=1) - neg
-        num = (pos * (below + 0.5 * neg)).sum(axis=1)
-        den = pos.sum(axis=1) * neg.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+        out = auc_from_counts(np.add.reduceat(wy, starts, axis=1), np.add.reduceat(wn, starts, axis=1))
     return float(out[0]) if weights is None or np.ndim(weights) == 1 else out
+
+
+def auc_from_counts(pos, neg) -> float | np.ndarray:
+    """ROC AUC from the (weighted) positive and negative counts at each score level, levels ascending along
+    the last axis (a tie within a level counts half); NaN when one class is missing. This is how `auc` ends,
+    and how a score histogram (the world card's streaming AUC) is read without keeping its rows.
+    """
+    pos, neg = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
+    below = np.cumsum(neg, axis=-1) - neg
+    num = (pos * (below + 0.5 * neg)).sum(axis=-1)
+    den = pos.sum(axis=-1) * neg.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
 def per_group_auc(labels, scores, groups) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

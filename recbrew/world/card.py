@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from recbrew.metrics import auc_from_counts
+
 
 class StreamingAUC:
     """ROC AUC from score histograms on the logit scale: O(1) memory however many rows stream in.
@@ -34,11 +36,8 @@ class StreamingAUC:
         return int(self.neg.sum())
 
     def auc(self) -> float | None:
-        p, n = self.positives, self.negatives
-        if p == 0 or n == 0:
-            return None
-        below = np.cumsum(self.neg) - self.neg
-        return float((self.pos * (below + 0.5 * self.neg)).sum() / (p * n))
+        value = float(auc_from_counts(self.pos, self.neg))
+        return None if np.isnan(value) else value
 
 
 class ActionStats:
