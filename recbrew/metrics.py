@@ -56,10 +56,11 @@ def auc(labels, scores, weights=None) -> float | np.ndarray:
     return float(out[0]) if weights is None or np.ndim(weights) == 1 else out
 
 
-def auc_from_counts(pos, neg) -> float | np.ndarray:
+def auc_from_counts(pos, neg) -> np.ndarray:
     """ROC AUC from the (weighted) positive and negative counts at each score level, levels ascending along
-    the last axis (a tie within a level counts half); NaN when one class is missing. This is how `auc` ends,
-    and how a score histogram (the world card's streaming AUC) is read without keeping its rows.
+    the last axis (a tie within a level counts half); one AUC per row (a 0-d array for one histogram), NaN
+    where a class is missing. This is how `auc` ends, and how a score histogram (the world card's streaming
+    AUC) is read without keeping its rows.
     """
     pos, neg = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
     below = np.cumsum(neg, axis=-1) - neg
