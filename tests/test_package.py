@@ -61,3 +61,15 @@ def test_editable_install_maps_root_folders():
     assert Path(recbrew.kernels.__file__).parent == ROOT / "kernels"
     assert Path(recbrew.eval.__file__).parent == ROOT / "eval"
     assert assets.path("tasks") == ROOT / "tasks"
+
+
+def test_another_checkout_through_this_install_is_refused(tmp_path):
+    """A copy of recbrew/ put first on PYTHONPATH would get this install's eval/ and kernels/: one clear error."""
+    import shutil
+
+    shutil.copytree(ROOT / "recbrew", tmp_path / "recbrew", ignore=shutil.ignore_patterns("__pycache__"))
+    out = subprocess.run([sys.executable, "-c", "import recbrew"], capture_output=True, text=True, cwd=tmp_path,
+                         env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: recbrew at") and "another checkout" in last and str(ROOT / "eval") in last
