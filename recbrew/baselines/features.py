@@ -111,6 +111,19 @@ def default_remainder(num_ids: int) -> int:
     return max(2, math.ceil(math.sqrt(num_ids)))
 
 
+#: Times are held within ±2**53 s (285 million years): differences of two then fit in int64.
+_TIME_LIMIT = 2**53
+
+
+def as_times(values: Sequence) -> np.ndarray:
+    """Epoch seconds as int64, clipped to ±2**53 s so that no value (1e30 included) overflows the arithmetic."""
+    try:
+        out = np.asarray(values, dtype=np.int64)
+    except OverflowError:  # a Python number beyond int64
+        out = np.asarray([min(max(v, -_TIME_LIMIT), _TIME_LIMIT) for v in values], dtype=np.int64)
+    return np.clip(out, -_TIME_LIMIT, _TIME_LIMIT)
+
+
 def right_align(seqs: Sequence[Sequence], length: int, dtype=np.int64) -> np.ndarray:
     """[n, length] array with each sequence's last ``length`` values at the right, 0-padded on the left."""
     out = np.zeros((len(seqs), length), dtype=dtype)
@@ -239,8 +252,8 @@ class FeatureSpace:
             "member_cats": np.stack([stable_hash(cols[f], f, cfg.cat_buckets) for f in MEMBER_FIELDS], 1),
         }
         # History, right-aligned (most recent last).
-        ts = np.asarray(cols["timestamp"], dtype=np.int64)
-        h_ts = right_align(cols["hist_timestamps"], L)
+        ts = as_times(cols["timestamp"])
+        h_ts = np.clip(right_align(cols["hist_timestamps"], L), -_TIME_LIMIT, _TIME_LIMIT)
         mask = right_align([[1] * len(h) for h in cols["hist_item_ids"]], L).astype(bool)
         if cfg.history_days is not None:
             mask &= (ts[:, None] - h_ts) < cfg.history_days * 86_400

@@ -5,26 +5,51 @@ recbrew runs as a thin gateway in front of vLLM's own server rather than inside 
 its OpenAI routes, batching and prefix cache untouched, recbrew's Python (templates, Corpus
 lookups) never blocks the engine's event loop, and either side can be upgraded alone. The price
 is one local HTTP hop (about a millisecond) per engine call.
+
+Every error answer has one shape, `{"error": {"message", "type", "code"}}`: bad requests (4xx), unknown
+routes and methods, and unexpected failures (500, their traceback in the server's log). With an API key
+the interactive docs (`/docs`, `/redoc`, `/openapi.json`) are off: they would describe the API to anyone.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
 
-from recbrew.serve.protocol import RankError, RankRequest, RankResponse
+from recbrew.serve.protocol import ID, INLINE, RankError, RankRequest, RankResponse
 from recbrew.serve.ranker import RankService
 
 _PASS_THROUGH = ("/v1/completions", "/v1/chat/completions")
+log = logging.getLogger("recbrew.serve")
 
 
-def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+def error(status: int, message: str, kind: str = "invalid_request_error", headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status,
+                        headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    """The first problem as 'field.path: what is wrong', plus how many more there are."""
+    errors = exc.errors()
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return f"malformed JSON: {first.get('ctx', {}).get('error') or first.get('msg')}"
+    # Drop the body marker and the name of the form a member or candidate was read as ('id' / 'inline').
+    path: list = []
+    for part in first.get("loc", ()):
+        if part == "body" or (part in (ID, INLINE) and path and (path[-1] == "member" or isinstance(path[-1], int))):
+            continue
+        path.append(part)
+    where = ".".join(str(p) for p in path) or "body"
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first.get('msg')}{more}"
 
 
 def create_app(service: RankService, api_key: str | None = None) -> FastAPI:
@@ -34,7 +59,8 @@ def create_app(service: RankService, api_key: str | None = None) -> FastAPI:
             service.client = client
             yield
 
-    app = FastAPI(title="recbrew", lifespan=lifespan)
+    docs = {} if not api_key else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="recbrew", lifespan=lifespan, **docs)
 
     @app.middleware("http")
     async def check_key(request: Request, call_next):
@@ -42,20 +68,32 @@ def create_app(service: RankService, api_key: str | None = None) -> FastAPI:
             if request.headers.get("authorization", "") != f"Bearer {api_key}":
                 return error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                              "authentication_error")
-        return await call_next(request)
+        try:
+            return await call_next(request)
+        except Exception as exc:  # a JSON answer on a connection that stays open; the traceback goes to the log
+            log.exception("%s %s failed", request.method, request.url.path)
+            return error(500, f"internal error ({type(exc).__name__}); the server's log has the traceback",
+                         "server_error")
 
     @app.exception_handler(RankError)
     async def rank_error(request: Request, exc: RankError):
-        return error(exc.status, str(exc))
+        return error(exc.status, str(exc), "invalid_request_error" if exc.status < 500 else "server_error")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-        if first.get("type") == "json_invalid":
-            return error(400, f"malformed JSON: {first.get('msg')}")
-        return error(400, f"{where}: {first.get('msg')}" + (f" (+{len(exc.errors()) - 1} more)"
-                                                            if len(exc.errors()) > 1 else ""))
+        return error(400, _validation_message(exc))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        # Unknown routes (404), wrong methods (405) and anything FastAPI itself refuses.
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return error(exc.status_code, message, "invalid_request_error" if exc.status_code < 500 else "server_error",
+                     headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(httpx.HTTPError)
+    async def engine_unreachable(request: Request, exc: httpx.HTTPError):
+        # A pass-through route (/v1/models, /v1/completions, ...) whose engine call failed.
+        return error(502, f"the vLLM engine did not answer: {type(exc).__name__}", "server_error")
 
     @app.get("/health")
     async def health():

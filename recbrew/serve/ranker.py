@@ -17,17 +17,29 @@ import numpy as np
 
 from recbrew.data.schema import ITEMS, MEMBERS
 from recbrew.errors import UserError
-from recbrew.serve.protocol import RankedCandidate, RankError, RankRequest, RankResponse
+from recbrew.serve.protocol import InlineNetwork, RankedCandidate, RankError, RankRequest, RankResponse
 from recbrew.tasks import load_catalog
 from recbrew.tasks.spec import Kind, TaskSpec
 from recbrew.verbalize.environment import make_environment
-from recbrew.verbalize.neutralize import neutralize_row
+from recbrew.verbalize.neutralize import neutralize, neutralize_row
 from recbrew.verbalize.render import HistoryEntry, RenderedPrompt, Renderer
 
 _MEMBER_FIELDS = [c.name for c in MEMBERS.columns if c.name != "member_id"]
 _ITEM_FIELDS = [c.name for c in ITEMS.columns if c.name != "item_id"] + ["author", "name", "headline"]
 _NO_SOCIAL = {"engaged_count": 0, "engaged_names": [], "mutual_count": None, "mutual_names": [],
               "shared_company": False, "shared_school": False}
+
+#: The moment of a request without ``at`` on a server without a Corpus: after any event an inline history holds.
+_NO_END = 2**62
+
+
+def _inline_network(network: InlineNetwork | None) -> dict | None:
+    """An inline member's network section, its names neutralized as `CorpusView.network` does the Corpus's."""
+    if network is None or network == InlineNetwork():
+        return None  # an empty network shows no section, as before
+    return {"connections": network.connections, "actions": network.actions,
+            "companies": [neutralize("company", c) for c in network.companies],
+            "creators": [neutralize("name", c) for c in network.creators]}
 
 
 class RankService:
@@ -97,6 +109,12 @@ class RankService:
         except KeyError:
             raise RankError(404, f"unknown item {item_id}") from None
 
+    def _time(self, req: RankRequest) -> int:
+        """The request's moment: its ``at`` (0 included), else the end of the served Corpus."""
+        if req.at is not None:
+            return req.at
+        return self.end if self.end is not None else _NO_END
+
     def context(self, req: RankRequest, task: TaskSpec) -> tuple[dict, list[dict], list[HistoryEntry], dict | None]:
         fields = tuple(task.candidate_fields)
         if isinstance(req.member, int):
@@ -104,15 +122,15 @@ class RankService:
                 raise RankError(400, "this server has no Corpus: send an inline member (start it with --corpus)")
             if not self.view.has_member(req.member):
                 raise RankError(404, f"unknown member {req.member}")
-            t = req.at or self.end
+            t = self._time(req)
             member, friends = self.view.member(req.member), self.view.connections(req.member, t)
             history, network = self.view.history(req.member, t, task), self.view.network(req.member, t)
         else:
-            t = req.at or (self.end or 2**62)
+            t = self._time(req)
             member = {f: None for f in _MEMBER_FIELDS}
             member.update({k: v for k, v in neutralize_row(req.member.profile).items() if k in member})
             history = self._inline_history(req, task, t, fields)
-            network, friends = req.member.network, None
+            network, friends = _inline_network(req.member.network), None
         candidates = []
         for cand in req.candidates:
             if isinstance(cand, dict):
@@ -231,7 +249,7 @@ class RankService:
         if self.view is not None and isinstance(req.member, int) and len(ids) == len(req.candidates):
             from recbrew.examples.build import structured_fields
 
-            t = req.at or self.end
+            t = self._time(req)
             lo, hi = self.view.actions_range(req.member, t)
             view = self.view
             row.update(structured_fields(view, req.member, t, ids, tuple(task.candidate_fields),
