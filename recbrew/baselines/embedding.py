@@ -83,6 +83,7 @@ class FeatureEmbeddings(nn.Module):
         self.dim = dim
         self.member_id = IdEmbedding(space.member_ids + 1, dim, cfg.qr, rem["member"], id_dropout)
         self.item_id = IdEmbedding(space.item_ids + 1, dim, cfg.qr, rem["item"], id_dropout)
+        self.stats_dim = space.stats
         self.member_cats = FieldEmbedding(len(MEMBER_FIELDS), cfg.cat_buckets, dim)
         self.item_cats = FieldEmbedding(len(ITEM_FIELDS), cfg.cat_buckets, dim)
         self.item_store = FieldEmbedding(len(STORE_FIELDS), cfg.cat_buckets, dim)
@@ -99,7 +100,7 @@ class FeatureEmbeddings(nn.Module):
     HISTORY_FIELDS = 4 + len(ITEM_FIELDS) + len(STORE_FIELDS)
 
     def candidate_dim(self) -> int:
-        return self.CANDIDATE_FIELDS * self.dim + len(MATCH_FIELDS)
+        return self.CANDIDATE_FIELDS * self.dim + len(MATCH_FIELDS) + self.stats_dim
 
     def member_fields(self, b: dict) -> torch.Tensor:
         """[B, MEMBER_FIELDS, dim]: member id, profile categoricals, task, surface."""
@@ -113,7 +114,8 @@ class FeatureEmbeddings(nn.Module):
                           self.slot(b["cand_slot"])[:, :, None]], 2)
 
     def candidate_vector(self, b: dict) -> torch.Tensor:
-        """[B, K, CANDIDATE_DIM]: the candidate's fields flattened, then its member-match indicators."""
+        """[B, K, CANDIDATE_DIM]: the candidate's fields flattened, then its member-match indicators (and the
+        task's as-of-time statistics, when the model was fitted with them)."""
         return torch.cat([self.candidate_fields(b).flatten(2), b["cand_match"]], 2)
 
     def history_fields(self, b: dict) -> torch.Tensor:

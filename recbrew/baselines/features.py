@@ -37,6 +37,7 @@ import torch
 
 from recbrew.errors import UserError
 from recbrew.examples.build import ITEM_FEATURES, MEMBER_FEATURES
+from recbrew.verbalize.stats import STATS_DIM
 
 if TYPE_CHECKING:
     from recbrew.examples.folder import Examples
@@ -181,6 +182,9 @@ class FeatureSpace:
     #: Remainder table sizes fixed by an id range that grew after fitting ('member' / 'item'; see
     #: ``recbrew/simulate/ranker.py``): the id -> (quotient, remainder) mapping of the trained rows must not move.
     remainders: dict[str, int] = field(default_factory=dict)
+    #: As-of-time statistics per candidate (`recbrew.verbalize.stats`): their width, 0 when the training rows
+    #: carry none (the models then have no inputs for them).
+    stats: int = 0
 
     # ------------------------------------------------------------------ fitting
 
@@ -199,6 +203,8 @@ class FeatureSpace:
         space = cls(config, tasks, surfaces, dict(kinds or {}),
                     member_ids=int(max(cols["member_id"])) + 1, item_ids=int(items.max()) + 1 if len(items) else 1)
         cats = np.stack([stable_hash([v for vs in cols[f] for v in vs], f, config.cat_buckets) for f in ITEM_FIELDS], 1)
+        if any(any(any(v) for v in cands) for cands in cols.get("cand_stats") or []):
+            space.stats = STATS_DIM
         ids, first = np.unique(cand, return_index=True)
         space.attr_ids, space.attr_cats = ids.tolist(), cats[first].tolist()
         if config.item_store:
@@ -282,6 +288,12 @@ class FeatureSpace:
         store, created = self._store(c_item)
         out["cand_store"] = store * out["cand_mask"][..., None]
         out["cand_match"] = self._matches(cols, store, K) * out["cand_mask"][..., None]
+        if self.stats:
+            stats = np.zeros((n, K, self.stats), np.float32)
+            for i, rows in enumerate(cols.get("cand_stats") or [[]] * n):
+                if rows:
+                    stats[i, :len(rows)] = np.asarray(rows, np.float32)[:, :self.stats]
+            out["cand_match"] = np.concatenate([out["cand_match"], stats], -1)
         days = np.maximum(ts[:, None] - created, 0) / 86_400.0
         age = 1 + np.minimum(np.floor(np.log2(1 + days)), ITEM_AGE_BUCKETS - 2).astype(np.int64)
         out["cand_age"] = np.where(out["cand_mask"] & (created >= 0), age, 0)
@@ -336,14 +348,15 @@ class FeatureSpace:
         return {"config": vars(self.config).copy(), "tasks": self.tasks, "task_surface": self.task_surface,
                 "kinds": self.kinds, "member_ids": self.member_ids, "item_ids": self.item_ids,
                 "attr_ids": self.attr_ids, "attr_cats": self.attr_cats, "store_ids": self.store_ids,
-                "store_cats": self.store_cats, "store_created": self.store_created, "remainders": self.remainders}
+                "store_cats": self.store_cats, "store_created": self.store_created, "remainders": self.remainders,
+                "stats": self.stats}
 
     @classmethod
     def from_dict(cls, d: dict) -> FeatureSpace:
         return cls(FeatureConfig(**d["config"]), list(d["tasks"]), dict(d["task_surface"]), dict(d["kinds"]),
                    int(d["member_ids"]), int(d["item_ids"]), list(d["attr_ids"]), [list(c) for c in d["attr_cats"]],
                    list(d["store_ids"]), [list(c) for c in d["store_cats"]], list(d["store_created"]),
-                   dict(d.get("remainders", {})))
+                   dict(d.get("remainders", {})), int(d.get("stats", 0)))
 
 
 def item_store(corpus_dir: str | Path, buckets: int) -> tuple[list[int], list[list[int]], list[int]]:
@@ -393,7 +406,7 @@ def batch_tensors(enc: dict[str, np.ndarray], rows: np.ndarray | slice) -> dict[
 
 STRUCTURED_COLUMNS = ("request_id", "task", "split_tag", "surface", "member_id", "timestamp", "candidate_ids",
                       "labels", "true_probs", "member_interactions", "hist_item_ids", "hist_actions",
-                      "hist_surfaces", "hist_timestamps", *MEMBER_FIELDS, *ITEM_FIELDS)
+                      "hist_surfaces", "hist_timestamps", *MEMBER_FIELDS, *ITEM_FIELDS, "cand_stats")
 
 
 def examples_folder(examples) -> Examples:

@@ -34,6 +34,7 @@ from recbrew.tasks.spec import Kind, TaskSpec
 from recbrew.verbalize.context import CorpusView
 from recbrew.verbalize.environment import make_environment
 from recbrew.verbalize.render import Renderer
+from recbrew.verbalize.stats import STATS_DIM, dense_vector
 
 #: History steps kept in the structured view (most recent last).
 STRUCTURED_HISTORY = 50
@@ -131,10 +132,11 @@ class _Context:
 
 
 def structured_fields(view, member: int, t: int, cand_ids: list[int], fields: tuple[str, ...], history: tuple,
-                      lo: int, hi: int, keep: int = STRUCTURED_HISTORY) -> dict:
+                      lo: int, hi: int, keep: int = STRUCTURED_HISTORY, task: TaskSpec | None = None) -> dict:
     """The structured view of one request (what classic rankers read): ids, the member's profile fields, the
     candidates' fields and the last ``keep`` history steps of rows [lo, hi) of ``history`` = (item, action,
-    surface, timestamp) arrays. `recbrew serve` builds the same for requests it ranks with a classic ranker."""
+    surface, timestamp) arrays, and the task's as-of-time statistics as one dense vector per candidate (zeros
+    when it declares none). `recbrew serve` builds the same for requests it ranks with a classic ranker."""
     item, action, surface, ts = history
     hist = slice(max(lo, hi - keep), hi)
     profile = view.member(member)
@@ -145,7 +147,16 @@ def structured_fields(view, member: int, t: int, cand_ids: list[int], fields: tu
         "hist_surfaces": surface[hist].tolist(), "hist_timestamps": ts[hist].tolist(),
         **{f"member_{f}": profile.get(f) for f in MEMBER_FEATURES},
         **{f"cand_{f}": [it.get(f) for it in items] for f in ITEM_FEATURES},
+        "cand_stats": candidate_stats_vectors(view, member, t, cand_ids, task),
     }
+
+
+def candidate_stats_vectors(view, member: int, t: int, cand_ids: list[int], task: TaskSpec | None) -> list[list[float]]:
+    """One `recbrew.verbalize.stats.dense_vector` per candidate (zeros when the task declares no statistics)."""
+    if task is None or not task.stats.any:
+        return [[0.0] * STATS_DIM for _ in cand_ids]
+    m = view.member_stats(member, t, task)
+    return [dense_vector(m, view.candidate_stats(member, c, t, task)) for c in cand_ids]
 
 
 def build_task(ctx: _Context, task: TaskSpec, renderer: Renderer, req: Requests, text: _Columns,
@@ -170,7 +181,7 @@ def build_task(ctx: _Context, task: TaskSpec, renderer: Renderer, req: Requests,
         history = ctx.history.entries(view, h_first, h_hi, t, task, limit)
         interactions = h_hi - h_first
         # "Past actions" counts what came before the request under the protocol (by record for order rules).
-        network = {**view.network(member, t), "actions": interactions}
+        network = {**view.network(member, t), "actions": interactions, "stats": view.member_stats(member, t, task)}
         prompt = renderer.render(
             view.member(member, hidden), [view.candidate(member, c, t, task, friends) for c in cand_ids],
             history, network=network,
@@ -194,7 +205,7 @@ def build_task(ctx: _Context, task: TaskSpec, renderer: Renderer, req: Requests,
             "request_id": request_id, "task": task.name, "split_tag": task.split.value, "surface": task.surface,
             "member_id": member, "timestamp": t, "candidate_ids": cand_ids, "labels": labels, "true_probs": probs,
             **structured_fields(view, member, t, cand_ids, fields, (h.item, h.action, h.surface, h.ts), h_first, h_hi,
-                                ctx.last or STRUCTURED_HISTORY),
+                                ctx.last or STRUCTURED_HISTORY, task),
         })
         counts[split] += 1
         counts["candidates"] += len(cand_ids)

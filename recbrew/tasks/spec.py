@@ -98,6 +98,43 @@ class Social(_Strict):
     max_names: int = Field(3, ge=0, le=20)
 
 
+class StatFacet(_Strict):
+    """An item field the member's recent actions are compared on (genres, decade, industry, ...)."""
+
+    field: str = Field(description="item column (a value or a list of values)")
+    word: str = Field(pattern=r"^[a-z][a-z ]*$", description="how the prompt names it, e.g. 'genre'")
+    bucket: int | None = Field(None, ge=1, description="numeric fields: values grouped by this width (10: year -> decade)")
+
+
+class Stats(_Strict):
+    """As-of-time statistics shown in the prompt and given to the classic rankers (`recbrew.verbalize.stats`).
+
+    Everything is counted over the task's labelled interactions strictly before the request's moment."""
+
+    candidate: bool = Field(False, description="the candidate's interactions so far and their positive share")
+    member: bool = Field(False, description="the member's interactions so far and their positive share")
+    facets: list[StatFacet] = Field(default_factory=list, description="per facet: how many of the member's last "
+                                                                      "`recent` positive and negative actions share "
+                                                                      "the candidate's value")
+    recent: int = Field(30, ge=1, le=500, description="positive (and negative) actions the facets look back on")
+    #: How the prompt names the counted interactions and their outcome ("ratings", "liked", "disliked").
+    noun: str = Field("interactions", pattern=r"^[a-z][a-z ]*$")
+    positive_word: str = Field("positive", pattern=r"^[a-z][a-z ]*$")
+    negative_word: str = Field("negative", pattern=r"^[a-z][a-z ]*$")
+
+    @field_validator("facets")
+    @classmethod
+    def _known(cls, facets: list[StatFacet]) -> list[StatFacet]:
+        unknown = sorted({f.field for f in facets} - {c.name for c in ITEMS.columns})
+        if unknown:
+            raise ValueError(f"unknown item field(s) {unknown} in stats.facets")
+        return facets
+
+    @property
+    def any(self) -> bool:
+        return self.candidate or self.member or bool(self.facets)
+
+
 class Generative(_Strict):
     target: Literal["next_job_title", "held_out_skill"]
 
@@ -115,6 +152,7 @@ class TaskSpec(_Strict):
     answer: Answer = Answer(words=["yes", "no"])
     history: History = History()
     social: Social = Social()
+    stats: Stats = Stats()
     candidate_fields: list[str] = Field(default_factory=lambda: ["title", "text"])
     template: str = Field("pointwise", description="prompt family: prompts/<template>.<style>.j2")
     style: str = "compact"

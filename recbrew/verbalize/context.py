@@ -21,6 +21,7 @@ from recbrew.data.schema import ITEMS, MEMBERS, NO_ACTION
 from recbrew.tasks.spec import TaskSpec
 from recbrew.verbalize.neutralize import neutralize
 from recbrew.verbalize.render import HistoryEntry
+from recbrew.verbalize.stats import AsOfStats, FacetSpec, share
 
 DAY = 86_400
 _MEMBER_FIELDS = [c.name for c in MEMBERS.columns if c.name not in ("member_id", "company_id", "joined_at")]
@@ -122,6 +123,8 @@ class CorpusView:
         self.f_ts = edges["timestamp"].to_numpy()[follow]
         order = np.lexsort((self.f_ts, self.f_src))
         self.f_src, self.f_dst, self.f_kind, self.f_ts = (x[order] for x in (self.f_src, self.f_dst, self.f_kind, self.f_ts))
+        self._stats: dict[tuple, AsOfStats] = {}
+        self._recent: dict[tuple, dict] = {}
 
     # Entities -------------------------------------------------------------------------------------
     def has_member(self, member_id: int) -> bool:
@@ -254,6 +257,47 @@ class CorpusView:
             out["engagements"] = self.engagements(int(item_id), t)
         out["social"] = self.social(member_id, int(item_id), t, task, friends)
         out["match"] = self.match(member_id, int(item_id), t)
+        out["stats"] = self.candidate_stats(member_id, int(item_id), t, task)
+        return out
+
+    # As-of-time statistics (`recbrew.verbalize.stats`) ----------------------------------------------
+    def stats(self, task: TaskSpec) -> AsOfStats | None:
+        """The task's statistics over this Corpus (built once per label, facets and look-back)."""
+        spec = task.stats
+        if not spec.any:
+            return None
+        facets = tuple(FacetSpec(f.field, f.word, f.bucket) for f in spec.facets)
+        key = (tuple(task.label.positive), tuple(task.label.negatives), facets, spec.recent)
+        if key not in self._stats:
+            self._stats[key] = AsOfStats(self.corpus, *key)
+        return self._stats[key]
+
+    def member_stats(self, member_id: int, t: int, task: TaskSpec) -> dict | None:
+        """The member's labelled interactions before ``t``: ``{n, positive, share}`` (share in %), or None."""
+        stats = self.stats(task)
+        if stats is None or not task.stats.member:
+            return None
+        n, positive = stats.member(int(member_id), int(t))
+        return {"n": n, "positive": positive, "share": share(positive, n), **_stat_words(task)}
+
+    def candidate_stats(self, member_id: int, item_id: int, t: int, task: TaskSpec) -> dict | None:
+        """The candidate's labelled interactions before ``t`` (``n``, ``positive``, ``share`` in %) and, per
+        declared facet, how many of the member's recent positive / negative actions share its value."""
+        stats = self.stats(task)
+        if stats is None:
+            return None
+        out: dict = {"n": None, "positive": None, "share": None, "facets": [], **_stat_words(task)}
+        if task.stats.candidate:
+            n, positive = stats.item(int(item_id), int(t))
+            out.update(n=n, positive=positive, share=share(positive, n))
+        if stats.facets:
+            key = (int(member_id), int(t), id(stats))
+            recent = self._recent.get(key)
+            if recent is None:
+                if len(self._recent) > 4096:
+                    self._recent.clear()
+                recent = self._recent[key] = stats.recent_items(int(member_id), int(t))
+            out["facets"] = stats.facet_counts(recent, int(item_id))
         return out
 
     def match(self, member_id: int, item_id: int, t: int) -> dict:
@@ -278,6 +322,12 @@ class CorpusView:
                 out["industry_actions"] = int(
                     (self.h_facet["industry"][lo:hi] == self._i_facet["industry"][i_row]).sum())
         return out
+
+
+def _stat_words(task: TaskSpec) -> dict:
+    """How the templates name the counted interactions and their outcomes (the task's ``stats`` words)."""
+    spec = task.stats
+    return {"noun": spec.noun, "pos": spec.positive_word, "neg": spec.negative_word}
 
 
 def select_history(view: CorpusView, action: np.ndarray, surface: np.ndarray, ts: np.ndarray, item: np.ndarray,

@@ -1,0 +1,142 @@
+"""As-of-time statistics (`recbrew.verbalize.stats`, a task's ``stats:``): exact counts against a brute-force
+reference, nothing at or after the moment changes them, the prompt and the classic rankers both get them."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from recbrew import assets
+from recbrew.data import Corpus
+from recbrew.tasks import load_catalog
+from recbrew.verbalize.context import CorpusView
+from recbrew.verbalize.render import Renderer
+from recbrew.verbalize.stats import STATS_DIM, dense_vector
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("recbole") is None, reason="needs the recbole package")
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Corpus:
+    from recbrew.data.movielens import load_movielens
+
+    return load_movielens()
+
+
+@pytest.fixture(scope="module")
+def task():
+    return load_catalog(assets.path("configs") / "movielens" / "tasks")["movies_like"]
+
+
+@pytest.fixture(scope="module")
+def view(corpus) -> CorpusView:
+    return CorpusView(corpus)
+
+
+def _rows(corpus: Corpus) -> dict[str, np.ndarray]:
+    inter = corpus.interactions
+    return {"member": inter["member_id"].to_numpy(), "item": inter["item_id"].to_numpy(),
+            "ts": inter["timestamp"].to_numpy(), "action": inter["action"].to_numpy(zero_copy_only=False).astype(str)}
+
+
+def _decade(year):
+    return None if year is None else year // 10 * 10
+
+
+def test_counts_equal_a_brute_force_reference(corpus, view, task):
+    """Item and member counts, liked shares and the genre / decade agreement with the member's last 30 liked and
+    disliked movies, recomputed row by row for 40 (member, moment, movie) triples."""
+    r = _rows(corpus)
+    items = {row["item_id"]: row for row in corpus.items.to_pylist()}
+    rng = np.random.default_rng(0)
+    checked = facets_seen = 0
+    for i in rng.choice(len(r["ts"]), size=40, replace=False):
+        member, t = int(r["member"][i]), int(r["ts"][i])
+        cand = int(rng.choice(r["item"]))
+        before = r["ts"] < t
+        on_item = before & (r["item"] == cand)
+        got = view.candidate_stats(member, cand, t, task)
+        assert got["n"] == on_item.sum() and got["positive"] == (on_item & (r["action"] == "like")).sum()
+        mine = before & (r["member"] == member)
+        m = view.member_stats(member, t, task)
+        assert (m["n"], m["positive"]) == (mine.sum(), (mine & (r["action"] == "like")).sum())
+        assert m["share"] == (None if m["n"] == 0 else round(100 * m["positive"] / m["n"]))
+        for side, key in (("like", "liked"), ("dislike", "disliked")):
+            rows = np.flatnonzero(mine & (r["action"] == side))
+            rows = rows[np.lexsort((rows, r["ts"][rows]))][-30:]  # the last 30 by time (ties by record)
+            recent = [items[int(x)] for x in r["item"][rows]]
+            genre, decade = got["facets"]
+            want_genre = sum(bool(set(x["genres"] or []) & set(items[cand]["genres"] or [])) for x in recent)
+            want_decade = sum(_decade(x["year"]) == _decade(items[cand]["year"]) for x in recent)
+            if items[cand]["genres"]:
+                assert genre[key] == want_genre and genre["of_" + key] == len(recent)
+            if items[cand]["year"] is not None:
+                assert decade[key] == want_decade
+                facets_seen += want_decade > 0
+        checked += 1
+    assert checked == 40 and facets_seen > 0
+
+
+def test_rows_at_or_after_the_moment_change_nothing(corpus, task):
+    """Deleting every interaction at or after the moment, or flipping their outcome, leaves every statistic and
+    the rendered prompt as they were."""
+    r = _rows(corpus)
+    t = int(np.quantile(r["ts"], 0.7))
+    inter = corpus.interactions
+    late = pa.array(r["ts"] >= t)
+    flipped = inter.set_column(inter.column_names.index("action"), "action",
+                               pa.array(np.where(r["ts"] >= t, np.where(r["action"] == "like", "dislike", "like"),
+                                                 r["action"])))
+    views = [CorpusView(corpus),
+             CorpusView(Corpus(corpus.members, corpus.items, inter.filter(pa.compute.invert(late)), corpus.edges)),
+             CorpusView(Corpus(corpus.members, corpus.items, flipped, corpus.edges))]
+    members = np.unique(r["member"][r["ts"] < t])[:25]
+    cands = np.unique(r["item"])[:12]
+    renderer = Renderer(task)
+    prompts = []
+    for v in views:
+        got = []
+        for m in members:
+            m = int(m)
+            cs = [v.candidate(m, int(c), t, task) for c in cands]
+            network = {**v.network(m, t), "stats": v.member_stats(m, t, task)}
+            p = renderer.render(v.member(m), cs, v.history(m, t, task), network=network)
+            got.append((p.prefix, tuple(p.segments), [c["stats"]["n"] for c in cs]))
+        prompts.append(got)
+    assert prompts[0] == prompts[1] == prompts[2]
+    assert any(sum(n) > 0 for _, _, n in prompts[0])
+
+
+def test_the_prompt_says_the_counts(corpus, view, task):
+    r = _rows(corpus)
+    i = int(np.argsort(r["ts"])[len(r["ts"]) // 2])
+    member, t, cand = int(r["member"][i]), int(r["ts"][i]), int(r["item"][i])
+    c = view.candidate(member, cand, t, task)
+    m = view.member_stats(member, t, task)
+    prompt = Renderer(task).render(view.member(member), [c], view.history(member, t, task),
+                                   network={**view.network(member, t), "stats": m})
+    s = c["stats"]
+    assert f"ratings so far: {m['n']}, {m['share']}% liked" in prompt.prefix
+    assert f"ratings so far: {s['n']}, {s['share']}% liked" in prompt.segments[0]
+    liked = ", ".join(f"{f['liked']} same {f['word']}" for f in s["facets"] if f["liked"] is not None)
+    assert f"your last {s['facets'][0]['of_liked']} liked: {liked}" in prompt.segments[0]
+
+
+def test_a_task_without_stats_shows_and_computes_none(view, task):
+    plain = task.model_copy(update={"stats": type(task.stats)()})
+    assert view.stats(plain) is None and view.candidate_stats(1, 1, 10**10, plain) is None
+    assert view.member_stats(1, 10**10, plain) is None
+
+
+def test_dense_vector_for_the_classic_rankers():
+    member = {"n": 9, "positive": 3}
+    cand = {"n": 0, "positive": 0, "facets": [{"liked": 2, "of_liked": 4, "disliked": 1, "of_disliked": 2},
+                                              {"liked": None, "of_liked": 4, "disliked": None, "of_disliked": 2}]}
+    v = dense_vector(member, cand)
+    assert len(v) == STATS_DIM
+    assert v[:4] == [0.0, 0.5, pytest.approx(np.log1p(9) / 5), pytest.approx(1 / 3)]
+    assert v[4:8] == [0.5, 0.5, 0.0, 0.0]
+    assert dense_vector(None, None) == [0.0] * STATS_DIM
