@@ -108,3 +108,30 @@ def test_quickstart_runs_end_to_end_and_reuses_finished_steps(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("re-using") == 6  # world, examples, fine-tune, three baselines
     assert (tmp_path / "q" / "llm" / "final" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_quickstart_on_movielens_runs_end_to_end(tmp_path):
+    """`quickstart --data movielens`: the real-data comparison end to end, with a fusion row and the paired line
+    against the best classic model (recbrew-tiny stands in for SmolLM2, a few requests and steps)."""
+    pytest.importorskip("recbole")
+    from recbrew.data.movielens import load_movielens
+    from recbrew.models.tiny import build_tiny
+
+    load_movielens().save(tmp_path / "ml")
+    build_tiny(tmp_path / "ml", tmp_path / "tiny", "tiny", seed=0)
+    out = tmp_path / "q"
+    first = run("quickstart", "--data", "movielens", "--out", str(out), "--max-train", "40", "--max-test", "30",
+                "--baseline-epochs", "1", f"model={tmp_path / 'tiny'}", "layers=null", "max_steps=2", "save_steps=100")
+    assert first.returncode == 0, first.stderr[-3000:]
+    for step in ("corpus: MovieLens-100K", "examples: movies_like (time split)", "fine-tune: LoRA",
+                 "baselines: training lirank", "baselines: training ligr", "eval: every model", "tiny-lora vs ",
+                 "(paired bootstrap)", "report:"):
+        assert step in first.stdout, step
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert set(report["models"]) == {"tiny-lora", "lirank", "ligr", "popularity", "tiny-lora+lirank"}
+    assert set(report["tasks"]) == {"movies_like"}
+    text = (out / "examples" / "manifest.json").read_text()
+    assert '"test_days": 30.0' in text
+    bad = run("quickstart", "--data", "movielens", "--split", "random", "--out", str(out))
+    assert bad.returncode == 2 and "choose time or leave-last" in bad.stderr

@@ -140,3 +140,43 @@ def test_dense_vector_for_the_classic_rankers():
     assert v[:4] == [0.0, 0.5, pytest.approx(np.log1p(9) / 5), pytest.approx(1 / 3)]
     assert v[4:8] == [0.5, 0.5, 0.0, 0.0]
     assert dense_vector(None, None) == [0.0] * STATS_DIM
+
+
+@pytest.mark.slow
+def test_served_prompts_and_classic_scores_equal_the_examples(tmp_path, corpus, task):
+    """`recbrew serve` computes the statistics at the request's `at` as `data build` did: the same prompt text
+    (so the same LLM score), and for a LiRank fitted with the statistics, the same score."""
+    from fastapi.testclient import TestClient
+
+    from recbrew.baselines.config import run_config
+    from recbrew.baselines.scorer import load_scorer
+    from recbrew.baselines.train import train_model
+    from recbrew.examples.build import BuildConfig, build_examples
+    from recbrew.scoring import load_requests
+    from recbrew.serve.app import create_app
+    from recbrew.serve.protocol import RankRequest
+    from recbrew.serve.ranker import RankService
+
+    corpus.save(tmp_path / "corpus")
+    catalog = {"movies_like": task}
+    build_examples(tmp_path / "corpus", tmp_path / "ex", BuildConfig(test_days=30, gap_days=1, max_train=80,
+                                                                    max_test=6, max_tokens=768), catalog=catalog,
+                   progress=False)
+    cfg = run_config("lirank", overrides=["train.epochs=1", "train.val_fraction=0", "features.history_len=10",
+                                          "features.item_store=false"])
+    train_model(cfg, tmp_path / "ex", tmp_path / "lirank", progress=False)
+    lirank = load_scorer(tmp_path / "lirank")
+    assert lirank.space.stats == STATS_DIM
+    service = RankService(model_dir="smollm2", corpus_dir=tmp_path / "corpus", scorer=lirank, catalog=catalog)
+    rows = load_requests(tmp_path / "ex", "test")
+    with TestClient(create_app(service)) as client:
+        for row in rows:
+            body = {"task": row["task"], "member": row["member_id"], "candidates": row["candidate_ids"],
+                    "at": row["timestamp"]}
+            _, prompt = service.prompt(RankRequest(**body))
+            assert (prompt.prefix, prompt.segments) == (row["prefix"], row["segments"])
+            assert "ratings so far" in prompt.prefix
+            resp = client.post("/v1/rank", json=body)
+            assert resp.status_code == 200, resp.text
+            served = {r["candidate"]: r["score"] for r in resp.json()["results"]}
+            np.testing.assert_allclose([served[c] for c in row["candidate_ids"]], lirank.score([row])[0], atol=1e-5)

@@ -1,9 +1,15 @@
 """`recbrew quickstart`: the main job end to end on the embedded defaults, re-using finished steps.
 
-world -> examples for the whole catalog -> LoRA fine-tune of SmolLM2-135M -> LiRank, LiGR, popularity
--> eval of everything plus the oracle -> report. Every step writes aside and moves its output into
-place when done, so an interrupted run (Ctrl-C included) leaves no half-written step and the next run
-picks up where it stopped.
+``--data world`` (the default): world -> examples for the whole catalog -> LoRA fine-tune of SmolLM2-135M ->
+LiRank, LiGR, popularity -> eval of everything plus the oracle -> report.
+
+``--data movielens``: the same comparison on real data: MovieLens-100K (from the installed recbole package)
+-> ``movies_like`` examples with as-of-time statistics (time split, or leave-last) -> the real-data recipe
+(``smollm2-cpu-real``) -> LiRank, LiGR, popularity -> eval, with a fusion row (mean of the LLM's and LiRank's
+logits) as a reference.
+
+Every step writes aside and moves its output into place when done, so an interrupted run (Ctrl-C included)
+leaves no half-written step and the next run picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from recbrew.errors import UserError
 
 STEPS = 5
 
@@ -40,8 +48,10 @@ def _took(name: str, started: float) -> None:
     _TIMES[name] = _TIMES.get(name, 0.0) + time.time() - started
 
 
-def _baseline(name: str, examples: Path, out: Path, seed: int) -> Path:
-    """Train one classic ranker into ``out`` (written aside, then moved into place)."""
+def _baseline(name: str, examples: Path, out: Path, seed: int, configs: str = "baselines",
+              epochs: int | None = 5) -> Path:
+    """Train one classic ranker into ``out`` (written aside, then moved into place) from its shipped config
+    under ``configs/CONFIGS/``."""
     from recbrew.data.io import staged_directory
 
     with staged_directory(out) as tmp:
@@ -55,8 +65,9 @@ def _baseline(name: str, examples: Path, out: Path, seed: int) -> Path:
             from recbrew.baselines.train import train_model
             from recbrew.config import shipped_or_none
 
-            # Five epochs: on the quickstart's data both peak by then (validation AUC), and it saves a minute.
-            cfg = run_config(name, shipped_or_none("baselines", name), [f"train.seed={seed}", "train.epochs=5"])
+            # Five epochs on the world: both peak by then (validation AUC), and it saves a minute.
+            cfg = run_config(name, shipped_or_none(configs, name),
+                             [f"train.seed={seed}", *([f"train.epochs={epochs}"] if epochs else [])])
             train_model(cfg, examples, tmp, progress=False)
         (tmp / "quickstart.json").write_text(json.dumps({"examples": str(examples.resolve()), "seed": seed}))
     return out
@@ -71,16 +82,34 @@ def quickstart(
     days: Annotated[int | None, typer.Option(help="Days of the generated world (default: the world config's, "
                                              "30).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the whole run.")] = 0,
-    max_train: Annotated[int, typer.Option("--max-train", help="Training requests per task.")] = 300,
-    max_test: Annotated[int, typer.Option("--max-test", help="Test requests per task (every model scores them).")] = 50,
+    max_train: Annotated[int | None, typer.Option("--max-train", help="Training requests per task (default: 300 on "
+                                                  "the world, every one on movielens).")] = None,
+    max_test: Annotated[int | None, typer.Option("--max-test", help="Test requests per task, every model scores "
+                                                 "them (default: 50 on the world, every one on movielens).")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Prompt token budget (history is cut to fit).")] = 320,
     burn_in_days: Annotated[float, typer.Option("--burn-in-days", help="Days that only feed histories.")] = 7.0,
     train_config: Annotated[str, typer.Option("--train-config", help="Fine-tuning config (name or path).")
                             ] = "smollm2-cpu",
     train_overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides of the fine-tuning config.")
                                ] = None,
+    data: Annotated[str, typer.Option("--data", help="world (generated) or movielens (MovieLens-100K, real "
+                                      "ratings).")] = "world",
+    split: Annotated[str, typer.Option("--split", help="movielens: time (the last 30 days are test) or leave-last "
+                                       "(each member's last rating is test).")] = "time",
+    baseline_epochs: Annotated[int | None, typer.Option("--baseline-epochs", help="Epochs of LiRank and LiGR "
+                                                        "(default: 5 on the world, the config's on movielens).")
+                               ] = None,
 ) -> None:
-    """Run the pipeline end to end: world -> examples -> LoRA fine-tune -> baselines -> eval report."""
+    """Run the pipeline end to end: data -> examples -> LoRA fine-tune -> baselines -> eval report."""
+    if data not in ("world", "movielens"):
+        raise UserError(f"--data {data!r}: choose world or movielens")
+    if data == "movielens":
+        if out == Path("runs/quickstart"):
+            out = Path("runs/quickstart-movielens") / split
+        caps = {k: v for k, v in (("max_train", max_train), ("max_test", max_test)) if v is not None}
+        movielens(out, split, seed, "smollm2-cpu-real" if train_config == "smollm2-cpu" else train_config,
+                  train_overrides, caps, baseline_epochs)
+        return
     from recbrew.cli.world import print_card
     from recbrew.cli.world import world_config as load_world_config
     from recbrew.examples.build import BuildConfig, build_examples
@@ -101,7 +130,7 @@ def quickstart(
     print_card(card)
 
     examples_dir = out / "examples"
-    cfg = BuildConfig(max_train=max_train, max_test=max_test, seed=seed, max_tokens=max_tokens,
+    cfg = BuildConfig(max_train=max_train or 300, max_test=max_test or 50, seed=seed, max_tokens=max_tokens,
                       burn_in_days=burn_in_days)
     manifest = _reusable(examples_dir / "manifest.json", {"corpus": str(world_dir.resolve())})
     if manifest is not None and manifest["config"] == json.loads(json.dumps(cfg.__dict__)):
@@ -116,13 +145,92 @@ def quickstart(
     typer.echo(f"examples: {len(manifest['tasks'])} tasks ({', '.join(f'{n} {t}' for t, n in sorted(tags.items()))}), "
                f"{manifest['rows']['train']:,} train / {manifest['rows']['test']:,} test requests")
 
+    llm_dir, llm = _fine_tune(out, examples_dir, train_config, seed, train_overrides)
+    baselines = {name: str(_baseline_step(name, examples_dir, out, seed, epochs=baseline_epochs or 5))
+                 for name in ("lirank", "ligr", "popularity")}
+
+    from recbrew.eval.run import run_eval
+
+    started = _step(5, f"eval: every model plus the oracle on the same {manifest['rows']['test']:,} test requests")
+    models = {llm: str(llm_dir / "final"), **baselines}
+    result = run_eval(examples_dir, models, out / "eval", progress=True, include_oracle=True)
+    _took("eval", started)
+    _summary(result, llm, baselines, began)
+
+
+#: The MovieLens protocols `--data movielens` runs: build options of the time split (the docs' split) and of
+#: leave-last (each member's last rating is test, one target per request), and overrides of the fine-tune.
+#: A one-target request holds one labelled candidate where a day's session holds about 12, so leave-last trains
+#: on more requests for a similar number of tokens.
+MOVIELENS_SPLITS = {
+    "time": ({"test_days": 30.0, "gap_days": 1.0, "max_train": 5000, "max_test": 2000}, []),
+    "leave-last": ({"split": "leave-last", "one_target": True, "max_train": 20000, "max_test": 2000},
+                   ["max_examples=4000"]),
+}
+
+
+def movielens(out: Path, split: str, seed: int, train_config: str, train_overrides: list[str] | None,
+              caps: dict | None = None, baseline_epochs: int | None = None) -> None:
+    """MovieLens-100K end to end: corpus -> movies_like examples -> fine-tune -> LiRank, LiGR, popularity -> eval."""
+    from recbrew import assets
+    from recbrew.examples.build import BuildConfig, build_examples
+    from recbrew.tasks import load_catalog
+
+    if split not in MOVIELENS_SPLITS:
+        raise UserError(f"--split {split!r}: choose {' or '.join(MOVIELENS_SPLITS)}")
+    began = time.time()
+    _TIMES.clear()
+    corpus_dir = out / "corpus"
+    if (corpus_dir / "members.parquet").is_file():
+        _step(1, f"corpus: re-using {corpus_dir}")
+    else:
+        from recbrew.data.io import staged_directory
+        from recbrew.data.movielens import load_movielens
+
+        started = _step(1, f"corpus: MovieLens-100K from the recbole package into {corpus_dir}")
+        corpus = load_movielens()
+        with staged_directory(corpus_dir) as tmp:
+            corpus.save(tmp)
+        _took("corpus", started)
+
+    examples_dir = out / "examples"
+    build, train_defaults = MOVIELENS_SPLITS[split]
+    cfg = BuildConfig(seed=seed, max_tokens=768, **{**build, **(caps or {})})
+    catalog = load_catalog(assets.path("configs") / "movielens" / "tasks")
+    manifest = _reusable(examples_dir / "manifest.json", {"corpus": str(corpus_dir.resolve())})
+    if manifest is not None and manifest["config"] == json.loads(json.dumps(cfg.__dict__)):
+        _step(2, f"examples: re-using {examples_dir}")
+    else:
+        started = _step(2, f"examples: movies_like ({split} split) into {examples_dir}")
+        manifest = build_examples(corpus_dir, examples_dir, cfg, force=True, catalog=catalog)
+        _took("examples", started)
+    typer.echo(f"examples: {manifest['rows']['train']:,} train / {manifest['rows']['test']:,} test requests")
+
+    llm_dir, llm = _fine_tune(out, examples_dir, train_config, seed, [*train_defaults, *(train_overrides or [])])
+    baselines = {}
+    for name in ("lirank", "ligr", "popularity"):
+        baselines[name] = str(_baseline_step(name, examples_dir, out, seed, "movielens/baselines", baseline_epochs))
+
+    from recbrew.eval.run import run_eval
+
+    started = _step(5, f"eval: every model on the same {manifest['rows']['test']:,} test requests")
+    models = {llm: str(llm_dir / "final"), **baselines}
+    result = run_eval(examples_dir, models, out / "eval", progress=True, include_oracle=False,
+                      fusions={f"{llm}+lirank": [llm, "lirank"]})
+    _took("eval", started)
+    _summary(result, llm, baselines, began)
+
+
+def _fine_tune(out: Path, examples_dir: Path, train_config: str, seed: int,
+               overrides: list[str] | None) -> tuple[Path, str]:
+    """Step 3: the LoRA fine-tune into OUT/llm (re-used when its config is the same); (folder, model name)."""
     from recbrew.train import load_config, train
     from recbrew.train.run import META_FILE
 
     llm_dir = out / "llm"
     # No validation pass: step 5 scores the model on the test requests right after.
     tcfg = load_config(train_config, [f"examples={examples_dir}", f"out={llm_dir}", f"seed={seed}", "eval_requests=0",
-                                      *(train_overrides or [])])
+                                      *(overrides or [])])
     done = _reusable(llm_dir / "final" / META_FILE, {"config": tcfg.model_dump()})
     if done is not None:
         _step(3, f"fine-tune: re-using {llm_dir / 'final'}")
@@ -133,28 +241,27 @@ def quickstart(
         _took("fine-tune", started)
         typer.echo(f"fine-tune: {result.steps} steps in {time.time() - started:.0f} s, final loss "
                    f"{result.final_loss:.4f}")
-
-    baselines = {}
-    for name in ("lirank", "ligr", "popularity"):
-        folder = out / "baselines" / name
-        if _reusable(folder / "quickstart.json", {"examples": str(examples_dir.resolve()), "seed": seed}):
-            _step(4, f"baselines: re-using {folder}")
-        else:
-            started = _step(4, f"baselines: training {name} into {folder}")
-            _baseline(name, examples_dir, folder, seed)
-            _took("baselines", started)
-            typer.echo(f"baselines: {name} in {time.time() - started:.0f} s")
-        baselines[name] = str(folder)
-
-    from recbrew.eval.run import run_eval
-
-    started = _step(5, f"eval: every model plus the oracle on the same {manifest['rows']['test']:,} test requests")
     llm_name = (tcfg.model if tcfg.model in ("smollm2", "smollm2-135m") else Path(tcfg.model).name)
-    models = {f"{llm_name}-{'lora' if tcfg.lora else 'ft'}": str(llm_dir / "final"), **baselines}
-    result = run_eval(examples_dir, models, out / "eval", progress=True, include_oracle=True)
-    _took("eval", started)
+    return llm_dir, f"{llm_name}-{'lora' if tcfg.lora else 'ft'}"
+
+
+def _baseline_step(name: str, examples_dir: Path, out: Path, seed: int, configs: str = "baselines",
+                   epochs: int | None = 5) -> Path:
+    """Step 4 for one classic ranker: trained into OUT/baselines/NAME, or re-used for the same examples and seed."""
+    folder = out / "baselines" / name
+    if _reusable(folder / "quickstart.json", {"examples": str(examples_dir.resolve()), "seed": seed}):
+        _step(4, f"baselines: re-using {folder}")
+    else:
+        started = _step(4, f"baselines: training {name} into {folder}")
+        _baseline(name, examples_dir, folder, seed, configs, epochs)
+        _took("baselines", started)
+        typer.echo(f"baselines: {name} in {time.time() - started:.0f} s")
+    return folder
+
+
+def _summary(result, llm: str, baselines: dict, began: float) -> None:
+    """The eval table, the LLM against the best classic model (paired), where the report is and the wall times."""
     typer.echo(result.table())
-    llm = next(iter(models))
     auc = {name: row.get("T1") for name, row in result.macro_auc.items()}
     best = max((n for n in baselines if auc.get(n) is not None), key=lambda n: auc[n], default=None)
     if auc.get(llm) is not None and best is not None:

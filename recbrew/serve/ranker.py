@@ -124,7 +124,8 @@ class RankService:
                 raise RankError(404, f"unknown member {req.member}")
             t = self._time(req)
             member, friends = self.view.member(req.member), self.view.connections(req.member, t)
-            history, network = self.view.history(req.member, t, task), self.view.network(req.member, t)
+            history = self.view.history(req.member, t, task)
+            network = {**self.view.network(req.member, t), "stats": self.view.member_stats(req.member, t, task)}
         else:
             t = self._time(req)
             member = {f: None for f in _MEMBER_FIELDS}
@@ -253,6 +254,6 @@ class RankService:
             lo, hi = self.view.actions_range(req.member, t)
             view = self.view
             row.update(structured_fields(view, req.member, t, ids, tuple(task.candidate_fields),
-                                         (view.h_item, view.h_action, view.h_surface, view.h_ts), lo, hi))
+                                         (view.h_item, view.h_action, view.h_surface, view.h_ts), lo, hi, task=task))
         return row
 
