@@ -10,6 +10,7 @@ resampling noise they share cancels out of the interval of their difference.
 from __future__ import annotations
 
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from recbrew import metrics as M
 from recbrew.errors import UserError
-from recbrew.eval.generation import generation_scores
+from recbrew.eval.generation import generation_scores, normalize
 from recbrew.eval.table import RequestTable
 
 #: Slices as (request column, upper bucket edges): a value v falls in the first bucket whose edge >= v.
@@ -194,6 +195,17 @@ def bootstrap_aucs(table: RequestTable, scores: dict[str, np.ndarray], cfg: Comp
             boot.replicates[name][t] = (M.auc(y, s, smp.counts[:, smp.unit_of_cand]) if len(smp.counts)
                                         else np.zeros(0))
     return boot
+
+
+def most_frequent_answer(targets: Sequence[str | None]) -> dict:
+    """The trivial baseline of a generative task: always answer its most frequent test target. Its exact match
+    is the best any constant answer can get, so a model at or below it has learned nothing the report can show."""
+    counts = Counter(normalize(t) for t in targets if t)
+    if not counts:
+        return {"answer": None, "exact": None, "f1": None}
+    answer = counts.most_common(1)[0][0]
+    g = generation_scores([answer] * len(targets), list(targets))
+    return {"answer": answer, "exact": _num(g["exact"].mean()), "f1": _num(g["f1"].mean())}
 
 
 def paired_delta(source, a: str, b: str, level: float | None = None) -> dict:
@@ -406,6 +418,10 @@ def compare(table: RequestTable, scores: dict[str, np.ndarray], generations: dic
                     continue
                 g = generation_scores([gens[int(i)] for i in idx], [table.target[i] for i in idx])
                 entry["models"][name] = {"exact": _num(g["exact"].mean()), "f1": _num(g["f1"].mean())}
+            entry["trivial"] = trivial = most_frequent_answer([table.target[i] for i in idx])
+            if trivial["answer"] is not None:
+                entry["notes"] = [f"most frequent answer ({trivial['answer']!r}): EM {trivial['exact']:.3f} / "
+                                  f"F1 {trivial['f1']:.3f}; no star at or below it"]
         elif t in boot.samples:
             smp = boot.samples[t]
             y, request = table.labels[smp.cand], table.request[smp.cand]

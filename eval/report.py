@@ -63,9 +63,13 @@ def task_note(entry: dict) -> str:
 
 
 def winners(entry: dict, oracle: str | None) -> set[str]:
-    """Models with the best headline value of a task (AUC, or exact match for generative), oracle excluded."""
+    """Models with the best headline value of a task (AUC, or exact match for generative), oracle excluded, and
+    only if it beats the trivial baseline (AUC 0.5; the most frequent answer's exact match): no star for a task
+    every model fails."""
     key = "exact" if entry["kind"] == "generative" else "auc"
-    values = {n: m[key] for n, m in entry["models"].items() if m and m.get(key) is not None and n != oracle}
+    floor = (entry.get("trivial") or {}).get("exact") if key == "exact" else 0.5
+    values = {n: m[key] for n, m in entry["models"].items()
+              if m and m.get(key) is not None and n != oracle and m[key] > (floor or 0.0)}
     if not values:
         return set()
     best = max(values.values())

@@ -77,6 +77,13 @@ class EvalResult:
         return "\n".join(lines)
 
 
+def fuse_logits(scores: Sequence[np.ndarray]) -> np.ndarray:
+    """Per candidate, the sigmoid of the mean logit of several models' probabilities (NaN where one is NaN)."""
+    eps = 1e-6
+    p = np.clip(np.stack([np.asarray(s, np.float64) for s in scores]), eps, 1 - eps)
+    return 1 / (1 + np.exp(-np.log(p / (1 - p)).mean(0)))
+
+
 def has_true_probs(requests: Sequence[dict]) -> bool:
     """Whether every rankable request carries a true probability for each candidate (none None or NaN)."""
     ranked = [r for r in requests if r.get("kind") != "generative" and r.get("candidate_ids")]
@@ -103,7 +110,7 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
              use_cache: bool = True, max_new_tokens: int = 16, progress: bool = True, device: str | None = None,
              include_oracle: bool = True, unit: str = "auto", min_positives: int = 20,
              reference: str | None = None, tasks_dir: str | Path | None = None,
-             max_per_task: int | None = None) -> EvalResult:
+             max_per_task: int | None = None, fusions: Mapping[str, Sequence[str]] | None = None) -> EvalResult:
     """Score ``models`` ({name: spec or Scorer}, or a list of specs) on the test split and write the reports.
 
     With ``include_oracle`` the oracle joins as a reference when every request carries true probabilities.
@@ -112,6 +119,8 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
     default the best baseline (popularity or a trained baseline folder) by T1 macro AUC. Language models read the
     answer words from the task specs recorded in the examples; ``tasks_dir`` is checked against them.
     ``max_per_task`` scores only the first N test requests of each task (quick looks, sweeps).
+    ``fusions`` ({name: [model, model, ...]}) adds rows that score each candidate by the mean of those models'
+    logits (a reference for what a score blend gives; no model is run twice).
     """
     cfg = CompareConfig(k=k, bootstrap=bootstrap, seed=seed, unit=unit, min_positives=min_positives)
     cfg.check()
@@ -142,7 +151,12 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
     if include_oracle and oracle is None and has_true_probs(requests):
         entries.insert(0, describe("oracle", "oracle"))
         oracle = "oracle"
-    if reference is not None and reference not in [m.name for m in entries]:  # before minutes of scoring
+    names = [m.name for m in entries]
+    for name, parts in (fusions or {}).items():
+        if name in names or not parts or any(p not in names for p in parts):
+            raise UserError(f"fusion {name!r}: its models ({', '.join(parts) or 'none'}) must be among the models "
+                            f"({', '.join(names)}) and its name must be new")
+    if reference is not None and reference not in names + list(fusions or {}):  # before minutes of scoring
         raise UserError(f"reference model {reference!r} is not among the models: "
                         f"{', '.join(m.name for m in entries)}")
 
@@ -163,6 +177,11 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
         run_info.append({"name": m.name, "spec": m.spec or type(m.scorer).__name__, "kind": m.kind,
                          "fingerprint": (m.fingerprint or "-")[:12], "cached": got.cached,
                          "seconds": round(got.seconds, 3)})
+
+    for name, parts in (fusions or {}).items():
+        scores[name], generations[name] = fuse_logits([scores[p] for p in parts]), None
+        run_info.append({"name": name, "spec": "mean logit of " + " + ".join(parts), "kind": "fusion",
+                         "fingerprint": "-", "cached": True, "seconds": 0.0})
 
     baselines = [m.name for m in entries if m.kind in ("popularity", "baseline")] or None
     boot = bootstrap_aucs(table, scores, cfg)

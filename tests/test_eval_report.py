@@ -69,21 +69,42 @@ def test_generative_matching_normalizes_and_scores_token_overlap():
 
 def test_compare_marks_generative_na_and_renders_winners():
     rows = [request(i, "bin", [1, 0, 0], member=i % 4) for i in range(8)]
-    rows += [request(8 + i, "gen", [], kind="generative", target="Data Engineer", tag="T2") for i in range(2)]
+    targets = ["Data Engineer", "Data Engineer", "Nurse", "Product Manager"]
+    rows += [request(8 + i, "gen", [], kind="generative", target=t, tag="T2") for i, t in enumerate(targets)]
     table = RequestTable.from_requests(rows)
     good = np.tile([0.9, 0.2, 0.1], 8)
     bad = np.tile([0.1, 0.5, 0.9], 8)
-    res = compare(table, {"good": good, "bad": bad}, {"good": {8: "data engineer", 9: "x"}, "bad": None},
+    res = compare(table, {"good": good, "bad": bad},
+                  {"good": {8: "data engineer", 9: "x", 10: "nurse", 11: "product manager"}, "bad": None},
                   CompareConfig(bootstrap=30))
     assert res["tasks"]["bin"]["models"]["good"]["auc"] == 1.0
     assert res["tasks"]["bin"]["models"]["bad"]["auc"] == 0.0
     assert res["tasks"]["bin"]["models"]["good"]["mrr"] == 1.0
-    assert res["tasks"]["gen"]["models"]["good"] == {"exact": 0.5, "f1": 0.5}
+    assert res["tasks"]["gen"]["models"]["good"] == {"exact": 0.75, "f1": 0.75}
     assert res["tasks"]["gen"]["models"]["bad"] is None
-    assert res["summary"]["good"]["exact"] == 0.5 and res["summary"]["bad"]["exact"] is None
+    assert res["tasks"]["gen"]["trivial"] == {"answer": "data engineer", "exact": 0.5, "f1": 0.5}
+    assert res["summary"]["good"]["exact"] == 0.75 and res["summary"]["bad"]["exact"] is None
     meta = {"examples": "ex", "requests": len(table), "models": [], "versions": {}, "task_versions": {}}
     md = render_markdown(res, meta)
     assert "| bin | T1 | binary | **1.0000 [1.000, 1.000]** ★ | 0.0000 [0.000, 0.000] |" in md
-    assert "| gen | T2 | generative | **EM 0.500 / F1 0.500** ★ | n/a |" in md
+    assert "| gen | T2 | generative | **EM 0.750 / F1 0.750** ★ | n/a |" in md
+    assert "most frequent answer ('data engineer'): EM 0.500 / F1 0.500" in md
+    # No star for a model no better than always giving the most frequent answer, nor for an AUC at or below 0.5.
+    res = compare(table, {"good": bad, "bad": bad}, {"good": {8: "data engineer", 9: "data engineer"}, "bad": None},
+                  CompareConfig(bootstrap=30))
+    md = render_markdown(res, meta)
+    assert "★" not in md.split("\n", 3)[3]
     html = render_html(res, meta)
     assert html.rstrip().endswith("</html>") and 'setAttribute("data-rendered","1")' in html
+
+
+def test_fusion_is_the_mean_logit():
+    from recbrew.eval.run import fuse_logits
+
+    p = np.array([0.1, 0.5, 0.8, np.nan])
+    q = np.array([0.9, 0.5, 0.2, 0.3])
+    np.testing.assert_allclose(fuse_logits([p, p])[:3], p[:3])
+    np.testing.assert_allclose(fuse_logits([p, q])[:3], [0.5, 0.5, 0.5])
+    logit = np.log(0.8 / 0.2) / 2 + np.log(0.6 / 0.4) / 2
+    assert fuse_logits([np.array([0.8]), np.array([0.6])])[0] == pytest.approx(1 / (1 + np.exp(-logit)))
+    assert np.isnan(fuse_logits([p, q])[3])
