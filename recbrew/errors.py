@@ -24,3 +24,12 @@ class SchemaError(UserError):
 
 class ConfigError(UserError):
     """A configuration value (CLI option, YAML field) is invalid."""
+
+
+class IntegrityError(UserError):
+    """A file of a data folder (examples, Corpus) is missing, damaged or changed since recbrew wrote it."""
+
+    def __init__(self, message: str, path=None):
+        super().__init__(message)
+        #: The file that is not as recorded (the manifest itself when it is the one).
+        self.path = path

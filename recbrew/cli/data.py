@@ -37,9 +37,10 @@ def import_tables(
     fmt: Annotated[Format, typer.Option("--format", help="Format of the written tables.")] = Format.parquet,
     force: Annotated[bool, typer.Option("--force", help="Replace the corpus in a non-empty --out.")] = False,
 ) -> None:
-    """Validate user tables against the Corpus schema and save them as a Corpus."""
+    """Validate user tables against the Corpus schema (types, value ranges, references) and save them as a
+    Corpus. Rows of interactions and edges that repeat an earlier row are dropped, with a count."""
     from recbrew.data.corpus import Corpus
-    from recbrew.data.io import conform, empty_table, read_table
+    from recbrew.data.io import check_values, conform, empty_table, read_table
 
     _check_out(out, force)
     sources = {"members": members, "items": items, "interactions": interactions, "edges": edges}
@@ -47,10 +48,14 @@ def import_tables(
         # Saving replaces the corpus files in --out, which could be the very files being imported.
         if path is not None and path.resolve().parent == out.resolve():
             raise UserError(f"{out}: holds the input file {path.name}; write the corpus to another directory")
-    tables = {
-        name: empty_table(name) if path is None else conform(name, read_table(path, name), str(path))
-        for name, path in sources.items()
-    }
+    tables = {}
+    for name, path in sources.items():
+        if path is None:
+            tables[name] = empty_table(name)
+            continue
+        tables[name], dropped = check_values(name, conform(name, read_table(path, name), str(path)), str(path))
+        if dropped:
+            typer.echo(f"{path}: dropped {dropped} row(s) repeating an earlier row")
     meta = {"source": "import", "files": {name: str(p) for name, p in sources.items() if p is not None}}
     corpus = Corpus(**tables, meta=meta)
     corpus.check_references()

@@ -36,6 +36,8 @@ def evaluate(
     tasks_dir: Annotated[Path | None, typer.Option("--tasks-dir", help="A task folder to check the examples' recorded "
                                                    "task specs against (not needed: the specs travel with the "
                                                    "examples).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write the report into a non-empty --out (its cached "
+                                        "scores are reused unless --no-cache).")] = False,
 ) -> None:
     """Run every model on the same test requests: per-task metrics with intervals, slices, report."""
     if ctx.invoked_subcommand is not None:
@@ -46,6 +48,9 @@ def evaluate(
                         "--examples runs/quickstart/examples --out runs/eval")
     if k < 1 or bootstrap < 0:
         raise UserError("--k must be at least 1 and --bootstrap at least 0")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"{out} already exists and is not empty; pass --force to write the report over it "
+                        "(the scores cached in it are reused)")
     from recbrew.eval.run import run_eval
     from recbrew.eval.scorers import parse_models
 

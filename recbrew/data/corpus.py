@@ -2,7 +2,10 @@
 
 A saved corpus is a directory holding ``members``, ``items``, ``interactions`` and ``edges``
 tables (all in one format: ``.parquet``, ``.jsonl`` or ``.csv``), ``corpus.json`` (free-form
-metadata) and, for a synthetic world, ``world_card.json``.
+metadata, plus the size and SHA-256 of every table and of the world card under ``checksums``) and,
+for a synthetic world, ``world_card.json``. :meth:`Corpus.load` checks the tables against those
+checksums before reading them; a directory of tables without ``corpus.json`` or world card (made by
+hand) is read unchecked.
 """
 
 from __future__ import annotations
@@ -18,12 +21,23 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recbrew.data.io import EXTENSIONS, FORMATS, conform, empty_table, read_table, write_table
+from recbrew.data.io import (
+    CHECKSUMS,
+    CORPUS_MANIFEST,
+    EXTENSIONS,
+    FORMATS,
+    conform,
+    empty_table,
+    read_table,
+    seal_manifest,
+    verify_manifest,
+    write_table,
+)
 from recbrew.data.schema import TABLES
-from recbrew.errors import ConfigError, SchemaError, UserError
+from recbrew.errors import ConfigError, IntegrityError, SchemaError, UserError
 
 TABLE_NAMES = tuple(TABLES)
-META_FILE = "corpus.json"
+META_FILE = CORPUS_MANIFEST
 CARD_FILE = "world_card.json"
 #: Tables a corpus directory may lack (read as empty).
 OPTIONAL_TABLES = frozenset({"edges"})
@@ -58,18 +72,18 @@ class Corpus:
         if unknown:
             raise ConfigError(f"unknown table(s) {', '.join(unknown)} (tables are: {', '.join(TABLE_NAMES)})")
 
-        loaded = {}
-        for name in TABLE_NAMES:
-            path = _table_file(directory, name) if name in wanted else None
-            if path is None:
-                loaded[name] = empty_table(name)
-            else:
-                loaded[name] = conform(name, read_table(path, name), str(path))
-        return cls(
-            **loaded,
-            meta=_read_json(directory / META_FILE) or {},
-            card=_read_json(directory / CARD_FILE),
-        )
+        has_card = (directory / CARD_FILE).is_file()
+        meta = _read_json(directory / META_FILE, _rebuild_hint(None, has_card))
+        if meta is not None or has_card:  # written by recbrew: check it before reading it
+            _verify(directory, meta, has_card, wanted)
+        paths = {name: _table_file(directory, name) if name in wanted else None for name in TABLE_NAMES}
+        card = _read_json(directory / CARD_FILE)
+        loaded = {
+            name: empty_table(name) if path is None else conform(name, read_table(path, name), str(path))
+            for name, path in paths.items()
+        }
+        meta = {k: v for k, v in (meta or {}).items() if k != CHECKSUMS}
+        return cls(**loaded, meta=meta, card=card)
 
     def save(self, directory: str | os.PathLike, fmt: str = "parquet") -> Path:
         """Write the corpus to ``directory`` as a whole; on any error the directory is left untouched.
@@ -90,9 +104,9 @@ class Corpus:
         try:
             for filename, tbl in files.items():
                 write_table(tbl, staging / filename)
-            _write_json(staging / META_FILE, self.meta)
             if self.card is not None:
                 _write_json(staging / CARD_FILE, self.card)
+            seal_corpus(staging, self.meta)
 
             directory.mkdir(exist_ok=True)
             for path in sorted(staging.iterdir()):
@@ -110,13 +124,16 @@ class Corpus:
     # ----------------------------------------------------------------------- checks and views
 
     def check_references(self) -> None:
-        """Raise SchemaError unless every interaction's member and item, and every edge's src, exist."""
+        """Raise SchemaError unless every interaction's member and item, every edge's src (a member) and every
+        edge's dst (a member or an item: a followed company, say) exist."""
         member_ids = self.members.column("member_id")
         item_ids = self.items.column("item_id")
+        either = pa.chunked_array(member_ids.chunks + item_ids.chunks, type=member_ids.type)
         checks = (
             ("interactions", "member_id", member_ids, "members"),
             ("interactions", "item_id", item_ids, "items"),
             ("edges", "src", member_ids, "members"),
+            ("edges", "dst", either, "members and items"),
         )
         for table, column, known, target in checks:
             values = getattr(self, table).column(column)
@@ -141,6 +158,68 @@ class Corpus:
         }
 
 
+def is_corpus_folder(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a Corpus (a members table in any format)."""
+    return any((Path(directory) / f"members{ext}").is_file() for ext in FORMATS)
+
+
+def corpus_files(directory: str | os.PathLike) -> list[Path]:
+    """The files a corpus's checksums cover: its tables (any format) and the world card."""
+    directory = Path(directory)
+    names = [f"{name}{ext}" for name in TABLE_NAMES for ext in FORMATS] + [CARD_FILE]
+    return [directory / n for n in names if (directory / n).is_file()]
+
+
+def seal_corpus(directory: str | os.PathLike, meta: dict | None = None) -> None:
+    """Write ``corpus.json``: ``meta`` (default: the one there) plus the checksums of the tables and world card."""
+    directory = Path(directory)
+    if meta is None:
+        meta = _read_json(directory / META_FILE) or {}
+    _write_json(directory / META_FILE, seal_manifest(meta, directory, corpus_files(directory)))
+
+
+def _rebuild_hint(meta: dict | None, has_card: bool) -> str:
+    source = (meta or {}).get("source")
+    if has_card or source == "synthetic-world":
+        return "run `recbrew world generate` again"
+    if source == "import":
+        return "run `recbrew data import` again"
+    if source == "movielens-100k":
+        return "run `recbrew data movielens` again"
+    return "write the corpus again (`recbrew world generate`, `recbrew data import` or `recbrew data movielens`)"
+
+
+def _verify(directory: Path, meta: dict | None, has_card: bool, wanted: tuple[str, ...]) -> None:
+    """IntegrityError unless the ``wanted`` tables (hashed) and the other files (sizes) are as ``corpus.json``
+    records them.
+
+    A text table (CSV, JSONL) that no longer matches but still reads is reported by what is wrong with it, when
+    something is (a column lost in an edit by hand, say): that says more than "changed".
+    """
+    fix = _rebuild_hint(meta, has_card)
+    if meta is None:
+        raise IntegrityError(f"{directory / META_FILE}: missing, so the corpus cannot be checked (written by an "
+                             f"older recbrew, or deleted); {fix}", directory / META_FILE)
+
+    def table_of(name: str) -> str | None:
+        path = Path(name)
+        return path.stem if path.suffix in FORMATS and path.stem in wanted and path.parent == Path(".") else None
+
+    try:
+        verify_manifest(meta, directory, directory / META_FILE, fix,
+                        hashed=lambda name: name == CARD_FILE or table_of(name) is not None)
+    except IntegrityError as exc:
+        table = table_of(Path(exc.path).relative_to(directory).as_posix())
+        if table is not None and Path(exc.path).suffix != ".parquet" and Path(exc.path).is_file():
+            try:
+                conform(table, read_table(exc.path, table), str(exc.path))
+            except SchemaError:
+                raise
+            except Exception:  # unreadable: the checksum says it best
+                pass
+        raise
+
+
 def _table_file(directory: Path, name: str) -> Path | None:
     found = [directory / f"{name}{ext}" for ext in FORMATS if (directory / f"{name}{ext}").is_file()]
     if len(found) > 1:
@@ -153,15 +232,17 @@ def _table_file(directory: Path, name: str) -> Path | None:
     return found[0]
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_json(path: Path, fix: str = "") -> dict | None:
     if not path.is_file():
         return None
+    then = f"; {fix}" if fix else ""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f"at line {exc.lineno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else "(not UTF-8)"
+        raise UserError(f"{path}: invalid JSON {where}{then}") from None
     if not isinstance(value, dict):
-        raise UserError(f"{path}: expected a JSON object")
+        raise UserError(f"{path}: expected a JSON object{then}")
     return value
 
 

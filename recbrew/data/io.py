@@ -7,12 +7,13 @@ file in the target's directory and a rename, so a failed write never leaves a ha
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,8 +24,8 @@ import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
-from recbrew.data.schema import I64, STR, STR_LIST, TABLES
-from recbrew.errors import SchemaError, UserError
+from recbrew.data.schema import I64, STR, STR_LIST, TABLES, TRUE_PROB_PREFIX
+from recbrew.errors import ConfigError, IntegrityError, SchemaError, UserError
 
 #: File extension -> format name. ``.json`` is read as newline-delimited JSON too.
 FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
@@ -37,6 +38,11 @@ EPOCH_COLUMNS = frozenset({"timestamp", "joined_at", "created_at"})
 UNIQUE_KEYS = {"members": "member_id", "items": "item_id"}
 
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+
+#: The longest row (bytes of one JSON line or CSV record) a text table may hold.
+MAX_ROW_BYTES = 512 << 20
+#: Epoch-second columns hold times from 1970-01-01 up to (not including) 2100-01-01 UTC.
+EPOCH_RANGE = (0, 4_102_444_800)
 
 
 # --------------------------------------------------------------------------- validation
@@ -81,6 +87,85 @@ def conform(table: str, tbl: pa.Table, source: str) -> pa.Table:
     declared = [c.name for c in schema.columns if c.name in columns]
     extras = [n for n in names if schema.column(n) is None]
     return pa.table({n: columns[n] for n in declared + extras})
+
+
+def check_values(table: str, tbl: pa.Table, source: str) -> tuple[pa.Table, int]:
+    """Refuse values a conformed ``table`` must not hold; drop rows repeating an earlier row of interactions or
+    edges. Returns the table and the number of rows dropped.
+
+    Refused, with a SchemaError naming ``source``, the column and the first row: epoch seconds outside
+    1970..2100, a ``p_*`` probability outside [0, 1], a NaN or infinite number in a declared float column, a NUL
+    character in text.
+    """
+    schema = TABLES[table]
+    for name, col in zip(tbl.column_names, tbl.columns, strict=True):
+        declared = schema.type_of(name)
+        if name in EPOCH_COLUMNS and declared is not None and col.type.equals(I64):
+            _check_epoch(col, name, source)
+        elif declared is not None and pa.types.is_floating(col.type):
+            _check_finite(col, name, source, probability=name.startswith(TRUE_PROB_PREFIX))
+        if _is_string(col.type) or (pa.types.is_list(col.type) and _is_string(col.type.value_type)):
+            _check_no_nul(col, name, source)
+    if table not in ("interactions", "edges") or tbl.num_rows < 2:
+        return tbl, 0
+    repeated = _repeated_rows(tbl)
+    dropped = int(repeated.sum())
+    return (tbl.filter(pa.array(~repeated)), dropped) if dropped else (tbl, 0)
+
+
+def _first_row(mask: pa.ChunkedArray | pa.Array) -> int | None:
+    """Index of the first true value of a boolean array (nulls count as false), None when there is none."""
+    mask = pc.fill_null(mask, False)
+    if not pc.any(mask).as_py():
+        return None
+    return pc.index(mask, True).as_py()
+
+
+def _check_epoch(col: pa.ChunkedArray, name: str, source: str) -> None:
+    lo, hi = EPOCH_RANGE
+    row = _first_row(pc.or_(pc.less(col, lo), pc.greater_equal(col, hi)))
+    if row is None:
+        return
+    value = col[row].as_py()
+    hint = "; in milliseconds? divide by 1000" if lo <= value // 1000 < hi else ""
+    raise SchemaError(f"{source}: column '{name}' holds {value} at row {row + 1}, outside 1970-01-01..2100-01-01 "
+                      f"in epoch seconds{hint}")
+
+
+def _check_finite(col: pa.ChunkedArray, name: str, source: str, probability: bool) -> None:
+    row = _first_row(pc.invert(pc.is_finite(col)))
+    if row is not None:
+        raise SchemaError(f"{source}: column '{name}' holds {col[row].as_py():.7g} at row {row + 1}; "
+                          "numbers must be finite")
+    if probability:
+        row = _first_row(pc.or_(pc.less(col, 0), pc.greater(col, 1)))
+        if row is not None:
+            raise SchemaError(f"{source}: column '{name}' holds {col[row].as_py():.7g} at row {row + 1}; "
+                              "a probability is between 0 and 1")
+
+
+def _check_no_nul(col: pa.ChunkedArray, name: str, source: str) -> None:
+    arr = col.combine_chunks()
+    if pa.types.is_list(arr.type):
+        hits = pc.match_substring(pc.list_flatten(arr), "\x00")
+        at = _first_row(hits)
+        row = None if at is None else pc.list_parent_indices(arr)[at].as_py()
+    else:
+        row = _first_row(pc.match_substring(arr, "\x00"))
+    if row is not None:
+        raise SchemaError(f"{source}: column '{name}' holds a NUL character (\\0) at row {row + 1}; "
+                          "text may not contain one")
+
+
+def _repeated_rows(tbl: pa.Table) -> np.ndarray:
+    """True for each row equal, in every column, to an earlier row."""
+    keys = {f"c{i}": _to_json_text(col) if pa.types.is_nested(col.type) else col
+            for i, col in enumerate(tbl.columns)}
+    keyed = pa.table({**keys, "row": pa.array(np.arange(tbl.num_rows))})
+    first = keyed.group_by(list(keys), use_threads=False).aggregate([("row", "min")]).column("row_min")
+    repeated = np.ones(tbl.num_rows, dtype=bool)
+    repeated[first.to_numpy()] = False
+    return repeated
 
 
 def empty_table(table: str) -> pa.Table:
@@ -238,20 +323,34 @@ def read_table(path: str | os.PathLike, table: str | None = None) -> pa.Table:
     fmt = format_of(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    try:
-        if fmt == "parquet":
-            return pq.read_table(path)
-        if fmt == "jsonl":
-            return pjson.read_json(path)
-        return pcsv.read_csv(
-            path,
-            # Quoted cells may hold line breaks (the writer keeps them as they are).
-            parse_options=pcsv.ParseOptions(newlines_in_values=True),
-            convert_options=_csv_convert_options(table),
-        )
-    except _ARROW_ERRORS as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: cannot read as {fmt}: {reason}") from None
+    # Arrow reads text formats in blocks that must each hold whole rows: start at 1 MiB and grow for long rows.
+    block = 1 << 20
+    while True:
+        try:
+            return _read(path, fmt, table, block)
+        except _ARROW_ERRORS as exc:
+            if "straddl" in str(exc) and block < MAX_ROW_BYTES:
+                block = min(block * 8, MAX_ROW_BYTES)
+                continue
+            if "straddl" in str(exc):
+                raise UserError(f"{path}: a row is longer than {MAX_ROW_BYTES >> 20} MiB, the most a row may "
+                                "hold; keep long text out of the table") from None
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{path}: cannot read as {fmt}: {reason}") from None
+
+
+def _read(path: Path, fmt: str, table: str | None, block: int) -> pa.Table:
+    if fmt == "parquet":
+        return pq.read_table(path)
+    if fmt == "jsonl":
+        return pjson.read_json(path, read_options=pjson.ReadOptions(block_size=block))
+    return pcsv.read_csv(
+        path,
+        read_options=pcsv.ReadOptions(block_size=block),
+        # Quoted cells may hold line breaks (the writer keeps them as they are).
+        parse_options=pcsv.ParseOptions(newlines_in_values=True),
+        convert_options=_csv_convert_options(table),
+    )
 
 
 def _csv_convert_options(table: str | None) -> pcsv.ConvertOptions:
@@ -378,7 +477,9 @@ _WRITERS: dict[str, Callable[[pa.Table, Path], None]] = {
 def staged_directory(out: str | os.PathLike) -> Iterator[Path]:
     """A sibling folder to write into; on success it replaces ``out`` whole, on any error it vanishes.
 
-    Interrupting a long job (Ctrl-C included) therefore never leaves a half-written ``out``.
+    Interrupting a long job (Ctrl-C included) therefore never leaves a half-written ``out``. A data folder
+    written this way (an examples folder, a Corpus) gets its checksums recorded before it moves in place
+    (:func:`seal_data_folder`).
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -387,6 +488,7 @@ def staged_directory(out: str | os.PathLike) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
+        seal_data_folder(staging)
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(old)
@@ -397,3 +499,118 @@ def staged_directory(out: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+# --------------------------------------------------------------------------- checksums
+#
+# A data folder recbrew writes whole (an examples folder, a Corpus) records in its manifest (``manifest.json``,
+# ``corpus.json``) the size and SHA-256 of each of its files, and the SHA-256 of the manifest itself, so that a
+# reader notices a truncated, deleted, damaged or edited file before it uses it.
+
+#: The manifest key of a folder's checksums: ``{"files": {PATH: {"size": int, "sha256": str}}, "sha256": str}``,
+#: PATH relative to the folder; ``sha256`` is :func:`manifest_sha256` of the whole manifest.
+CHECKSUMS = "checksums"
+#: How much a reader checks: ``full`` (sizes and SHA-256, the default) or ``size`` (sizes only, for very large
+#: folders). The manifest's own SHA-256 is checked either way.
+VERIFY_ENV = "RECBREW_VERIFY"
+VERIFY_MODES = ("full", "size")
+#: The manifest of an examples folder (every other file of the folder is listed) and of a Corpus.
+EXAMPLES_MANIFEST = "manifest.json"
+CORPUS_MANIFEST = "corpus.json"
+
+# (resolved path, size, mtime) -> SHA-256, for the files this process has checked: a folder opened again is
+# not hashed again.
+_CHECKED: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_sha256(doc: Mapping) -> str:
+    """SHA-256 of a manifest's canonical JSON (sorted keys, no spaces) without its own ``checksums.sha256``."""
+    body = dict(doc)
+    record = body.get(CHECKSUMS)
+    if isinstance(record, Mapping):
+        body[CHECKSUMS] = {k: v for k, v in record.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def seal_manifest(doc: Mapping, root: str | os.PathLike, files: Iterable[str | os.PathLike]) -> dict:
+    """``doc`` plus its ``checksums``: the size and SHA-256 of each of ``files`` (under ``root``) and of ``doc``."""
+    root = Path(root)
+    listed = {}
+    for path in sorted(Path(f) for f in files):
+        listed[path.relative_to(root).as_posix()] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
+    body = {k: v for k, v in doc.items() if k != CHECKSUMS}
+    sealed = json.loads(json.dumps({**body, CHECKSUMS: {"files": listed}}))  # what a reader will parse
+    sealed[CHECKSUMS]["sha256"] = manifest_sha256(sealed)
+    return sealed
+
+
+def seal_data_folder(folder: str | os.PathLike) -> None:
+    """Record the checksums of a data folder written whole: an examples folder (its ``manifest.json`` lists every
+    other file) or a Corpus (``corpus.json`` lists its tables and world card). Other folders stay as they are."""
+    folder = Path(folder)
+    manifest = folder / EXAMPLES_MANIFEST
+    if manifest.is_file():
+        doc = json.loads(manifest.read_text(encoding="utf-8"))
+        files = [p for p in folder.rglob("*") if p.is_file() and p != manifest]
+        atomic_write_text(manifest, json.dumps(seal_manifest(doc, folder, files), indent=2) + "\n")
+        return
+    from recbrew.data.corpus import is_corpus_folder, seal_corpus  # corpus.py builds on this module
+
+    if is_corpus_folder(folder):
+        seal_corpus(folder)
+
+
+def verify_mode() -> str:
+    """``full`` or ``size``, from the environment variable ``RECBREW_VERIFY`` (default ``full``)."""
+    mode = os.environ.get(VERIFY_ENV, "").strip().lower() or "full"
+    if mode not in VERIFY_MODES:
+        raise ConfigError(f"{VERIFY_ENV}={mode}: use full (sizes and SHA-256, the default) or size (sizes only)")
+    return mode
+
+
+def verify_manifest(doc: Mapping, root: str | os.PathLike, manifest: str | os.PathLike, fix: str,
+                    hashed: Callable[[str], bool] | None = None) -> None:
+    """IntegrityError naming the first file of ``root`` that is not as ``doc`` (read from ``manifest``) records it.
+
+    Sizes are always checked and the manifest's own SHA-256 too; file contents are hashed unless
+    ``RECBREW_VERIFY=size``, and only the files ``hashed(path)`` picks (default: all). ``fix`` ends each message.
+    """
+    manifest = Path(manifest)
+    record = doc.get(CHECKSUMS)
+    if not isinstance(record, Mapping) or not isinstance(record.get("files"), Mapping):
+        raise IntegrityError(f"{manifest}: records no checksums (written by an older recbrew, or by hand); {fix}",
+                             manifest)
+    if "sha256" not in record:
+        raise IntegrityError(f"{manifest}: its own sha256 is missing (edited by hand?); {fix}", manifest)
+    if record["sha256"] != manifest_sha256(doc):
+        raise IntegrityError(f"{manifest}: sha256 does not match its content (edited by hand, or damaged); {fix}",
+                             manifest)
+    full = verify_mode() == "full"
+    root = Path(root)
+    for name, entry in record["files"].items():
+        path = root / name
+        if not isinstance(entry, Mapping):
+            raise IntegrityError(f"{manifest}: checksums.files.{name} is not a size and sha256; {fix}", manifest)
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise IntegrityError(f"{path}: missing (the folder is incomplete); {fix}", path) from None
+        if stat.st_size != entry.get("size"):
+            raise IntegrityError(f"{path}: {stat.st_size} bytes where {manifest.name} records {entry.get('size')} "
+                                 f"(truncated or changed); {fix}", path)
+        if not full or (hashed is not None and not hashed(name)):
+            continue
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        digest = _CHECKED.get(key) or file_sha256(path)
+        if digest != entry.get("sha256"):
+            raise IntegrityError(f"{path}: sha256 does not match {manifest.name} (damaged or changed); {fix}", path)
+        _CHECKED[key] = digest

@@ -4,8 +4,14 @@ Every later stage (train, eval, `models score`, the baselines, serve) opens the 
 :class:`Examples`: its manifest, its splits, its requests, and the task specs it was built with.
 The specs are recorded *by content* in ``manifest.json`` (``task_specs``: the full TaskSpec as
 JSON, its version and a SHA-256 of it), so a task authored in the user's own folder needs no
-``--tasks-dir`` after the build. Folders built before specs were recorded fall back to the
-catalog (the shipped one, or ``--tasks-dir``). `docs/examples-format.md` describes the layout.
+``--tasks-dir`` after the build. `docs/examples-format.md` describes the layout.
+
+The manifest also records the size and SHA-256 of every file of the folder and of itself (``checksums``,
+written by `recbrew data build`, or by :func:`seal` for a folder written by hand). The folder is checked
+against them before its requests or its recorded task specs are used: a truncated, deleted, damaged or
+edited file stops the reader with one line naming the file (``RECBREW_VERIFY=size`` checks sizes only).
+A manifest without specs (an older recbrew) reads its tasks from the catalog (the shipped one, or
+``--tasks-dir``), but without checksums its requests are refused until the folder is built again.
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from recbrew.data.io import EXAMPLES_MANIFEST, seal_data_folder, verify_manifest
 from recbrew.errors import ConfigError, UserError
 from recbrew.tasks.spec import TaskSpec
 
-MANIFEST = "manifest.json"
+MANIFEST = EXAMPLES_MANIFEST
+#: How every integrity message ends.
+REBUILD = "run `recbrew data build` again"
 #: 2: task specs recorded, the ``splits`` list (a ``validation`` split possible).
 FORMAT = 2
 SPLITS = ("train", "validation", "test")
@@ -42,6 +51,15 @@ def spec_record(spec: TaskSpec) -> dict:
     """What the manifest keeps of one task: ``{"version", "sha256", "spec"}``."""
     data = spec_json(spec)
     return {"version": spec.version, "sha256": spec_hash(data), "spec": data}
+
+
+def seal(path: str | Path) -> None:
+    """Record the checksums of an examples folder written by hand (its ``manifest.json`` then lists every other
+    file of the folder); `recbrew data build` does this itself."""
+    root = Path(path)
+    if not (root / MANIFEST).is_file():
+        raise UserError(f"{root}: not an examples folder (no {MANIFEST})")
+    seal_data_folder(root)
 
 
 def spec_diff(recorded: Mapping, other: Mapping, prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -85,6 +103,7 @@ class Examples:
     root: Path
     manifest: dict
     _specs: dict | None = field(default=None, repr=False)
+    _verified: bool = field(default=False, repr=False)
 
     @classmethod
     def open(cls, path: str | Path) -> Examples:
@@ -93,12 +112,21 @@ class Examples:
         if not file.is_file():
             raise UserError(f"{root}: not an examples folder (no {MANIFEST}); build one with `recbrew data build`")
         try:
-            manifest = json.loads(file.read_text())
+            manifest = json.loads(file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise UserError(f"{file}: not readable JSON ({exc})") from None
+            raise UserError(f"{file}: not readable JSON ({exc}); {REBUILD}") from None
         if not isinstance(manifest, dict):
-            raise UserError(f"{file}: a manifest is a JSON object")
+            raise UserError(f"{file}: a manifest is a JSON object; {REBUILD}")
         return cls(root, manifest)
+
+    def verify(self) -> None:
+        """IntegrityError unless every file is as the manifest records it (and the manifest as it was written).
+
+        Called before the folder's requests or task specs are used; checked once per :class:`Examples`.
+        """
+        if not self._verified:
+            verify_manifest(self.manifest, self.root, self.root / MANIFEST, REBUILD)
+            self._verified = True
 
     # Splits and requests --------------------------------------------------------------------------
     @property
@@ -127,6 +155,7 @@ class Examples:
         import datasets
 
         self.require_split(split)
+        self.verify()
         text = datasets.load_from_disk(str(self.root / "text"))[split]
         structured = datasets.load_from_disk(str(self.root / "structured"))[split]
         wanted = set(tasks) if tasks else None
@@ -148,6 +177,7 @@ class Examples:
         path = self.root / "structured"
         if not path.is_dir():
             raise UserError(f"{self.root}: no structured/ view; rebuild the examples with `recbrew data build`")
+        self.verify()
         ds = datasets.load_from_disk(str(path))[split]
         missing = [c for c in columns if c not in ds.column_names]
         if missing:
@@ -181,6 +211,7 @@ class Examples:
     def recorded_specs(self) -> dict[str, TaskSpec] | None:
         """The specs the folder was built with, checked against their hashes; None for older folders."""
         if self._specs is None and self.records_specs:
+            self.verify()
             specs = {}
             for name, rec in self.manifest["task_specs"].items():
                 where = f"{self.root / MANIFEST}: task_specs.{name}"
@@ -194,9 +225,10 @@ class Examples:
                 if spec.name != name:
                     raise UserError(f"{where}: the spec is named {spec.name!r}")
                 digest = rec.get("sha256")
-                if digest is not None and digest != spec_hash(rec["spec"]):
-                    raise UserError(f"{where}: sha256 does not match the spec (edited by hand?); "
-                                    "fix or remove the sha256 field")
+                if digest is None:
+                    raise UserError(f"{where}: no sha256 of the spec, so it cannot be trusted; {REBUILD}")
+                if digest != spec_hash(rec["spec"]):
+                    raise UserError(f"{where}: sha256 does not match the spec (edited by hand?); {REBUILD}")
                 if rec.get("version") is not None and rec["version"] != spec.version:
                     raise UserError(f"{where}: version {rec['version']} but the spec says {spec.version}")
                 specs[name] = spec

@@ -91,7 +91,8 @@ class TrainConfig(BaseModel):
     eval_requests: int | None = Field(None, ge=0, description=(
         "Validation requests scored for the validation AUC. With a validation split in the examples (`recbrew data "
         "build --val-days/--val-fraction`): at most this many of it, sampled (null: all of it). Without one: null "
-        "means no validation, N > 0 holds N binary training requests out of training (printed). 0: none."))
+        "means no validation, N > 0 holds N binary training requests out of training (printed; at most a fifth of the "
+        "training requests, so some are always left to train on). 0: none."))
     select_best: bool = Field(True, description=(
         "final/ holds the evaluated step with the best validation macro AUC (ties: the earlier step), not the last "
         "one; the step is recorded in recbrew_train.json. The trainable weights of the best step are kept in memory "

@@ -13,14 +13,18 @@ while encoding the history once.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from recbrew.errors import UserError
+
+#: The validation requests held out of training are at most this share of the training requests.
+MAX_HOLDOUT_SHARE = 0.2
 
 
 @dataclass
@@ -100,11 +104,13 @@ def build_units(rows: Sequence[dict], tokenizer, label_ids_of, eos_id: int | Non
 
 def select_requests(rows: Sequence[dict], tasks: Sequence[str] | None, weights: dict[str, float],
                     max_examples: int | None, holdout: int, seed: int,
-                    kinds: Sequence[str] | None = None) -> tuple[list[dict], list[dict]]:
+                    kinds: Sequence[str] | None = None,
+                    echo: Callable[[str], object] | None = None) -> tuple[list[dict], list[dict]]:
     """(training requests, held-out validation requests): T1 only, weighted by task, seeded.
 
     ``kinds`` keeps only tasks of those kinds (binary, listwise, generative). Validation requests are
-    binary T1 requests kept out of training (for the periodic AUC).
+    binary T1 requests kept out of training (for the periodic AUC): at most a fifth of the training requests,
+    whatever ``holdout`` asks; ``echo`` (default: stderr) says so when it asks more.
     """
     if kinds:
         kind_of = {r["task"]: r["kind"] for r in rows}
@@ -130,11 +136,19 @@ def select_requests(rows: Sequence[dict], tasks: Sequence[str] | None, weights: 
         raise UserError("no T1 tasks in the examples to train on")
     rng = np.random.default_rng(seed)
     pool = [r for r in rows if r["task"] in chosen]
+    if not pool:
+        raise UserError(f"no training requests for the tasks trained ({', '.join(sorted(chosen))}) in the examples' "
+                        "train split; build the examples with more training requests (--max-train, more days) or "
+                        "train other tasks")
     order = rng.permutation(len(pool))
     val_ids: set[int] = set()
     if holdout:
+        cap = int(len(pool) * MAX_HOLDOUT_SHARE)
+        if holdout > cap:
+            (echo or _notice)(f"train: eval_requests={holdout} is capped at {cap}: the validation requests held out of "
+                 f"training are at most a fifth of the {len(pool)} training requests")
         binary = [i for i in order if pool[i]["kind"] == "binary"]
-        val_ids = set(binary[:holdout])
+        val_ids = set(binary[:min(holdout, cap)])
     by_task: dict[str, list[dict]] = {}
     for i in order:
         if i not in val_ids:
@@ -149,9 +163,16 @@ def select_requests(rows: Sequence[dict], tasks: Sequence[str] | None, weights: 
         if frac:
             picks = rng.choice(len(reqs), size=int(round(frac * len(reqs))), replace=False)
             train.extend(reqs[i] for i in sorted(picks))
+    if not train:
+        raise UserError(f"task_weights leave no training requests (weights {dict(sorted(weights.items()))}); give "
+                        "a trained task a weight above 0")
     if max_examples is not None and len(train) > max_examples:
         train = [train[i] for i in sorted(rng.choice(len(train), size=max_examples, replace=False))]
     return train, [pool[i] for i in sorted(val_ids)]
+
+
+def _notice(text: str) -> None:
+    print(text, file=sys.stderr)
 
 
 def thin_negatives(rows: Sequence[dict], per_positive: float, seed: int) -> list[dict]:
