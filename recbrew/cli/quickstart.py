@@ -27,12 +27,33 @@ from recbrew.errors import UserError
 STEPS = 5
 
 
-def _reusable(path: Path, wanted: dict) -> dict | None:
-    """The JSON at ``path`` if it exists and matches ``wanted`` on every key."""
+def _reusable(path: Path, wanted: dict, check=None) -> dict | None:
+    """The JSON at ``path`` if it exists and matches ``wanted`` on every key, and ``check(path.parent)`` (a reader
+    that verifies the folder's checksums) passes: a damaged or older folder is rebuilt, not re-used."""
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
-    return data if all(data.get(k) == v for k, v in wanted.items()) else None
+    if not all(data.get(k) == v for k, v in wanted.items()):
+        return None
+    if check is not None:
+        try:
+            check(path.parent)
+        except UserError as exc:
+            typer.echo(f"note: {path.parent} is built again ({exc})")
+            return None
+    return data
+
+
+def _check_examples(folder: Path) -> None:
+    from recbrew.examples.folder import Examples
+
+    Examples.open(folder).verify()
+
+
+def _check_corpus(folder: Path) -> None:
+    from recbrew.data.corpus import Corpus
+
+    Corpus.load(folder)
 
 
 #: Wall time of each step of this run, printed at the end.
@@ -120,7 +141,7 @@ def quickstart(
     _TIMES.clear()
     wcfg = load_world_config(world_config, members, days, seed)
     card = _reusable(world_dir / CARD_FILE, {"seed": wcfg.seed, "members": wcfg.members, "days": wcfg.days,
-                                             "behaviour": dataclasses.asdict(wcfg.behaviour)})
+                                             "behaviour": dataclasses.asdict(wcfg.behaviour)}, _check_corpus)
     if card is not None:
         _step(1, f"world: re-using {world_dir}")
     else:
@@ -132,7 +153,7 @@ def quickstart(
     examples_dir = out / "examples"
     cfg = BuildConfig(max_train=max_train or 300, max_test=max_test or 50, seed=seed, max_tokens=max_tokens,
                       burn_in_days=burn_in_days)
-    manifest = _reusable(examples_dir / "manifest.json", {"corpus": str(world_dir.resolve())})
+    manifest = _reusable(examples_dir / "manifest.json", {"corpus": str(world_dir.resolve())}, _check_examples)
     if manifest is not None and manifest["config"] == json.loads(json.dumps(cfg.__dict__)):
         _step(2, f"examples: re-using {examples_dir}")
     else:
@@ -181,7 +202,7 @@ def movielens(out: Path, split: str, seed: int, train_config: str, train_overrid
     began = time.time()
     _TIMES.clear()
     corpus_dir = out / "corpus"
-    if (corpus_dir / "members.parquet").is_file():
+    if _reusable(corpus_dir / "corpus.json", {}, _check_corpus) is not None:
         _step(1, f"corpus: re-using {corpus_dir}")
     else:
         from recbrew.data.io import staged_directory
@@ -197,7 +218,7 @@ def movielens(out: Path, split: str, seed: int, train_config: str, train_overrid
     build, train_defaults = MOVIELENS_SPLITS[split]
     cfg = BuildConfig(seed=seed, max_tokens=768, **{**build, **(caps or {})})
     catalog = load_catalog(assets.path("configs") / "movielens" / "tasks")
-    manifest = _reusable(examples_dir / "manifest.json", {"corpus": str(corpus_dir.resolve())})
+    manifest = _reusable(examples_dir / "manifest.json", {"corpus": str(corpus_dir.resolve())}, _check_examples)
     if manifest is not None and manifest["config"] == json.loads(json.dumps(cfg.__dict__)):
         _step(2, f"examples: re-using {examples_dir}")
     else:
