@@ -180,3 +180,34 @@ def test_served_prompts_and_classic_scores_equal_the_examples(tmp_path, corpus, 
             assert resp.status_code == 200, resp.text
             served = {r["candidate"]: r["score"] for r in resp.json()["results"]}
             np.testing.assert_allclose([served[c] for c in row["candidate_ids"]], lirank.score([row])[0], atol=1e-5)
+
+
+def test_comparison_words_put_a_share_against_its_reference():
+    from recbrew.verbalize.stats import compare_word
+
+    # 57 % liked overall: 80 % is far above, 64 % above, 57 % near, 48 % below, 30 % far below.
+    ref = (1000, 570)
+    assert [compare_word(100, p, *ref) for p in (80, 64, 57, 48, 30)] == ["far above", "above", "near", "below",
+                                                                           "far below"]
+    assert compare_word(0, 0, *ref) is None and compare_word(10, 5, 0, 0) is None
+
+
+def test_the_candidate_line_compares_with_the_log_and_the_member(corpus, view, task):
+    r = _rows(corpus)
+    t = int(np.quantile(r["ts"], 0.8))
+    before = r["ts"] < t
+    overall = (r["action"][before] == "like").mean()
+    seen = set()
+    for member in np.unique(r["member"][before])[:20]:
+        for cand in np.unique(r["item"][before])[:10]:
+            s = view.candidate_stats(int(member), int(cand), t, task)
+            m = view.member_stats(int(member), t, task)
+            if s["n"]:
+                ratio = s["positive"] / s["n"] / overall
+                want = next(w for b, w in ((1.25, "far above"), (1.08, "above"), (0.92, "near"), (0.75, "below"),
+                                           (0, "far below")) if ratio >= b)
+                assert s["vs_all"] == want
+                seen.add(want)
+            if s["n"] and m["positive"]:
+                assert s["vs_member"] is not None
+    assert len(seen) >= 4

@@ -21,7 +21,7 @@ from recbrew.data.schema import ITEMS, MEMBERS, NO_ACTION
 from recbrew.tasks.spec import TaskSpec
 from recbrew.verbalize.neutralize import neutralize
 from recbrew.verbalize.render import HistoryEntry
-from recbrew.verbalize.stats import AsOfStats, FacetSpec, share
+from recbrew.verbalize.stats import AsOfStats, FacetSpec, compare_word, share
 
 DAY = 86_400
 _MEMBER_FIELDS = [c.name for c in MEMBERS.columns if c.name not in ("member_id", "company_id", "joined_at")]
@@ -286,10 +286,14 @@ class CorpusView:
         stats = self.stats(task)
         if stats is None:
             return None
-        out: dict = {"n": None, "positive": None, "share": None, "facets": [], **_stat_words(task)}
+        out: dict = {"n": None, "positive": None, "share": None, "vs_all": None, "vs_member": None, "facets": [],
+                     **_stat_words(task)}
         if task.stats.candidate:
             n, positive = stats.item(int(item_id), int(t))
-            out.update(n=n, positive=positive, share=share(positive, n))
+            out.update(n=n, positive=positive, share=share(positive, n),
+                       vs_all=compare_word(n, positive, *stats.overall(int(t))))
+            if task.stats.member:
+                out["vs_member"] = compare_word(n, positive, *stats.member(int(member_id), int(t)))
         if stats.facets:
             key = (int(member_id), int(t), id(stats))
             recent = self._recent.get(key)

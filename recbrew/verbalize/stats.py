@@ -81,6 +81,9 @@ class AsOfStats:
         ts = inter["timestamp"].to_numpy()[labelled]
         pos = np.isin(action[labelled], list(positive))
         self.recent = recent
+        # By time: the positive share of every labelled interaction so far (what "average" means at a moment).
+        o = np.argsort(ts, kind="stable")
+        self._g_ts, self._g_cum = ts[o], np.r_[0, np.cumsum(pos[o])]
         # By (item, time): the candidate's counts.
         o = np.lexsort((ts, item))
         self._i_key, self._i_ts = item[o], ts[o]
@@ -119,6 +122,11 @@ class AsOfStats:
         lo, hi = self._before(self._i_key, self._i_ts, item_id, t)
         return hi - lo, int(self._i_cum[hi] - self._i_cum[lo])
 
+    def overall(self, t: int) -> tuple[int, int]:
+        """(labelled interactions, positives) of the whole log strictly before ``t``."""
+        hi = int(np.searchsorted(self._g_ts, t, side="left"))
+        return hi, int(self._g_cum[hi])
+
     def member(self, member_id: int, t: int) -> tuple[int, int]:
         """(labelled interactions, positives) of the member strictly before ``t``."""
         lo, hi = self._before(self._m_key, self._m_ts, member_id, t)
@@ -152,6 +160,20 @@ class AsOfStats:
 def share(positives: int, n: int) -> int | None:
     """Positive share in whole percent (None without any interaction)."""
     return None if n == 0 else int(round(100 * positives / n))
+
+
+#: How a positive share compares with a reference share, as the ratio of the two: words a language model reads
+#: without comparing numbers (at or above each bound, from the top).
+COMPARISON = ((1.25, "far above"), (1.08, "above"), (0.92, "near"), (0.75, "below"), (0.0, "far below"))
+
+
+def compare_word(n: int, positives: int, ref_n: int, ref_positives: int) -> str | None:
+    """'far above', 'above', 'near', 'below' or 'far below': the share ``positives / n`` against the reference
+    share ``ref_positives / ref_n`` (None when either rests on no interaction)."""
+    if n == 0 or ref_n == 0 or ref_positives == 0:
+        return None
+    ratio = (positives / n) / (ref_positives / ref_n)
+    return next(word for bound, word in COMPARISON if ratio >= bound)
 
 
 def dense_vector(member: dict | None, candidate: dict | None) -> list[float]:
