@@ -132,11 +132,13 @@ class _Context:
 
 
 def structured_fields(view, member: int, t: int, cand_ids: list[int], fields: tuple[str, ...], history: tuple,
-                      lo: int, hi: int, keep: int = STRUCTURED_HISTORY, task: TaskSpec | None = None) -> dict:
+                      lo: int, hi: int, keep: int = STRUCTURED_HISTORY, task: TaskSpec | None = None,
+                      candidates: list[dict] | None = None) -> dict:
     """The structured view of one request (what classic rankers read): ids, the member's profile fields, the
     candidates' fields and the last ``keep`` history steps of rows [lo, hi) of ``history`` = (item, action,
     surface, timestamp) arrays, and the task's as-of-time statistics as one dense vector per candidate (zeros
-    when it declares none). `recbrew serve` builds the same for requests it ranks with a classic ranker."""
+    when it declares none; read from ``candidates``, the `CorpusView.candidate` dicts, when the caller has them).
+    `recbrew serve` builds the same for requests it ranks with a classic ranker."""
     item, action, surface, ts = history
     hist = slice(max(lo, hi - keep), hi)
     profile = view.member(member)
@@ -147,16 +149,19 @@ def structured_fields(view, member: int, t: int, cand_ids: list[int], fields: tu
         "hist_surfaces": surface[hist].tolist(), "hist_timestamps": ts[hist].tolist(),
         **{f"member_{f}": profile.get(f) for f in MEMBER_FEATURES},
         **{f"cand_{f}": [it.get(f) for it in items] for f in ITEM_FEATURES},
-        "cand_stats": candidate_stats_vectors(view, member, t, cand_ids, task),
+        "cand_stats": candidate_stats_vectors(view, member, t, cand_ids, task, candidates),
     }
 
 
-def candidate_stats_vectors(view, member: int, t: int, cand_ids: list[int], task: TaskSpec | None) -> list[list[float]]:
+def candidate_stats_vectors(view, member: int, t: int, cand_ids: list[int], task: TaskSpec | None,
+                            candidates: list[dict] | None = None) -> list[list[float]]:
     """One `recbrew.verbalize.stats.dense_vector` per candidate (zeros when the task declares no statistics)."""
     if task is None or not task.stats.any:
         return [[0.0] * STATS_DIM for _ in cand_ids]
     m = view.member_stats(member, t, task)
-    return [dense_vector(m, view.candidate_stats(member, c, t, task)) for c in cand_ids]
+    stats = ([c["stats"] for c in candidates] if candidates is not None
+             else [view.candidate_stats(member, c, t, task) for c in cand_ids])
+    return [dense_vector(m, s) for s in stats]
 
 
 def build_task(ctx: _Context, task: TaskSpec, renderer: Renderer, req: Requests, text: _Columns,
@@ -182,10 +187,8 @@ def build_task(ctx: _Context, task: TaskSpec, renderer: Renderer, req: Requests,
         interactions = h_hi - h_first
         # "Past actions" counts what came before the request under the protocol (by record for order rules).
         network = {**view.network(member, t), "actions": interactions, "stats": view.member_stats(member, t, task)}
-        prompt = renderer.render(
-            view.member(member, hidden), [view.candidate(member, c, t, task, friends) for c in cand_ids],
-            history, network=network,
-        )
+        candidates = [view.candidate(member, c, t, task, friends) for c in cand_ids]
+        prompt = renderer.render(view.member(member, hidden), candidates, history, network=network)
         request_id = f"{task.name}/{split}/{i}"
         text.add(split, {
             "request_id": request_id, "task": task.name, "task_version": task.version, "kind": task.kind.value,
@@ -205,7 +208,7 @@ def build_task(ctx: _Context, task: TaskSpec, renderer: Renderer, req: Requests,
             "request_id": request_id, "task": task.name, "split_tag": task.split.value, "surface": task.surface,
             "member_id": member, "timestamp": t, "candidate_ids": cand_ids, "labels": labels, "true_probs": probs,
             **structured_fields(view, member, t, cand_ids, fields, (h.item, h.action, h.surface, h.ts), h_first, h_hi,
-                                ctx.last or STRUCTURED_HISTORY, task),
+                                ctx.last or STRUCTURED_HISTORY, task, candidates),
         })
         counts[split] += 1
         counts["candidates"] += len(cand_ids)
