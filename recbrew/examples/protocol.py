@@ -2,15 +2,22 @@
 
 Three split rules, each over one task's requests (vectorized over numpy arrays):
 
-- ``time``: by days. ``global`` scope: the last ``test_days`` of the log are test, after a ``gap_days``
-  gap; ``member`` scope: the same, counted back from each member's own last interaction.
-  Validation: the last ``val_days`` before the cutoff, or a seeded ``val_fraction``.
+- ``time``: by days. ``global`` scope: the last ``test_days`` of the log are test (or the last
+  ``test_fraction`` of its time range), after a ``gap_days`` gap; ``member`` scope: the same, counted back
+  from each member's own last interaction. Validation: the last ``val_days`` before the cutoff, or a
+  ``val_fraction`` of the training requests.
 - ``order``: by the record order of the interactions file. ``global``: the last ``test_fraction`` of
   the task's requests are test; ``member``: the last ``test_fraction`` of each member's requests.
 - ``leave-last`` (per member): each member's last request is test, the one before it validation.
 
 ``val_fraction`` picks a seeded fraction of the training requests (global scope) or of the members
-(member scope: their last training request becomes validation, as leave-last does for everyone).
+(member scope: their last training request becomes validation, as leave-last does for everyone). With
+``val_in_order`` it takes the latest share instead: the last ``val_fraction`` of the training requests
+(global), or of each member's training requests (member scope), by the rule's order.
+
+Before any split, the rule may narrow which labelled records become requests (`recbrew.examples.requests`
+applies it): ``min_position`` keeps targets with at least that many earlier actions of their member (the
+history still shows those earlier actions), ``last_records`` keeps the last K records of what remains.
 
 "Before a request" is by time (strictly earlier timestamp) for ``time`` and by record order
 (an earlier row of the interactions table) for ``order`` and ``leave-last``.
@@ -74,6 +81,12 @@ class SplitRule:
     #: Members (sorted) and the end of each one's log (last timestamp + 1), for the member-scoped time rule.
     member_ids: np.ndarray | None = None
     member_end: np.ndarray | None = None
+    #: ``val_fraction`` as the latest share of the training requests (by the rule's order), not a seeded draw.
+    val_in_order: bool = False
+    #: Targets only from their member's N-th action on (counted from 0: N earlier actions); 0 keeps all.
+    min_position: int = 0
+    #: Only the last K labelled records (after ``min_position``) become requests; None keeps all.
+    last_records: int | None = None
 
     def __post_init__(self):
         if self.rule not in SPLIT_RULES:
@@ -89,30 +102,52 @@ class SplitRule:
         if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             raise ConfigError(f"--val-fraction {self.val_fraction:g}: must be in [0, 1)")
         if self.test_fraction is not None:
-            if self.rule != "order":
-                raise ConfigError("--test-fraction applies to --split order (time uses --test-days, leave-last "
-                                  "one request per member)")
+            if self.rule == "leave-last":
+                raise ConfigError("--test-fraction applies to --split order and time (leave-last holds out one "
+                                  "request per member)")
+            if self.rule == "time" and self.scope == "member":
+                raise ConfigError("--test-fraction with --split time is the last fraction of the whole log's time "
+                                  "range: use --split-scope global (per member, use --test-days)")
             if not 0 < self.test_fraction < 1:
                 raise ConfigError(f"--test-fraction {self.test_fraction:g}: must be in (0, 1)")
+        if self.val_in_order:
+            if self.rule == "leave-last":
+                raise ConfigError("--val-in-order applies to --split time and order (leave-last's validation is "
+                                  "each member's second-to-last request)")
+            if not self.val_fraction:
+                raise ConfigError("--val-in-order takes the last --val-fraction of the training requests: "
+                                  "give --val-fraction too")
+        if self.min_position < 0:
+            raise ConfigError(f"--min-position {self.min_position}: must be >= 0")
+        if self.last_records is not None and self.last_records < 1:
+            raise ConfigError(f"--last {self.last_records}: must be >= 1")
         if self.rule == "time":
             if self.test_days <= 0 or self.gap_days < 0:
                 raise ConfigError("--test-days must be > 0 and --gap-days >= 0")
             if self.scope == "global":
                 first = self.validation_start if self.val_days else self.cutoff
                 if first <= self.start:
+                    held = (f"the last {self.test_fraction:g} of it as test" if self.test_fraction is not None
+                            else f"{self.test_days:g} test days")
                     raise ConfigError(
                         f"the log spans {(self.end - self.start) / DAY:.1f} days: too short for "
-                        f"{self.test_days:g} test days after a {self.gap_days:g}-day gap"
+                        f"{held} after a {self.gap_days:g}-day gap"
                         f"{f' and {self.val_days:g} validation days' if self.val_days else ''}; "
-                        "lower --test-days, --gap-days or --val-days")
+                        f"lower {'--test-fraction' if self.test_fraction is not None else '--test-days'}, "
+                        "--gap-days or --val-days")
 
     # The global time rule's boundaries -------------------------------------------------------------
     @property
     def cutoff(self) -> int:
+        if self.test_fraction is not None and self.rule == "time":
+            return self.test_start - int(self.gap_days * DAY)
         return int(self.end - (self.test_days + self.gap_days) * DAY)
 
     @property
     def test_start(self) -> int:
+        if self.test_fraction is not None and self.rule == "time":
+            # The last fraction of the log's time range, whatever its length in days.
+            return int(self.end - self.test_fraction * (self.end - self.start))
         return self.cutoff + int(self.gap_days * DAY)
 
     @property
@@ -141,6 +176,12 @@ class SplitRule:
             out.update(cutoff=self.cutoff, test_start=self.test_start, end=self.end)
             if self.val_days:
                 out["validation_start"] = self.validation_start
+        if self.val_fraction:
+            out["validation"] = "last" if self.val_in_order else "seeded draw"
+        if self.min_position:
+            out["min_position"] = self.min_position
+        if self.last_records is not None:
+            out["last_records"] = self.last_records
         return out
 
     def member_cutoff(self, member: np.ndarray) -> np.ndarray:
@@ -184,13 +225,30 @@ class SplitRule:
                 split[rank >= size - n_test] = "test"
             else:  # leave-last: the last request of every member
                 split[rank == size - 1] = "test"
-        if self.val_fraction and self.scope == "global":
+        if self.val_fraction and self.val_in_order:
+            self._validation_in_order(split, member, key)
+        elif self.val_fraction and self.scope == "global":
             train = np.flatnonzero(split == "train")
             picks = rng.choice(train, size=int(_round(len(train) * self.val_fraction)), replace=False)
             split[picks] = "validation"
         elif self.scope == "member" and (self.val_fraction or (self.rule == "leave-last" and self.val_fraction is None)):
             self._member_validation(split, member, key, rng)
         return split
+
+    def _validation_in_order(self, split, member, key) -> None:
+        """The last ``val_fraction`` of the training requests (global) or of each member's (member scope, at least
+        one left in training), by the rule's order: validation sits between training and test."""
+        train = np.flatnonzero(split == "train")
+        if len(train) == 0:
+            return
+        if self.scope == "global":
+            order = train[np.lexsort(tuple(k[train] for k in reversed(key)))]
+            n_val = min(int(_round(len(train) * self.val_fraction)), len(train) - 1)
+            split[order[len(order) - n_val:]] = "validation"
+            return
+        rank, size = _rank_within(member[train], tuple(k[train] for k in key))
+        n_val = np.minimum(_round(size * self.val_fraction), size - 1)
+        split[train[rank >= size - n_val]] = "validation"
 
     @property
     def fraction(self) -> float:

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from recbrew.data.corpus import Corpus
 from recbrew.data.schema import TRUE_PROB_PREFIX
 from recbrew.errors import ConfigError
+from recbrew.examples.history import HistoryIndex
 from recbrew.tasks.spec import Kind, TaskSpec
 
 DAY = 86_400
@@ -106,8 +107,9 @@ def _item_types(corpus: Corpus, item_ids: np.ndarray) -> np.ndarray:
     return np.where(found, types[order[pos]], "")
 
 
-def _impressions(corpus: Corpus, task: TaskSpec) -> dict[str, np.ndarray]:
-    """The task's labelled impressions: its surface and candidate type, positive or negative action."""
+def _impressions(corpus: Corpus, task: TaskSpec, plan=None) -> dict[str, np.ndarray]:
+    """The task's labelled impressions: its surface and candidate type, positive or negative action; those the
+    protocol ``plan`` selects (see `_select`), in file order."""
     inter = corpus.interactions
     action = inter["action"].to_numpy(zero_copy_only=False).astype(str)
     keep = np.isin(action, task.label.positive + task.label.negatives)
@@ -121,7 +123,7 @@ def _impressions(corpus: Corpus, task: TaskSpec) -> dict[str, np.ndarray]:
     cols = [TRUE_PROB_PREFIX + a for a in task.label.positive if TRUE_PROB_PREFIX + a in inter.column_names]
     probs = np.full(len(rows), np.nan) if not cols else sum(
         pc.fill_null(inter[c], np.nan).to_numpy().astype(np.float64)[rows] for c in cols)
-    return {
+    imp = {
         "member": inter["member_id"].to_numpy()[rows],
         "item": item,
         "ts": inter["timestamp"].to_numpy()[rows],
@@ -129,6 +131,26 @@ def _impressions(corpus: Corpus, task: TaskSpec) -> dict[str, np.ndarray]:
         "prob": probs,
         "row": rows.astype(np.int64),
     }
+    return _select(corpus, imp, plan)
+
+
+def _select(corpus: Corpus, imp: dict[str, np.ndarray], plan) -> dict[str, np.ndarray]:
+    """The labelled records that may become requests: with ``plan.min_position`` N only those with at least N
+    earlier actions of their member (by record for order rules, by time otherwise: what the history sees), then
+    with ``plan.last_records`` K only the last K of them (by record; by time, then record, for time rules)."""
+    min_position = getattr(plan, "min_position", 0) or 0
+    last = getattr(plan, "last_records", None)
+    if (not min_position and last is None) or len(imp["row"]) == 0:
+        return imp
+    by_order = bool(getattr(plan, "by_order", False))
+    rows = np.arange(len(imp["row"]))
+    if min_position:
+        position = HistoryIndex(corpus, by_order).count_before(imp["member"], imp["ts"], imp["row"])
+        rows = rows[position >= min_position]
+    if last is not None and len(rows) > last:
+        key = (imp["row"][rows],) if by_order else (imp["row"][rows], imp["ts"][rows])
+        rows = np.sort(rows[np.lexsort(key)][len(rows) - last:])
+    return {k: v[rows] for k, v in imp.items()}
 
 
 def _sessions(imp: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -156,7 +178,7 @@ def _session_pos(rows_sorted: np.ndarray, starts: np.ndarray) -> np.ndarray:
 def pointwise(corpus: Corpus, task: TaskSpec, plan, one_target: bool = False,
               rng: np.random.Generator | None = None) -> Requests:
     """One request per session (or per labelled impression): its labelled impressions are the candidates."""
-    imp = _impressions(corpus, task)
+    imp = _impressions(corpus, task, plan)
     if len(imp["ts"]) == 0:
         return _empty()
     order, starts = _targets(imp) if one_target else _sessions(imp)
@@ -173,7 +195,7 @@ def listwise(corpus: Corpus, task: TaskSpec, plan, rng: np.random.Generator, one
 
     With ``one_target`` every positive of a session makes its own request.
     """
-    imp = _impressions(corpus, task)
+    imp = _impressions(corpus, task, plan)
     order, starts = _sessions(imp)
     sorted_ = {k: v[order] for k, v in imp.items()}
     ends = np.r_[starts[1:], len(order)]
@@ -223,7 +245,7 @@ def generative(corpus: Corpus, task: TaskSpec, plan, rng: np.random.Generator, o
                split_rng: np.random.Generator | None = None) -> Requests:
     """next_job_title: each positive action's item title; held_out_skill: one profile skill, hidden."""
     split_rng = split_rng if split_rng is not None else np.random.default_rng(0)
-    imp = _impressions(corpus, task)
+    imp = _impressions(corpus, task, plan)
     if task.generative.target == "next_job_title":
         # The first positive of each session (every positive with one_target): one prompt, one answer.
         rows = np.flatnonzero(imp["label"] == 1)

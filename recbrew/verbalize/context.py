@@ -337,7 +337,11 @@ def _stat_words(task: TaskSpec) -> dict:
 def select_history(view: CorpusView, action: np.ndarray, surface: np.ndarray, ts: np.ndarray, item: np.ndarray,
                    lo: int, hi: int, t: int, task: TaskSpec, limit: int) -> list[HistoryEntry]:
     """Rows [lo, hi) of the interaction arrays that the task's history groups select, newest first, at most
-    ``limit``; each row goes to the first group whose action (and surface) it matches."""
+    ``limit``; each row goes to the first group whose action (and surface) it matches.
+
+    The rows are in the protocol's order (time then record, or record), so entries of one second keep the
+    file's order: later record first, or, for ``order: oldest_first``, earlier record first (the renderer
+    orders entries by time and keeps the order of equal times)."""
     groups = task.history.groups
     if not groups or hi == lo:
         return []
@@ -352,4 +356,7 @@ def select_history(view: CorpusView, action: np.ndarray, surface: np.ndarray, ts
                 break
         if len(out) >= limit:
             break
+    if task.history.order == "oldest_first":
+        # Newest second first, and within a second the earlier record first.
+        out = sorted(reversed(out), key=lambda e: -e.timestamp)
     return out
