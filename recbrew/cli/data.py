@@ -27,7 +27,27 @@ class Format(str, Enum):
     csv = "csv"
 
 
-@app.command("import")
+def schema_text() -> str:
+    """The Corpus tables' columns and types (from `recbrew.data.schema`), for ``data import --help``."""
+    from recbrew.data.schema import TABLES
+
+    def kind(t) -> str:
+        return {"string": "str", "int64": "int", "int32": "int", "float": "float", "bool": "bool",
+                "list<item: string>": "list of str"}.get(str(t), str(t))
+
+    parts = ["Columns (* required; any other column is kept as it is):"]
+    for table in TABLES.values():
+        cols = [f"{c.name}{'*' if c.required else ''} ({kind(c.type)})" + (f": {c.doc}" if c.doc else "")
+                for c in table.columns]
+        cols += [f"{prefix}ACTION ({kind(t)}): true probability of ACTION (synthetic worlds)"
+                 for prefix, t in table.prefixed.items()]
+        parts.append(f"{table.name}: " + "; ".join(cols) + ".")
+    parts.append("Times are integer seconds since the Unix epoch (UTC). In csv a list cell is a JSON list or a|b. "
+                 "The interactions' row order is kept: record-order protocols (data build --split order) read it.")
+    return "\n\n".join(parts)
+
+
+@app.command("import", epilog=schema_text())
 def import_tables(
     members: Annotated[Path, typer.Option(help="Members table (.parquet, .jsonl or .csv).")],
     items: Annotated[Path, typer.Option(help="Items table.")],
@@ -127,7 +147,8 @@ def build(
     corpus: Annotated[Path, typer.Option("--corpus", help="Corpus folder (a generated world or `data import` output).")],
     out: Annotated[Path, typer.Option("--out", help="Where to write text/, structured/ and manifest.json.")],
     tasks: Annotated[str | None, typer.Option("--tasks", help="Comma-separated task names (default: all).")] = None,
-    test_days: Annotated[float, typer.Option("--test-days", help="Days at the end of the log used for test.")] = 7.0,
+    test_days: Annotated[float | None, typer.Option("--test-days", help="--split time: days at the end of the log "
+                                                    "used for test [default: 7].")] = None,
     gap_days: Annotated[float, typer.Option("--gap-days", help="Days between the train cutoff and the test start.")] = 1.0,
     max_train: Annotated[int, typer.Option("--max-train", help="Requests per task in train (sampled).")] = 400,
     max_test: Annotated[int, typer.Option("--max-test", help="Requests per task in test (sampled).")] = 200,
@@ -146,13 +167,24 @@ def build(
                                              "(each member's own sequence; leave-last is always per member).")
                            ] = "global",
     test_fraction: Annotated[float | None, typer.Option("--test-fraction", help="--split order: the last fraction "
-                                                        "of (each member's) requests that is test [default: 0.2].")
-                             ] = None,
+                                                        "of (each member's) requests that is test [default: 0.2]; "
+                                                        "--split time: the last fraction of the log's time range "
+                                                        "(instead of --test-days).")] = None,
     val_days: Annotated[float | None, typer.Option("--val-days", help="Validation split: the last D days before the "
                                                    "cutoff (--split time).")] = None,
     val_fraction: Annotated[float | None, typer.Option("--val-fraction", help="Validation split: a seeded fraction "
                                                        "of the training requests (global scope) or of the members "
-                                                       "(member scope: their last training request).")] = None,
+                                                       "(member scope: their last training request); with "
+                                                       "--val-in-order the last fraction of them.")] = None,
+    val_in_order: Annotated[bool, typer.Option("--val-in-order", help="--val-fraction takes the latest training "
+                                               "requests (by record for order, by time for time; per member with "
+                                               "--split-scope member), not a seeded draw.")] = False,
+    min_position: Annotated[int, typer.Option("--min-position", min=0, help="Targets only from a member's N-th "
+                                              "action on, counted from 0 (at least N earlier actions); the "
+                                              "history still shows the earlier ones.")] = 0,
+    last: Annotated[int | None, typer.Option("--last", min=1, help="Only the last K labelled records (after "
+                                             "--min-position) become requests, then the split divides them.")
+                    ] = None,
     max_val: Annotated[int, typer.Option("--max-val", help="Requests per task in validation (sampled).")] = 200,
     one_target: Annotated[bool, typer.Option("--one-target", help="One target per request: each labelled "
                                              "impression its own request, with the history before it.")] = False,
@@ -165,18 +197,33 @@ def build(
 ) -> None:
     """Build examples: split by time, record order or leave-last (optionally a validation split), real negatives,
     rendered prompts and a structured-feature view. docs/examples-format.md describes the folder."""
+    from dataclasses import fields
+
     from recbrew.examples.build import BuildConfig, build_examples
 
+    if test_days is not None and test_fraction is not None and split == "time":
+        raise UserError("--test-days and --test-fraction are two ways to size the test part of --split time: pick one")
+    # Target selection and in-order validation are passed only when asked for: every other protocol builds
+    # with a BuildConfig that lacks their fields.
+    flags = {"val_in_order": ("--val-in-order", val_in_order), "min_position": ("--min-position", min_position),
+             "last_records": ("--last", last)}
+    selection = {name: value for name, (_, value) in flags.items() if value}
+    missing = sorted(selection.keys() - {f.name for f in fields(BuildConfig)})
+    if missing:
+        raise UserError(f"{', '.join(flags[n][0] for n in missing)}: recbrew.examples.build.BuildConfig has no "
+                        f"field {', '.join(missing)} in this recbrew")
     if not progress:
         import datasets
 
         datasets.disable_progress_bars()
     cfg = BuildConfig(
-        tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None, test_days=test_days,
+        tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
+        test_days=7.0 if test_days is None else test_days,
         gap_days=gap_days, max_train=max_train, max_test=max_test, seed=seed, style=style, tokenizer=tokenizer,
         max_tokens=max_tokens, max_candidates=max_candidates, burn_in_days=burn_in_days, split=split,
         split_scope="member" if split == "leave-last" else split_scope, test_fraction=test_fraction,
         val_days=val_days, val_fraction=val_fraction, max_val=max_val, one_target=one_target, history=history,
+        **selection,
     )
     manifest = build_examples(corpus, out, cfg, tasks_dir=tasks_dir, prompts_dir=prompts_dir, force=force,
                               progress=progress)
