@@ -31,8 +31,20 @@ def shipped_dir(kind: str) -> Path:
 
 
 def shipped_names(kind: str, suffixes: Sequence[str] = (".yaml",)) -> list[str]:
-    folder = shipped_dir(kind)
-    return sorted(p.stem for p in folder.iterdir() if p.suffix in suffixes) if folder.is_dir() else []
+    """Every shipped ``kind`` config by the shortest name `resolve` takes: ``lirank`` for
+    ``configs/baselines/lirank.yaml``, ``movielens/lirank`` for ``configs/movielens/baselines/lirank.yaml``."""
+    from recbrew import assets
+
+    root = assets.path("configs")
+    names = []
+    for path in root.rglob("*"):
+        if not path.is_file() or path.suffix not in suffixes:
+            continue
+        parts = path.relative_to(root).with_suffix("").parts
+        if kind in parts[:-1]:
+            at = parts.index(kind)
+            names.append("/".join(parts[:at] + parts[at + 1:]))
+    return sorted(names, key=lambda n: (n.count("/"), n))
 
 
 def shipped_or_none(kind: str, name: str) -> Path | None:
@@ -41,16 +53,40 @@ def shipped_or_none(kind: str, name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def _shipped(kind: str, name: str, suffixes: Sequence[str]) -> Path | None:
+    """The shipped config a name means: ``configs/KIND/NAME``, ``configs/NAME`` when NAME runs through a
+    ``KIND`` folder (``movielens/baselines/lirank``), or ``configs/FIRST/KIND/REST`` (``movielens/lirank``)."""
+    from recbrew import assets
+
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or any(p in ("..", ".") for p in parts):
+        return None
+    root = assets.path("configs")
+    stems = [name[: -len(Path(name).suffix)]] if Path(name).suffix in suffixes else [name]
+    places = [root / kind / stem for stem in stems]
+    for stem in stems:
+        head = Path(stem).parts
+        if kind in head[:-1]:
+            places.append(root / stem)
+        if len(head) > 1:
+            places.append(root / head[0] / kind / Path(*head[1:]))
+    for place in places:
+        for suffix in suffixes:
+            path = place.with_name(place.name + suffix)
+            if path.is_file():
+                return path
+    return None
+
+
 def resolve(kind: str, name_or_path: str | Path, suffixes: Sequence[str] = (".yaml",)) -> Path:
-    """A config file: ``name_or_path`` itself when it is a file, else the shipped ``configs/KIND/NAME.yaml``."""
+    """A config file: ``name_or_path`` itself when it is a file, else a shipped one named by its path under
+    ``configs/`` (``lirank``, ``movielens/lirank`` or ``movielens/baselines/lirank``, see `_shipped`)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    if isinstance(name_or_path, str) and "/" not in name_or_path and path.suffix not in suffixes:
-        for suffix in suffixes:
-            shipped = shipped_dir(kind) / f"{name_or_path}{suffix}"
-            if shipped.is_file():
-                return shipped
+    shipped = _shipped(kind, str(name_or_path), suffixes)
+    if shipped is not None:
+        return shipped
     raise ConfigError(f"{kind} config {str(name_or_path)!r}: no such file and not a shipped config "
                       f"(shipped: {', '.join(shipped_names(kind, suffixes)) or 'none'})")
 

@@ -29,7 +29,9 @@ def train(
     model: Annotated[str, typer.Argument(help="lirank, ligr, dcnv2 or popularity.")],
     examples: Annotated[Path, typer.Option("--examples", help="Examples built by `recbrew data build`.")],
     out: Annotated[Path, typer.Option("--out", help="Model folder to write (model.pt, train.json, checkpoint.pt).")],
-    config: Annotated[Path | None, typer.Option("--config", help="YAML config (default: configs/baselines/MODEL.yaml).")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="A YAML file, or a shipped config by its path under "
+                                               "configs/ (lirank, movielens/lirank = movielens/baselines/lirank; "
+                                               "default: configs/baselines/MODEL.yaml).")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="section.field=value overrides, e.g. train.epochs=3.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from --out/checkpoint.pt.")] = False,
