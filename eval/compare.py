@@ -2,9 +2,9 @@
 with intervals, paired differences between models, distance to the oracle, slices and top-k diversity.
 Everything in the results dict is JSON-ready.
 
-The bootstrap resamples units (requests or members) within each task, with replacement; every model
-is evaluated on the same resamples of a task, so differences between two models are paired: the
-resampling noise they share cancels out of the interval of their difference.
+The bootstrap resamples units (requests, members or records: single candidates) within each task, with
+replacement; every model is evaluated on the same resamples of a task, so differences between two models
+are paired: the resampling noise they share cancels out of the interval of their difference.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ SLICES: dict[str, tuple[str, tuple[float, ...]]] = {
 CI_METRICS = ("auc", "gauc", "ndcg", "mrr", "recall", "log_loss")
 #: Per-task metrics computed over requests with at least two candidates only.
 RANK_METRICS = ("gauc", "ndcg", "recall", "mrr", "acc1")
-UNITS = ("auto", "request", "member")
+UNITS = ("auto", "request", "member", "record")
 TAGS = ("T1", "T2")
 SINGLE_CANDIDATE = "single-candidate requests"
 
@@ -50,8 +50,10 @@ class CompareConfig:
     #: Coverage of the intervals.
     level: float = 0.95
     #: What the bootstrap resamples within a task: "request", "member" (all requests of a member together,
-    #: right when a member has several requests: they are not independent), or "auto": member in tasks
-    #: where some member has several requests, request elsewhere (there the two are the same).
+    #: right when a member has several requests: they are not independent), "record" (each candidate on its
+    #: own, as when every logged record is an independent target; list metrics count a request as often as
+    #: its first candidate is drawn), or "auto": member in tasks where some member has several requests,
+    #: request elsewhere (there the two are the same).
     unit: str = "auto"
     #: Tasks with fewer positive candidates are flagged "too few positives": their numbers are shown
     #: but rest on too little evidence to rank models by.
@@ -133,7 +135,8 @@ def task_samples(table: RequestTable, cfg: CompareConfig) -> dict[str, TaskSampl
         repeats = len(np.unique(req_members)) < len(req_members)
         unit = cfg.unit if cfg.unit != "auto" else ("member" if repeats else "request")
         rng = np.random.default_rng([cfg.seed, zlib.crc32(t.encode())])
-        units, unit_of_cand = np.unique(member if unit == "member" else request, return_inverse=True)
+        drawn = {"member": member, "request": request, "record": np.arange(len(request))}[unit]
+        units, unit_of_cand = np.unique(drawn, return_inverse=True)
         counts = M.bootstrap_counts(len(units), cfg.bootstrap, rng)
         if unit == "member":
             member_ids, member_counts = units, counts
@@ -485,14 +488,21 @@ def compare(table: RequestTable, scores: dict[str, np.ndarray], generations: dic
 
     slices: dict[str, dict] = {}
     for dim, (column, edges) in SLICES.items():
-        which = buckets(getattr(table, column), edges)
-        labels = bucket_labels(edges)
+        values = np.asarray(getattr(table, column), dtype=np.float64)
+        # A request without a value (days after the cutoff under a record-order split) is left out of the
+        # slice, never put in a bucket; a slice no request has a value for does not apply and has no buckets.
+        known = ~np.isnan(values)
+        which = np.where(known, buckets(np.where(known, values, 0.0), edges), -1)
         rows = []
-        for b, label in enumerate(labels):
-            sel = which == b
-            rows.append({"bucket": label, "requests": int((sel & table.rankable).sum()),
-                         "macro_auc": {n: macro_auc_by_task(table, scores[n], sel) for n in names}})
-        slices[dim] = {"column": column, "edges": list(edges), "buckets": rows}
+        if known.any():
+            for b, label in enumerate(bucket_labels(edges)):
+                sel = which == b
+                rows.append({"bucket": label, "requests": int((sel & table.rankable).sum()),
+                             "macro_auc": {n: macro_auc_by_task(table, scores[n], sel) for n in names}})
+        slices[dim] = {"column": column, "edges": list(edges), "buckets": rows,
+                       "without_value": int((~known & table.rankable).sum())}
+        if not known.any():
+            slices[dim]["note"] = f"does not apply: no request has a {column} value"
     slices["split_tag"] = {"column": "split_tag", "edges": [], "buckets": [
         {"bucket": tag, "requests": int(((table.split_tag == tag) & table.rankable).sum()),
          "macro_auc": {n: macro_auc_by_task(table, scores[n], table.split_tag == tag) for n in names}}

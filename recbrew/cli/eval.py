@@ -18,6 +18,18 @@ def _split(values: str | None) -> list[str] | None:
     return [v.strip() for v in values.split(",") if v.strip()] if values else None
 
 
+def bootstrap_option(value: str) -> tuple[str, int]:
+    """``--bootstrap``: ``N`` resamples, a ``UNIT`` or ``UNIT:N`` -> (unit, resamples); auto and 200 by default."""
+    from recbrew.eval.compare import UNITS
+
+    head, sep, tail = value.strip().partition(":")
+    unit, count = (head, tail) if sep else ("auto", head) if head.isdigit() else (head, "200")
+    if unit not in UNITS or not count.isdigit():
+        raise UserError(f"--bootstrap {value!r}: write a number of resamples (200), what they draw "
+                        f"({', '.join(UNITS)}) or both (record:1000)")
+    return unit, int(count)
+
+
 @app.callback()
 def evaluate(
     ctx: typer.Context,
@@ -27,7 +39,12 @@ def evaluate(
     out: Annotated[Path | None, typer.Option("--out", help="Folder for report.html/.md/.json and scores/ (cache).")] = None,
     tasks: Annotated[str | None, typer.Option("--tasks", help="Comma-separated tasks (default: all).")] = None,
     k: Annotated[int, typer.Option("--k", help="Cut-off of NDCG@k, Recall@k and top-k diversity.")] = 3,
-    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the intervals (0: none).")] = 200,
+    bootstrap: Annotated[str, typer.Option("--bootstrap", help="Bootstrap of the intervals: resamples (0: none), "
+                                           "what they draw within a task (member, request, record: single "
+                                           "candidates; auto: member where members repeat) or both, e.g. "
+                                           "record:1000.")] = "auto:200",
+    reference: Annotated[str | None, typer.Option("--reference", help="The model every paired Δ is against "
+                                                  "(default: the best baseline by T1 macro AUC).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse scores cached under OUT/scores/.")] = True,
     oracle: Annotated[bool, typer.Option("--oracle/--no-oracle", help="Add the oracle as reference when the "
@@ -46,16 +63,18 @@ def evaluate(
     if missing:
         raise UserError(f"missing {', '.join(missing)}: e.g. recbrew eval --models oracle,popularity "
                         "--examples runs/quickstart/examples --out runs/eval")
-    if k < 1 or bootstrap < 0:
-        raise UserError("--k must be at least 1 and --bootstrap at least 0")
+    unit, resamples = bootstrap_option(bootstrap)
+    if k < 1:
+        raise UserError("--k must be at least 1")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"{out} already exists and is not empty; pass --force to write the report over it "
                         "(the scores cached in it are reused)")
     from recbrew.eval.run import run_eval
     from recbrew.eval.scorers import parse_models
 
-    result = run_eval(examples, parse_models(models), out, tasks=_split(tasks), k=k, bootstrap=bootstrap, seed=seed,
-                      use_cache=cache, progress=progress, include_oracle=oracle, tasks_dir=tasks_dir)
+    result = run_eval(examples, parse_models(models), out, tasks=_split(tasks), k=k, bootstrap=resamples, seed=seed,
+                      use_cache=cache, progress=progress, include_oracle=oracle, tasks_dir=tasks_dir, unit=unit,
+                      reference=reference)
     typer.echo(result.table())
     typer.echo(f"wrote {result.paths['html']}, {result.paths['md'].name}, {result.paths['json'].name}")
 
