@@ -153,9 +153,10 @@ def render(
     t = int(req.timestamp[i])
     cands = [int(c) for c in req.candidates[req.offsets[i]:req.offsets[i + 1]]]
     friends = view.connections(member, t)
+    history = view.history(member, t, task)
     prompt = renderer.render(view.member(member, req.hide_skill[i] if req.hide_skill else None),
                              [view.candidate(member, c, t, task, friends) for c in cands],
-                             view.history(member, t, task), network=view.network(member, t), max_tokens=max_tokens)
+                             history, network=view.network(member, t), max_tokens=max_tokens)
     typer.echo(prompt.text(0))
     typer.echo("-" * 60)
     if prompt.prefix_tokens is not None:
@@ -164,5 +165,50 @@ def render(
                    f"{max_tokens or renderer.task.history.max_tokens}{'; OVER BUDGET' if prompt.over_budget else ''}")
     cut = ", ".join(f"{n} from '{g}'" for g, n in prompt.cut_by_group.items()) or "nothing"
     typer.echo(f"history: kept {prompt.history_kept}, cut {prompt.history_cut} ({cut})")
+    for line in group_lines(data, member, t, renderer.task, history, prompt.cut_by_group):
+        typer.echo(line)
     if req.target:
         typer.echo(f"target: {req.target[i]}")
+
+
+def group_lines(corpus, member: int, t: int, task, history, cut_by_group: dict[str, int]) -> list[str]:
+    """One line per history group of ``task``: how many entries the prompt shows, and for a group that shows
+    none, why (no such action before the request time, none at all, taken by an earlier group, cut)."""
+    from datetime import datetime, timezone
+
+    import numpy as np
+    import pyarrow.compute as pc
+
+    inter = corpus.interactions.filter(pc.equal(corpus.interactions["member_id"], member))
+    action = inter["action"].to_numpy(zero_copy_only=False).astype(str)
+    surface = (inter["surface"].to_numpy(zero_copy_only=False).astype(str) if "surface" in inter.column_names
+               else np.full(len(action), "", dtype=str))
+    ts = inter["timestamp"].to_numpy()
+    when = datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    lines = []
+    for g, spec in enumerate(task.history.groups):
+        selected = sum(e.group == g for e in history)
+        shown = selected - cut_by_group.get(spec.phrase, 0)
+        head = f"group '{spec.phrase}': "
+        if shown:
+            lines.append(head + f"{shown} shown")
+            continue
+        what = f"'{spec.action}' action" + (f" on surface '{spec.surface}'" if spec.surface else "")
+        acted = action == spec.action
+        match = acted & ((surface == spec.surface) if spec.surface else True)
+        before = match & (ts < t)
+        if selected:
+            why = f"all {selected} cut by history.max_items or the token budget"
+        elif not match.any():
+            elsewhere = int(acted.sum()) if spec.surface else 0
+            why = f"the member has no {what} in the log" + (f" ({elsewhere} on other surfaces)" if elsewhere else "")
+        elif not before.any():
+            why = f"no {what} before the request time ({when}); {int(match.sum())} at or after it"
+        else:
+            earlier = next((o.phrase for o in task.history.groups[:g]
+                            if o.action == spec.action and (o.surface is None or o.surface == spec.surface)), None)
+            why = (f"its {int(before.sum())} action(s) go to the earlier group '{earlier}'" if earlier else
+                   f"its {int(before.sum())} action(s) are older than the newest {4 * task.history.max_items} "
+                   "the history looks at")
+        lines.append(head + "empty: " + why)
+    return lines
