@@ -35,10 +35,10 @@ def unit_text(results: dict) -> str:
     """What the bootstrap resampled, e.g. 'members within each task' or 'members within each task
     (requests in feed_like, where no member has two requests)'."""
     units = {t: e.get("unit") for t, e in results["tasks"].items() if e.get("unit")}
-    names = {"member": "members", "request": "requests"}
+    names = {"member": "members", "request": "requests", "record": "records (single candidates)"}
     if not units:
         return "requests within each task"
-    main = max(("member", "request"), key=lambda u: (sum(v == u for v in units.values()), u == "member"))
+    main = max(names, key=lambda u: (sum(v == u for v in units.values()), u == "member"))
     other = sorted(t for t, u in units.items() if u != main)
     text = f"{names[main]} within each task"
     if other:
@@ -207,8 +207,10 @@ def render_markdown(results: dict, meta: dict) -> str:
             + task_count_cells(entry) + [task_note(entry)])
     parts += [_md_table(["task", "tag", "kind"] + names + ["requests", "candidates", "positives", "note"], rows), ""]
     for dim in ("split_tag", *SLICES):
+        note = results["slices"][dim].get("note")
         parts += [f"## {SLICE_TITLES[dim]} (macro AUC)", "",
-                  _md_table(["bucket", "requests"] + names, slice_rows(results, dim)), ""]
+                  f"{note[:1].upper()}{note[1:]}." if note else _md_table(["bucket", "requests"] + names,
+                                                                           slice_rows(results, dim)), ""]
     parts += [f"## Top-{k} diversity (requests with more than {k} candidates)", "",
               _md_table(["model", "lists", "topic diversity", "item coverage", "company coverage"],
                         diversity_rows(results)), "",
@@ -299,6 +301,9 @@ def render_html(results: dict, meta: dict) -> str:
     out.append(_img(reliability_figure(results["summary"]), "reliability diagrams"))
     for dim in ("split_tag", *SLICES):
         out.append(f"<h2>{esc(SLICE_TITLES[dim])}</h2>")
+        if results["slices"][dim].get("note"):
+            out.append(f"<p class='note'>{esc(results['slices'][dim]['note'])}</p>")
+            continue
         out.append(_html_table(["bucket", "requests"] + [esc(n) for n in names],
                                [[esc(c) for c in r] for r in slice_rows(results, dim)]))
         out.append(_img(slice_figure(SLICE_TITLES[dim], results["slices"][dim]["buckets"], names), dim))

@@ -340,7 +340,7 @@ def test_time_split_per_member_and_validation_fraction(ratings_log, tmp_path):
     ({"split": "leave-last", "val_days": 1}, "--val-days applies to --split time"),
     ({"val_days": 1, "val_fraction": 0.1}, "pick one"),
     ({"history": "last:0"}, "'last:N' with N from 1 to 500"),
-    ({"test_fraction": 0.2}, "--test-fraction applies to --split order"),
+    ({"split": "leave-last", "test_fraction": 0.2}, "--test-fraction applies to --split order and time"),
     ({"split": "order", "test_fraction": 1.5}, "must be in (0, 1)"),
     ({"split": "shuffle"}, "--split 'shuffle'"),
     ({"test_days": 2, "gap_days": 1, "val_days": 2}, "too short"),

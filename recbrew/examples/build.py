@@ -73,6 +73,12 @@ class BuildConfig:
     one_target: bool = False
     #: ``all`` (everything before the request) or ``last:N`` (the last N interactions the history shows).
     history: str = "all"
+    #: ``val_fraction`` as the latest share of the training requests (by the split's order), not a seeded draw.
+    val_in_order: bool = False
+    #: Targets only from their member's N-th action on (counted from 0: N earlier actions); history sees all.
+    min_position: int = 0
+    #: Only the last K labelled records (after ``min_position``) become requests; None: all.
+    last_records: int | None = None
 
 
 def _sample(req: Requests, cfg: BuildConfig, rng: np.random.Generator, by_order: bool) -> Requests:
@@ -230,7 +236,8 @@ def split_rule(corpus: Corpus, cfg: BuildConfig) -> SplitRule:
         member_ids, member_end = m[last], ts[last] + 1
     scope = "member" if cfg.split == "leave-last" else cfg.split_scope
     return SplitRule(cfg.split, scope, cfg.test_days, cfg.gap_days, cfg.test_fraction, cfg.val_days,
-                     cfg.val_fraction, start, end, member_ids, member_end)
+                     cfg.val_fraction, start, end, member_ids, member_end, val_in_order=cfg.val_in_order,
+                     min_position=cfg.min_position, last_records=cfg.last_records)
 
 
 def build_examples(corpus_dir: str | Path, out: str | Path, cfg: BuildConfig, *, tasks_dir=None, prompts_dir=None,
