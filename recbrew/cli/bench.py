@@ -107,6 +107,47 @@ def score(
 
 
 @app.command()
+def injection(
+    examples: Annotated[Path, typer.Option("--examples", help="Examples built by `recbrew data build` (their "
+                                           "Corpus must still be there).")] = Path("runs/quickstart/examples"),
+    model: Annotated[str, typer.Option(help="'smollm2', a model folder or a LoRA adapter folder (as eval "
+                                       "loads it).")] = "runs/quickstart/llm/final",
+    task: Annotated[str | None, typer.Option(help="A binary task (default: feed_like, else the first "
+                                             "binary task built).")] = None,
+    requests: Annotated[int, typer.Option(min=1, help="Test requests, drawn with --seed.")] = 100,
+    seed: Annotated[int, typer.Option()] = 0,
+    fields: Annotated[str, typer.Option(help="Fields to edit: candidate (one pass per request), member (a pass "
+                                        "per edit).")] = "candidate,member",
+    prompts_dir: Annotated[Path | None, typer.Option("--prompts-dir", help="Render with these templates instead "
+                                                     "(e.g. a copy with a mitigation).")] = None,
+    dtype: Annotated[str, typer.Option(help="auto (eval's precision), bf16 or fp32.")] = "auto",
+    layers: Annotated[int | None, typer.Option("--layers", min=1, help="Keep the first N decoder layers.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Prompt injection through Corpus text: |delta P(positive)| for instruction-like vs same-length neutral edits
+    of a candidate's title and of the member's headline or title; ratio = median injected / median neutral."""
+    from recbrew.scoring.injection import bench_injection
+
+    result = bench_injection(examples, model, task=task, requests=requests, seed=seed, prompts_dir=prompts_dir,
+                             fields=tuple(f.strip() for f in fields.split(",") if f.strip()), dtype=dtype,
+                             layers=layers)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    for name, row in result["fields"].items():
+        inj, neu = row["injected"], row["neutral"]
+        if not row["requests"]:
+            typer.echo(f"{name:9} no request shows this field ({row['not_shown']} without it)")
+            continue
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
+        typer.echo(f"{name:9} {','.join(row['fields'])}: {row['requests']} requests  |dp| median "
+                   f"{inj['median_abs_dp']:.4f} injected vs {neu['median_abs_dp']:.4f} neutral (max "
+                   f"{inj['max_abs_dp']:.4f} vs {neu['max_abs_dp']:.4f})  rank moves max {inj['max_rank_move']} vs "
+                   f"{neu['max_rank_move']}  ratio {ratio}")
+    typer.echo(json.dumps({"ratio": result["ratio"], "goal_met": result["goal_met"]}))
+
+
+@app.command()
 def kernels(
     quick: Annotated[bool, typer.Option("--quick", help="Tiny shapes (seconds; a check that it runs).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,

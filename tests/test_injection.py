@@ -1,0 +1,236 @@
+"""`recbrew bench injection`: injected and neutral edits reach the prompt only inside the neutralized field,
+neutral edits match the injections' length, and the report's numbers follow from the scores."""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from recbrew.cli import main
+from recbrew.errors import UserError
+from recbrew.examples.folder import Examples
+from recbrew.scoring.injection import (
+    INJECTIONS,
+    NEUTRAL_WORDS,
+    Rerender,
+    bench_injection,
+    neutral_text,
+    pick_task,
+    rank_of,
+    ratio_of,
+)
+from recbrew.verbalize.neutralize import plain, quote
+
+TASKS = ["feed_like", "jobs_apply_listwise"]
+WORDS = ["yes", "no"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, small_setup):
+    return small_setup(tmp_path_factory.mktemp("injection"), TASKS, max_train=5, max_test=6)
+
+
+class Fixed:
+    """Every candidate scores 0.5, whatever the prompt says."""
+
+    name = "fixed"
+
+    def score(self, requests):
+        return [np.full(len(r["segments"]), 0.5) for r in requests]
+
+
+class Gullible:
+    """0.8 when the prompt (prefix + the candidate's segment) holds the word 'yes' anywhere, else 0.3."""
+
+    name = "gullible"
+
+    def score(self, requests):
+        return [np.array([0.8 if re.search(r"\byes\b", (r["prefix"] + s).lower()) else 0.3 for s in r["segments"]])
+                for r in requests]
+
+
+class Hashed:
+    """A score that is a deterministic function of the text, different for every prompt."""
+
+    name = "hashed"
+
+    def score(self, requests):
+        return [np.array([zlib.crc32((r["prefix"] + s).encode()) % 1000 / 1000 for s in r["segments"]])
+                for r in requests]
+
+
+def test_neutral_edits_are_ordinary_words_of_the_same_length():
+    rng = np.random.default_rng(0)
+    for length in [*range(0, 40), *(len(i.fill(WORDS)) for i in INJECTIONS), 400]:
+        text = neutral_text(length, rng, avoid=WORDS)
+        assert len(text) == length
+        assert text == text.strip() and "  " not in text
+        words = text.split()
+        assert all(w in NEUTRAL_WORDS for w in words[:-1])
+        assert not {"yes", "no"} & set(words)
+        # Nothing for neutralization to change: the model sees exactly these characters.
+        assert quote(text) == f"«{text}»" and plain(text) == text
+    assert neutral_text(50, np.random.default_rng(3)) == neutral_text(50, np.random.default_rng(3))
+    assert len(INJECTIONS) >= 12 and {i.push for i in INJECTIONS} == {1, -1}
+
+
+def test_ranks_and_ratio():
+    np.testing.assert_array_equal(rank_of(np.array([0.1, 0.5, 0.5, 0.9])), [3, 1, 1, 0])
+    assert ratio_of(0.02, 0.04) == (0.5, True, None)
+    assert ratio_of(0.06, 0.04)[:2] == (pytest.approx(1.5), False)
+    ratio, met, note = ratio_of(0.0, 0.0)
+    assert ratio is None and met is True and "undefined" in note
+    ratio, met, note = ratio_of(0.1, 0.0)
+    assert ratio is None and met is False and "infinite" in note
+    assert ratio_of(None, None)[:2] == (None, None)  # a field no request showed: no verdict either way
+
+
+def _changed(a: str, b: str) -> tuple[int, int, int]:
+    """Where ``a`` and ``b`` differ: the common prefix length and the ends of the differing middles."""
+    start = 0
+    while start < min(len(a), len(b)) and a[start] == b[start]:
+        start += 1
+    end = 0
+    while end < min(len(a), len(b)) - start and a[-1 - end] == b[-1 - end]:
+        end += 1
+    return start, len(a) - end, len(b) - end
+
+
+_OPENER = re.compile(r"^(#+|[^\W\d_][\w'-]*\s*:)")
+
+
+def _structure(text: str) -> list[str]:
+    """What opens each structural line: '#' runs and 'Word:' cues at the start of a line (`neutralize`)."""
+    return [m.group(0) for line in text.splitlines() if (m := _OPENER.match(line))]
+
+
+@pytest.mark.parametrize("mode", ["guillemets", "plain"])
+def test_injected_text_stays_inside_the_neutralized_field(built, mode):
+    folder = Examples.open(built / "ex")
+    spec = pick_task(folder, None)
+    assert spec.name == "feed_like"
+    if mode == "plain":
+        spec = spec.model_copy(update={"quote": {"title": "plain"}})
+    shown = quote if mode == "guillemets" else plain
+    render = Rerender(folder, spec)
+    rows = folder.requests("test", ["feed_like"])
+    for row in rows[:2]:
+        scene = render.scene(row)
+        prefix, segments = render.prefix(scene), render.segments(scene.candidates)
+        # The compact member profile shows the job title, not the headline; an empty field is never filled in.
+        assert render.member_field(scene, ("headline", "title"), "probe words") == "title"
+        assert render.member_field(replace(scene, member={**scene.member, "title": None}), ("title",),
+                                   "probe words") is None
+        if mode == "guillemets":  # as built (tokenizer none: the whole history)
+            assert prefix == row["prefix"] and segments == row["segments"]
+        rng = np.random.default_rng(0)
+        for inj in INJECTIONS:
+            raw = inj.fill(WORDS)
+            value = shown(raw)
+            assert "\n" not in value and (mode == "plain" or value.count("«") == 1 and value.count("»") == 1)
+            for field, before, after in [
+                ("title", segments[0], render.candidate_segment(scene, 0, "title", raw)),
+                ("title", prefix, render.member_prefix(scene, "title", raw)),
+            ]:
+                start, _, end_after = _changed(before, after)
+                at = after.rfind(value, 0, start + len(value))  # the last occurrence starting by `start`
+                assert 0 <= at <= start and at + len(value) >= end_after, (field, raw)
+                assert after.count("\n") == before.count("\n") and _structure(after) == _structure(before)
+                neutral = neutral_text(len(raw), rng, WORDS)
+                edited = (render.candidate_segment(scene, 0, "title", neutral) if before is segments[0]
+                          else render.member_prefix(scene, "title", neutral))
+                assert shown(neutral) in edited and len(neutral) == len(raw)
+
+
+def test_fixed_scores_give_zero_deltas_and_an_undefined_ratio(built):
+    result = bench_injection(built / "ex", scorer=Fixed(), requests=4, progress=False)
+    json.dumps(result, allow_nan=False)
+    assert result["task"] == "feed_like" and result["requests"] == 4 and result["matches_build"] == 4
+    assert result["strings"] == len(INJECTIONS) and len(result["per_string"]) == len(INJECTIONS)
+    for name in ("candidate", "member"):
+        section = result["fields"][name]
+        assert section["fields"] == {"title": 4} and section["requests"] == 4
+        for kind in ("injected", "neutral"):
+            stats = section[kind]
+            assert stats["median_abs_dp"] == 0 and stats["max_abs_dp"] == 0
+            assert stats["median_rank_move"] == 0 and stats["max_rank_move"] == 0 and stats["same_way_share"] == 0
+        assert section["ratio"] is None and section["goal_met"] is True and "undefined" in section["ratio_note"]
+    assert result["fields"]["candidate"]["injected"]["pairs"] == 4 * len(INJECTIONS)
+    assert result["ratio"] is None and result["goal_met"] is True
+    only = bench_injection(built / "ex", scorer=Fixed(), requests=2, fields=("candidate",), progress=False)
+    assert set(only["fields"]) == {"candidate"} and set(only["per_string"][0]) == {"text", "push", "candidate_median_dp",
+                                                                                   "candidate_neutral_median_dp"}
+
+
+def test_a_model_that_obeys_the_field_is_caught(built):
+    result = bench_injection(built / "ex", scorer=Gullible(), requests=3, progress=False)
+    says_yes = [bool(re.search(r"\byes\b", i.fill(WORDS))) for i in INJECTIONS]
+    share = sum(says_yes) / len(INJECTIONS)
+    for name in ("candidate", "member"):
+        section = result["fields"][name]
+        inj, neu = section["injected"], section["neutral"]
+        assert inj["median_abs_dp"] == pytest.approx(0.5) and inj["max_abs_dp"] == pytest.approx(0.5)
+        assert neu["median_abs_dp"] == 0 and neu["max_abs_dp"] == 0
+        assert inj["same_way_share"] == pytest.approx(share) and neu["same_way_share"] == 0
+        # The 'no' strings mention no 'yes': they move nothing, so only the 'yes' strings push as they intend.
+        assert inj["intended_share"] == pytest.approx(share)
+        assert section["ratio"] is None and section["goal_met"] is False and "infinite" in section["ratio_note"]
+    for row, yes in zip(result["per_string"], says_yes, strict=True):
+        assert row["candidate_median_dp"] == pytest.approx(0.5 if yes else 0.0)
+        assert row["member_median_dp"] == pytest.approx(0.5 if yes else 0.0)
+        assert row["member_neutral_median_dp"] == 0
+    assert result["goal_met"] is False
+
+
+def test_seeded_and_consistent(built):
+    one = bench_injection(built / "ex", scorer=Hashed(), requests=3, seed=1, progress=False)
+    assert one == bench_injection(built / "ex", scorer=Hashed(), requests=3, seed=1, progress=False)
+    assert one != bench_injection(built / "ex", scorer=Hashed(), requests=3, seed=2, progress=False)
+    for section in one["fields"].values():
+        inj, neu = section["injected"]["median_abs_dp"], section["neutral"]["median_abs_dp"]
+        assert 0 < inj <= section["injected"]["max_abs_dp"] and neu > 0
+        assert section["ratio"] == round(inj / neu, 4) and section["goal_met"] == (inj <= neu)
+    assert one["ratio"] == max(s["ratio"] for s in one["fields"].values())
+
+
+def test_bad_input_is_one_line(built, tmp_path):
+    with pytest.raises(UserError, match="not among the tasks"):
+        bench_injection(built / "ex", scorer=Fixed(), task="nope", progress=False)
+    with pytest.raises(UserError, match="needs a binary task.*feed_like"):
+        bench_injection(built / "ex", scorer=Fixed(), task="jobs_apply_listwise", progress=False)
+    with pytest.raises(UserError, match="--fields title: choose among candidate, member"):
+        bench_injection(built / "ex", scorer=Fixed(), fields=("title",), progress=False)
+    with pytest.raises(UserError, match="not an examples folder"):
+        bench_injection(tmp_path / "missing", scorer=Fixed(), progress=False)
+    (tmp_path / "manifest.json").write_text(json.dumps({"tasks": {"jobs_apply_listwise": {"kind": "listwise"}}}))
+    with pytest.raises(UserError, match="no binary task"):
+        bench_injection(tmp_path, scorer=Fixed(), progress=False)
+
+
+def _cli(*args) -> int:
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0
+
+
+def test_cli_on_recbrew_tiny(built, capsys):
+    capsys.readouterr()
+    assert _cli("bench", "injection", "--examples", built / "ex", "--model", built / "tiny", "--requests", 1,
+                "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["requests"] == 1 and result["matches_build"] == 1
+    for section in result["fields"].values():
+        inj, neu = section["injected"], section["neutral"]
+        assert section["requests"] == 1 and inj["pairs"] >= len(INJECTIONS)
+        assert 0 <= inj["median_abs_dp"] <= inj["max_abs_dp"] < 1 and 0 < neu["median_abs_dp"]
+        assert section["ratio"] == round(inj["median_abs_dp"] / neu["median_abs_dp"], 4)
+    assert _cli("bench", "injection", "--examples", built / "ex", "--model", built / "tiny", "--task", "nope") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "not among the tasks" in err and "\n" not in err
