@@ -104,10 +104,11 @@ def quickstart(
                                              "30).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the whole run.")] = 0,
     max_train: Annotated[int | None, typer.Option("--max-train", help="Training requests per task (default: 300 on "
-                                                  "the world, every one on movielens).")] = None,
+                                                  "the world; on movielens 5,000, or 20,000 with leave-last).")] = None,
     max_test: Annotated[int | None, typer.Option("--max-test", help="Test requests per task, every model scores "
-                                                 "them (default: 50 on the world, every one on movielens).")] = None,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Prompt token budget (history is cut to fit).")] = 320,
+                                                 "them (default: 50 on the world, 2,000 on movielens).")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Prompt token budget of the world's prompts (history "
+                                            "is cut to fit; movielens prompts get 768).")] = 320,
     burn_in_days: Annotated[float, typer.Option("--burn-in-days", help="Days that only feed histories.")] = 7.0,
     train_config: Annotated[str, typer.Option("--train-config", help="Fine-tuning config (name or path).")
                             ] = "smollm2-cpu",
