@@ -90,3 +90,24 @@ def small_setup(shared_world, shared_tiny):
         return root
 
     return make
+
+
+@pytest.fixture(scope="session")
+def quick_lirank():
+    """``quick_lirank(examples, out, *overrides)``: LiRank trained for one epoch on one thread, without validation
+    and with a 10-step history (``overrides`` on top), loaded as a Scorer."""
+
+    def make(examples, out, *overrides: str):
+        import torch
+
+        from recbrew.baselines.config import run_config
+        from recbrew.baselines.scorer import load_scorer
+        from recbrew.baselines.train import train_model
+
+        torch.set_num_threads(1)
+        cfg = run_config("lirank", overrides=["train.epochs=1", "train.val_fraction=0", "features.history_len=10",
+                                              *overrides])
+        train_model(cfg, examples, out, progress=False)
+        return load_scorer(out)
+
+    return make

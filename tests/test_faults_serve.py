@@ -21,7 +21,6 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from recbrew.errors import UserError
@@ -49,15 +48,8 @@ def rows(root):
 
 
 @pytest.fixture(scope="module")
-def lirank(root):
-    from recbrew.baselines.config import run_config
-    from recbrew.baselines.scorer import load_scorer
-    from recbrew.baselines.train import train_model
-
-    torch.set_num_threads(1)
-    cfg = run_config("lirank", overrides=["train.epochs=1", "train.val_fraction=0", "features.history_len=10"])
-    train_model(cfg, root / "ex", root / "lirank", progress=False)
-    return load_scorer(root / "lirank")
+def lirank(root, quick_lirank):
+    return quick_lirank(root / "ex", root / "lirank")
 
 
 def _fake_vllm(request: httpx.Request) -> httpx.Response:

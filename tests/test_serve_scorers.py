@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from recbrew.scoring import load_requests
@@ -24,15 +23,8 @@ def root(tmp_path_factory, small_setup):
 
 
 @pytest.fixture(scope="module")
-def lirank(root):
-    from recbrew.baselines.config import run_config
-    from recbrew.baselines.scorer import load_scorer
-    from recbrew.baselines.train import train_model
-
-    torch.set_num_threads(1)
-    cfg = run_config("lirank", overrides=["train.epochs=1", "train.val_fraction=0", "features.history_len=10"])
-    train_model(cfg, root / "ex", root / "lirank", progress=False)
-    return load_scorer(root / "lirank")
+def lirank(root, quick_lirank):
+    return quick_lirank(root / "ex", root / "lirank")
 
 
 def _client(root, scorer) -> TestClient:

@@ -143,14 +143,11 @@ def test_dense_vector_for_the_classic_rankers():
 
 
 @pytest.mark.slow
-def test_served_prompts_and_classic_scores_equal_the_examples(tmp_path, corpus, task):
+def test_served_prompts_and_classic_scores_equal_the_examples(tmp_path, corpus, task, quick_lirank):
     """`recbrew serve` computes the statistics at the request's `at` as `data build` did: the same prompt text
     (so the same LLM score), and for a LiRank fitted with the statistics, the same score."""
     from fastapi.testclient import TestClient
 
-    from recbrew.baselines.config import run_config
-    from recbrew.baselines.scorer import load_scorer
-    from recbrew.baselines.train import train_model
     from recbrew.examples.build import BuildConfig, build_examples
     from recbrew.scoring import load_requests
     from recbrew.serve.app import create_app
@@ -162,10 +159,7 @@ def test_served_prompts_and_classic_scores_equal_the_examples(tmp_path, corpus, 
     build_examples(tmp_path / "corpus", tmp_path / "ex", BuildConfig(test_days=30, gap_days=1, max_train=80,
                                                                     max_test=6, max_tokens=768), catalog=catalog,
                    progress=False)
-    cfg = run_config("lirank", overrides=["train.epochs=1", "train.val_fraction=0", "features.history_len=10",
-                                          "features.item_store=false"])
-    train_model(cfg, tmp_path / "ex", tmp_path / "lirank", progress=False)
-    lirank = load_scorer(tmp_path / "lirank")
+    lirank = quick_lirank(tmp_path / "ex", tmp_path / "lirank", "features.item_store=false")
     assert lirank.space.stats == STATS_DIM
     service = RankService(model_dir="smollm2", corpus_dir=tmp_path / "corpus", scorer=lirank, catalog=catalog)
     rows = load_requests(tmp_path / "ex", "test")
