@@ -133,15 +133,18 @@ class AsOfStats:
         return hi - lo, int(self._m_cum[hi] - self._m_cum[lo])
 
     def recent_items(self, member_id: int, t: int) -> dict[str, np.ndarray]:
-        """Item ids of the member's last ``recent`` positive and negative actions before ``t``."""
+        """Item-table rows of the member's last ``recent`` positive and negative actions before ``t`` (items
+        the table lacks left out)."""
         out = {}
         for name, (keys, times, items) in self._side.items():
             lo, hi = self._before(keys, times, member_id, t)
-            out[name] = items[max(lo, hi - self.recent):hi]
+            rows = self._rows(items[max(lo, hi - self.recent):hi])
+            out[name] = rows[rows >= 0]
         return out
 
     def facet_counts(self, recent: dict[str, np.ndarray], item_id: int) -> list[dict]:
-        """Per facet: how many of the recent positive / negative items share a value with the candidate."""
+        """Per facet: how many of the recent positive / negative items (``recent_items``) share a value with the
+        candidate."""
         row = self._rows(np.array([item_id]))[0]
         out = []
         for f in self.facets:
@@ -150,9 +153,7 @@ class AsOfStats:
                      "of_liked": len(recent["pos"]), "of_disliked": len(recent["neg"])}
             if row >= 0 and bits[row].any():
                 for name, key in (("pos", "liked"), ("neg", "disliked")):
-                    rows = self._rows(recent[name])
-                    rows = rows[rows >= 0]
-                    entry[key] = int(((bits[rows] & bits[row]) != 0).any(axis=1).sum())
+                    entry[key] = int(((bits[recent[name]] & bits[row]) != 0).any(axis=1).sum())
             out.append(entry)
         return out
 
