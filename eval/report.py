@@ -173,6 +173,22 @@ def diversity_rows(results: dict) -> list[list[str]]:
     return out
 
 
+RANKINGS_NOTE = ("One test request of each task (the first with a positive and a negative): the member, the items that were positive, and each model's "
+                 "top items, in the ids of the imported logs. scores.csv beside this report holds every candidate's "
+                 "score per model.")
+
+
+def ranking_rows(results: dict, k: int, esc) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the example rankings table (one row per request and model)."""
+    rows = []
+    for r in results["rankings"]:
+        positives = ", ".join(str(p) for p in r["positives"]) or "-"
+        for j, (name, top) in enumerate(r["top"].items()):
+            head = [r["task"], str(r["member"]), f"{r['candidates']}", positives] if j == 0 else ["", "", "", ""]
+            rows.append([esc(c) for c in head + [name, ", ".join(str(t) for t in top)]])
+    return ["task", "member", "candidates", "positives", "model", f"top {k}"], rows
+
+
 def meta_rows(meta: dict) -> list[list[str]]:
     rows = [["examples", str(meta.get("examples"))], ["data seed", str(meta.get("data_seed"))],
             ["split cutoff", str(meta.get("cutoff"))], ["requests", str(meta.get("requests"))],
@@ -211,6 +227,9 @@ def render_markdown(results: dict, meta: dict) -> str:
         parts += [f"## {SLICE_TITLES[dim]} (macro AUC)", "",
                   f"{note[:1].upper()}{note[1:]}." if note else _md_table(["bucket", "requests"] + names,
                                                                            slice_rows(results, dim)), ""]
+    if results.get("rankings"):
+        parts += [f"## Example rankings (top {k} of each model)", "", RANKINGS_NOTE, "",
+                  _md_table(*ranking_rows(results, k, str)), ""]
     parts += [f"## Top-{k} diversity (requests with more than {k} candidates)", "",
               _md_table(["model", "lists", "topic diversity", "item coverage", "company coverage"],
                         diversity_rows(results)), "",
@@ -307,6 +326,9 @@ def render_html(results: dict, meta: dict) -> str:
         out.append(_html_table(["bucket", "requests"] + [esc(n) for n in names],
                                [[esc(c) for c in r] for r in slice_rows(results, dim)]))
         out.append(_img(slice_figure(SLICE_TITLES[dim], results["slices"][dim]["buckets"], names), dim))
+    if results.get("rankings"):
+        header, rows = ranking_rows(results, k, esc)
+        out += [f"<h2>Example rankings</h2><p class='note'>{esc(RANKINGS_NOTE)}</p>", _html_table(header, rows)]
     out.append(f"<h2>Top-{k} diversity</h2><p class='note'>Requests with more than {k} candidates; topic "
                "diversity = 1 - share of same-topic pairs in a top-k list; coverage = distinct items (companies) "
                "in the top-k lists / in all candidates.</p>")

@@ -1,4 +1,5 @@
-"""`run_eval`: every model on the same test requests -> metrics -> report.html / report.md / report.json."""
+"""`run_eval`: every model on the same test requests -> metrics -> report.html / report.md / report.json, and
+every candidate's scores in scores.csv."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from recbrew.errors import UserError
 from recbrew.eval.compare import AucBootstrap, CompareConfig, bootstrap_aucs, compare, fmt_delta, paired_delta
+from recbrew.eval.export import SCORES_FILE, example_rankings, write_scores
 from recbrew.eval.report import fmt, unit_text, write_report
 from recbrew.eval.scorers import (
     Model,
@@ -192,7 +194,11 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
             "task_versions": {t: manifest["tasks"][t]["version"] for t in table.tasks() if t in manifest.get("tasks", {})},
             "tasks": table.tasks(), "models": run_info, "versions": versions(),
             "created": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    ids = folder.ids
+    results["rankings"] = example_rankings(table, scores, ids, k)
+    write_scores(out / SCORES_FILE, table, scores, ids)
     paths = write_report(out, results, meta)
+    paths["scores"] = out / SCORES_FILE
     summary = results["summary"]
     macro = {n: {"T1": summary[n]["auc_T1"], "T2": summary[n]["auc_T2"], "T1_ci": summary[n]["auc_T1_ci"],
                  "T2_ci": summary[n]["auc_T2_ci"], "gap_T1": summary[n].get("oracle_gap_T1"),

@@ -27,7 +27,7 @@ from recbrew.errors import UserError
 from recbrew.scoring import load_requests
 from recbrew.serve.app import create_app
 from recbrew.serve.engine import VLLMServer
-from recbrew.serve.protocol import RankRequest
+from recbrew.serve.protocol import ID_RULE, RankRequest
 from recbrew.serve.ranker import RankService
 
 TASKS = ["feed_like", "jobs_apply", "jobs_apply_listwise", "jobs_next_title"]
@@ -128,15 +128,18 @@ def _faults(row: dict) -> list[tuple[str, str, dict | bytes | None, int, str]]:
         rank(400, "at: Input should be greater than or equal to 0", at=-1),
         rank(400, "at: Input should be less than", at=2**40),
         rank(400, "at: Input should be less than", at=10**30),
-        # `member`: an id of the Corpus (not a bool, float or string), or an inline member
-        rank(400, "member: Input should be a valid integer", member=True),
-        rank(400, "member: Input should be a valid integer", member=False),
-        rank(400, "member: Input should be a valid integer", member=float(row["member_id"])),
-        rank(400, "member: Input should be a valid integer", member=str(row["member_id"])),
-        rank(400, "member: Input should be a valid integer", member=None),
-        rank(400, "member: Input should be a valid integer", member=[row["member_id"]]),
-        rank(400, "member: Input should be greater than or equal to 0", member=-1),
-        rank(400, "member: Input should be less than", member=2**63),
+        # `member`: an id of the Corpus (an integer or text; not a bool, float, null or list), or an inline member
+        rank(400, f"member: {ID_RULE}", member=True),
+        rank(400, f"member: {ID_RULE}", member=False),
+        rank(400, f"member: {ID_RULE}", member=float(row["member_id"])),
+        rank(404, f"unknown member '{row['member_id']}' (this Corpus's member ids are integers)",
+             member=str(row["member_id"])),
+        rank(400, f"member: {ID_RULE}", member=""),
+        rank(400, f"member: {ID_RULE}", member="x" * 513),
+        rank(400, f"member: {ID_RULE}", member=None),
+        rank(400, f"member: {ID_RULE}", member=[row["member_id"]]),
+        rank(400, f"member: {ID_RULE}", member=-1),
+        rank(400, f"member: {ID_RULE}", member=2**63),
         rank(404, "unknown member", member=2**63 - 1),
         rank(400, "member.profile: Field required", member={}),
         rank(400, "member.network.connections: Input should be a valid integer",
@@ -155,13 +158,14 @@ def _faults(row: dict) -> list[tuple[str, str, dict | bytes | None, int, str]]:
         rank(400, "member.profile.title: Value error", member={"profile": {"title": {"x": "y"}}}),
         rank(400, "member.history.0.timestamp: Input should be a valid integer",
              member={**member, "history": [{"item": inline[0], "action": "like", "timestamp": 1e30}]}),
-        rank(400, "member.history.0.item_id: Input should be a valid integer",
+        rank(400, f"member.history.0.item_id: {ID_RULE}",
              member={**member, "history": [{"item_id": True, "action": "like", "timestamp": 5}]}),
         # `candidates`: ids (not bools or floats) or inline items of plain values
-        rank(400, "candidates.0: Input should be a valid integer", candidates=[True]),
-        rank(400, "candidates.0: Input should be a valid integer", candidates=[1.5]),
-        rank(400, "candidates.0: Input should be greater than or equal to 0", candidates=[-1]),
-        rank(400, "candidates.1: Input should be less than", candidates=[row["candidate_ids"][0], 2**64]),
+        rank(400, f"candidates.0: {ID_RULE}", candidates=[True]),
+        rank(400, f"candidates.0: {ID_RULE}", candidates=[1.5]),
+        rank(400, f"candidates.0: {ID_RULE}", candidates=[-1]),
+        rank(400, f"candidates.1: {ID_RULE}", candidates=[row["candidate_ids"][0], 2**64]),
+        rank(404, "unknown item 'x' (this Corpus's item ids are integers)", candidates=["x"]),
         rank(400, "candidates: Input should be a valid list", candidates=str(row["candidate_ids"][0])),
         rank(400, "candidates: Input should be a valid list", candidates=None),
         rank(400, "candidates.0.title: Value error", candidates=[{"item_type": "post", "title": {"a": 1}}]),

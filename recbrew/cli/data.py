@@ -42,6 +42,8 @@ def schema_text() -> str:
         cols += [f"{prefix}ACTION ({kind(t)}): true probability of ACTION (synthetic worlds)"
                  for prefix, t in table.prefixed.items()]
         parts.append(f"{table.name}: " + "; ".join(cols) + ".")
+    parts.append("Member and item ids may be integers or text (UUIDs, hashed ids, titles): text ids are mapped to "
+                 "integers inside the corpus and shown as yours in reports, scores and server answers.")
     parts.append("Times are integer seconds since the Unix epoch (UTC). In csv a list cell is a JSON list or a|b. "
                  "The interactions' row order is kept: record-order protocols (data build --split order) read it.")
     return "\n\n".join(parts)
@@ -60,6 +62,7 @@ def import_tables(
     """Validate user tables against the Corpus schema (types, value ranges, references) and save them as a
     Corpus. Rows of interactions and edges that repeat an earlier row are dropped, with a count."""
     from recbrew.data.corpus import Corpus
+    from recbrew.data.ids import encode_ids
     from recbrew.data.io import check_values, conform, empty_table, read_table
 
     _check_out(out, force)
@@ -68,16 +71,21 @@ def import_tables(
         # Saving replaces the corpus files in --out, which could be the very files being imported.
         if path is not None and path.resolve().parent == out.resolve():
             raise UserError(f"{out}: holds the input file {path.name}; write the corpus to another directory")
+    raw = {name: empty_table(name) if path is None else read_table(path, name) for name, path in sources.items()}
+    raw, ids = encode_ids(raw, {name: str(path or name) for name, path in sources.items()})
     tables = {}
     for name, path in sources.items():
         if path is None:
-            tables[name] = empty_table(name)
+            tables[name] = raw[name]
             continue
-        tables[name], dropped = check_values(name, conform(name, read_table(path, name), str(path)), str(path))
+        tables[name], dropped = check_values(name, conform(name, raw[name], str(path)), str(path))
         if dropped:
             typer.echo(f"{path}: dropped {dropped} row(s) repeating an earlier row")
+    for space, keys in ids.keys.items():
+        typer.echo(f"{len(keys)} {space} ids are text: mapped to integers, kept in the corpus's ids table "
+                   "(reports and servers show yours)")
     meta = {"source": "import", "files": {name: str(p) for name, p in sources.items() if p is not None}}
-    corpus = Corpus(**tables, meta=meta)
+    corpus = Corpus(**tables, meta=meta, ids=ids)
     corpus.check_references()
     corpus.save(out, fmt.value)
     typer.echo(f"wrote {_counts_line(corpus)} to {out} ({fmt.value})")
@@ -137,6 +145,8 @@ def _render(directory: Path, summary: dict) -> str:
         ("actions", counts(summary["actions"])),
         ("surfaces", counts(summary["surfaces"])),
         ("edge kinds", counts(summary["edge_kinds"])),
+        ("user ids", ", ".join(f"{n} {space} ids mapped" for space, n in summary.get("user_ids", {}).items())
+         or "integers, as imported"),
     ]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)

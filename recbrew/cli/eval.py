@@ -76,7 +76,8 @@ def evaluate(
                       use_cache=cache, progress=progress, include_oracle=oracle, tasks_dir=tasks_dir, unit=unit,
                       reference=reference)
     typer.echo(result.table())
-    typer.echo(f"wrote {result.paths['html']}, {result.paths['md'].name}, {result.paths['json'].name}")
+    typer.echo(f"wrote {result.paths['html']}, {result.paths['md'].name}, {result.paths['json'].name}, "
+               f"{result.paths['scores'].name}")
 
 
 @app.command()
@@ -111,4 +112,5 @@ def sweep(
                       train_config=train_config, max_test=max_test)
     result = run_sweep(cfg)
     typer.echo(result.table())
-    typer.echo(f"wrote {result.paths['html']}, {result.paths['md'].name}, {result.paths['json'].name}")
+    typer.echo(f"wrote {result.paths['html']}, {result.paths['md'].name}, {result.paths['json'].name}, "
+               f"{result.paths['scores'].name}")

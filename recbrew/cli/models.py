@@ -54,9 +54,11 @@ def score(
     dtype: Annotated[str, typer.Option(help="auto (bf16 where the hardware has it), bf16 or fp32.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Score examples with a language model (P of the answer word) and print AUC per task."""
+    """Score examples with a language model (P of the answer word) and print AUC per task; --json adds every
+    request's scores, with member and item ids as imported."""
     from tqdm.auto import tqdm
 
+    from recbrew.data.ids import ITEM, MEMBER
     from recbrew.examples.folder import Examples
     from recbrew.metrics import per_task_auc
     from recbrew.models.loading import load_model
@@ -85,7 +87,14 @@ def score(
     result = {task: {"requests": requests[task], "candidates": t["candidates"], "auc": t["auc"]}
               for task, t in per_task_auc(rows, probs).items()}
     if as_json:
-        typer.echo(json.dumps({"model": model, "mode": mode, "split": split, "tasks": result}, indent=2))
+        ids = folder.ids
+        scored = [{"request_id": row["request_id"], "task": row["task"],
+                   "member_id": ids.user(MEMBER, row.get("member_id")),
+                   "item_ids": ids.users(ITEM, row.get("candidate_ids") or []),
+                   "labels": list(row.get("labels") or []), "scores": [round(float(p), 6) for p in prob]}
+                  for row, prob in zip(rows, probs, strict=True)]
+        typer.echo(json.dumps({"model": model, "mode": mode, "split": split, "tasks": result, "requests": scored},
+                              indent=2))
         return
     for task, r in result.items():
         auc = "-" if r["auc"] is None else f"{r['auc']:.3f}"

@@ -122,7 +122,8 @@ def show(name: Annotated[str, typer.Argument(help="Task name.")], tasks_dir: Tas
 def render(
     name: Annotated[str, typer.Argument(help="Task name.")],
     corpus: Annotated[Path, typer.Option("--corpus", help="Corpus folder (e.g. a generated world).")],
-    member: Annotated[int, typer.Option("--member", help="member_id whose latest request is rendered.")],
+    member_id: Annotated[str, typer.Option("--member", help="member_id whose latest request is rendered (your id, "
+                                                           "as imported).")],
     style: Annotated[str | None, typer.Option(help="Prompt style (e.g. compact, prose).")] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Token budget of the prompt.")] = None,
     tasks_dir: TasksDir = None,
@@ -133,6 +134,7 @@ def render(
     import numpy as np
 
     from recbrew.data.corpus import Corpus
+    from recbrew.data.ids import MEMBER
     from recbrew.examples.requests import SplitPlan, build_requests, time_range
     from recbrew.tasks import get_task
     from recbrew.verbalize.context import CorpusView
@@ -143,10 +145,11 @@ def render(
     data = Corpus.load(corpus)
     start, end = time_range(data)
     req = build_requests(data, task, SplitPlan(cutoff=end + 1, gap_seconds=0, end=end), seed=0)
-    mine = np.flatnonzero(req.member_id == member)
+    member = data.ids.corpus_id(MEMBER, member_id if data.ids.mapped(MEMBER) else _as_int(member_id))
+    mine = np.flatnonzero(req.member_id == member) if member is not None else np.zeros(0, dtype=np.int64)
     if len(mine) == 0:
-        some = ", ".join(str(m) for m in np.unique(req.member_id)[:5])
-        raise UserError(f"member {member} has no request for task {name} in {corpus}"
+        some = ", ".join(str(m) for m in data.ids.users(MEMBER, np.unique(req.member_id)[:5]))
+        raise UserError(f"member {member_id} has no request for task {name} in {corpus}"
                         + (f"; members that do: {some}" if some else ""))
     i = int(mine[-1])
     view = CorpusView(data)
@@ -169,6 +172,13 @@ def render(
         typer.echo(line)
     if req.target:
         typer.echo(f"target: {req.target[i]}")
+
+
+def _as_int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 def group_lines(corpus, member: int, t: int, task, history, cut_by_group: dict[str, int]) -> list[str]:

@@ -2,8 +2,9 @@
 
 A saved corpus is a directory holding ``members``, ``items``, ``interactions`` and ``edges``
 tables (all in one format: ``.parquet``, ``.jsonl`` or ``.csv``), ``corpus.json`` (free-form
-metadata, plus the size and SHA-256 of every table and of the world card under ``checksums``) and,
-for a synthetic world, ``world_card.json``. :meth:`Corpus.load` checks the tables against those
+metadata, plus the size and SHA-256 of every table and of the world card under ``checksums``),
+``ids`` (the user's string ids, when `data import` mapped any: see `recbrew.data.ids`) and, for a synthetic world,
+``world_card.json``. :meth:`Corpus.load` checks the tables against those
 checksums before reading them; a directory of tables without ``corpus.json`` or world card (made by
 hand) is read unchecked.
 """
@@ -33,12 +34,15 @@ from recbrew.data.io import (
     verify_manifest,
     write_table,
 )
+from recbrew.data.ids import IdMap
 from recbrew.data.schema import TABLES
 from recbrew.errors import ConfigError, IntegrityError, SchemaError, UserError
 
 TABLE_NAMES = tuple(TABLES)
 META_FILE = CORPUS_MANIFEST
 CARD_FILE = "world_card.json"
+#: The table of the user's ids (``ids.parquet``, or .jsonl/.csv beside tables of that format).
+IDS_TABLE = "ids"
 #: Tables a corpus directory may lack (read as empty).
 OPTIONAL_TABLES = frozenset({"edges"})
 
@@ -54,6 +58,8 @@ class Corpus:
     meta: dict = field(default_factory=dict)
     #: The synthetic world's card (``world_card.json``); None for other corpora.
     card: dict | None = None
+    #: The user's ids of the spaces `data import` mapped (empty when every id was an integer).
+    ids: IdMap = field(default_factory=lambda: IdMap({}))
 
     @property
     def tables(self) -> dict[str, pa.Table]:
@@ -82,8 +88,10 @@ class Corpus:
             name: empty_table(name) if path is None else conform(name, read_table(path, name), str(path))
             for name, path in paths.items()
         }
+        ids_path = _table_file(directory, IDS_TABLE, optional=True)
+        ids = IdMap.from_table(None if ids_path is None else read_table(ids_path), str(ids_path))
         meta = {k: v for k, v in (meta or {}).items() if k != CHECKSUMS}
-        return cls(**loaded, meta=meta, card=card)
+        return cls(**loaded, meta=meta, card=card, ids=ids)
 
     def save(self, directory: str | os.PathLike, fmt: str = "parquet") -> Path:
         """Write the corpus to ``directory`` as a whole; on any error the directory is left untouched.
@@ -98,6 +106,8 @@ class Corpus:
             raise UserError(f"{directory}: exists and is not a directory")
         tables = {name: conform(name, tbl, f"{name} table") for name, tbl in self.tables.items()}
         files = {f"{name}{EXTENSIONS[fmt]}": tbl for name, tbl in tables.items()}
+        if self.ids:
+            files[f"{IDS_TABLE}{EXTENSIONS[fmt]}"] = self.ids.to_table()
 
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
@@ -111,7 +121,7 @@ class Corpus:
             directory.mkdir(exist_ok=True)
             for path in sorted(staging.iterdir()):
                 os.replace(path, directory / path.name)
-            stale = [directory / f"{name}{ext}" for name in TABLE_NAMES for ext in FORMATS]
+            stale = [directory / f"{name}{ext}" for name in (*TABLE_NAMES, IDS_TABLE) for ext in FORMATS]
             if self.card is None:
                 stale.append(directory / CARD_FILE)
             for path in stale:
@@ -155,6 +165,7 @@ class Corpus:
             "surfaces": _value_counts(self.interactions, "surface"),
             "edge_kinds": _value_counts(self.edges, "kind"),
             "time_range": _time_range(self.interactions.column("timestamp")),
+            "user_ids": {space: len(keys) for space, keys in self.ids.keys.items()},
         }
 
 
@@ -166,7 +177,7 @@ def is_corpus_folder(directory: str | os.PathLike) -> bool:
 def corpus_files(directory: str | os.PathLike) -> list[Path]:
     """The files a corpus's checksums cover: its tables (any format) and the world card."""
     directory = Path(directory)
-    names = [f"{name}{ext}" for name in TABLE_NAMES for ext in FORMATS] + [CARD_FILE]
+    names = [f"{name}{ext}" for name in (*TABLE_NAMES, IDS_TABLE) for ext in FORMATS] + [CARD_FILE]
     return [directory / n for n in names if (directory / n).is_file()]
 
 
@@ -207,7 +218,8 @@ def _verify(directory: Path, meta: dict | None, has_card: bool, wanted: tuple[st
 
     try:
         verify_manifest(meta, directory, directory / META_FILE, fix,
-                        hashed=lambda name: name == CARD_FILE or table_of(name) is not None)
+                        hashed=lambda name: name == CARD_FILE or Path(name).stem == IDS_TABLE
+                        or table_of(name) is not None)
     except IntegrityError as exc:
         table = table_of(Path(exc.path).relative_to(directory).as_posix())
         if table is not None and Path(exc.path).suffix != ".parquet" and Path(exc.path).is_file():
@@ -220,13 +232,13 @@ def _verify(directory: Path, meta: dict | None, has_card: bool, wanted: tuple[st
         raise
 
 
-def _table_file(directory: Path, name: str) -> Path | None:
+def _table_file(directory: Path, name: str, optional: bool = False) -> Path | None:
     found = [directory / f"{name}{ext}" for ext in FORMATS if (directory / f"{name}{ext}").is_file()]
     if len(found) > 1:
         names = ", ".join(p.name for p in found)
         raise UserError(f"{directory}: several {name} tables ({names}); keep one")
     if not found:
-        if name in OPTIONAL_TABLES:
+        if optional or name in OPTIONAL_TABLES:
             return None
         raise UserError(f"{directory}: no {name} table ({name}.parquet, {name}.jsonl or {name}.csv)")
     return found[0]

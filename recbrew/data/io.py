@@ -24,6 +24,7 @@ import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
+from recbrew.data.ids import ID_COLUMNS
 from recbrew.data.schema import I64, STR, STR_LIST, TABLES, TRUE_PROB_PREFIX
 from recbrew.errors import ConfigError, IntegrityError, SchemaError, UserError
 
@@ -343,6 +344,8 @@ def _read(path: Path, fmt: str, table: str | None, block: int) -> pa.Table:
     if fmt == "parquet":
         return pq.read_table(path)
     if fmt == "jsonl":
+        if path.stat().st_size == 0:  # no rows (the writer's empty table); Arrow refuses an empty file
+            return empty_table(table) if table is not None else pa.table({})
         return pjson.read_json(path, read_options=pjson.ReadOptions(block_size=block))
     return pcsv.read_csv(
         path,
@@ -356,8 +359,10 @@ def _read(path: Path, fmt: str, table: str | None, block: int) -> pa.Table:
 def _csv_convert_options(table: str | None) -> pcsv.ConvertOptions:
     text_columns = {}
     if table is not None:
+        # Ids are read as text too: "007" and "u_1" are the user's ids, which `data import` maps (see data/ids.py).
         text_columns = {
-            c.name: STR for c in TABLES[table].columns if c.type.equals(STR) or c.type.equals(STR_LIST)
+            c.name: STR for c in TABLES[table].columns
+            if c.type.equals(STR) or c.type.equals(STR_LIST) or (table, c.name) in ID_COLUMNS
         }
     # An unquoted empty cell is null, a quoted one ("") an empty string: this is what the writer emits.
     return pcsv.ConvertOptions(

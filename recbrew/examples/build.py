@@ -23,9 +23,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from recbrew.data.corpus import Corpus
-from recbrew.data.io import staged_directory
+from recbrew.data.io import staged_directory, write_table
 from recbrew.errors import ConfigError, UserError
-from recbrew.examples.folder import FORMAT, spec_record
+from recbrew.examples.folder import FORMAT, IDS_FILE, spec_record
 from recbrew.examples.history import HistoryIndex
 from recbrew.examples.protocol import DAY, SplitRule, parse_history
 from recbrew.examples.requests import Requests, build_requests, task_rng, time_range
@@ -311,5 +311,7 @@ def build_examples(corpus_dir: str | Path, out: str | Path, cfg: BuildConfig, *,
     with staged_directory(out) as staging:
         text.dataset_dict().save_to_disk(str(staging / "text"))
         structured.dataset_dict().save_to_disk(str(staging / "structured"))
+        if corpus.ids:  # the user's ids travel with the examples: scores and reports name them
+            write_table(corpus.ids.to_table(), staging / IDS_FILE)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

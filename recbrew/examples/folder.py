@@ -25,7 +25,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from recbrew.data.io import EXAMPLES_MANIFEST, seal_data_folder, verify_manifest
+from recbrew.data.ids import IdMap
+from recbrew.data.io import EXAMPLES_MANIFEST, read_table, seal_data_folder, verify_manifest
 from recbrew.errors import ConfigError, UserError
 from recbrew.tasks.spec import TaskSpec
 
@@ -35,6 +36,8 @@ REBUILD = "run `recbrew data build` again"
 #: 2: task specs recorded, the ``splits`` list (a ``validation`` split possible).
 FORMAT = 2
 SPLITS = ("train", "validation", "test")
+#: The user's ids (see `recbrew.data.ids`), copied from a Corpus that mapped some.
+IDS_FILE = "ids.parquet"
 
 
 def spec_json(spec: TaskSpec) -> dict:
@@ -268,6 +271,15 @@ class Examples:
     def corpus(self) -> Path | None:
         corpus = self.manifest.get("corpus")
         return Path(corpus) if corpus else None
+
+    @property
+    def ids(self) -> IdMap:
+        """The user's ids of the Corpus the examples were built from (empty when its ids were integers)."""
+        path = self.root / IDS_FILE
+        if not path.is_file():
+            return IdMap({})
+        self.verify()
+        return IdMap.from_table(read_table(path), str(path))
 
     def corpus_dir(self, why: str) -> Path:
         """The Corpus folder the examples were built from; UserError (saying ``why`` it is needed) when gone."""

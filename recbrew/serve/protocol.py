@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator, StrictInt, StrictStr, Tag
+from pydantic_core import PydanticCustomError
 
 from recbrew.errors import UserError
 
@@ -24,8 +25,24 @@ class _Model(BaseModel):
 
 # Request values are strict: JSON `true` is not the id 1, `1e30` or `"5"` is not a time, and every number
 # has a range that the Corpus lookups and the classic rankers' int64 arrays can hold.
-#: A member or item id of the served Corpus.
-Id = Annotated[StrictInt, Field(ge=0, lt=2**63)]
+ID_RULE = "an id is an integer from 0 to 2**63 - 1, or text of 1 to 512 characters"
+
+
+def _id(value: Any) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, int | str) \
+            or not (0 <= value < 2**63 if isinstance(value, int) else 1 <= len(value) <= 512):
+        raise PydanticCustomError("id", ID_RULE)
+    return value
+
+
+def _optional_id(value: Any) -> int | str | None:
+    return None if value is None else _id(value)
+
+
+#: A member or item id of the served Corpus: an integer, or text where the Corpus was imported with text ids
+#: (a UUID, a hashed id, a title). `"5"` is the text id "5", not the integer 5.
+Id = Annotated[int | str, PlainValidator(_id)]
+OptionalId = Annotated[int | str | None, PlainValidator(_optional_id)]
 #: Epoch seconds (0 is 1970-01-01, a time like any other; 2**40 s is 36,812 years later).
 Time = Annotated[StrictInt, Field(ge=0, lt=2**40)]
 #: A count shown in a prompt.
@@ -62,7 +79,7 @@ def tagged(inline: Any) -> Any:
 class InlineEvent(_Model):
     """One past interaction of an inline member: an item (id in the Corpus, or inline) and the action."""
 
-    item_id: Id | None = None
+    item_id: OptionalId = None
     item: Fields | None = None
     action: StrictStr
     surface: StrictStr | None = None
@@ -92,15 +109,15 @@ class RankRequest(_Model):
     task: StrictStr
     version: StrictInt | None = Field(None, description="fail unless the served task has this version")
     style: StrictStr | None = Field(None, description="prompt style (default: the task's)")
-    member: MemberRef = Field(description="member_id in the served Corpus, or an inline member")
-    candidates: list[CandidateRef] = Field(description="item ids in the Corpus, or inline items")
+    member: MemberRef = Field(description="member_id in the served Corpus (your id: int or text), or an inline member")
+    candidates: list[CandidateRef] = Field(description="item ids in the Corpus (your ids), or inline items")
     at: Time | None = Field(None, description="moment of the request (epoch seconds); default: end of the Corpus")
     max_tokens: Annotated[StrictInt, Field(ge=16, le=2**20)] | None = Field(
         None, description="prompt token budget (default: the task's)")
 
 
 class RankedCandidate(_Model):
-    candidate: int | str
+    candidate: int | str = Field(description="the item id as the request gave it; an inline item's position")
     score: float = Field(description="P(positive answer), normalized over the task's answer words")
     logprobs: dict[str, float] = Field(description="log-probability of each answer word, normalized over the "
                                                    "task's answer words (listwise: P(chosen) under this candidate's "

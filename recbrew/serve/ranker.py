@@ -15,9 +15,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from recbrew.data.ids import ITEM, MEMBER, IdMap
 from recbrew.data.schema import ITEMS, MEMBERS
 from recbrew.errors import UserError
-from recbrew.serve.protocol import InlineNetwork, RankedCandidate, RankError, RankRequest, RankResponse
+from recbrew.serve.protocol import InlineMember, InlineNetwork, RankedCandidate, RankError, RankRequest, RankResponse
 from recbrew.tasks import load_catalog
 from recbrew.tasks.spec import Kind, TaskSpec
 from recbrew.verbalize.environment import make_environment
@@ -66,14 +67,14 @@ class RankService:
             catalog=self.catalog, prefix_warmup=prefix_warmup)
         self.max_candidates, self.max_model_len = max_candidates, max_model_len
         self._client: httpx.AsyncClient | None = None
-        self.view, self.end = None, None
+        self.view, self.end, self.ids = None, None, IdMap({})
         if corpus_dir is not None:
             from recbrew.data.corpus import Corpus
             from recbrew.examples.requests import time_range
             from recbrew.verbalize.context import CorpusView
 
             corpus = Corpus.load(corpus_dir)
-            self.view, self.end = CorpusView(corpus), time_range(corpus)[1]
+            self.view, self.end, self.ids = CorpusView(corpus), time_range(corpus)[1], corpus.ids
         self._renderers: dict[tuple[str, str | None], Renderer] = {}
 
     # Prompt ---------------------------------------------------------------------------------------
@@ -109,6 +110,28 @@ class RankService:
         except KeyError:
             raise RankError(404, f"unknown item {item_id}") from None
 
+    def _corpus_id(self, space: str, value: int | str) -> int:
+        """The Corpus id of one of the user's ids (404 when the served Corpus has none such)."""
+        found = self.ids.corpus_id(space, value)
+        if found is None:
+            kind = "" if self.ids.mapped(space) else f" (this Corpus's {space} ids are integers)"
+            raise RankError(404, f"unknown {space} {value!r}{kind}")
+        return found
+
+    def resolve(self, req: RankRequest) -> RankRequest:
+        """The request with the user's member and item ids replaced by the served Corpus's (see data/ids.py)."""
+        if self.view is None or not (isinstance(req.member, str) or self.ids
+                                     or any(isinstance(c, str) for c in req.candidates)):
+            return req
+        update = {"candidates": [c if isinstance(c, dict) else self._corpus_id(ITEM, c) for c in req.candidates]}
+        if isinstance(req.member, int | str):
+            update["member"] = self._corpus_id(MEMBER, req.member)
+        elif any(e.item_id is not None for e in req.member.history):
+            history = [e if e.item_id is None else e.model_copy(update={"item_id": self._corpus_id(ITEM, e.item_id)})
+                       for e in req.member.history]
+            update["member"] = req.member.model_copy(update={"history": history})
+        return req.model_copy(update=update)
+
     def _time(self, req: RankRequest) -> int:
         """The request's moment: its ``at`` (0 included), else the end of the served Corpus."""
         if req.at is not None:
@@ -117,7 +140,7 @@ class RankService:
 
     def context(self, req: RankRequest, task: TaskSpec) -> tuple[dict, list[dict], list[HistoryEntry], dict | None]:
         fields = tuple(task.candidate_fields)
-        if isinstance(req.member, int):
+        if not isinstance(req.member, InlineMember):
             if self.view is None:
                 raise RankError(400, "this server has no Corpus: send an inline member (start it with --corpus)")
             if not self.view.has_member(req.member):
@@ -192,6 +215,9 @@ class RankService:
 
     def prompt(self, req: RankRequest) -> tuple[TaskSpec, RenderedPrompt]:
         """The task and the prompt a request renders to (what `rank` sends to the engine)."""
+        return self._prompt(self.resolve(req))
+
+    def _prompt(self, req: RankRequest) -> tuple[TaskSpec, RenderedPrompt]:
         task = self._task(req)
         member, candidates, history, network = self.context(req, task)
         prompt = self._renderer(task, req.style or self.default_style).render(
@@ -208,7 +234,9 @@ class RankService:
                                  "per request (--max-candidates)")
         if kind == Kind.listwise and len(req.candidates) != task.k:
             raise RankError(400, f"task {task.name} is listwise over exactly {task.k} candidates, got {len(req.candidates)}")
-        _, prompt = self.prompt(req)
+        ident = [i if isinstance(c, dict) else c for i, c in enumerate(req.candidates)]  # as the user named them
+        req = self.resolve(req)
+        _, prompt = self._prompt(req)
         longest = prompt.max_tokens
         if longest >= self.max_model_len:
             raise RankError(400, f"the prompt is {longest} tokens, longer than the model's context of "
@@ -221,7 +249,6 @@ class RankService:
             return RankResponse(**base, text=await self._generate(row))
         probs = np.asarray(await self._score(row), dtype=np.float64)
         names = list(task.answer.words)
-        ident = [c if isinstance(c, int) else i for i, c in enumerate(req.candidates)]
         with np.errstate(divide="ignore"):
             logs = np.log(probs)
         order = np.argsort(-probs, kind="stable")
