@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import sysconfig
@@ -12,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_wheel_installs_and_imports_root_folders(tmp_path):
+def test_wheel_installs_and_imports_root_folders(tmp_path, small_setup):
     dist = tmp_path / "dist"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(dist), str(ROOT)],
@@ -51,6 +52,18 @@ def test_wheel_installs_and_imports_root_folders(tmp_path):
     )
     out = subprocess.run([py, "-c", check], check=True, capture_output=True, text=True, cwd=tmp_path)
     assert out.stdout.strip() == "ok"
+
+    # A shipped config in a subfolder, named by its path under configs/, from the installed wheel's CLI.
+    (tmp_path / "run").mkdir()
+    root = small_setup(tmp_path / "run", ["feed_like"], max_train=24, max_test=8, tiny_seed=None)
+    out = subprocess.run([py, "-m", "recbrew.cli", "baselines", "train", "lirank", "--config", "movielens/lirank",
+                          "--examples", str(root / "ex"), "--out", str(root / "lirank"), "train.epochs=1",
+                          "train.batch_size=8", "--no-progress"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    used = json.loads((root / "lirank" / "train.json").read_text())
+    shipped = venv / "lib"
+    assert used["config_file"].startswith(str(shipped)), used["config_file"]
+    assert used["config_file"].endswith("recbrew/assets/configs/movielens/baselines/lirank.yaml")
 
 
 def test_editable_install_maps_root_folders():

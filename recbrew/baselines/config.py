@@ -58,6 +58,8 @@ class RunConfig:
     model: LiRankConfig | LiGRConfig | DCNv2Config
     features: FeatureConfig = field(default_factory=FeatureConfig)
     train: FitConfig = field(default_factory=FitConfig)
+    #: The YAML file the config was read from (None: defaults and overrides only); recorded, never compared.
+    source: str | None = None
 
     def to_dict(self) -> dict:
         return {"name": self.model_name, "model": dataclasses.asdict(self.model),
@@ -101,7 +103,8 @@ def run_config(model_name: str, path: str | Path | None = None, overrides: list[
     model_cls = MODELS[model_name][0]
     return RunConfig(model_name, config.validate(model_cls, data.get("model", {}), where, "model"),
                      config.validate(FeatureConfig, data.get("features", {}), where, "features"),
-                     config.validate(FitConfig, data.get("train", {}), where, "train"))
+                     config.validate(FitConfig, data.get("train", {}), where, "train"),
+                     source=str(path) if path is not None else None)
 
 
 def build_model(cfg: RunConfig, space):

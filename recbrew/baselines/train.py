@@ -91,7 +91,7 @@ def train_model(cfg: RunConfig, examples: str | Path, out: str | Path | None = N
     model = build_model(cfg, space)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
 
-    log = {"model": cfg.model_name, "config": cfg.to_dict(), "train_requests": len(train_rows),
+    log = {"model": cfg.model_name, "config": cfg.to_dict(), "config_file": cfg.source, "train_requests": len(train_rows),
            "val_requests": len(val_rows), "val_source": "validation split" if split_val is not None else
            f"latest {tc.val_fraction:g} of train", "train_candidates": int(enc["cand_mask"].sum()),
            "parameters": sum(p.numel() for p in model.parameters()), "compression": space.compression(),
