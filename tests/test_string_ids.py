@@ -262,3 +262,23 @@ def test_uuid_logs_build_train_score_evaluate_and_serve_in_the_users_ids(flow, q
                     "--member", mapped["member_id"], "--tokenizer", root / "tiny")
     assert rendered.returncode == 0, rendered.stderr
     assert "liked the following movies" in rendered.stdout
+
+
+def test_the_serve_bench_takes_its_requests_from_examples_in_the_users_ids(flow):
+    from recbrew.serve.bench import _example_requests, _same_rankings
+
+    root, ids = flow
+    bodies = _example_requests(root / "ex", 5)
+    assert len(bodies) == 5 and {b["task"] for b in bodies} == {"movies_like"}
+    assert all(b["member"] in ids["members"] and set(b["candidates"]) <= set(ids["items"]) for b in bodies)
+    sizes = [len(b["candidates"]) for b in bodies]
+    assert sizes == sorted(sizes, key=lambda n: n < 2)  # slates of several candidates first
+
+    def answer(*ranked):
+        return {"results": [{"candidate": c, "score": s} for c, s in ranked]}
+
+    before = [answer(("a", 0.9), ("b", 0.5))]
+    assert _same_rankings(before, [answer(("a", 0.9), ("b", 0.5))]) == {"rankings_identical": True,
+                                                                         "max_score_change": 0.0}
+    assert _same_rankings(before, [answer(("b", 0.95), ("a", 0.9))]) == {"rankings_identical": False,
+                                                                          "max_score_change": 0.45}

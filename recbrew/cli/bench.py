@@ -166,12 +166,17 @@ def serve(
     requests: Annotated[int, typer.Option(help="Requests (members with the longest histories).")] = 3,
     load_clients: Annotated[int, typer.Option("--load-clients", help="Concurrent clients of the load test.")] = 32,
     load_seconds: Annotated[float, typer.Option("--load-seconds", help="Load test length (0: skip).")] = 30.0,
+    examples: Annotated[Path | None, typer.Option("--examples", help="Take the requests from this examples folder's "
+                                                  "test split (any task; served with its specs) instead of --world.")
+                        ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
-    """/v1/rank candidates/s with vLLM prefix caching on vs off, and vs the HF multi-item scorer."""
+    """/v1/rank candidates/s with vLLM prefix caching on vs off, and vs the HF multi-item scorer; the load test
+    checks the rankings are the same before and after it."""
     from recbrew.serve.bench import bench_serve
 
-    result = bench_serve(model, str(world), candidates, requests, load_clients, load_seconds)
+    result = bench_serve(model, str(world), candidates, requests, load_clients, load_seconds,
+                         None if examples is None else str(examples))
     typer.echo(json.dumps(result, indent=2 if as_json else None))
 
 

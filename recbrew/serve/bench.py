@@ -30,36 +30,76 @@ def _requests(world: Path, k: int, members: int) -> list[dict]:
     return [{"task": "feed_like", "member": int(m), "candidates": posts, "at": at, "max_tokens": 1400} for m in who]
 
 
+def _example_requests(examples: Path, members: int) -> list[dict]:
+    """The first ``members`` binary test requests of an examples folder (those with several candidates first), as
+    `/v1/rank` bodies in the ids of the imported logs."""
+    from recbrew.examples.folder import Examples
+
+    folder = Examples.open(examples)
+    ids = folder.ids
+    rows = [r for r in folder.requests("test") if r["kind"] == "binary" and r["candidate_ids"]]
+    rows.sort(key=lambda r: len(r["candidate_ids"]) < 2)  # requests that rank several candidates first
+    return [{"task": r["task"], "member": ids.user("member", r["member_id"]),
+             "candidates": ids.users("item", r["candidate_ids"]), "at": int(r["timestamp"])} for r in rows[:members]]
+
+
+def _rank_all(url: str, bodies: list[dict], headers: dict) -> tuple[list[dict], float]:
+    start = time.perf_counter()
+    answers = []
+    for body in bodies:
+        resp = httpx.post(f"{url}/v1/rank", json=body, headers=headers, timeout=1800)
+        resp.raise_for_status()
+        answers.append(resp.json())
+    return answers, time.perf_counter() - start
+
+
+def _same_rankings(before: list[dict], after: list[dict]) -> dict:
+    """Whether every request ranks its candidates in the same order, and the largest score change."""
+    order = [[r["candidate"] for r in a["results"]] for a in before] == \
+        [[r["candidate"] for r in a["results"]] for a in after]
+    change = max((abs(x["score"] - y["score"]) for a, b in zip(before, after, strict=True)
+                  for x, y in zip(sorted(a["results"], key=lambda r: str(r["candidate"])),
+                                  sorted(b["results"], key=lambda r: str(r["candidate"])), strict=True)), default=0.0)
+    return {"rankings_identical": order, "max_score_change": float(f"{change:.3g}")}
+
+
 def bench_serve(model: str = "smollm2", world: str = "runs/quickstart/world", k: int = 50, members: int = 3,
-                load_clients: int = 32, load_seconds: float = 30.0) -> dict:
-    """Cache on vs off vs HF multi-item; with ``load_seconds`` > 0, also a load test on the cache-on server."""
-    world_dir = Path(world)
-    bodies = _requests(world_dir, k, members)
+                load_clients: int = 32, load_seconds: float = 30.0, examples: str | None = None) -> dict:
+    """Cache on vs off vs HF multi-item; with ``load_seconds`` > 0, also a load test on the cache-on server that
+    checks every ranking is the same before and after it.
+
+    Requests are feed_like over ``k`` recent posts of ``world`` for the ``members`` with the longest histories, or,
+    with ``examples``, the first ``members`` binary test requests of that folder (served with its task specs)."""
+    if examples is not None:
+        bodies = _example_requests(Path(examples), members)
+        source = ["--examples", str(examples)]
+        k = round(float(np.mean([len(b["candidates"]) for b in bodies])), 1) if bodies else 0
+    else:
+        world_dir = Path(world)
+        bodies = _requests(world_dir, k, members)
+        source = ["--corpus", str(world_dir)]
     result: dict = {"benchmark": "serve", "model": model, "candidates_per_request": k, "requests": len(bodies),
-                    "runs": {}}
+                    "source": examples or world, "runs": {}}
     prompt_tokens = []
     for caching in (True, False):
-        proc, url = start_serve(model, "--corpus", str(world_dir), "--api-key", KEY, "--max-model-len", "2048",
+        proc, url = start_serve(model, *source, "--api-key", KEY, "--max-model-len", "2048",
                                 "--prefix-caching" if caching else "--no-prefix-caching")
         try:
             headers = {"Authorization": f"Bearer {KEY}"}
-            start = time.perf_counter()
-            for body in bodies:
-                resp = httpx.post(f"{url}/v1/rank", json=body, headers=headers, timeout=1800)
-                resp.raise_for_status()
-                prompt_tokens.append(resp.json()["prompt_tokens"])
-            seconds = time.perf_counter() - start
+            answers, seconds = _rank_all(url, bodies, headers)
+            prompt_tokens += [a["prompt_tokens"] for a in answers]
             if caching and load_seconds > 0:
                 from recbrew.serve.load import run_load
 
                 result["load"] = run_load(f"{url}/v1/rank", lambda i: bodies[i % len(bodies)], load_clients,
                                           load_seconds, headers)
+                result["load"].update(_same_rankings(answers, _rank_all(url, bodies, headers)[0]))
         finally:
             stop_serve(proc)
         result["runs"]["vllm_prefix_cache_on" if caching else "vllm_prefix_cache_off"] = {
             "seconds": round(seconds, 2), "candidates_per_s": round(k * len(bodies) / seconds, 2)}
     result["mean_prompt_tokens"] = round(float(np.mean(prompt_tokens)), 1)
-    result["runs"]["hf_multi_item"] = _hf(model, world_dir, bodies, k)
+    result["runs"]["hf_multi_item"] = _hf(model, bodies, examples, None if examples else Path(world))
     on, off = result["runs"]["vllm_prefix_cache_on"], result["runs"]["vllm_prefix_cache_off"]
     hf = result["runs"]["hf_multi_item"]
     result["ratios"] = {"cache_on_vs_off": round(on["candidates_per_s"] / off["candidates_per_s"], 2),
@@ -67,15 +107,23 @@ def bench_serve(model: str = "smollm2", world: str = "runs/quickstart/world", k:
     return result
 
 
-def _hf(model: str, world: Path, bodies: list[dict], k: int) -> dict:
+def _hf(model: str, bodies: list[dict], examples: str | None, world: Path | None) -> dict:
     from recbrew.models.loading import load_model, resolve
     from recbrew.scoring.hf import HFScorer
     from recbrew.serve.protocol import RankRequest
     from recbrew.serve.ranker import RankService
 
-    svc = RankService(engine_url="", engine_key="", served_model="", model_dir=resolve(model), corpus_dir=world)
+    catalog, style = None, None
+    if examples is not None:
+        from recbrew.examples.folder import Examples
+
+        folder = Examples.open(examples)
+        catalog, style, world = folder.catalog(), folder.config.get("style"), folder.corpus_dir("the bench reads it")
+    svc = RankService(engine_url="", engine_key="", served_model="", model_dir=resolve(model), corpus_dir=world,
+                      catalog=catalog, default_style=style)
     lm, tok = load_model(model, device="cpu")
-    scorer = HFScorer(lm, tok, mode="multi")
+    scorer = HFScorer(lm, tok, mode="multi", catalog=svc.catalog)
+    k = sum(len(b["candidates"]) for b in bodies) / max(len(bodies), 1)
     rows = []
     for body in bodies:
         task, p = svc.prompt(RankRequest(**body))
