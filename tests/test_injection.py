@@ -234,3 +234,42 @@ def test_cli_on_recbrew_tiny(built, capsys):
     assert _cli("bench", "injection", "--examples", built / "ex", "--model", built / "tiny", "--task", "nope") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "not among the tasks" in err and "\n" not in err
+
+
+def test_training_with_injected_strings_touches_only_training_candidates_text(built, tmp_path):
+    """`data build --inject-share`: a seeded share of the training requests carries one training string in one
+    candidate's title, neutralized, labels unchanged; validation and test prompts are byte-identical."""
+    from recbrew.examples.build import BuildConfig, build_examples
+    from recbrew.verbalize.injections import TRAINING_INJECTIONS
+
+    assert not {i.text for i in TRAINING_INJECTIONS} & {i.text for i in INJECTIONS}  # the bench's stay unseen
+    assert {i.push for i in TRAINING_INJECTIONS} == {1, -1}
+    made = {}
+    for share in (0.0, 0.5):
+        cfg = BuildConfig(tasks=["feed_like"], test_days=4, gap_days=1, val_days=1, max_train=60, max_test=10,
+                          tokenizer="none", inject_share=share)
+        made[share] = build_examples(built / "world", tmp_path / f"ex-{share}", cfg, progress=False)
+    plain_ex, injected_ex = Examples.open(tmp_path / "ex-0.0"), Examples.open(tmp_path / "ex-0.5")
+    for split in ("validation", "test"):
+        assert [(r["prefix"], r["segments"], r["labels"]) for r in plain_ex.requests(split)] == \
+            [(r["prefix"], r["segments"], r["labels"]) for r in injected_ex.requests(split)]
+    before, after = plain_ex.requests("train"), injected_ex.requests("train")
+    assert [r["labels"] for r in before] == [r["labels"] for r in after]
+    changed = [(a, b) for a, b in zip(before, after, strict=True) if a["segments"] != b["segments"]]
+    assert made[0.5]["tasks"]["feed_like"]["injected"] == len(changed) and "injected" not in made[0.0]["tasks"]["feed_like"]
+    assert 0.3 * len(before) <= len(changed) <= 0.7 * len(before)
+    texts = [quote(i.fill(WORDS))[1:-1] for i in TRAINING_INJECTIONS]
+    for a, b in changed:
+        edited = [j for j, (x, y) in enumerate(zip(a["segments"], b["segments"], strict=True)) if x != y]
+        assert len(edited) == 1
+        new = b["segments"][edited[0]]
+        # the string sits at the end of the title, inside its guillemets, on the title's own line
+        line = next(ln for ln in new.splitlines() if any(t + "»" in ln for t in texts))
+        assert any(re.search("«[^«»]*" + re.escape(t) + "»", line) for t in texts), line
+        assert not line.startswith(("###", "Answer:"))
+    # Seeded: the same build gives the same prompts.
+    cfg = BuildConfig(tasks=["feed_like"], test_days=4, gap_days=1, val_days=1, max_train=60, max_test=10,
+                      tokenizer="none", inject_share=0.5)
+    build_examples(built / "world", tmp_path / "again", cfg, progress=False)
+    assert [r["segments"] for r in Examples.open(tmp_path / "again").requests("train")] == \
+        [r["segments"] for r in after]

@@ -200,6 +200,10 @@ def build(
                                              "impression its own request, with the history before it.")] = False,
     history: Annotated[str, typer.Option("--history", help="all (everything before the request) or last:N (the "
                                          "last N interactions before it, not bounded by the day).")] = "all",
+    inject_share: Annotated[float, typer.Option("--inject-share", min=0.0, max=1.0, help="Share of the training "
+                                                "requests in which one candidate's text ends with an instruction-"
+                                                "like string, the label unchanged, so the fine-tune learns to "
+                                                "ignore such text (`recbrew bench injection` measures it).")] = 0.0,
     tasks_dir: Annotated[Path | None, typer.Option("--tasks-dir", help="Your task folder.")] = None,
     prompts_dir: Annotated[Path | None, typer.Option("--prompts-dir", help="Your templates folder.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
@@ -216,7 +220,7 @@ def build(
     # Target selection and in-order validation are passed only when asked for: every other protocol builds
     # with a BuildConfig that lacks their fields.
     flags = {"val_in_order": ("--val-in-order", val_in_order), "min_position": ("--min-position", min_position),
-             "last_records": ("--last", last)}
+             "last_records": ("--last", last), "inject_share": ("--inject-share", inject_share)}
     selection = {name: value for name, (_, value) in flags.items() if value}
     missing = sorted(selection.keys() - {f.name for f in fields(BuildConfig)})
     if missing:

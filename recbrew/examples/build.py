@@ -33,6 +33,7 @@ from recbrew.tasks import load_catalog
 from recbrew.tasks.spec import Kind, TaskSpec
 from recbrew.verbalize.context import CorpusView
 from recbrew.verbalize.environment import make_environment
+from recbrew.verbalize.injections import inject_one
 from recbrew.verbalize.render import Renderer
 from recbrew.verbalize.stats import STATS_DIM, dense_vector
 
@@ -79,6 +80,9 @@ class BuildConfig:
     min_position: int = 0
     #: Only the last K labelled records (after ``min_position``) become requests; None: all.
     last_records: int | None = None
+    #: Share of the training requests in which one candidate's free text ends with an instruction-like string
+    #: (recbrew.verbalize.injections), the label unchanged: the fine-tune learns to ignore such text.
+    inject_share: float = 0.0
 
 
 def _sample(req: Requests, cfg: BuildConfig, rng: np.random.Generator, by_order: bool) -> Requests:
@@ -135,6 +139,9 @@ class _Context:
     history: HistoryIndex
     rule: SplitRule
     last: int | None  # the history window (``last:N``), None for everything before the request
+    #: Share of training requests with an instruction-like string in one candidate's text (`inject_one`).
+    inject_share: float = 0.0
+    seed: int = 0
 
 
 def structured_fields(view, member: int, t: int, cand_ids: list[int], fields: tuple[str, ...], history: tuple,
@@ -175,7 +182,10 @@ def build_task(ctx: _Context, task: TaskSpec, renderer: Renderer, req: Requests,
     """Render every request of one task; returns per-split counts."""
     view = ctx.view
     counts = {split: 0 for split in text.data} | {"candidates": 0, "positives": 0}
+    if ctx.inject_share:
+        counts["injected"] = 0
     fields = tuple(task.candidate_fields)
+    inject_rng = task_rng(ctx.seed + 3, task)  # its own stream: the other draws stay as without injection
     days = ctx.rule.days_from_cutoff(req.member_id, req.timestamp)
     limit = ctx.last or 4 * renderer.task.history.max_items
     for i in range(len(req)):
@@ -194,7 +204,11 @@ def build_task(ctx: _Context, task: TaskSpec, renderer: Renderer, req: Requests,
         # "Past actions" counts what came before the request under the protocol (by record for order rules).
         network = {**view.network(member, t), "actions": interactions, "stats": view.member_stats(member, t, task)}
         candidates = [view.candidate(member, c, t, task, friends) for c in cand_ids]
-        prompt = renderer.render(view.member(member, hidden), candidates, history, network=network)
+        shown = candidates
+        if ctx.inject_share and split == "train" and inject_rng.random() < ctx.inject_share:
+            shown = inject_one(candidates, fields, task.answer.words, inject_rng)
+            counts["injected"] += shown is not candidates
+        prompt = renderer.render(view.member(member, hidden), shown, history, network=network)
         request_id = f"{task.name}/{split}/{i}"
         text.add(split, {
             "request_id": request_id, "task": task.name, "task_version": task.version, "kind": task.kind.value,
@@ -272,7 +286,9 @@ def build_examples(corpus_dir: str | Path, out: str | Path, cfg: BuildConfig, *,
         tokenizer = load_tokenizer(cfg.tokenizer)
     env = make_environment(prompts_dir)
     began = time.perf_counter()
-    ctx = _Context(CorpusView(corpus), HistoryIndex(corpus, rule.by_order), rule, last)
+    if not 0.0 <= cfg.inject_share <= 1.0:
+        raise ConfigError(f"inject_share {cfg.inject_share:g}: a share of the training requests, from 0 to 1")
+    ctx = _Context(CorpusView(corpus), HistoryIndex(corpus, rule.by_order), rule, last, cfg.inject_share, cfg.seed)
     plans = []
     for name in names:
         task = catalog[name]
