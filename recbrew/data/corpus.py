@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recbrew.data.ids import IdMap
 from recbrew.data.io import (
     CHECKSUMS,
     CORPUS_MANIFEST,
@@ -34,7 +35,6 @@ from recbrew.data.io import (
     verify_manifest,
     write_table,
 )
-from recbrew.data.ids import IdMap
 from recbrew.data.schema import TABLES
 from recbrew.errors import ConfigError, IntegrityError, SchemaError, UserError
 

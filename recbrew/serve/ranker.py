@@ -18,7 +18,14 @@ import numpy as np
 from recbrew.data.ids import ITEM, MEMBER, IdMap
 from recbrew.data.schema import ITEMS, MEMBERS
 from recbrew.errors import UserError
-from recbrew.serve.protocol import InlineMember, InlineNetwork, RankedCandidate, RankError, RankRequest, RankResponse
+from recbrew.serve.protocol import (
+    InlineMember,
+    InlineNetwork,
+    RankedCandidate,
+    RankError,
+    RankRequest,
+    RankResponse,
+)
 from recbrew.tasks import load_catalog
 from recbrew.tasks.spec import Kind, TaskSpec
 from recbrew.verbalize.environment import make_environment
