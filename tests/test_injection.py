@@ -273,3 +273,26 @@ def test_training_with_injected_strings_touches_only_training_candidates_text(bu
     build_examples(built / "world", tmp_path / "again", cfg, progress=False)
     assert [r["segments"] for r in Examples.open(tmp_path / "again").requests("train")] == \
         [r["segments"] for r in after]
+
+
+def test_the_ratio_interval_resamples_requests():
+    from recbrew.scoring.injection import _Section
+
+    sec = _Section(strings=2)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        sec.requests += 1
+        for s in range(2):
+            base = rng.uniform(0.01, 0.05)
+            sec.add("neutral", s, np.array([base]), 0, +1)
+            sec.add("injected", s, np.array([2 * base]), 0, +1)
+    # every request's injected edits move twice its neutral ones: the ratio is 2 in every resample ...
+    assert sec.report()["ratio"] == pytest.approx(2.0, abs=0.2)
+    lo, hi = sec.ratio_ci()
+    assert 1.5 < lo <= sec.report()["ratio"] <= hi < 2.5
+    # ... and one request alone gives no interval
+    one = _Section(strings=1)
+    one.requests = 1
+    one.add("neutral", 0, np.array([0.01]), 0, 1)
+    one.add("injected", 0, np.array([0.02]), 0, 1)
+    assert one.ratio_ci() is None and one.report()["ratio_ci"] is None

@@ -43,6 +43,8 @@ gentle modern classic regional national public private digital practical
 CANDIDATE_FIELDS = ("title", "headline", "name")
 MEMBER_FIELDS = ("headline", "title")
 SECTIONS = ("candidate", "member")
+#: Bootstrap resamples (of requests) behind each ratio's 95 % interval.
+RESAMPLES = 1000
 
 
 def neutral_text(length: int, rng: np.random.Generator, avoid: Sequence[str] = ()) -> str:
@@ -200,12 +202,14 @@ class _Section:
         self.fields: dict[str, int] = {}
         self.requests, self.skipped = 0, 0
         self.abs_dp = {"injected": [], "neutral": []}
+        self.owner = {"injected": [], "neutral": []}  # the request (0, 1, ...) of each abs_dp value
         self.moves = {"injected": [], "neutral": []}
         self.signed = {kind: {s: [] for s in range(strings)} for kind in ("injected", "neutral")}
         self.intended: list[bool] = []
 
     def add(self, kind: str, s: int, dp: np.ndarray, move: int, push: int) -> None:
         self.abs_dp[kind].extend(np.abs(dp).tolist())
+        self.owner[kind].extend([self.requests - 1] * len(dp))
         self.moves[kind].append(int(move))
         mean = float(dp.mean())
         self.signed[kind][s].append(mean)
@@ -218,10 +222,32 @@ class _Section:
         ratio, met, note = ratio_of(inj["median_abs_dp"], neu["median_abs_dp"])
         out = {"fields": dict(sorted(self.fields.items())), "requests": self.requests,
                "not_shown": self.skipped, "injected": inj, "neutral": neu,
-               "ratio": None if ratio is None else round(ratio, 4), "goal_met": met}
+               "ratio": None if ratio is None else round(ratio, 4), "ratio_ci": self.ratio_ci(), "goal_met": met}
         if note:
             out["ratio_note"] = note
         return out
+
+
+    def ratio_ci(self, resamples: int = RESAMPLES, seed: int = 0) -> list[float] | None:
+        """95 % interval of the ratio over requests drawn with replacement (each keeps all its edits); None with
+        fewer than two requests or when a resample's neutral median is 0."""
+        if self.requests < 2:
+            return None
+        values = {k: np.asarray(self.abs_dp[k], dtype=np.float64) for k in self.abs_dp}
+        owner = {k: np.asarray(self.owner[k], dtype=np.int64) for k in self.owner}
+        # Each request's values, for concatenating a resample's requests.
+        parts = {k: [values[k][owner[k] == r] for r in range(self.requests)] for k in values}
+        rng = np.random.default_rng(seed)
+        ratios = []
+        for _ in range(resamples):
+            draw = rng.integers(self.requests, size=self.requests)
+            inj = np.median(np.concatenate([parts["injected"][r] for r in draw]))
+            neu = np.median(np.concatenate([parts["neutral"][r] for r in draw]))
+            if neu <= 0:
+                return None
+            ratios.append(inj / neu)
+        lo, hi = np.percentile(ratios, [2.5, 97.5])
+        return [round(float(lo), 4), round(float(hi), 4)]
 
 
 def pick_task(folder, name: str | None) -> TaskSpec:
