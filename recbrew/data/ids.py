@@ -75,6 +75,7 @@ class IdMap:
         return self._index(space).get(str(key))
 
     def _index(self, space: str) -> dict[str, int]:
+        # Built on first use and kept on the instance (frozen: only its __dict__ can take it).
         cache = self.__dict__.setdefault("_lookup", {})
         if space not in cache:
             cache[space] = {str(k): i + 1 for i, k in enumerate(self.keys[space])}
@@ -115,9 +116,6 @@ class IdMap:
                 raise SchemaError(f"{source}: the {s} ids are not 1..{len(rows)}")
             keys[s] = key[rows][order]
         return cls(keys)
-
-
-NONE = IdMap({})
 
 
 # --------------------------------------------------------------------------- import
