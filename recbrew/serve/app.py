@@ -23,8 +23,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from recbrew.serve.protocol import ID, INLINE, RankError, RankRequest, RankResponse
+from recbrew.serve.protocol import (
+    ID,
+    INLINE,
+    RankError,
+    RankRequest,
+    RankResponse,
+    RerankRequest,
+    RerankResponse,
+)
 from recbrew.serve.ranker import RankService
+from recbrew.serve.rerank import rerank
 
 _PASS_THROUGH = ("/v1/completions", "/v1/chat/completions")
 log = logging.getLogger("recbrew.serve")
@@ -64,7 +73,7 @@ def create_app(service: RankService, api_key: str | None = None) -> FastAPI:
 
     @app.middleware("http")
     async def check_key(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1"):
+        if api_key and request.url.path.startswith(("/v1", "/v2", "/rerank")):
             if request.headers.get("authorization", "") != f"Bearer {api_key}":
                 return error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                              "authentication_error")
@@ -114,6 +123,12 @@ def create_app(service: RankService, api_key: str | None = None) -> FastAPI:
     @app.post("/v1/rank", response_model=RankResponse, response_model_exclude_none=True)
     async def rank(req: RankRequest):
         return await service.rank(req)
+
+    @app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True)
+    @app.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True)
+    @app.post("/rerank", response_model=RerankResponse, response_model_exclude_none=True)
+    async def rerank_route(req: RerankRequest):
+        return await rerank(service, req)
 
     @app.get("/v1/models")
     async def models():

@@ -1,10 +1,20 @@
-"""Request and response models of `/v1/rank`, declared once."""
+"""Request and response models of `/v1/rank` and of the rerank routes, declared once."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator, StrictInt, StrictStr, Tag
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    Tag,
+)
 from pydantic_core import PydanticCustomError
 
 from recbrew.errors import UserError
@@ -118,6 +128,7 @@ class RankRequest(_Model):
 
 class RankedCandidate(_Model):
     candidate: int | str = Field(description="the item id as the request gave it; an inline item's position")
+    index: int = Field(description="the candidate's position in the request's candidates")
     score: float = Field(description="P(positive answer), normalized over the task's answer words")
     logprobs: dict[str, float] = Field(description="log-probability of each answer word, normalized over the "
                                                    "task's answer words (listwise: P(chosen) under this candidate's "
@@ -138,6 +149,59 @@ class RankResponse(_Model):
     prompt_tokens: int
     history_kept: int
     history_cut: int
+
+
+class RerankDocument(_Model):
+    """A document as an object: its ``text`` (Cohere v1, Jina), or the ``id`` of an item in the served Corpus."""
+
+    model_config = ConfigDict(extra="allow")  # clients send other fields of their documents along: not read
+    text: Annotated[StrictStr, Field(min_length=1, max_length=20_000)] | None = None
+    id: Id | None = None
+
+
+#: A rerank document: text (or, with ``documents_are_ids``, an item id as text), or an object (`RerankDocument`);
+#: one form is checked, chosen by the JSON value's type.
+Document = Annotated[Annotated[Annotated[StrictStr, Field(min_length=1, max_length=20_000)], Tag(ID)]
+                     | Annotated[RerankDocument, Tag(INLINE)], Discriminator(_form)]
+
+
+class RerankRequest(_Model):
+    """`/v1/rerank`, `/v2/rerank`, `/rerank`: the Cohere / Jina / vLLM rerank shape, plus recbrew's fields.
+
+    ``query`` is rendered as the member's headline in the task's template, and each text document as a candidate
+    of the task's candidate type with that title. With ``member`` (an id of the served Corpus) the member and their
+    history come from the Corpus instead and ``query`` is not read; with ``documents_are_ids`` each document string
+    is an item id of the Corpus (what a classic ranker needs)."""
+
+    model: StrictStr | None = None
+    query: Annotated[StrictStr, Field(max_length=20_000)]
+    documents: Annotated[list[Document], Field(min_length=1)]
+    top_n: Annotated[StrictInt, Field(ge=1)] | None = None
+    return_documents: StrictBool = False
+    # Accepted from Cohere clients, not used: recbrew ranks whole prompts.
+    max_tokens_per_doc: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_chunks_per_doc: Annotated[StrictInt, Field(ge=1)] | None = None
+    rank_fields: list[StrictStr] | None = None
+    priority: StrictInt | None = None
+    # recbrew's own fields.
+    task: StrictStr | None = Field(None, description="a binary task of /v1/tasks (default: the only one served)")
+    member: Id | None = Field(None, description="a member id of the served Corpus instead of a query text")
+    at: Time | None = Field(None, description="moment of the request (epoch seconds); default: end of the Corpus")
+    documents_are_ids: StrictBool = Field(False, description="each document string is an item id of the Corpus")
+
+
+class RerankResult(_Model):
+    index: int
+    relevance_score: float = Field(description="P(positive answer), normalized over the task's answer words")
+    document: dict | None = None
+
+
+class RerankResponse(_Model):
+    id: str
+    model: str
+    results: list[RerankResult]
+    usage: dict[str, int]
+    meta: dict
 
 
 class ErrorBody(_Model):

@@ -231,7 +231,8 @@ class RankService:
             member, candidates, history, network=network, max_tokens=req.max_tokens)
         return task, prompt
 
-    async def rank(self, req: RankRequest) -> RankResponse:
+    async def scored(self, req: RankRequest) -> tuple[TaskSpec, RenderedPrompt, np.ndarray | str]:
+        """The task, the rendered prompt and the candidates' P(positive) (a generative task: the answer text)."""
         task = self._task(req)
         kind = task.kind
         if kind != Kind.generative and not req.candidates:
@@ -241,20 +242,25 @@ class RankService:
                                  "per request (--max-candidates)")
         if kind == Kind.listwise and len(req.candidates) != task.k:
             raise RankError(400, f"task {task.name} is listwise over exactly {task.k} candidates, got {len(req.candidates)}")
-        ident = [i if isinstance(c, dict) else c for i, c in enumerate(req.candidates)]  # as the user named them
         req = self.resolve(req)
         _, prompt = self._prompt(req)
-        longest = prompt.max_tokens
-        if longest >= self.max_model_len:
-            raise RankError(400, f"the prompt is {longest} tokens, longer than the model's context of "
+        if prompt.max_tokens >= self.max_model_len:
+            raise RankError(400, f"the prompt is {prompt.max_tokens} tokens, longer than the model's context of "
                                  f"{self.max_model_len - 1}; shorten the candidate text or lower max_tokens")
-        base = {"id": f"rank-{uuid.uuid4().hex[:16]}", "model": self.served_model, "task": task.name,
-                "task_version": task.version, "kind": kind.value, "prompt_tokens": longest,
-                "history_kept": prompt.history_kept, "history_cut": prompt.history_cut}
         row = self.request_row(req, task, prompt)
         if kind == Kind.generative:
-            return RankResponse(**base, text=await self._generate(row))
-        probs = np.asarray(await self._score(row), dtype=np.float64)
+            return task, prompt, await self._generate(row)
+        return task, prompt, np.asarray(await self._score(row), dtype=np.float64)
+
+    async def rank(self, req: RankRequest) -> RankResponse:
+        ident = [i if isinstance(c, dict) else c for i, c in enumerate(req.candidates)]  # as the user named them
+        task, prompt, probs = await self.scored(req)
+        kind = task.kind
+        base = {"id": f"rank-{uuid.uuid4().hex[:16]}", "model": self.served_model, "task": task.name,
+                "task_version": task.version, "kind": kind.value, "prompt_tokens": prompt.max_tokens,
+                "history_kept": prompt.history_kept, "history_cut": prompt.history_cut}
+        if kind == Kind.generative:
+            return RankResponse(**base, text=probs)
         names = list(task.answer.words)
         with np.errstate(divide="ignore"):
             logs = np.log(probs)
@@ -263,13 +269,13 @@ class RankService:
             # Each candidate's log-probability of being the chosen one: under its slot letter, or "choice" when the
             # task answers each option yes / no (scoring: options).
             keys = ["choice"] * len(probs) if task.segment_per_candidate else names
-            results = [RankedCandidate(candidate=ident[j], score=float(probs[j]), logprobs={keys[j]: float(logs[j])},
-                                       rank=r + 1) for r, j in enumerate(order)]
+            results = [RankedCandidate(candidate=ident[j], index=int(j), score=float(probs[j]),
+                                       logprobs={keys[j]: float(logs[j])}, rank=r + 1) for r, j in enumerate(order)]
             return RankResponse(**base, results=results, choice=ident[int(order[0])])
         # Binary: P(positive word) normalized over the answer words.
         with np.errstate(divide="ignore"):
             rest = np.log1p(-probs)
-        results = [RankedCandidate(candidate=ident[j], score=float(probs[j]),
+        results = [RankedCandidate(candidate=ident[j], index=int(j), score=float(probs[j]),
                                    logprobs={names[0]: float(logs[j]), names[1]: float(rest[j])}, rank=r + 1)
                    for r, j in enumerate(order)]
         return RankResponse(**base, results=results)
