@@ -53,7 +53,10 @@ def lirank(root, quick_lirank):
 
 
 def _fake_vllm(request: httpx.Request) -> httpx.Response:
-    """vLLM's `/v1/completions` as `EngineScorer` calls it: one choice per prompt, the answer words' logprobs."""
+    """vLLM's `/v1/completions` as `EngineScorer` calls it: one choice per prompt, the answer words' logprobs. An
+    engine without `/generative_scoring` (an older vLLM): the scorer falls back to completions."""
+    if request.url.path != "/v1/completions":
+        return httpx.Response(404, json={"detail": "Not Found"})
     body = json.loads(request.content)
     choices = []
     for i, prompt in enumerate(body["prompt"]):

@@ -250,3 +250,37 @@ def test_engine_call_retries_one_dropped_connection_then_answers_502():
     with pytest.raises(RankError, match="did not answer: ReadError") as err:
         asyncio.run(complete())
     assert err.value.status == 502
+
+
+def test_vllms_scoring_route_and_the_completions_route_give_the_same_scores(stack):
+    """Binary requests go to vLLM's /generative_scoring where the engine has it; the completions route with
+    logprob_token_ids (listwise requests, older engines) gives the same P(positive)."""
+    import asyncio
+
+    from recbrew.examples.folder import Examples
+    from recbrew.models.tokenizers import load_tokenizer
+    from recbrew.serve.engine import VLLMServer
+    from recbrew.serve.engine_scorer import EngineScorer
+
+    root = stack["root"]
+    rows = [_first(r, 6) for r in stack["rows"] if r["task"] == "feed_like" and len(r["candidate_ids"]) > 1][:4]
+    catalog = Examples.open(root / "ex").catalog()
+    engine = VLLMServer(root / "tiny", max_model_len=1024).start()
+    try:
+        async def both():
+            async with httpx.AsyncClient() as client:
+                scorers = []
+                for native in (None, False):
+                    scorer = EngineScorer(engine_url=engine.url, engine_key=engine.api_key,
+                                          served_model=engine.served_name, tokenizer=load_tokenizer(str(root / "tiny")),
+                                          catalog=catalog)
+                    scorer.client, scorer.native = client, native
+                    scorers.append((scorer, await scorer.ascore(rows)))
+                return scorers
+
+        (native, by_native), (plain, by_completions) = asyncio.run(both())
+    finally:
+        engine.stop()
+    assert native.native is True and plain.native is False  # the route was there, and was used
+    for a, b in zip(by_native, by_completions, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)

@@ -5,12 +5,18 @@ vLLM's prefix cache before the candidates (prefix + segment each) are scored in 
 Prompts travel as token ids, tokenized exactly as the HF scorer does (prefix and segment apart),
 and the answer words are normalized by `recbrew.scoring.answers` like every other scorer's.
 
+Binary requests go to vLLM's own scoring route (``/generative_scoring``: P of the first label token, softmax over
+the label tokens, which is the binary P(positive)) where the engine has it; listwise requests, and engines without
+it, take `/v1/completions` with ``logprob_token_ids``. ``RECBREW_ENGINE_SCORING=completions`` keeps every request
+on the completions route. Both give the same scores (a test compares them).
+
 It is asynchronous (``ascore`` / ``agenerate``) so the gateway's event loop never waits on the
 engine; `RankService` runs any other (synchronous) Scorer in a worker thread instead.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import httpx
@@ -18,6 +24,17 @@ import numpy as np
 
 from recbrew.scoring.answers import AnswerWords, normalize
 from recbrew.serve.protocol import RankError
+
+#: Set to ``completions`` to score every request through `/v1/completions` (vLLM's scoring route unused).
+SCORING_ENV = "RECBREW_ENGINE_SCORING"
+
+
+def _detail(resp: httpx.Response) -> str:
+    if resp.headers.get("content-type", "").startswith("application/json"):
+        body = resp.json()
+        error = body.get("error") if isinstance(body, dict) else None
+        return (error.get("message") if isinstance(error, dict) else None) or str(body.get("message") or body)
+    return resp.text
 
 
 class EngineScorer:
@@ -29,15 +46,15 @@ class EngineScorer:
         self.answers = AnswerWords(tokenizer, catalog)
         #: The gateway's shared HTTP client (set for the app's lifetime).
         self.client: httpx.AsyncClient | None = None
+        #: Whether binary requests use vLLM's /generative_scoring: None until the engine has been asked.
+        self.native: bool | None = None if os.environ.get(SCORING_ENV, "native") != "completions" else False
 
-    async def complete(self, body: dict) -> dict:
-        """One `/v1/completions` call; transport failures and engine errors become `RankError`."""
-        body = {"model": self.served_model, **body}
+    async def _post(self, route: str, body: dict) -> httpx.Response:
+        """One engine call; a dropped pooled connection is retried once, other failures become `RankError`."""
         for attempt in range(2):
             try:
-                resp = await self.client.post(f"{self.engine_url}/v1/completions", json=body, headers=self.headers,
+                return await self.client.post(f"{self.engine_url}{route}", json=body, headers=self.headers,
                                               timeout=600)
-                break
             except httpx.TimeoutException as exc:
                 raise RankError(502, f"the vLLM engine did not answer in time: {type(exc).__name__}") from None
             except httpx.HTTPError as exc:
@@ -45,10 +62,29 @@ class EngineScorer:
                 # error before the request is read; scoring has no side effects, so one retry is safe.
                 if attempt or not isinstance(exc, httpx.TransportError):
                     raise RankError(502, f"the vLLM engine did not answer: {type(exc).__name__}: {exc}") from None
+        raise AssertionError("unreachable")
+
+    async def native_scores(self, prefix: list[int], segments: list[list[int]], labels: list[int]) -> np.ndarray | None:
+        """P(first label) per segment from ``/generative_scoring``; None when this engine has no such route."""
+        if self.native is False:
+            return None
+        resp = await self._post("/generative_scoring", {
+            "model": self.served_model, "query": prefix, "items": segments, "label_token_ids": labels,
+            "apply_softmax": True, "item_first": False, "add_special_tokens": False})
         if resp.status_code != 200:
-            detail = resp.json().get("error", {}).get("message", resp.text) if resp.headers.get(
-                "content-type", "").startswith("application/json") else resp.text
-            raise RankError(502 if resp.status_code >= 500 else 400, f"vLLM: {detail}")
+            if self.native is None:  # an engine without the route (older vLLM): completions from now on
+                self.native = False
+                return None
+            raise RankError(502 if resp.status_code >= 500 else 400, f"vLLM: {_detail(resp)}")
+        self.native = True
+        data = sorted(resp.json()["data"], key=lambda d: d["index"])
+        return np.array([d["score"] for d in data], dtype=np.float64)
+
+    async def complete(self, body: dict) -> dict:
+        """One `/v1/completions` call; transport failures and engine errors become `RankError`."""
+        resp = await self._post("/v1/completions", {"model": self.served_model, **body})
+        if resp.status_code != 200:
+            raise RankError(502 if resp.status_code >= 500 else 400, f"vLLM: {_detail(resp)}")
         return resp.json()
 
     def _ids(self, row: dict) -> tuple[list[int], list[list[int]]]:
@@ -63,6 +99,11 @@ class EngineScorer:
             if self.prefix_warmup and len(segments) > 1:
                 await self.complete({"prompt": [prefix], "max_tokens": 1, "temperature": 0})
             labels = self.answers(row["task"])
+            if row.get("kind") != "listwise" and len(labels) == 2:
+                native = await self.native_scores(prefix, segments, labels)
+                if native is not None:
+                    out.append(native)
+                    continue
             reply = await self.complete({
                 "prompt": [prefix + s for s in segments], "max_tokens": 1, "temperature": 0,
                 "logprobs": len(labels), "logprob_token_ids": labels, "return_tokens_as_token_ids": True,
