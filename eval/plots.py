@@ -2,27 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-import io
-
 import numpy as np
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def to_base64(fig) -> str:
-    plt = _pyplot()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+from recbrew.reports import pyplot, to_base64
 
 
 def reliability_figure(summary: dict[str, dict]) -> str | None:
@@ -30,7 +12,7 @@ def reliability_figure(summary: dict[str, dict]) -> str | None:
     models = [m for m, row in summary.items() if any(c for c in row["reliability"]["count"] if c)]
     if not models:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(4, len(models))
     rows = -(-len(models) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
@@ -60,7 +42,7 @@ def slice_figure(title: str, buckets: list[dict], models: list[str]) -> str | No
     """Grouped bars: macro AUC of each model per bucket of one slice."""
     if not buckets or not models:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.2 + 1.3 * len(buckets), 2.8))
     width = 0.8 / len(models)
     x = np.arange(len(buckets))
@@ -81,7 +63,7 @@ def slice_figure(title: str, buckets: list[dict], models: list[str]) -> str | No
 def trend_figure(title: str, xlabel: str, series: dict[str, list[tuple[float, float]]],
                  fits: dict[str, dict | None], log_x: bool = True) -> str:
     """Metric vs size per series, with the fitted log-linear trend as a dashed line."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 3.2))
     for name, points in series.items():
         pts = sorted((x, y) for x, y in points if y is not None)

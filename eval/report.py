@@ -14,6 +14,7 @@ from pathlib import Path
 from recbrew.data.io import atomic_write_text
 from recbrew.eval.compare import SLICES, TAGS, fmt_delta, verdict
 from recbrew.eval.plots import reliability_figure, slice_figure
+from recbrew.reports import CSS, fmt, html_table, img, md_table
 
 WIN = "★"
 RENDERED_MARK = 'data-rendered="1"'
@@ -21,10 +22,6 @@ SLICE_TITLES = {"split_tag": "T1 (in-domain) vs T2 (out-of-domain) tasks",
                 "cold_start": "Cold start: member's interactions before the request",
                 "days_from_cutoff": "Days after the training cutoff",
                 "history_length": "History length (interactions shown)"}
-
-
-def fmt(v, digits: int = 4) -> str:
-    return "n/a" if v is None else f"{v:.{digits}f}"
 
 
 def fmt_ci(ci) -> str:
@@ -99,12 +96,6 @@ SUMMARY_COLUMNS = [("auc_T1", "macro AUC T1"), ("tasks_T1", "T1 tasks"), ("auc_T
 COUNTED = ("gauc_T1", "ndcg_T1", "mrr_T1", "gauc_T2", "ndcg_T2", "mrr_T2")
 DETAIL_COLUMNS = [("auc", "AUC"), ("gauc", "group AUC"), ("ndcg", "NDCG@k"), ("recall", "Recall@k"), ("mrr", "MRR"),
                   ("acc1", "Acc@1"), ("log_loss", "log loss"), ("ece", "ECE"), ("oracle_gap", "gap to oracle")]
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def summary_cell(row: dict, key: str) -> str:
@@ -207,11 +198,11 @@ def render_markdown(results: dict, meta: dict) -> str:
     parts = ["# recbrew eval report", "",
              f"{len(names)} models on the same {meta.get('requests')} test requests of `{meta.get('examples')}`. "
              f"{WIN} marks the best model of a task (oracle excluded). {bootstrap_note(results)} k = {k}.", "",
-             "## Summary", "", _md_table(["model"] + [h for _, h in SUMMARY_COLUMNS], summary_rows(results)), "",
+             "## Summary", "", md_table(["model"] + [h for _, h in SUMMARY_COLUMNS], summary_rows(results)), "",
              summary_note(results, min_pos), ""]
     if results.get("paired") and results["paired"]["rows"]:
         parts += [f"## Paired comparison with {results['paired']['reference']}", "", paired_note(results), "",
-                  _md_table(PAIRED_HEADER, paired_rows(results)), ""]
+                  md_table(PAIRED_HEADER, paired_rows(results)), ""]
     parts += ["## Models x tasks (AUC; generative: exact match / token F1)", "",
               f"requests, candidates and positives of each task; a task with fewer than {min_pos} positives is "
               "flagged in the note and still counted in the macro averages.", ""]
@@ -221,49 +212,20 @@ def render_markdown(results: dict, meta: dict) -> str:
         rows.append([task, entry["split_tag"], entry["kind"]] + [
             (f"**{task_cell(entry, n)}** {WIN}" if n in win else task_cell(entry, n)) for n in names]
             + task_count_cells(entry) + [task_note(entry)])
-    parts += [_md_table(["task", "tag", "kind"] + names + ["requests", "candidates", "positives", "note"], rows), ""]
+    parts += [md_table(["task", "tag", "kind"] + names + ["requests", "candidates", "positives", "note"], rows), ""]
     for dim in ("split_tag", *SLICES):
         note = results["slices"][dim].get("note")
         parts += [f"## {SLICE_TITLES[dim]} (macro AUC)", "",
-                  f"{note[:1].upper()}{note[1:]}." if note else _md_table(["bucket", "requests"] + names,
+                  f"{note[:1].upper()}{note[1:]}." if note else md_table(["bucket", "requests"] + names,
                                                                            slice_rows(results, dim)), ""]
     if results.get("rankings"):
         parts += [f"## Example rankings (top {k} of each model)", "", RANKINGS_NOTE, "",
-                  _md_table(*ranking_rows(results, k, str)), ""]
+                  md_table(*ranking_rows(results, k, str)), ""]
     parts += [f"## Top-{k} diversity (requests with more than {k} candidates)", "",
-              _md_table(["model", "lists", "topic diversity", "item coverage", "company coverage"],
+              md_table(["model", "lists", "topic diversity", "item coverage", "company coverage"],
                         diversity_rows(results)), "",
-              "## Run", "", _md_table(["", ""], meta_rows(meta)), ""]
+              "## Run", "", md_table(["", ""], meta_rows(meta)), ""]
     return "\n".join(parts)
-
-
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
-table{border-collapse:collapse;margin:8px 0 20px;font-size:13px}
-th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
-td.win{background:#e7f5e4;font-weight:600}.ci{color:#777;font-size:11px}
-td.flag{color:#8a5a00;text-align:left}tr.flagged td{background:#fbf7ec}td.note{text-align:left}
-h1{font-size:22px}h2{font-size:17px;margin-top:28px}h3{font-size:14px}img{max-width:100%}
-details{margin:6px 0}.note{color:#555;font-size:13px}
-"""
-
-
-def _html_table(header: list[str], rows: list[list[str]], classes: list[list[str]] | None = None,
-                flagged: list[bool] | None = None) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = []
-    for i, r in enumerate(rows):
-        cells = []
-        for j, c in enumerate(r):
-            cls = classes[i][j] if classes else ""
-            cells.append(f"<td{f' class={cls!r}' if cls else ''}>{c}</td>")
-        body.append(("<tr class='flagged'>" if flagged and flagged[i] else "<tr>") + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _img(b64: str | None, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">' if b64 else ""
 
 
 def render_html(results: dict, meta: dict) -> str:
@@ -276,12 +238,12 @@ def render_html(results: dict, meta: dict) -> str:
            f"<code>{esc(str(meta.get('examples')))}</code>. Green cells ({WIN}) are the best model of a task "
            f"(oracle excluded). {esc(bootstrap_note(results))} k = {k}.</p>",
            "<h2>Summary</h2>",
-           _html_table(["model"] + [h for _, h in SUMMARY_COLUMNS], [[esc(c) for c in r] for r in summary_rows(results)]),
+           html_table(["model"] + [h for _, h in SUMMARY_COLUMNS], [[esc(c) for c in r] for r in summary_rows(results)]),
            f"<p class='note'>{esc(summary_note(results, min_pos))}</p>"]
     if results.get("paired") and results["paired"]["rows"]:
         out += [f"<h2>Paired comparison with {esc(results['paired']['reference'])}</h2>",
                 f"<p class='note'>{esc(paired_note(results))}</p>",
-                _html_table(PAIRED_HEADER, [[esc(c) for c in r] for r in paired_rows(results)])]
+                html_table(PAIRED_HEADER, [[esc(c) for c in r] for r in paired_rows(results)])]
     out.append("<h2>Models x tasks</h2><p class='note'>AUC over candidates (listwise: over slots); generative tasks: "
                "exact match / token F1 of greedy generation, n/a for models that cannot generate. Shaded rows are "
                f"tasks with fewer than {min_pos} positives: shown, and counted in the macro averages, but weak "
@@ -301,7 +263,7 @@ def render_html(results: dict, meta: dict) -> str:
         cls += ["", "", "", "flag" if entry.get("flagged") else "note"]
         rows.append(cells)
         classes.append(cls)
-    out.append(_html_table(["task", "tag", "kind"] + [esc(n) for n in names]
+    out.append(html_table(["task", "tag", "kind"] + [esc(n) for n in names]
                            + ["requests", "candidates", "positives", "note"], rows, classes,
                            [entry.get("flagged", False) for _, entry in task_rows(results)]))
     out.append("<h2>Per-task metrics by model</h2><p class='note'>Rank metrics (group AUC, NDCG, Recall, MRR, "
@@ -315,26 +277,26 @@ def render_html(results: dict, meta: dict) -> str:
             rows.append([esc(task), entry["split_tag"]] + [fmt(m.get(key)) for key, _ in DETAIL_COLUMNS]
                         + [esc(task_note(entry))])
         out.append(f"<details><summary>{esc(n)}</summary>"
-                   + _html_table(["task", "tag"] + [h for _, h in DETAIL_COLUMNS] + ["note"], rows) + "</details>")
+                   + html_table(["task", "tag"] + [h for _, h in DETAIL_COLUMNS] + ["note"], rows) + "</details>")
     out.append("<h2>Reliability (binary tasks pooled)</h2>")
-    out.append(_img(reliability_figure(results["summary"]), "reliability diagrams"))
+    out.append(img(reliability_figure(results["summary"]), "reliability diagrams"))
     for dim in ("split_tag", *SLICES):
         out.append(f"<h2>{esc(SLICE_TITLES[dim])}</h2>")
         if results["slices"][dim].get("note"):
             out.append(f"<p class='note'>{esc(results['slices'][dim]['note'])}</p>")
             continue
-        out.append(_html_table(["bucket", "requests"] + [esc(n) for n in names],
+        out.append(html_table(["bucket", "requests"] + [esc(n) for n in names],
                                [[esc(c) for c in r] for r in slice_rows(results, dim)]))
-        out.append(_img(slice_figure(SLICE_TITLES[dim], results["slices"][dim]["buckets"], names), dim))
+        out.append(img(slice_figure(SLICE_TITLES[dim], results["slices"][dim]["buckets"], names), dim))
     if results.get("rankings"):
         header, rows = ranking_rows(results, k, esc)
-        out += [f"<h2>Example rankings</h2><p class='note'>{esc(RANKINGS_NOTE)}</p>", _html_table(header, rows)]
+        out += [f"<h2>Example rankings</h2><p class='note'>{esc(RANKINGS_NOTE)}</p>", html_table(header, rows)]
     out.append(f"<h2>Top-{k} diversity</h2><p class='note'>Requests with more than {k} candidates; topic "
                "diversity = 1 - share of same-topic pairs in a top-k list; coverage = distinct items (companies) "
                "in the top-k lists / in all candidates.</p>")
-    out.append(_html_table(["model", "lists", "topic diversity", "item coverage", "company coverage"],
+    out.append(html_table(["model", "lists", "topic diversity", "item coverage", "company coverage"],
                            [[esc(c) for c in r] for r in diversity_rows(results)]))
-    out.append("<h2>Run</h2>" + _html_table(["", ""], [[esc(a), esc(b)] for a, b in meta_rows(meta)]))
+    out.append("<h2>Run</h2>" + html_table(["", ""], [[esc(a), esc(b)] for a, b in meta_rows(meta)]))
     out.append('<script>document.body.setAttribute("data-rendered","1");</script></body></html>')
     return "\n".join(out)
 

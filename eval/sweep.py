@@ -26,8 +26,8 @@ import numpy as np
 from recbrew.data.io import atomic_write_text
 from recbrew.errors import ConfigError
 from recbrew.eval.plots import trend_figure
-from recbrew.eval.report import _html_table, _img, _md_table, fmt
 from recbrew.eval.scorers import examples_fingerprint
+from recbrew.reports import fmt, html_table, img, md_table
 
 AXES = ("data", "model", "history")
 BASELINE_FAMILIES = ("lirank", "ligr", "dcnv2")
@@ -273,13 +273,13 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
             for p in points]
     trend_lines = [f"- {tag}: AUC = {f['intercept']:.4f} + {f['slope']:.4f} x log10(size), r2 = {f['r2']:.3f}"
                    for tag, f in fits.items() if f] or ["- too few points for a trend"]
-    md = "\n".join([f"# recbrew sweep: {title}", "", _md_table(header, rows), "", "Fitted trends:", "",
+    md = "\n".join([f"# recbrew sweep: {title}", "", md_table(header, rows), "", "Fitted trends:", "",
                     *trend_lines, ""])
     page = "\n".join([
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>recbrew sweep</title>"
         "<style>body{font-family:system-ui,sans-serif;margin:24px}table{border-collapse:collapse}"
         "td,th{border:1px solid #ddd;padding:3px 7px}</style></head><body>",
-        f"<h1>{title}</h1>", _html_table(header, rows), _img(figure, "trend"),
+        f"<h1>{title}</h1>", html_table(header, rows), img(figure, "trend"),
         "<ul>" + "".join(f"<li>{line[2:]}</li>" for line in trend_lines) + "</ul>",
         '<script>document.body.setAttribute("data-rendered","1");</script></body></html>'])
     paths = {"json": atomic_write_text(cfg.out / "sweep.json", json.dumps(doc, indent=1, default=str)),

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from recbrew.data.io import atomic_write_text
-from recbrew.eval.plots import _pyplot, to_base64
-from recbrew.eval.report import CSS, _html_table, _img, _md_table, fmt
+from recbrew.reports import CSS, fmt, html_table, img, md_table, pyplot, to_base64
 
 SUMMARY_HEADER = ["policy", "positives", "expected positives", "regret", "mean AUC", "coverage",
                   "new-item share", "new items shown", "update s/day"]
@@ -122,7 +121,7 @@ def _figure(results: dict, key: str, ylabel: str, title: str, extra: dict | None
     series = {n: s for n, s in series.items() if s}
     if not series:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 3.4))
     for name, points in series.items():
         xs, ys = zip(*points, strict=True)
@@ -156,17 +155,17 @@ def render_markdown(results: dict) -> str:
            f"{cfg['days']} days served by {len(results['policies'])} policies after {cfg['warmup_days']} warm-up "
            f"days; world: {cfg['members']} members, seed {cfg['world_seed']}; ranker {cfg['ranker']} "
            f"({cfg['training']} training); pool {cfg['pool_factor']}x the slate.", "",
-           "## Policies", "", _md_table(SUMMARY_HEADER, summary_rows(results)), "",
+           "## Policies", "", md_table(SUMMARY_HEADER, summary_rows(results)), "",
            "Regret: the oracle policy's expected positives (sum of true probabilities of what it showed) minus "
            "the policy's, summed over the days. New items: created at most "
            f"{cfg['new_item_days']} days before they are shown.", ""]
     if "incremental_vs_full" in results:
         out += ["## Incremental vs full retraining", "", comparison_note(results), "",
-                _md_table(COMPARISON_HEADER, comparison_rows(results)), ""]
+                md_table(COMPARISON_HEADER, comparison_rows(results)), ""]
     for key, title in (("cumulative_regret", "Cumulative regret"), ("positives", "Positive actions per day"),
                        ("auc", "AUC per day"), ("new_item_share", "New-item share per day")):
         header, rows = daily_rows(results, key, 3 if key != "positives" else 0)
-        out += [f"## {title}", "", _md_table(header, rows), ""]
+        out += [f"## {title}", "", md_table(header, rows), ""]
     return "\n".join(out)
 
 
@@ -176,14 +175,14 @@ def render_html(results: dict) -> str:
     md_intro = render_markdown(results).split("\n")[2]
     out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>recbrew simulate</title>"
            f"<style>{CSS}</style></head><body>", "<h1>recbrew simulate</h1>", f"<p class='note'>{esc(md_intro)}</p>",
-           "<h2>Policies</h2>", _html_table(SUMMARY_HEADER, [[esc(c) for c in r] for r in summary_rows(results)]),
-           _img(figs["regret"], "regret"), _img(figs["positives"], "positives"), _img(figs["new_items"], "new items")]
+           "<h2>Policies</h2>", html_table(SUMMARY_HEADER, [[esc(c) for c in r] for r in summary_rows(results)]),
+           img(figs["regret"], "regret"), img(figs["positives"], "positives"), img(figs["new_items"], "new items")]
     if "incremental_vs_full" in results:
         out += ["<h2>Incremental vs full retraining</h2>", f"<p class='note'>{esc(comparison_note(results))}</p>",
-                _html_table(COMPARISON_HEADER, comparison_rows(results))]
-    out += ["<h2>AUC per day</h2>", _img(figs["auc"], "auc")]
+                html_table(COMPARISON_HEADER, comparison_rows(results))]
+    out += ["<h2>AUC per day</h2>", img(figs["auc"], "auc")]
     header, rows = daily_rows(results, "positives")
-    out += ["<h2>Positive actions per day</h2>", _html_table(header, [[esc(c) for c in r] for r in rows])]
+    out += ["<h2>Positive actions per day</h2>", html_table(header, [[esc(c) for c in r] for r in rows])]
     out.append('<script>document.body.setAttribute("data-rendered","1");</script></body></html>')
     return "\n".join(out)
 
