@@ -111,3 +111,18 @@ def quick_lirank():
         return load_scorer(out)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def cli_code():
+    """``cli_code(*args)``: run `recbrew ARGS` in this process (as `recbrew.cli:main`); its exit code."""
+    from recbrew.cli import main
+
+    def run(*args) -> int:
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            return exc.code or 0
+        return 0
+
+    return run

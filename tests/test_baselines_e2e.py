@@ -60,20 +60,12 @@ def examples(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cli_model(examples, tmp_path_factory):
+def cli_model(examples, tmp_path_factory, cli_code):
     out = tmp_path_factory.mktemp("model") / "dcnv2"
-    code = main_code("baselines", "train", "dcnv2", "--examples", examples, "--out", out, "--no-progress",
+    code = cli_code("baselines", "train", "dcnv2", "--examples", examples, "--out", out, "--no-progress",
                      "train.epochs=2", *SMALL)
     assert code == 0
     return out
-
-
-def main_code(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return exc.code or 0
-    return 0
 
 
 def test_cli_train_saves_a_model_that_loads_back_as_a_scorer(cli_model, examples):

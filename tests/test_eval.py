@@ -14,7 +14,6 @@ from sklearn.metrics import roc_auc_score
 from recbrew.baselines.features import load_rows
 from recbrew.baselines.metrics import evaluate
 from recbrew.baselines.popularity import Popularity
-from recbrew.cli import main
 from recbrew.errors import UserError
 from recbrew.eval import run_eval
 from recbrew.eval.check_html import check_html
@@ -156,22 +155,15 @@ def test_parse_models_and_errors(world):
         run_eval(world / "ex", ["nope/model"], world / "bad", progress=False)
 
 
-def test_cli_eval_runs_on_its_own_options_and_reports_mistakes(world, capsys):
-    def run(*args) -> int:
-        try:
-            main([str(a) for a in args])
-        except SystemExit as exc:
-            return exc.code or 0
-        return 0
-
+def test_cli_eval_runs_on_its_own_options_and_reports_mistakes(world, capsys, cli_code):
     capsys.readouterr()
-    code = run("eval", "--models", "oracle,pop=popularity", "--examples", world / "ex", "--out", world / "cli",
-               "--tasks", "feed_like,events_register", "--bootstrap", "20", "--no-progress")
+    code = cli_code("eval", "--models", "oracle,pop=popularity", "--examples", world / "ex", "--out", world / "cli",
+                    "--tasks", "feed_like,events_register", "--bootstrap", "20", "--no-progress")
     out = capsys.readouterr().out
     assert code == 0 and "pop" in out and "report.html" in out
     doc = json.loads((world / "cli" / "report.json").read_text())
     assert sorted(doc["tasks"]) == ["events_register", "feed_like"] and doc["models"] == ["oracle", "pop"]
-    assert run("eval", "--models", "oracle", "--out", world / "cli2") == 2
+    assert cli_code("eval", "--models", "oracle", "--out", world / "cli2") == 2
     assert "error: missing --examples" in capsys.readouterr().err
-    assert run("eval", "--models", "nothing-here", "--examples", world / "ex", "--out", world / "cli2") == 2
+    assert cli_code("eval", "--models", "nothing-here", "--examples", world / "ex", "--out", world / "cli2") == 2
     assert "error: model 'nothing-here' not found" in capsys.readouterr().err

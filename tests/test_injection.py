@@ -11,7 +11,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from recbrew.cli import main
 from recbrew.errors import UserError
 from recbrew.examples.folder import Examples
 from recbrew.scoring.injection import (
@@ -212,17 +211,9 @@ def test_bad_input_is_one_line(built, tmp_path):
         bench_injection(tmp_path, scorer=Fixed(), progress=False)
 
 
-def _cli(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return exc.code or 0
-    return 0
-
-
-def test_cli_on_recbrew_tiny(built, capsys):
+def test_cli_on_recbrew_tiny(built, capsys, cli_code):
     capsys.readouterr()
-    assert _cli("bench", "injection", "--examples", built / "ex", "--model", built / "tiny", "--requests", 1,
+    assert cli_code("bench", "injection", "--examples", built / "ex", "--model", built / "tiny", "--requests", 1,
                 "--json") == 0
     result = json.loads(capsys.readouterr().out)
     assert result["requests"] == 1 and result["matches_build"] == 1
@@ -231,7 +222,7 @@ def test_cli_on_recbrew_tiny(built, capsys):
         assert section["requests"] == 1 and inj["pairs"] >= len(INJECTIONS)
         assert 0 <= inj["median_abs_dp"] <= inj["max_abs_dp"] < 1 and 0 < neu["median_abs_dp"]
         assert section["ratio"] == round(inj["median_abs_dp"] / neu["median_abs_dp"], 4)
-    assert _cli("bench", "injection", "--examples", built / "ex", "--model", built / "tiny", "--task", "nope") == 2
+    assert cli_code("bench", "injection", "--examples", built / "ex", "--model", built / "tiny", "--task", "nope") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "not among the tasks" in err and "\n" not in err
 
