@@ -275,7 +275,7 @@ def test_the_serve_bench_takes_its_requests_from_examples_in_the_users_ids(flow)
     assert sizes == sorted(sizes, key=lambda n: n < 2)  # slates of several candidates first
 
     def answer(*ranked):
-        return {"results": [{"candidate": c, "score": s} for c, s in ranked]}
+        return {"results": [{"candidate": c, "index": "ab".index(c), "score": s} for c, s in ranked]}
 
     before = [answer(("a", 0.9), ("b", 0.5))]
     assert _same_rankings(before, [answer(("a", 0.9), ("b", 0.5))]) == {"rankings_identical": True,

@@ -145,7 +145,7 @@ def render(
     data = Corpus.load(corpus)
     start, end = time_range(data)
     req = build_requests(data, task, SplitPlan(cutoff=end + 1, gap_seconds=0, end=end), seed=0)
-    member = data.ids.corpus_id(MEMBER, member_id if data.ids.mapped(MEMBER) else _as_int(member_id))
+    member = data.ids.corpus_id(MEMBER, data.ids.from_text(MEMBER, member_id))
     mine = np.flatnonzero(req.member_id == member) if member is not None else np.zeros(0, dtype=np.int64)
     if len(mine) == 0:
         some = ", ".join(str(m) for m in data.ids.users(MEMBER, np.unique(req.member_id)[:5]))
@@ -172,13 +172,6 @@ def render(
         typer.echo(line)
     if req.target:
         typer.echo(f"target: {req.target[i]}")
-
-
-def _as_int(text: str) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
-        return None
 
 
 def group_lines(corpus, member: int, t: int, task, history, cut_by_group: dict[str, int]) -> list[str]:

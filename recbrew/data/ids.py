@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recbrew.data.schema import is_text_type
 from recbrew.errors import SchemaError
 
 MEMBER, ITEM = "member", "item"
@@ -73,6 +74,12 @@ class IdMap:
         if space not in self.keys:
             return key if isinstance(key, int) and not isinstance(key, bool) else None
         return self._index(space).get(str(key))
+
+    def from_text(self, space: str, text: str) -> int | str:
+        """One of the user's ids that arrived as text (a command line, a rerank document): the text in a mapped
+        space; where the space's ids are integers, the integer it spells (other text stays text: no such id)."""
+        text = text.strip()
+        return int(text) if space not in self.keys and text.isascii() and text.isdigit() else text
 
     def _index(self, space: str) -> dict[str, int]:
         # Built on first use and kept on the instance (frozen: only its __dict__ can take it).
@@ -134,7 +141,7 @@ def encode_ids(tables: dict[str, pa.Table], sources: Mapping[str, str]) -> tuple
         if tbl is None or column not in tbl.column_names:
             continue  # conform reports the missing column
         col = _dense(tbl.column(column))
-        if not _is_text(col.type) or _all_integers(col):
+        if not is_text_type(col.type) or _all_integers(col):
             continue
         text = _text(col)
         _check_keys(text, column, table, sources[table])
@@ -198,7 +205,7 @@ def _edge_targets(ids: IdMap, edges: pa.Table, source: str) -> pa.Array:
 
 def _check_integers(col: pa.Array, column: str, space: str, source: str, rows: np.ndarray | None = None) -> None:
     """SchemaError unless a column referring to a space whose keys are integers holds integers too."""
-    if not _is_text(col.type):
+    if not is_text_type(col.type):
         return
     fits = pc.fill_null(pc.match_substring_regex(pc.utf8_trim_whitespace(col), _DIGITS), True)
     if pc.all(fits).as_py():
@@ -235,13 +242,9 @@ def _dense(col: pa.ChunkedArray | pa.Array) -> pa.Array:
     return arr.dictionary_decode() if pa.types.is_dictionary(arr.type) else arr
 
 
-def _is_text(typ: pa.DataType) -> bool:
-    return pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
-
-
 def _text(arr: pa.Array) -> pa.Array:
     """Ids as text: integers in their decimal form, text trimmed of surrounding spaces."""
-    if _is_text(arr.type):
+    if is_text_type(arr.type):
         return pc.utf8_trim_whitespace(arr.cast(pa.string()))
     if pa.types.is_integer(arr.type):
         return arr.cast(pa.string())

@@ -25,7 +25,7 @@ import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from recbrew.data.ids import ID_COLUMNS
-from recbrew.data.schema import I64, STR, STR_LIST, TABLES, TRUE_PROB_PREFIX
+from recbrew.data.schema import I64, STR, STR_LIST, TABLES, TRUE_PROB_PREFIX, is_text_type
 from recbrew.errors import ConfigError, IntegrityError, SchemaError, UserError
 
 #: File extension -> format name. ``.json`` is read as newline-delimited JSON too.
@@ -105,7 +105,7 @@ def check_values(table: str, tbl: pa.Table, source: str) -> tuple[pa.Table, int]
             _check_epoch(col, name, source)
         elif declared is not None and pa.types.is_floating(col.type):
             _check_finite(col, name, source, probability=name.startswith(TRUE_PROB_PREFIX))
-        if _is_string(col.type) or (pa.types.is_list(col.type) and _is_string(col.type.value_type)):
+        if is_text_type(col.type) or (pa.types.is_list(col.type) and is_text_type(col.type.value_type)):
             _check_no_nul(col, name, source)
     if table not in ("interactions", "edges") or tbl.num_rows < 2:
         return tbl, 0
@@ -183,12 +183,12 @@ def _coerce(col: pa.ChunkedArray, want: pa.DataType, name: str, source: str) -> 
     if name in EPOCH_COLUMNS and want.equals(I64):
         if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
             return _epoch_seconds(col)
-        if _is_string(col.type):
+        if is_text_type(col.type):
             try:
                 return col.cast(want, safe=True)  # digits: already epoch seconds
             except _ARROW_ERRORS:
                 return _parse_iso(col, name, source)
-    if want.equals(STR_LIST) and _is_string(col.type):
+    if want.equals(STR_LIST) and is_text_type(col.type):
         return _parse_string_lists(col, name, source)
     try:
         return col.cast(want, safe=True)
@@ -229,10 +229,6 @@ def _check_unique(ids: pa.ChunkedArray, key: str, table: str, source: str) -> No
         f"{source}: duplicate {key} {values[row]} at row {row + 1} "
         f"({key} must be unique in {table}; {int(repeated.sum())} repeated row(s))"
     )
-
-
-def _is_string(typ: pa.DataType) -> bool:
-    return pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
 
 
 def _epoch_seconds(col: pa.ChunkedArray) -> pa.ChunkedArray:

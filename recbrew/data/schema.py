@@ -28,6 +28,11 @@ TRUE_PROB_PREFIX = "p_"
 ITEM_TYPES = ("job", "post", "ad", "course", "group", "event", "newsletter", "member", "company")
 
 
+def is_text_type(typ: pa.DataType) -> bool:
+    """Whether an Arrow type holds text (string, large string or string view)."""
+    return pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
+
+
 @dataclass(frozen=True)
 class Column:
     name: str

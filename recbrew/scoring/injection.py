@@ -25,7 +25,11 @@ import numpy as np
 
 from recbrew.errors import UserError
 from recbrew.tasks.spec import Kind, TaskSpec
-from recbrew.verbalize.injections import INJECTIONS, Injection  # noqa: F401  (the bench's strings, re-exported)
+from recbrew.verbalize.injections import (  # noqa: F401  (Injection: re-exported with the bench's strings)
+    CANDIDATE_TEXT_FIELDS,
+    INJECTIONS,
+    Injection,
+)
 from recbrew.verbalize.neutralize import neutralize
 from recbrew.verbalize.render import HistoryEntry
 
@@ -39,8 +43,9 @@ village kitchen library station bridge harbor forest island valley orange yellow
 gentle modern classic regional national public private digital practical
 """.split())
 
-#: Free-text fields tried, in order, for the edited candidate and for the member (the first one the template shows).
-CANDIDATE_FIELDS = ("title", "headline", "name")
+#: Free-text fields tried, in order, for the edited candidate (the ones training injects into) and for the member
+#: (the first one the template shows).
+CANDIDATE_FIELDS = CANDIDATE_TEXT_FIELDS
 MEMBER_FIELDS = ("headline", "title")
 SECTIONS = ("candidate", "member")
 #: Bootstrap resamples (of requests) behind each ratio's 95 % interval.

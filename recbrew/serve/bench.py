@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from recbrew.data.ids import ITEM, MEMBER
 from recbrew.serve.launch import start_serve, stop_serve
 
 KEY = "bench"
@@ -39,8 +40,12 @@ def _example_requests(examples: Path, members: int) -> list[dict]:
     ids = folder.ids
     rows = [r for r in folder.requests("test") if r["kind"] == "binary" and r["candidate_ids"]]
     rows.sort(key=lambda r: len(r["candidate_ids"]) < 2)  # requests that rank several candidates first
-    return [{"task": r["task"], "member": ids.user("member", r["member_id"]),
-             "candidates": ids.users("item", r["candidate_ids"]), "at": int(r["timestamp"])} for r in rows[:members]]
+    return [{"task": r["task"], "member": ids.user(MEMBER, r["member_id"]),
+             "candidates": ids.users(ITEM, r["candidate_ids"]), "at": int(r["timestamp"])} for r in rows[:members]]
+
+
+def _candidates(bodies: list[dict]) -> int:
+    return sum(len(b["candidates"]) for b in bodies)
 
 
 def _rank_all(url: str, bodies: list[dict], headers: dict) -> tuple[list[dict], float]:
@@ -58,8 +63,8 @@ def _same_rankings(before: list[dict], after: list[dict]) -> dict:
     order = [[r["candidate"] for r in a["results"]] for a in before] == \
         [[r["candidate"] for r in a["results"]] for a in after]
     change = max((abs(x["score"] - y["score"]) for a, b in zip(before, after, strict=True)
-                  for x, y in zip(sorted(a["results"], key=lambda r: str(r["candidate"])),
-                                  sorted(b["results"], key=lambda r: str(r["candidate"])), strict=True)), default=0.0)
+                  for x, y in zip(sorted(a["results"], key=lambda r: r["index"]),
+                                  sorted(b["results"], key=lambda r: r["index"]), strict=True)), default=0.0)
     return {"rankings_identical": order, "max_score_change": float(f"{change:.3g}")}
 
 
@@ -97,7 +102,7 @@ def bench_serve(model: str = "smollm2", world: str = "runs/quickstart/world", k:
         finally:
             stop_serve(proc)
         result["runs"]["vllm_prefix_cache_on" if caching else "vllm_prefix_cache_off"] = {
-            "seconds": round(seconds, 2), "candidates_per_s": round(k * len(bodies) / seconds, 2)}
+            "seconds": round(seconds, 2), "candidates_per_s": round(_candidates(bodies) / seconds, 2)}
     result["mean_prompt_tokens"] = round(float(np.mean(prompt_tokens)), 1)
     result["runs"]["hf_multi_item"] = _hf(model, bodies, examples, None if examples else Path(world))
     on, off = result["runs"]["vllm_prefix_cache_on"], result["runs"]["vllm_prefix_cache_off"]
@@ -124,7 +129,6 @@ def _hf(model: str, bodies: list[dict], examples: str | None, world: Path | None
                       catalog=catalog, default_style=style)
     lm, tok = load_model(model, device="cpu", dtype="auto")  # eval's precision (bf16 where the CPU has it)
     scorer = HFScorer(lm, tok, mode="multi", catalog=svc.catalog)
-    k = sum(len(b["candidates"]) for b in bodies) / max(len(bodies), 1)
     rows = []
     for body in bodies:
         task, p = svc.prompt(RankRequest(**body))
@@ -136,5 +140,5 @@ def _hf(model: str, bodies: list[dict], examples: str | None, world: Path | None
         scorer.score(rows)
         times.append(time.perf_counter() - start)
     seconds = float(np.median(times))
-    return {"seconds": round(seconds, 2), "candidates_per_s": round(k * len(rows) / seconds, 2),
+    return {"seconds": round(seconds, 2), "candidates_per_s": round(_candidates(bodies) / seconds, 2),
             "dtype": describe(lm.dtype), "timing": "median of 3 after a warm-up"}

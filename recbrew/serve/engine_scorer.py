@@ -29,12 +29,11 @@ from recbrew.serve.protocol import RankError
 SCORING_ENV = "RECBREW_ENGINE_SCORING"
 
 
-def _detail(resp: httpx.Response) -> str:
-    if resp.headers.get("content-type", "").startswith("application/json"):
-        body = resp.json()
-        error = body.get("error") if isinstance(body, dict) else None
-        return (error.get("message") if isinstance(error, dict) else None) or str(body.get("message") or body)
-    return resp.text
+def _engine_error(resp: httpx.Response) -> RankError:
+    """A failed engine answer as the gateway's error: 502 for the engine's own failures, 400 for the request's."""
+    detail = resp.json().get("error", {}).get("message", resp.text) if resp.headers.get(
+        "content-type", "").startswith("application/json") else resp.text
+    return RankError(502 if resp.status_code >= 500 else 400, f"vLLM: {detail}")
 
 
 class EngineScorer:
@@ -75,7 +74,7 @@ class EngineScorer:
             if self.native is None:  # an engine without the route (older vLLM): completions from now on
                 self.native = False
                 return None
-            raise RankError(502 if resp.status_code >= 500 else 400, f"vLLM: {_detail(resp)}")
+            raise _engine_error(resp)
         self.native = True
         data = sorted(resp.json()["data"], key=lambda d: d["index"])
         return np.array([d["score"] for d in data], dtype=np.float64)
@@ -84,7 +83,7 @@ class EngineScorer:
         """One `/v1/completions` call; transport failures and engine errors become `RankError`."""
         resp = await self._post("/v1/completions", {"model": self.served_model, **body})
         if resp.status_code != 200:
-            raise RankError(502 if resp.status_code >= 500 else 400, f"vLLM: {_detail(resp)}")
+            raise _engine_error(resp)
         return resp.json()
 
     def _ids(self, row: dict) -> tuple[list[int], list[list[int]]]:

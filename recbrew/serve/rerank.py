@@ -12,7 +12,7 @@ import uuid
 
 import numpy as np
 
-from recbrew.data.ids import ITEM
+from recbrew.data.ids import ITEM, IdMap
 from recbrew.serve.protocol import RankError, RankRequest, RerankRequest, RerankResponse, RerankResult
 from recbrew.tasks.spec import Kind, TaskSpec
 
@@ -34,16 +34,16 @@ def rerank_task(catalog: dict[str, TaskSpec], name: str | None) -> TaskSpec:
     return task
 
 
-def rank_request(req: RerankRequest, task: TaskSpec, integer_items: bool = False) -> RankRequest:
-    """The `/v1/rank` request a rerank request stands for. ``integer_items``: the served Corpus's item ids are
-    integers, so a document string of digits (rerank clients send only strings) is that integer."""
+def rank_request(req: RerankRequest, task: TaskSpec, ids: IdMap) -> RankRequest:
+    """The `/v1/rank` request a rerank request stands for. Rerank clients send documents as strings only: with
+    ``documents_are_ids`` each is read as an item id of the served Corpus (``ids``: its id spaces)."""
     candidates = []
     for i, doc in enumerate(req.documents):
         if isinstance(doc, str):
             if not req.documents_are_ids:
                 candidates.append(_item(task, doc))
             else:
-                candidates.append(int(doc) if integer_items and doc.isascii() and doc.isdigit() else doc)
+                candidates.append(ids.from_text(ITEM, doc))
         elif doc.id is not None and doc.text is None:
             candidates.append(doc.id)
         elif doc.text is not None and doc.id is None:
@@ -67,7 +67,7 @@ def _item(task: TaskSpec, text: str) -> dict:
 async def rerank(service, req: RerankRequest) -> RerankResponse:
     """Rank ``req``'s documents with ``service`` (a `RankService`); the best ``top_n`` first."""
     task = rerank_task(service.catalog, req.task)
-    _, prompt, probs = await service.scored(rank_request(req, task, integer_items=not service.ids.mapped(ITEM)))
+    _, prompt, probs = await service.scored(rank_request(req, task, service.ids))
     order = np.argsort(-probs, kind="stable")[: req.top_n]
     results = []
     for j in order:
