@@ -107,12 +107,33 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _same_requests(name: str, path: Path, requests: Sequence[dict], tasks: Sequence[str] | None,
+                   tasks_dir: str | Path | None) -> tuple[Path, list[dict], dict]:
+    """A model's own examples folder: its test requests in the order of ``requests`` (the same ids, candidates
+    and labels, or one error line), and its catalog."""
+    from recbrew.examples.folder import Examples
+
+    folder = Examples.open(path)
+    theirs = {r["request_id"]: r for r in folder.requests("test", tasks)}
+    out = []
+    for r in requests:
+        other = theirs.get(r["request_id"])
+        if other is None or list(other["candidate_ids"]) != list(r["candidate_ids"]) \
+                or list(other["labels"]) != list(r["labels"]):
+            what = "lacks" if other is None else "has other candidates or labels in"
+            raise UserError(f"--model-examples {name}={path}: it {what} test request {r['request_id']}; build both "
+                            "folders from the same corpus with the same split options")
+        out.append(other)
+    return path, out, folder.catalog(tasks_dir)
+
+
 def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[str], out_dir: str | Path, *,
              tasks: Sequence[str] | None = None, k: int = 3, bootstrap: int = 200, seed: int = 0,
              use_cache: bool = True, max_new_tokens: int = 16, progress: bool = True, device: str | None = None,
              include_oracle: bool = True, unit: str = "auto", min_positives: int = 20,
              reference: str | None = None, tasks_dir: str | Path | None = None,
-             max_per_task: int | None = None, fusions: Mapping[str, Sequence[str]] | None = None) -> EvalResult:
+             max_per_task: int | None = None, fusions: Mapping[str, Sequence[str]] | None = None,
+             model_examples: Mapping[str, str | Path] | None = None) -> EvalResult:
     """Score ``models`` ({name: spec or Scorer}, or a list of specs) on the test split and write the reports.
 
     With ``include_oracle`` the oracle joins as a reference when every request carries true probabilities.
@@ -123,6 +144,9 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
     ``max_per_task`` scores only the first N test requests of each task (quick looks, sweeps).
     ``fusions`` ({name: [model, model, ...]}) adds rows that score each candidate by the mean of those models'
     logits (a reference for what a score blend gives; no model is run twice).
+    ``model_examples`` ({name: examples folder}) lets a model read its prompts and structured views from another
+    examples folder built from the same corpus and split (a prompt ablation: the same test requests, candidates
+    and labels, checked, with other prompt contents); the comparison stays paired.
     """
     cfg = CompareConfig(k=k, bootstrap=bootstrap, seed=seed, unit=unit, min_positives=min_positives)
     cfg.check()
@@ -158,6 +182,11 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
         if name in names or not parts or any(p not in names for p in parts):
             raise UserError(f"fusion {name!r}: its models ({', '.join(parts) or 'none'}) must be among the models "
                             f"({', '.join(names)}) and its name must be new")
+    unknown = sorted(set(model_examples or {}) - set(names))
+    if unknown:
+        raise UserError(f"--model-examples names {', '.join(unknown)}, not among the models: {', '.join(names)}")
+    own = {name: _same_requests(name, Path(path), requests, tasks, tasks_dir)
+           for name, path in (model_examples or {}).items()}
     if reference is not None and reference not in names + list(fusions or {}):  # before minutes of scoring
         raise UserError(f"reference model {reference!r} is not among the models: "
                         f"{', '.join(m.name for m in entries)}")
@@ -167,18 +196,22 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
                  "max_new_tokens": max_new_tokens}
     scores, generations, run_info = {}, {}, []
     for m in entries:
-        path = cache_path(out, m, key_parts) if use_cache else None
+        m_examples, m_requests, m_catalog, m_key = examples, requests, catalog, key_parts
+        if m.name in own:
+            m_examples, m_requests, m_catalog = own[m.name]
+            m_key = {**key_parts, "examples": examples_fingerprint(m_examples)}
+        path = cache_path(out, m, m_key) if use_cache else None
         got = load_cached(path, table)
         if got is None:
-            got = run_model(m, requests, table, examples=examples, max_new_tokens=max_new_tokens, progress=progress,
-                            device=device, catalog=catalog)
+            got = run_model(m, m_requests, table, examples=m_examples, max_new_tokens=max_new_tokens,
+                            progress=progress, device=device, catalog=m_catalog)
             save_cached(path, table, got)
             m.release()
         scores[m.name] = got.scores
         generations[m.name] = got.generations if (m.can_generate or got.generations) else None
         run_info.append({"name": m.name, "spec": m.spec or type(m.scorer).__name__, "kind": m.kind,
                          "fingerprint": (m.fingerprint or "-")[:12], "cached": got.cached,
-                         "seconds": round(got.seconds, 3)})
+                         "seconds": round(got.seconds, 3), **({"examples": str(m_examples)} if m.name in own else {})})
 
     for name, parts in (fusions or {}).items():
         scores[name], generations[name] = fuse_logits([scores[p] for p in parts]), None

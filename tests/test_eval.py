@@ -146,6 +146,31 @@ def test_cache_is_reused_and_invalidated_when_the_model_changes(report, world):
     assert not [p for p in (world / "out").rglob(".*tmp*")]  # no leftovers of the write-aside-then-rename
 
 
+def test_a_model_reads_its_prompts_from_its_own_examples_folder(report, world, tmp_path):
+    """`--model-examples`: the same test requests with other prompts (here the prose style) — the model is scored on
+    those prompts and compared paired with the others; a folder of other requests is refused."""
+    from recbrew.examples.build import BuildConfig, build_examples
+
+    build_examples(world / "world", tmp_path / "prose", BuildConfig(tasks=TASKS, test_days=4, gap_days=1, max_train=60,
+                                                                    max_test=10, tokenizer="none", style="prose"),
+                   progress=False)
+    models = {"lm": str(world / "tiny"), "lm_prose": str(world / "tiny")}
+    both = run_eval(world / "ex", models, tmp_path / "out", bootstrap=20, progress=False, include_oracle=False,
+                    model_examples={"lm_prose": tmp_path / "prose"})
+    alone = run_eval(tmp_path / "prose", {"lm": str(world / "tiny")}, tmp_path / "alone", bootstrap=0,
+                     progress=False, include_oracle=False)
+    assert both.meta["models"][1]["examples"] == str(tmp_path / "prose")
+    lm, prose = (both.results["tasks"]["feed_like"]["models"][n]["auc"] for n in ("lm", "lm_prose"))
+    assert prose == alone.results["tasks"]["feed_like"]["models"]["lm"]["auc"] and prose != lm
+    build_examples(world / "world", tmp_path / "fewer", BuildConfig(tasks=TASKS, test_days=4, gap_days=1,
+                                                                    max_train=60, max_test=5, tokenizer="none"),
+                   progress=False)
+    with pytest.raises(UserError, match="(lacks|has other candidates or labels in) test request"):
+        run_eval(world / "ex", models, tmp_path / "bad", progress=False, model_examples={"lm_prose": tmp_path / "fewer"})
+    with pytest.raises(UserError, match="not among the models"):
+        run_eval(world / "ex", models, tmp_path / "bad", progress=False, model_examples={"other": tmp_path / "prose"})
+
+
 def test_parse_models_and_errors(world):
     assert parse_models("oracle,pop=popularity, runs/x/lirank/") == {
         "oracle": "oracle", "pop": "popularity", "lirank": "runs/x/lirank/"}

@@ -123,6 +123,56 @@ def test_the_prompt_says_the_counts(corpus, view, task):
     assert f"ratings so far: {s['n']}, {s['share']}% liked" in prompt.segments[0]
     liked = ", ".join(f"{f['liked']} same {f['word']}" for f in s["facets"] if f["liked"] is not None)
     assert f"your last {s['facets'][0]['of_liked']} liked: {liked}" in prompt.segments[0]
+    assert f"members with your taste: {s['taste_n']} ratings so far, {s['taste_share']}% liked" in prompt.segments[0]
+    assert f"estimate for you: {s['estimate']}%, {s['estimate_word']}" in prompt.segments[0]
+
+
+def test_taste_equals_a_brute_force_reference(corpus, view, task):
+    """The members of the same taste: every other member whose action before the moment agrees (same movie, same
+    outcome) with one of the member's last 30 liked or 30 disliked movies, weighted by the agreeing actions; their
+    weighted liked share of the candidate counts only their ratings before the moment."""
+    r = _rows(corpus)
+    rng = np.random.default_rng(1)
+    seen = 0
+    for i in rng.choice(len(r["ts"]), size=12, replace=False):
+        member, t = int(r["member"][i]), int(r["ts"][i])
+        before = r["ts"] < t
+        weights: dict[int, int] = {}
+        for side in ("like", "dislike"):
+            mine = np.flatnonzero(before & (r["member"] == member) & (r["action"] == side))
+            mine = mine[np.lexsort((mine, r["ts"][mine]))][-30:]
+            for item in r["item"][mine]:
+                agree = before & (r["item"] == item) & (r["action"] == side) & (r["member"] != member)
+                for other in r["member"][agree]:
+                    weights[int(other)] = weights.get(int(other), 0) + 1
+        for cand in rng.choice(r["item"][before], size=3):
+            rated = np.flatnonzero(before & (r["item"] == cand))
+            w = np.array([weights.get(int(m), 0) for m in r["member"][rated]], float)
+            liked = r["action"][rated] == "like"
+            s = view.candidate_stats(member, int(cand), t, task)
+            assert s["taste_n"] == int((w > 0).sum())
+            assert s["taste_share"] == (None if w.sum() == 0 else int(round(100 * w[liked].sum() / w.sum())))
+            seen += w.sum() > 0
+    assert seen >= 10
+
+
+def test_the_estimate_shrinks_each_share_toward_its_reference():
+    from recbrew.verbalize.stats import estimate, likelihood_word
+
+    def logit(p):
+        return np.log(p / (1 - p))
+
+    # the log: 60 % positive; the item: 8 of 10; the member: 1 of 10; taste: weight 20, 15 positive
+    g, k = 0.6, 10
+    p_item = (8 + k * g) / (10 + k)
+    want = logit(p_item) + logit((1 + k * g) / (10 + k)) - logit(g) + logit((15 + k * p_item) / (20 + k)) - logit(p_item)
+    got = estimate((10, 8), (10, 1), (1000, 600), (20.0, 15.0), k)
+    assert got == pytest.approx(1 / (1 + np.exp(-want)))
+    # nothing known about item or member: the log's share
+    assert estimate((0, 0), (0, 0), (1000, 600), (0.0, 0.0), k) == pytest.approx(0.6)
+    assert estimate((3, 3), None, (0, 0), None, k) is None
+    assert [likelihood_word(p) for p in (0.9, 0.75, 0.6, 0.5, 0.35, 0.2, 0.05)] == [
+        "very likely", "likely", "rather likely", "even", "rather unlikely", "unlikely", "very unlikely"]
 
 
 def test_a_task_without_stats_shows_and_computes_none(view, task):
@@ -137,8 +187,11 @@ def test_dense_vector_for_the_classic_rankers():
                                               {"liked": None, "of_liked": 4, "disliked": None, "of_disliked": 2}]}
     v = dense_vector(member, cand)
     assert len(v) == STATS_DIM
-    assert v[:4] == [0.0, 0.5, pytest.approx(np.log1p(9) / 5), pytest.approx(1 / 3)]
-    assert v[4:8] == [0.5, 0.5, 0.0, 0.0]
+    assert v[:6] == [0.0, 0.5, pytest.approx(np.log1p(9) / 5), pytest.approx(1 / 3), 0.0, 0.0]
+    assert v[6:10] == [0.5, 0.5, 0.0, 0.0]
+    v = dense_vector(member, {**cand, "taste_n": 3, "taste_share": 80, "estimate": 61})
+    assert v[4:6] == [0.8, 0.61]
+    assert dense_vector(member, {**cand, "taste_n": 0, "taste_share": None, "estimate": None})[4:6] == [0.5, 0.0]
     assert dense_vector(None, None) == [0.0] * STATS_DIM
 
 

@@ -55,6 +55,12 @@ def evaluate(
                                                    "examples).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Write the report into a non-empty --out (its cached "
                                         "scores are reused unless --no-cache).")] = False,
+    model_examples: Annotated[str | None, typer.Option("--model-examples", help="Comma-separated NAME=DIR: that "
+                                                       "model reads its prompts from another examples folder of the "
+                                                       "same corpus and split (a prompt ablation; the test "
+                                                       "requests must be the same).")] = None,
+    fusion: Annotated[str | None, typer.Option("--fusion", help="Comma-separated NAME=A+B: a row scoring each "
+                                               "candidate by the mean of those models' logits.")] = None,
 ) -> None:
     """Run every model on the same test requests: per-task metrics with intervals, slices, report."""
     if ctx.invoked_subcommand is not None:
@@ -69,12 +75,25 @@ def evaluate(
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"{out} already exists and is not empty; pass --force to write the report over it "
                         "(the scores cached in it are reused)")
+    own = {}
+    for part in _split(model_examples) or []:
+        name, sep, folder = part.partition("=")
+        if not sep or not name.strip() or not folder.strip():
+            raise UserError(f"--model-examples {part!r}: write NAME=DIR, e.g. text-only=runs/ex-text")
+        own[name.strip()] = Path(folder.strip())
+    fusions = {}
+    for part in _split(fusion) or []:
+        name, sep, members = part.partition("=")
+        parts = [p.strip() for p in members.split("+") if p.strip()]
+        if not sep or not name.strip() or len(parts) < 2:
+            raise UserError(f"--fusion {part!r}: write NAME=A+B, e.g. blend=llm+lirank")
+        fusions[name.strip()] = parts
     from recbrew.eval.run import run_eval
     from recbrew.eval.scorers import parse_models
 
     result = run_eval(examples, parse_models(models), out, tasks=_split(tasks), k=k, bootstrap=resamples, seed=seed,
                       use_cache=cache, progress=progress, include_oracle=oracle, tasks_dir=tasks_dir, unit=unit,
-                      reference=reference)
+                      reference=reference, model_examples=own, fusions=fusions)
     typer.echo(result.table())
     typer.echo(f"wrote {result.paths['html']}, {result.paths['md'].name}, {result.paths['json'].name}, "
                f"{result.paths['scores'].name}")

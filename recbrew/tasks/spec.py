@@ -116,7 +116,15 @@ class Stats(_Strict):
     facets: list[StatFacet] = Field(default_factory=list, description="per facet: how many of the member's last "
                                                                       "`recent` positive and negative actions share "
                                                                       "the candidate's value")
-    recent: int = Field(30, ge=1, le=500, description="positive (and negative) actions the facets look back on")
+    recent: int = Field(30, ge=1, le=500, description="positive (and negative) actions the facets and the taste "
+                                                      "look back on")
+    taste: bool = Field(False, description="collaborative: the members whose earlier actions agree with the member's "
+                                           "last `recent` positive and negative ones, and their weighted positive "
+                                           "share on the candidate so far")
+    estimate: bool = Field(False, description="one probability from the candidate's, the member's and the taste "
+                                              "shares so far (shrunk, no trained parameter), in % and in words")
+    shrink: float = Field(10.0, ge=0, le=1000, description="pseudo-interactions each share of the estimate is "
+                                                           "shrunk toward its reference with")
     #: How the prompt names the counted interactions and their outcome ("ratings", "liked", "disliked").
     noun: str = Field("interactions", pattern=r"^[a-z][a-z ]*$")
     positive_word: str = Field("positive", pattern=r"^[a-z][a-z ]*$")
@@ -132,7 +140,7 @@ class Stats(_Strict):
 
     @property
     def any(self) -> bool:
-        return self.candidate or self.member or bool(self.facets)
+        return self.candidate or self.member or bool(self.facets) or self.taste or self.estimate
 
 
 class Generative(_Strict):

@@ -21,7 +21,7 @@ from recbrew.data.schema import ITEMS, MEMBERS, NO_ACTION
 from recbrew.tasks.spec import TaskSpec
 from recbrew.verbalize.neutralize import neutralize
 from recbrew.verbalize.render import HistoryEntry
-from recbrew.verbalize.stats import AsOfStats, FacetSpec, compare_word, share
+from recbrew.verbalize.stats import AsOfStats, FacetSpec, compare_word, estimate, likelihood_word, share
 
 DAY = 86_400
 _MEMBER_FIELDS = [c.name for c in MEMBERS.columns if c.name not in ("member_id", "company_id", "joined_at")]
@@ -286,14 +286,27 @@ class CorpusView:
         stats = self.stats(task)
         if stats is None:
             return None
+        spec = task.stats
         out: dict = {"n": None, "positive": None, "share": None, "vs_all": None, "vs_member": None, "facets": [],
+                     "taste_n": None, "taste_share": None, "estimate": None, "estimate_word": None,
                      **_stat_words(task)}
-        if task.stats.candidate:
-            n, positive = stats.item(int(item_id), int(t))
+        item, member = stats.item(int(item_id), int(t)), stats.member(int(member_id), int(t))
+        if spec.candidate:
+            n, positive = item
             out.update(n=n, positive=positive, share=share(positive, n),
                        vs_all=compare_word(n, positive, *stats.overall(int(t))))
-            if task.stats.member:
-                out["vs_member"] = compare_word(n, positive, *stats.member(int(member_id), int(t)))
+            if spec.member:
+                out["vs_member"] = compare_word(n, positive, *member)
+        taste = None
+        if spec.taste or spec.estimate:
+            raters, weight, positive_weight = stats.taste(int(member_id), int(item_id), int(t))
+            taste = (weight, positive_weight)
+            if spec.taste:
+                out.update(taste_n=raters,
+                           taste_share=None if weight == 0 else int(round(100 * positive_weight / weight)))
+        if spec.estimate:
+            p = estimate(item, member, stats.overall(int(t)), taste, spec.shrink)
+            out.update(estimate=None if p is None else int(round(100 * p)), estimate_word=likelihood_word(p))
         if stats.facets:
             key = (int(member_id), int(t), id(stats))
             recent = self._recent.get(key)

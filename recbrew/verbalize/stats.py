@@ -6,7 +6,12 @@ A task declares them in its YAML (``stats:``, see `recbrew.tasks.spec.Stats`):
 - **candidate**: how many labelled interactions the item had before the moment, and the positive share of them;
 - **member**: the same for the member;
 - **facets**: per declared item field (genres, decade, industry, ...), how many of the member's last N positive
-  and last N negative actions were on items sharing a value with the candidate.
+  and last N negative actions were on items sharing a value with the candidate;
+- **taste** (collaborative): the members whose earlier actions agree with the member's last N positive and N
+  negative ones (each weighted by how many agree), and the weighted positive share of those who acted on the
+  candidate before the moment;
+- **estimate**: one probability from all of the above, without trained parameters (a shrunk baseline predictor:
+  the candidate's share shrunk toward the log's, shifted by the member's own share and by the taste share).
 
 Positive and negative come from the task's label (``label.positive`` / ``label.negatives``), so a rating log
 (like / dislike) and an impression log (apply / none) both work. Every count uses interactions strictly before
@@ -25,8 +30,9 @@ import numpy as np
 
 from recbrew.data.corpus import Corpus
 
-#: The dense vector a classic ranker reads per candidate: log counts, shares, and the facet shares.
-DENSE_BASE = ("log_item_n", "item_share", "log_member_n", "member_share")
+#: The dense vector a classic ranker reads per candidate: log counts, shares, taste share and estimate, and the
+#: facet shares.
+DENSE_BASE = ("log_item_n", "item_share", "log_member_n", "member_share", "taste_share", "estimate")
 #: Facets carried in the dense vector (positive and negative share each); more facets are summed into the last.
 DENSE_FACETS = 3
 STATS_DIM = len(DENSE_BASE) + 2 * DENSE_FACETS
@@ -88,6 +94,11 @@ class AsOfStats:
         o = np.lexsort((ts, item))
         self._i_key, self._i_ts = item[o], ts[o]
         self._i_cum = np.r_[0, np.cumsum(pos[o])]
+        self._i_member, self._i_pos = member[o], pos[o]
+        # By (item, time) for positive and negative actions apart: who agreed with an action before a moment.
+        self._agree = {}
+        for name, mask in (("pos", pos[o]), ("neg", ~pos[o])):
+            self._agree[name] = (self._i_key[mask], self._i_ts[mask], member[o][mask])
         # By (member, time): the member's counts, and their positive / negative rows for the facets.
         o = np.lexsort((ts, member))
         self._m_key, self._m_ts = member[o], ts[o]
@@ -96,6 +107,7 @@ class AsOfStats:
         self._side = {}
         for name, mask in (("pos", m_pos), ("neg", ~m_pos)):
             self._side[name] = (self._m_key[mask], self._m_ts[mask], m_item[mask])
+        self._neighbours: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         # Facet bit sets per item row; item ids -> rows.
         items = corpus.items
         self._item_ids = items["item_id"].to_numpy()
@@ -142,6 +154,40 @@ class AsOfStats:
             out[name] = rows[rows >= 0]
         return out
 
+    def neighbours(self, member_id: int, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """(member ids sorted, weights): every other member with an action before ``t`` that agrees with one of the
+        member's last ``recent`` positive or negative actions before ``t`` (same item, same outcome); the weight
+        counts the agreeing actions."""
+        key = (int(member_id), int(t))
+        hit = self._neighbours.get(key)
+        if hit is not None:
+            return hit
+        found = []
+        for name, (keys, times, items) in self._side.items():
+            lo, hi = self._before(keys, times, member_id, t)
+            a_key, a_ts, a_member = self._agree[name]
+            for item in items[max(lo, hi - self.recent):hi]:
+                i_lo, i_hi = self._before(a_key, a_ts, int(item), t)
+                found.append(a_member[i_lo:i_hi])
+        ids, weights = np.unique(np.concatenate(found) if found else np.array([], np.int64), return_counts=True)
+        keep = ids != member_id
+        hit = ids[keep], weights[keep].astype(np.float64)
+        if len(self._neighbours) > 4096:
+            self._neighbours.clear()
+        self._neighbours[key] = hit
+        return hit
+
+    def taste(self, member_id: int, item_id: int, t: int) -> tuple[int, float, float]:
+        """(neighbours who acted on the item before ``t``, their summed weight, the weight of the positive ones)."""
+        ids, weights = self.neighbours(member_id, t)
+        lo, hi = self._before(self._i_key, self._i_ts, item_id, t)
+        raters, pos = self._i_member[lo:hi], self._i_pos[lo:hi]
+        if not len(ids) or not len(raters):
+            return 0, 0.0, 0.0
+        at = np.minimum(np.searchsorted(ids, raters), len(ids) - 1)
+        w = np.where(ids[at] == raters, weights[at], 0.0)
+        return int((w > 0).sum()), float(w.sum()), float(w[pos].sum())
+
     def facet_counts(self, recent: dict[str, np.ndarray], item_id: int) -> list[dict]:
         """Per facet: how many of the recent positive / negative items (``recent_items``) share a value with the
         candidate."""
@@ -177,12 +223,53 @@ def compare_word(n: int, positives: int, ref_n: int, ref_positives: int) -> str 
     return next(word for bound, word in COMPARISON if ratio >= bound)
 
 
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-3), 1 - 1e-3)
+    return float(np.log(p / (1 - p)))
+
+
+def estimate(item: tuple[int, int], member: tuple[int, int] | None, overall: tuple[int, int],
+             taste: tuple[float, float] | None, shrink: float) -> float | None:
+    """The probability of a positive action from as-of-time counts alone, with no trained parameter: the item's
+    positive share shrunk toward the log's by ``shrink`` pseudo-interactions, plus the member's shrunk share's
+    offset from the log's (logits), plus the offset of the taste share (the neighbours' weighted share, shrunk
+    toward the item's) from the item's. ``item``, ``member``, ``overall``: (interactions, positives); ``taste``:
+    (weight, positive weight). None before the log has any positive interaction."""
+    n, positives = overall
+    if n == 0 or positives in (0, n):
+        return None
+    g = positives / n
+    p_item = (item[1] + shrink * g) / (item[0] + shrink)
+    logit = _logit(p_item)
+    if member is not None:
+        logit += _logit((member[1] + shrink * g) / (member[0] + shrink)) - _logit(g)
+    if taste is not None and taste[0] > 0:
+        logit += _logit((taste[1] + shrink * p_item) / (taste[0] + shrink)) - _logit(p_item)
+    return float(1 / (1 + np.exp(-logit)))
+
+
+#: The estimate in words, at or above each probability bound (from the top).
+LIKELIHOOD = ((0.85, "very likely"), (0.7, "likely"), (0.57, "rather likely"), (0.43, "even"),
+              (0.3, "rather unlikely"), (0.15, "unlikely"), (0.0, "very unlikely"))
+
+
+def likelihood_word(p: float | None) -> str | None:
+    return None if p is None else next(word for bound, word in LIKELIHOOD if p >= bound)
+
+
 def dense_vector(member: dict | None, candidate: dict | None) -> list[float]:
     """The STATS_DIM floats a classic ranker reads for one candidate (zeros for what is not declared)."""
     out = [0.0] * STATS_DIM
     if candidate:
-        out[0] = float(np.log1p(candidate["n"]) / 5)
-        out[1] = (candidate["positive"] / candidate["n"]) if candidate["n"] else 0.5
+        if candidate["n"] is not None:
+            out[0] = float(np.log1p(candidate["n"]) / 5)
+            out[1] = (candidate["positive"] / candidate["n"]) if candidate["n"] else 0.5
+        if candidate.get("taste_share") is not None:
+            out[4] = candidate["taste_share"] / 100
+        elif candidate.get("taste_n") is not None:
+            out[4] = 0.5
+        if candidate.get("estimate") is not None:
+            out[5] = candidate["estimate"] / 100
     if member:
         out[2] = float(np.log1p(member["n"]) / 5)
         out[3] = (member["positive"] / member["n"]) if member["n"] else 0.5
