@@ -140,16 +140,23 @@ class AnswerOnlyTopLayer:
         kv_heads = keys.shape[2]
         groups = query.shape[1] // kv_heads
         query = query.view(len(rows), kv_heads, groups, d)
-        # One sequence (scoring): every query reads the same keys, so none are copied per query.
-        k_rows, v_rows = (keys[0], values[0]) if batch == 1 else (keys[rows], values[rows])  # [(M,) T, Hkv, d]
-        pattern = "tkd" if batch == 1 else "mtkd"
-        scores = torch.einsum(f"mkgd,{pattern}->mkgt", query, k_rows).float() * attn.scaling
         # Batches are right-padded, so the keys a query may see never include padding: causal (or the
         # multi-item layout) is the whole mask.
         allowed = allowed_keys(rows, cols, width, kwargs.get("multi_item"))
-        scores = scores.masked_fill(~allowed[:, None, None, :], float("-inf"))
-        weights = torch.softmax(scores, dim=-1).to(v_rows.dtype)
-        out = torch.einsum(f"mkgt,{pattern}->mkgd", weights, v_rows).reshape(len(rows), -1)
+        # The queries of each sequence read that sequence's keys in place: gathering the keys per query would copy
+        # [M, T] keys and values, which on long packed sequences costs more than the rest of the layer.
+        parts = []
+        for b in range(batch):
+            sel = torch.nonzero(rows == b).squeeze(1)
+            if len(sel):
+                scores = torch.einsum("mkgd,tkd->mkgt", query[sel], keys[b]).float() * attn.scaling
+                scores = scores.masked_fill(~allowed[sel][:, None, None, :], float("-inf"))
+                weights = torch.softmax(scores, dim=-1).to(values.dtype)
+                parts.append((sel, torch.einsum("mkgt,tkd->mkgd", weights, values[b])))
+        out = query.new_empty(query.shape)
+        for sel, part in parts:
+            out = out.index_copy(0, sel, part)
+        out = out.reshape(len(rows), -1)
         h = hidden_states[rows, cols] + attn.o_proj(out)
         h = h + layer.mlp(layer.post_attention_layernorm(h))
         # Only the answer positions are read after this layer; the others keep their input.
