@@ -291,10 +291,10 @@ class CorpusView:
                      "taste_n": None, "taste_share": None, "estimate": None, "estimate_word": None,
                      **_stat_words(task)}
         item, member = stats.item(int(item_id), int(t)), stats.member(int(member_id), int(t))
+        overall = stats.overall(int(t))
         if spec.candidate:
             n, positive = item
-            out.update(n=n, positive=positive, share=share(positive, n),
-                       vs_all=compare_word(n, positive, *stats.overall(int(t))))
+            out.update(n=n, positive=positive, share=share(positive, n), vs_all=compare_word(n, positive, *overall))
             if spec.member:
                 out["vs_member"] = compare_word(n, positive, *member)
         taste = None
@@ -305,7 +305,7 @@ class CorpusView:
                 out.update(taste_n=raters,
                            taste_share=None if weight == 0 else int(round(100 * positive_weight / weight)))
         if spec.estimate:
-            p = estimate(item, member, stats.overall(int(t)), taste, spec.shrink)
+            p = estimate(item, member, overall, taste, spec.shrink)
             out.update(estimate=None if p is None else int(round(100 * p)), estimate_word=likelihood_word(p))
         if stats.facets:
             key = (int(member_id), int(t), id(stats))
