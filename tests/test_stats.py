@@ -110,7 +110,12 @@ def test_rows_at_or_after_the_moment_change_nothing(corpus, task):
     assert any(sum(n) > 0 for _, _, n in prompts[0])
 
 
+def _showing_all(task):
+    return task.model_copy(update={"stats": task.stats.model_copy(update={"show": None})})
+
+
 def test_the_prompt_says_the_counts(corpus, view, task):
+    task = _showing_all(task)
     r = _rows(corpus)
     i = int(np.argsort(r["ts"])[len(r["ts"]) // 2])
     member, t, cand = int(r["member"][i]), int(r["ts"][i]), int(r["item"][i])
@@ -125,6 +130,32 @@ def test_the_prompt_says_the_counts(corpus, view, task):
     assert f"your last {s['facets'][0]['of_liked']} liked: {liked}" in prompt.segments[0]
     assert f"members with your taste: {s['taste_n']} ratings so far, {s['taste_share']}% liked" in prompt.segments[0]
     assert f"estimate for you: {s['estimate']}%, {s['estimate_word']}" in prompt.segments[0]
+
+
+def test_the_prompt_shows_the_declared_parts_and_the_dense_features_keep_all(corpus, view, task):
+    """The shipped `movies_like` shows the taste and estimate lines only (`stats.show`); LiRank's dense features
+    are the same numbers as when the prompt shows every part."""
+    from recbrew.tasks.spec import Stats
+
+    assert task.stats.shown == ["taste", "estimate"]
+    r = _rows(corpus)
+    full = _showing_all(task)
+    for i in np.argsort(r["ts"])[len(r["ts"]) // 2::5000]:
+        member, t, cand = int(r["member"][i]), int(r["ts"][i]), int(r["item"][i])
+        c, c_all = view.candidate(member, cand, t, task), view.candidate(member, cand, t, full)
+        m, m_all = view.member_stats(member, t, task), view.member_stats(member, t, full)
+        prompt = Renderer(task).render(view.member(member), [c], view.history(member, t, task),
+                                       network={**view.network(member, t), "stats": m})
+        s = c["stats"]
+        lines = prompt.segments[0].splitlines()
+        assert f"members with your taste: {s['taste_n']} ratings so far, {s['taste_share']}% liked" in lines
+        assert f"estimate for you: {s['estimate']}%, {s['estimate_word']}" in lines
+        assert not any(line.startswith(("ratings so far", "your last")) for line in lines)
+        assert "ratings so far" not in prompt.prefix
+        assert dense_vector(m, s) == dense_vector(m_all, c_all["stats"])
+    with pytest.raises(ValueError, match=r"stats.show names \['member'\], which stats does not declare"):
+        Stats(taste=True, show=["member"])
+    assert Stats(candidate=True, taste=True, show=["taste", "candidate"]).shown == ["candidate", "taste"]
 
 
 def test_taste_equals_a_brute_force_reference(corpus, view, task):
@@ -222,7 +253,7 @@ def test_served_prompts_and_classic_scores_equal_the_examples(tmp_path, corpus, 
                     "at": row["timestamp"]}
             _, prompt = service.prompt(RankRequest(**body))
             assert (prompt.prefix, prompt.segments) == (row["prefix"], row["segments"])
-            assert "ratings so far" in prompt.prefix
+            assert "estimate for you: " in prompt.segments[0]
             resp = client.post("/v1/rank", json=body)
             assert resp.status_code == 200, resp.text
             served = {r["candidate"]: r["score"] for r in resp.json()["results"]}

@@ -98,6 +98,10 @@ class Social(_Strict):
     max_names: int = Field(3, ge=0, le=20)
 
 
+#: The parts of `Stats` a prompt can show (`Stats.show`).
+StatPart = Literal["facets", "candidate", "member", "taste", "estimate"]
+
+
 class StatFacet(_Strict):
     """An item field the member's recent actions are compared on (genres, decade, industry, ...)."""
 
@@ -125,6 +129,8 @@ class Stats(_Strict):
                                               "shares so far (shrunk, no trained parameter), in % and in words")
     shrink: float = Field(10.0, ge=0, le=1000, description="pseudo-interactions each share of the estimate is "
                                                            "shrunk toward its reference with")
+    show: list[StatPart] | None = Field(None, description="the parts the prompt shows (default: every declared one); "
+                                                          "the classic rankers' dense features keep them all")
     #: How the prompt names the counted interactions and their outcome ("ratings", "liked", "disliked").
     noun: str = Field("interactions", pattern=r"^[a-z][a-z ]*$")
     positive_word: str = Field("positive", pattern=r"^[a-z][a-z ]*$")
@@ -138,9 +144,30 @@ class Stats(_Strict):
             raise ValueError(f"unknown item field(s) {unknown} in stats.facets")
         return facets
 
+    @model_validator(mode="after")
+    def _shown_declared(self) -> "Stats":
+        if self.show is not None:
+            missing = [part for part in self.show if part not in self.declared]
+            if missing:
+                raise ValueError(f"stats.show names {missing}, which stats does not declare (declared: "
+                                 f"{self.declared or 'nothing'})")
+        return self
+
     @property
     def any(self) -> bool:
         return self.candidate or self.member or bool(self.facets) or self.taste or self.estimate
+
+    @property
+    def declared(self) -> list[str]:
+        """The declared parts, in the order the prompt shows them."""
+        return [part for part, on in (("facets", bool(self.facets)), ("candidate", self.candidate),
+                                      ("member", self.member), ("taste", self.taste), ("estimate", self.estimate))
+                if on]
+
+    @property
+    def shown(self) -> list[str]:
+        """The parts the prompt shows: ``show`` where given, else every declared one."""
+        return self.declared if self.show is None else [p for p in self.declared if p in self.show]
 
 
 class Generative(_Strict):

@@ -342,9 +342,10 @@ class CorpusView:
 
 
 def _stat_words(task: TaskSpec) -> dict:
-    """How the templates name the counted interactions and their outcomes (the task's ``stats`` words)."""
+    """How the templates name the counted interactions and their outcomes (the task's ``stats`` words), and which
+    parts they show (``show``; the numbers of the others stay for the dense features)."""
     spec = task.stats
-    return {"noun": spec.noun, "pos": spec.positive_word, "neg": spec.negative_word}
+    return {"noun": spec.noun, "pos": spec.positive_word, "neg": spec.negative_word, "show": spec.shown}
 
 
 def select_history(view: CorpusView, action: np.ndarray, surface: np.ndarray, ts: np.ndarray, item: np.ndarray,
