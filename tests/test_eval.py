@@ -188,6 +188,17 @@ def test_cli_eval_runs_on_its_own_options_and_reports_mistakes(world, capsys, cl
     assert code == 0 and "pop" in out and "report.html" in out
     doc = json.loads((world / "cli" / "report.json").read_text())
     assert sorted(doc["tasks"]) == ["events_register", "feed_like"] and doc["models"] == ["oracle", "pop"]
+    # Repeated options all count: none is dropped silently (the last one used to win).
+    code = cli_code("eval", "--models", "oracle", "--models", "pop=popularity", "--examples", world / "ex",
+                    "--out", world / "cli-rep", "--tasks", "feed_like", "--tasks", "events_register", "--bootstrap",
+                    "0", "--no-progress", "--fusion", "f1=oracle+pop", "--fusion", "f2=pop+oracle")
+    doc = json.loads((world / "cli-rep" / "report.json").read_text())
+    assert code == 0 and sorted(doc["tasks"]) == ["events_register", "feed_like"]
+    assert doc["models"] == ["oracle", "pop", "f1", "f2"]
+    capsys.readouterr()
+    assert cli_code("eval", "--models", "oracle", "--examples", world / "ex", "--out", world / "cli2",
+                    "--model-examples", "oracle=a", "--model-examples", "oracle=b") == 2
+    assert "error: --model-examples names 'oracle' twice (a and b)" in capsys.readouterr().err
     assert cli_code("eval", "--models", "oracle", "--out", world / "cli2") == 2
     assert "error: missing --examples" in capsys.readouterr().err
     assert cli_code("eval", "--models", "nothing-here", "--examples", world / "ex", "--out", world / "cli2") == 2

@@ -14,8 +14,25 @@ app = typer.Typer(help="Score every model on the same test requests and write th
                   no_args_is_help=True, invoke_without_command=True)
 
 
-def _split(values: str | None) -> list[str] | None:
-    return [v.strip() for v in values.split(",") if v.strip()] if values else None
+def _split(values: str | list[str] | None) -> list[str] | None:
+    """Comma-separated items; a repeatable option's occurrences all count (none is dropped)."""
+    if not values:
+        return None
+    return [v.strip() for value in ([values] if isinstance(values, str) else values)
+            for v in value.split(",") if v.strip()] or None
+
+
+def _named(option: str, values: list[str] | None, example: str) -> dict[str, str]:
+    """``NAME=VALUE`` items of a repeatable option, each name once."""
+    out: dict[str, str] = {}
+    for part in _split(values) or []:
+        name, sep, value = (x.strip() for x in part.partition("="))
+        if not sep or not name or not value:
+            raise UserError(f"{option} {part!r}: write NAME=VALUE, e.g. {example}")
+        if name in out:
+            raise UserError(f"{option} names {name!r} twice ({out[name]} and {value})")
+        out[name] = value
+    return out
 
 
 def bootstrap_option(value: str) -> tuple[str, int]:
@@ -33,11 +50,13 @@ def bootstrap_option(value: str) -> tuple[str, int]:
 @app.callback()
 def evaluate(
     ctx: typer.Context,
-    models: Annotated[str | None, typer.Option("--models", help="Comma-separated SPEC or NAME=SPEC: oracle, popularity, "
-                                               "a baseline folder, smollm2, a recbrew-tiny/HF/LoRA folder.")] = None,
+    models: Annotated[list[str] | None, typer.Option("--models", help="Comma-separated SPEC or NAME=SPEC: oracle, "
+                                                     "popularity, a baseline folder, smollm2, a recbrew-tiny/HF/LoRA "
+                                                     "folder (repeatable).")] = None,
     examples: Annotated[Path | None, typer.Option("--examples", help="Examples built by `recbrew data build`.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Folder for report.html/.md/.json and scores/ (cache).")] = None,
-    tasks: Annotated[str | None, typer.Option("--tasks", help="Comma-separated tasks (default: all).")] = None,
+    tasks: Annotated[list[str] | None, typer.Option("--tasks", help="Comma-separated tasks (default: all; "
+                                                    "repeatable).")] = None,
     k: Annotated[int, typer.Option("--k", help="Cut-off of NDCG@k, Recall@k and top-k diversity.")] = 3,
     bootstrap: Annotated[str, typer.Option("--bootstrap", help="Bootstrap of the intervals: resamples (0: none), "
                                            "what they draw within a task (member, request, record: single "
@@ -55,12 +74,14 @@ def evaluate(
                                                    "examples).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Write the report into a non-empty --out (its cached "
                                         "scores are reused unless --no-cache).")] = False,
-    model_examples: Annotated[str | None, typer.Option("--model-examples", help="Comma-separated NAME=DIR: that "
-                                                       "model reads its prompts from another examples folder of the "
-                                                       "same corpus and split (a prompt ablation; the test "
-                                                       "requests must be the same).")] = None,
-    fusion: Annotated[str | None, typer.Option("--fusion", help="Comma-separated NAME=A+B: a row scoring each "
-                                               "candidate by the mean of those models' logits.")] = None,
+    model_examples: Annotated[list[str] | None, typer.Option("--model-examples", help="Comma-separated NAME=DIR: "
+                                                             "that model reads its prompts from another examples "
+                                                             "folder of the same corpus and split (a prompt "
+                                                             "ablation; the test requests must be the same; "
+                                                             "repeatable).")] = None,
+    fusion: Annotated[list[str] | None, typer.Option("--fusion", help="Comma-separated NAME=A+B: a row scoring each "
+                                                     "candidate by the mean of those models' logits "
+                                                     "(repeatable).")] = None,
 ) -> None:
     """Run every model on the same test requests: per-task metrics with intervals, slices, report."""
     if ctx.invoked_subcommand is not None:
@@ -75,23 +96,18 @@ def evaluate(
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"{out} already exists and is not empty; pass --force to write the report over it "
                         "(the scores cached in it are reused)")
-    own = {}
-    for part in _split(model_examples) or []:
-        name, sep, folder = part.partition("=")
-        if not sep or not name.strip() or not folder.strip():
-            raise UserError(f"--model-examples {part!r}: write NAME=DIR, e.g. text-only=runs/ex-text")
-        own[name.strip()] = Path(folder.strip())
+    own = {name: Path(folder) for name, folder in
+           _named("--model-examples", model_examples, "text-only=runs/ex-text").items()}
     fusions = {}
-    for part in _split(fusion) or []:
-        name, sep, members = part.partition("=")
+    for name, members in _named("--fusion", fusion, "blend=llm+lirank").items():
         parts = [p.strip() for p in members.split("+") if p.strip()]
-        if not sep or not name.strip() or len(parts) < 2:
-            raise UserError(f"--fusion {part!r}: write NAME=A+B, e.g. blend=llm+lirank")
-        fusions[name.strip()] = parts
+        if len(parts) < 2:
+            raise UserError(f"--fusion {name}={members}: name two models or more, e.g. blend=llm+lirank")
+        fusions[name] = parts
     from recbrew.eval.run import run_eval
     from recbrew.eval.scorers import parse_models
 
-    result = run_eval(examples, parse_models(models), out, tasks=_split(tasks), k=k, bootstrap=resamples, seed=seed,
+    result = run_eval(examples, parse_models(_split(models) or []), out, tasks=_split(tasks), k=k, bootstrap=resamples, seed=seed,
                       use_cache=cache, progress=progress, include_oracle=oracle, tasks_dir=tasks_dir, unit=unit,
                       reference=reference, model_examples=own, fusions=fusions)
     typer.echo(result.table())
