@@ -185,8 +185,8 @@ def quickstart(
 #: A one-target request holds one labelled candidate where a day's session holds about 12, so leave-last trains
 #: on more requests for a similar number of tokens. Its short prompts make an epoch after the first cheap (about a
 #: minute here, the frozen-layer cache), so it trains 10 epochs: 0.707 -> 0.741 AUC against 3 (docs/baselines.md).
-#: The time split's packed day-long sessions cost minutes per later epoch: 3 epochs by default, and ``epochs=8``
-#: (+0.017 AUC; a 35-minute fine-tune on 2 cores before the answer layer stopped copying keys) as a train override.
+#: On the time split the shipped prompt (the taste and estimate lines) reads as well after 3 epochs as after 8
+#: (0.691 and 0.690 AUC, docs/baselines.md), so 3 it is.
 MOVIELENS_SPLITS = {
     "time": ({"test_days": 30.0, "gap_days": 1.0, "max_train": 5000, "max_test": 2000}, []),
     "leave-last": ({"split": "leave-last", "one_target": True, "max_train": 20000, "max_test": 2000},
