@@ -145,7 +145,7 @@ class Stats(_Strict):
         return facets
 
     @model_validator(mode="after")
-    def _shown_declared(self) -> "Stats":
+    def _shown_declared(self) -> Stats:
         if self.show is not None:
             missing = [part for part in self.show if part not in self.declared]
             if missing:
