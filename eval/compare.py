@@ -21,6 +21,9 @@ from recbrew.errors import UserError
 from recbrew.eval.generation import generation_scores, normalize
 from recbrew.eval.table import RequestTable
 
+#: The slices whose buckets get bootstrap intervals and paired differences to the reference (the cold start:
+#: where a text model should win, and the claim needs its interval).
+SLICE_INTERVALS = ("cold_start",)
 #: Slices as (request column, upper bucket edges): a value v falls in the first bucket whose edge >= v.
 SLICES: dict[str, tuple[str, tuple[float, ...]]] = {
     "cold_start": ("member_interactions", (5, 10, 100)),
@@ -118,13 +121,17 @@ class TaskSample:
     member_counts: np.ndarray
 
 
-def task_samples(table: RequestTable, cfg: CompareConfig) -> dict[str, TaskSample]:
-    """Bootstrap draws of every task with rankable requests, seeded by (seed, task name) only, so a task's
-    resamples do not depend on which models or other tasks take part."""
+def task_samples(table: RequestTable, cfg: CompareConfig,
+                 requests: np.ndarray | None = None) -> dict[str, TaskSample]:
+    """Bootstrap draws of every task with rankable requests (among ``requests``, a mask, where given: a slice),
+    seeded by (seed, task name) only, so a task's resamples do not depend on which models or other tasks take
+    part."""
     cfg.check()
     out: dict[str, TaskSample] = {}
     for t in table.tasks():
         req_sel = (table.task == t) & table.rankable
+        if requests is not None:
+            req_sel &= requests
         if not req_sel.any():
             continue
         cand = table.candidate_mask(req_sel)
@@ -295,6 +302,29 @@ def pick_reference(summary: dict[str, dict], oracle: str | None, reference: str 
 
 
 # Per task -------------------------------------------------------------------------------------------
+
+def slice_intervals(table: RequestTable, scores: dict[str, np.ndarray], cfg: CompareConfig, requests: np.ndarray,
+                    reference: str | None) -> dict:
+    """A slice's macro AUC intervals (every task of the slice, as its ``macro_auc``) and, with a ``reference``,
+    each model's paired difference to it on the same resamples of the slice's members or requests."""
+    boot = bootstrap_aucs(table, scores, cfg, task_samples(table, cfg, requests))
+
+    def replicates(name: str, tasks: list[str]) -> np.ndarray:
+        return _nanmean_rows(np.stack([boot.replicates[name][t] for t in tasks]))
+
+    defined = {n: [t for t, v in boot.auc[n].items() if not np.isnan(v)] for n in scores}
+    out: dict = {"interval": {n: _ci(replicates(n, defined[n]), cfg.level) if defined[n] else None for n in scores},
+                 "paired": {}}
+    if reference in scores:
+        for n in scores:
+            tasks = [t for t in defined[n] if t in defined[reference]]
+            if n == reference or not tasks:
+                continue
+            delta = _num(np.mean([boot.auc[n][t] - boot.auc[reference][t] for t in tasks]))
+            out["paired"][n] = {"delta": delta, "ci": _ci(replicates(n, tasks) - replicates(reference, tasks),
+                                                          cfg.level)}
+    return out
+
 
 def multi_candidate(request: np.ndarray) -> np.ndarray:
     """Candidates whose request has at least two candidates (a ranking there means something)."""
@@ -499,6 +529,9 @@ def compare(table: RequestTable, scores: dict[str, np.ndarray], generations: dic
                 sel = which == b
                 rows.append({"bucket": label, "requests": int((sel & table.rankable).sum()),
                              "macro_auc": {n: macro_auc_by_task(table, scores[n], sel) for n in names}})
+                if dim in SLICE_INTERVALS and cfg.bootstrap and rows[-1]["requests"]:
+                    rows[-1].update(slice_intervals(table, {n: scores[n] for n in names}, cfg, sel,
+                                                    ref if ref in names else None))
         slices[dim] = {"column": column, "edges": list(edges), "buckets": rows,
                        "without_value": int((~known & table.rankable).sum())}
         if not known.any():

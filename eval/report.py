@@ -151,8 +151,28 @@ def task_count_cells(entry: dict) -> list[str]:
 
 
 def slice_rows(results: dict, dim: str) -> list[list[str]]:
-    return [[b["bucket"], str(b["requests"])] + [fmt(b["macro_auc"].get(n)) for n in results["models"]]
+    def cell(b: dict, n: str) -> str:
+        ci = (b.get("interval") or {}).get(n)
+        return fmt(b["macro_auc"].get(n)) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+    return [[b["bucket"], str(b["requests"])] + [cell(b, n) for n in results["models"]]
             for b in results["slices"][dim]["buckets"]]
+
+
+def slice_paired(results: dict, dim: str) -> tuple[str, list[str], list[list[str]]] | None:
+    """The note, header and rows of a slice's paired differences to the reference (None without them)."""
+    buckets = [b for b in results["slices"][dim]["buckets"] if b.get("paired")]
+    if not buckets or not results.get("paired"):
+        return None
+    ref = results["paired"]["reference"]
+    names = [n for n in results["models"] if any(n in b["paired"] for b in buckets)]
+    rows = [[b["bucket"], str(b["requests"])]
+            + [fmt_delta(b["paired"][n]["delta"], b["paired"][n]["ci"]) if n in b["paired"] else "n/a"
+               for n in names] for b in buckets]
+    level = results["paired"].get("level", 0.95)
+    note = (f"Δ = model minus {ref} in each bucket, with the {level * 100:g}% interval of the paired bootstrap "
+            "(both models on the same resamples of the bucket's members or requests).")
+    return note, ["bucket", "requests"] + [f"Δ {n}" for n in names], rows
 
 
 def diversity_rows(results: dict) -> list[list[str]]:
@@ -218,6 +238,9 @@ def render_markdown(results: dict, meta: dict) -> str:
         parts += [f"## {SLICE_TITLES[dim]} (macro AUC)", "",
                   f"{note[:1].upper()}{note[1:]}." if note else md_table(["bucket", "requests"] + names,
                                                                            slice_rows(results, dim)), ""]
+        paired = None if note else slice_paired(results, dim)
+        if paired:
+            parts += [paired[0], "", md_table(paired[1], paired[2]), ""]
     if results.get("rankings"):
         parts += [f"## Example rankings (top {k} of each model)", "", RANKINGS_NOTE, "",
                   md_table(*ranking_rows(results, k, str)), ""]
@@ -287,6 +310,10 @@ def render_html(results: dict, meta: dict) -> str:
             continue
         out.append(html_table(["bucket", "requests"] + [esc(n) for n in names],
                                [[esc(c) for c in r] for r in slice_rows(results, dim)]))
+        paired = slice_paired(results, dim)
+        if paired:
+            out.append(f"<p class='note'>{esc(paired[0])}</p>")
+            out.append(html_table([esc(h) for h in paired[1]], [[esc(c) for c in r] for r in paired[2]]))
         out.append(img(slice_figure(SLICE_TITLES[dim], results["slices"][dim]["buckets"], names), dim))
     if results.get("rankings"):
         header, rows = ranking_rows(results, k, esc)

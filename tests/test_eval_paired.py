@@ -289,3 +289,32 @@ def test_default_reference_is_the_best_baseline_by_t1_macro_auc():
     assert sorted(res["paired"]["rows"]) == ["random", "signal"]
     anyone = compare(table, scores, no_gens(scores), CompareConfig(bootstrap=20))
     assert anyone["paired"]["reference"] == "signal"
+
+
+def test_the_cold_start_slice_carries_intervals_and_paired_differences():
+    """Each cold-start bucket: every model's macro AUC with its interval, and each model's paired difference to
+    the reference on the bucket's own resamples (exactly 0 for the reference's twin); other slices stay bare."""
+    rng = np.random.default_rng(3)
+    rows = [{**request(i, "a", (rng.random(4) < 0.4).astype(int).tolist(), member=i // 2),
+             "member_interactions": int(i % 3) * 40} for i in range(300)]
+    table = RequestTable.from_requests(rows)
+    scores = {**models(table), "twin": None}
+    scores["twin"] = scores["signal"].copy()
+    cfg = CompareConfig(bootstrap=200)
+    res = compare(table, scores, no_gens(scores), cfg, reference="signal", boot=bootstrap_aucs(table, scores, cfg))
+    buckets = [b for b in res["slices"]["cold_start"]["buckets"] if b["requests"]]
+    assert [b["bucket"] for b in buckets] == ["<= 5", "(10, 100]"]
+    for b in buckets:
+        sel = np.asarray(table.member_interactions <= 5) if b["bucket"] == "<= 5" else table.member_interactions > 5
+        for name in scores:
+            lo, hi = b["interval"][name]
+            assert lo <= b["macro_auc"][name] <= hi
+        assert "signal" not in b["paired"] and b["paired"]["twin"] == {"delta": 0.0, "ci": [0.0, 0.0]}
+        d = b["paired"]["random"]
+        cand = table.candidate_mask(sel)
+        want = M.auc(table.labels[cand], scores["random"][cand]) - M.auc(table.labels[cand], scores["signal"][cand])
+        assert d["delta"] == pytest.approx(want, abs=1e-6) and d["ci"][1] < 0 < b["macro_auc"]["signal"]
+    assert all("interval" not in b for b in res["slices"]["history_length"]["buckets"])
+    md = render_markdown(res, META)
+    assert "Δ = model minus signal in each bucket" in md and "| +0.0000 [+0.0000, +0.0000] |" in md
+    assert "Δ = model minus signal in each bucket" in render_html(res, META)
