@@ -107,9 +107,9 @@ def evaluate(
     from recbrew.eval.run import run_eval
     from recbrew.eval.scorers import parse_models
 
-    result = run_eval(examples, parse_models(_split(models) or []), out, tasks=_split(tasks), k=k, bootstrap=resamples, seed=seed,
-                      use_cache=cache, progress=progress, include_oracle=oracle, tasks_dir=tasks_dir, unit=unit,
-                      reference=reference, model_examples=own, fusions=fusions)
+    result = run_eval(examples, parse_models(_split(models) or []), out, tasks=_split(tasks), k=k,
+                      bootstrap=resamples, seed=seed, use_cache=cache, progress=progress, include_oracle=oracle,
+                      tasks_dir=tasks_dir, unit=unit, reference=reference, model_examples=own, fusions=fusions)
     typer.echo(result.table())
     typer.echo(f"wrote {result.paths['html']}, {result.paths['md'].name}, {result.paths['json'].name}, "
                f"{result.paths['scores'].name}")
