@@ -187,6 +187,11 @@ def test_cli_build_refuses_existing_output_and_reports_bad_task(world, tmp_path)
                           "--tasks", "nosuch_task", "--tokenizer", "none"], capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
         "error: unknown task(s): nosuch_task; `recbrew tasks list` shows the catalog"]
+    # --tasks is repeatable and every occurrence counts (the first is not dropped for the last).
+    res = subprocess.run([str(RECBREW), "data", "build", "--corpus", str(world), "--out", str(tmp_path / "new"),
+                          "--tasks", "nosuch_task", "--tasks", "feed_like", "--tokenizer", "none"], capture_output=True,
+                         text=True)
+    assert res.returncode == 2 and "unknown task(s): nosuch_task;" in res.stderr and not (tmp_path / "new").exists()
     res = subprocess.run([str(RECBREW), "data", "build", "--corpus", str(world), "--out", str(tmp_path / "new"),
                           "--tasks", "feed_like", "--tokenizer", "none", "--test-days", "30"], capture_output=True,
                          text=True)

@@ -156,7 +156,8 @@ def _render(directory: Path, summary: dict) -> str:
 def build(
     corpus: Annotated[Path, typer.Option("--corpus", help="Corpus folder (a generated world or `data import` output).")],
     out: Annotated[Path, typer.Option("--out", help="Where to write text/, structured/ and manifest.json.")],
-    tasks: Annotated[str | None, typer.Option("--tasks", help="Comma-separated task names (default: all).")] = None,
+    tasks: Annotated[list[str] | None, typer.Option("--tasks", help="Comma-separated task names (default: all; "
+                                                    "repeatable).")] = None,
     test_days: Annotated[float | None, typer.Option("--test-days", help="--split time: days at the end of the log "
                                                     "used for test [default: 7].")] = None,
     gap_days: Annotated[float, typer.Option("--gap-days", help="Days between the train cutoff and the test start.")] = 1.0,
@@ -231,7 +232,7 @@ def build(
 
         datasets.disable_progress_bars()
     cfg = BuildConfig(
-        tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
+        tasks=[t.strip() for part in tasks or [] for t in part.split(",") if t.strip()] or None,
         test_days=7.0 if test_days is None else test_days,
         gap_days=gap_days, max_train=max_train, max_test=max_test, seed=seed, style=style, tokenizer=tokenizer,
         max_tokens=max_tokens, max_candidates=max_candidates, burn_in_days=burn_in_days, split=split,

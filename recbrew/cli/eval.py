@@ -133,7 +133,8 @@ def sweep(
                                                      "sets max_examples.")] = None,
     max_test: Annotated[int | None, typer.Option("--max-test", help="Score at most N test requests per task.")
                         ] = None,
-    tasks: Annotated[str | None, typer.Option("--tasks", help="Comma-separated tasks (default: all).")] = None,
+    tasks: Annotated[list[str] | None, typer.Option("--tasks", help="Comma-separated tasks (default: all; "
+                                                    "repeatable).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of training.")] = 0,
     overrides: Annotated[list[str] | None, typer.Argument(help="Baselines: section.field=value, e.g. train.epochs=3.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
