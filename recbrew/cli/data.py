@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from recbrew.cli.options import comma_items
 from recbrew.errors import UserError
 
 if TYPE_CHECKING:
@@ -232,7 +233,7 @@ def build(
 
         datasets.disable_progress_bars()
     cfg = BuildConfig(
-        tasks=[t.strip() for part in tasks or [] for t in part.split(",") if t.strip()] or None,
+        tasks=comma_items(tasks),
         test_days=7.0 if test_days is None else test_days,
         gap_days=gap_days, max_train=max_train, max_test=max_test, seed=seed, style=style, tokenizer=tokenizer,
         max_tokens=max_tokens, max_candidates=max_candidates, burn_in_days=burn_in_days, split=split,

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from recbrew.cli.options import comma_items
 from recbrew.errors import UserError
 
 app = typer.Typer(help="Score every model on the same test requests and write the report "
@@ -14,18 +15,10 @@ app = typer.Typer(help="Score every model on the same test requests and write th
                   no_args_is_help=True, invoke_without_command=True)
 
 
-def _split(values: str | list[str] | None) -> list[str] | None:
-    """Comma-separated items; a repeatable option's occurrences all count (none is dropped)."""
-    if not values:
-        return None
-    return [v.strip() for value in ([values] if isinstance(values, str) else values)
-            for v in value.split(",") if v.strip()] or None
-
-
 def _named(option: str, values: list[str] | None, example: str) -> dict[str, str]:
     """``NAME=VALUE`` items of a repeatable option, each name once."""
     out: dict[str, str] = {}
-    for part in _split(values) or []:
+    for part in comma_items(values) or []:
         name, sep, value = (x.strip() for x in part.partition("="))
         if not sep or not name or not value:
             raise UserError(f"{option} {part!r}: write NAME=VALUE, e.g. {example}")
@@ -107,7 +100,7 @@ def evaluate(
     from recbrew.eval.run import run_eval
     from recbrew.eval.scorers import parse_models
 
-    result = run_eval(examples, parse_models(_split(models) or []), out, tasks=_split(tasks), k=k,
+    result = run_eval(examples, parse_models(models), out, tasks=comma_items(tasks), k=k,
                       bootstrap=resamples, seed=seed, use_cache=cache, progress=progress, include_oracle=oracle,
                       tasks_dir=tasks_dir, unit=unit, reference=reference, model_examples=own, fusions=fusions)
     typer.echo(result.table())
@@ -142,9 +135,9 @@ def sweep(
     """Scaling sweep: each point trains a model, scores it and the report fits AUC vs log10(size)."""
     from recbrew.eval.sweep import SweepConfig, run_sweep
 
-    cfg = SweepConfig(examples=examples, out=out, axis=axis, values=_split(values) or [], family=family,
+    cfg = SweepConfig(examples=examples, out=out, axis=axis, values=comma_items(values) or [], family=family,
                       base_model=base_model, max_examples=max_examples, max_steps=max_steps, seed=seed,
-                      tasks=_split(tasks), overrides=list(overrides or []), progress=progress,
+                      tasks=comma_items(tasks), overrides=list(overrides or []), progress=progress,
                       train_config=train_config, max_test=max_test)
     result = run_sweep(cfg)
     typer.echo(result.table())

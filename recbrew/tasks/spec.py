@@ -155,7 +155,7 @@ class Stats(_Strict):
 
     @property
     def any(self) -> bool:
-        return self.candidate or self.member or bool(self.facets) or self.taste or self.estimate
+        return bool(self.declared)
 
     @property
     def declared(self) -> list[str]:
