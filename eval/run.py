@@ -18,6 +18,7 @@ from recbrew.eval.export import SCORES_FILE, example_rankings, write_scores
 from recbrew.eval.report import fmt, unit_text, write_report
 from recbrew.eval.scorers import (
     Model,
+    RayOptions,
     cache_path,
     describe,
     examples_fingerprint,
@@ -133,7 +134,8 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
              include_oracle: bool = True, unit: str = "auto", min_positives: int = 20,
              reference: str | None = None, tasks_dir: str | Path | None = None,
              max_per_task: int | None = None, fusions: Mapping[str, Sequence[str]] | None = None,
-             model_examples: Mapping[str, str | Path] | None = None) -> EvalResult:
+             model_examples: Mapping[str, str | Path] | None = None, engine: str = "local",
+             ray: RayOptions | None = None) -> EvalResult:
     """Score ``models`` ({name: spec or Scorer}, or a list of specs) on the test split and write the reports.
 
     With ``include_oracle`` the oracle joins as a reference when every request carries true probabilities.
@@ -147,7 +149,16 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
     ``model_examples`` ({name: examples folder}) lets a model read its prompts and structured views from another
     examples folder built from the same corpus and split (a prompt ablation: the same test requests, candidates
     and labels, checked, with other prompt contents); the comparison stays paired.
+    ``engine="ray"`` scores the language models on Ray actors (``ray``: the cluster's address, the actors and
+    their CPUs; a local Ray by default); the other models score here, as they take seconds.
     """
+    from recbrew.cluster import check_engine
+
+    check_engine(engine)
+    if engine == "ray":
+        ray = ray or RayOptions()
+    elif ray is not None:
+        raise UserError("Ray options need engine='ray' (--engine ray)")
     cfg = CompareConfig(k=k, bootstrap=bootstrap, seed=seed, unit=unit, min_positives=min_positives)
     cfg.check()
     examples = Path(examples_dir)
@@ -204,14 +215,16 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
         got = load_cached(path, table)
         if got is None:
             got = run_model(m, m_requests, table, examples=m_examples, max_new_tokens=max_new_tokens,
-                            progress=progress, device=device, catalog=m_catalog)
+                            progress=progress, device=device, catalog=m_catalog, ray=ray)
             save_cached(path, table, got)
             m.release()
         scores[m.name] = got.scores
         generations[m.name] = got.generations if (m.can_generate or got.generations) else None
         run_info.append({"name": m.name, "spec": m.spec or type(m.scorer).__name__, "kind": m.kind,
                          "fingerprint": (m.fingerprint or "-")[:12], "cached": got.cached,
-                         "seconds": round(got.seconds, 3), **({"examples": str(m_examples)} if m.name in own else {})})
+                         "seconds": round(got.seconds, 3),
+                         **({"engine": "ray"} if ray is not None and m.kind == "lm" and not got.cached else {}),
+                         **({"examples": str(m_examples)} if m.name in own else {})})
 
     for name, parts in (fusions or {}).items():
         scores[name], generations[name] = fuse_logits([scores[p] for p in parts]), None

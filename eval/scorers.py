@@ -100,16 +100,20 @@ class Model:
 
             self.scorer = load_scorer(self.spec)
         else:
-            from recbrew.models.loading import load_model
-            from recbrew.scoring.hf import HFScorer
+            from recbrew.scoring.hf import load_hf_scorer
 
             # bf16 where the hardware has bf16 arithmetic (CUDA, AVX-512 BF16 / AMX CPUs), fp32 elsewhere.
-            if catalog is None:
-                from recbrew.examples.folder import Examples
+            self.scorer = load_hf_scorer(self.spec, catalog=self.catalog(examples, catalog), name=self.name,
+                                         device=device)
 
-                catalog = Examples.open(examples).catalog()
-            model, tokenizer = load_model(self.spec, device=device, dtype="auto")
-            self.scorer = HFScorer(model, tokenizer, mode="multi", name=self.name, catalog=catalog)
+    @staticmethod
+    def catalog(examples: Path, catalog=None):
+        """The task specs whose answer words a language model reads: ``catalog``, else those of ``examples``."""
+        if catalog is not None:
+            return catalog
+        from recbrew.examples.folder import Examples
+
+        return Examples.open(examples).catalog()
 
     def release(self) -> None:
         """Drop a loaded language model (the next one needs the memory)."""
@@ -186,13 +190,18 @@ def save_cached(path: Path | None, table: RequestTable, scores: Scores) -> None:
 
 
 def run_model(model: Model, requests: Sequence[dict], table: RequestTable, *, examples: Path, chunk: int = 64,
-              max_new_tokens: int = 16, progress: bool = True, device: str | None = None, catalog=None) -> Scores:
+              max_new_tokens: int = 16, progress: bool = True, device: str | None = None, catalog=None,
+              ray: RayOptions | None = None) -> Scores:
     """Score every rankable request (in chunks, with a progress bar) and generate answers where the model can.
 
     ``catalog``: the task specs (answer words) of the requests; default: those recorded in ``examples``.
+    ``ray``: language models score on Ray actors (`recbrew.cluster.score_on_ray`); the others here.
     """
     import time
 
+    if ray is not None and model.kind == "lm":
+        return _run_on_ray(model, requests, table, examples=examples, max_new_tokens=max_new_tokens,
+                           progress=progress, device=device, catalog=catalog, ray=ray)
     model.load(examples, device=device, catalog=catalog)
     start = time.perf_counter()
     rank_idx = np.flatnonzero(table.rankable)
@@ -202,11 +211,7 @@ def run_model(model: Model, requests: Sequence[dict], table: RequestTable, *, ex
         ids = rank_idx[s:s + chunk]
         probs = model.scorer.score([requests[i] for i in ids])
         for i, p in zip(ids, probs, strict=True):
-            p = np.asarray(p, dtype=np.float64)
-            if len(p) != table.offsets[i + 1] - table.offsets[i]:
-                raise UserError(f"model {model.name}: {len(p)} scores for request {table.request_ids[i]} "
-                                f"with {table.offsets[i + 1] - table.offsets[i]} candidates")
-            per_request[i] = p
+            per_request[i] = _checked(model, table, i, p)
         bar.update(len(ids))
     bar.close()
     generations: dict[int, str] = {}
@@ -218,3 +223,42 @@ def run_model(model: Model, requests: Sequence[dict], table: RequestTable, *, ex
             texts.extend(model.scorer.generate(rows[s:s + chunk], max_new_tokens))
         generations = {int(i): str(t) for i, t in zip(gen_idx, texts, strict=True)}
     return Scores(table.flatten(per_request), generations, time.perf_counter() - start)
+
+
+def _checked(model: Model, table: RequestTable, i: int, p) -> np.ndarray:
+    p = np.asarray(p, dtype=np.float64)
+    if len(p) != table.offsets[i + 1] - table.offsets[i]:
+        raise UserError(f"model {model.name}: {len(p)} scores for request {table.request_ids[i]} "
+                        f"with {table.offsets[i + 1] - table.offsets[i]} candidates")
+    return p
+
+
+@dataclass
+class RayOptions:
+    """Where and how language models score with ``--engine ray`` (`recbrew.cluster.score_on_ray`)."""
+
+    address: str | None = None
+    workers: int | None = None
+    worker_cpus: int | None = None
+
+
+def _run_on_ray(model: Model, requests: Sequence[dict], table: RequestTable, *, examples: Path, max_new_tokens: int,
+                progress: bool, device: str | None, catalog, ray: RayOptions) -> Scores:
+    """`run_model` for a language model whose Scorers live on Ray actors (each loads the model once)."""
+    import time
+
+    from recbrew.cluster import score_on_ray
+    from recbrew.scoring.hf import load_hf_scorer
+
+    start = time.perf_counter()
+    rank_idx = np.flatnonzero(table.rankable)
+    gen_idx = np.flatnonzero(table.generative)
+    scores, texts = score_on_ray(
+        load_hf_scorer, (model.spec,), requests, rank_idx, gen_idx,
+        load_kwargs={"catalog": Model.catalog(examples, catalog), "name": model.name, "device": device}, address=ray.address, workers=ray.workers, worker_cpus=ray.worker_cpus, max_new_tokens=max_new_tokens,
+        desc=f"score {model.name}", progress=progress)
+    per_request: list[np.ndarray | None] = [None] * len(table)
+    for i, p in scores.items():
+        per_request[i] = _checked(model, table, i, p)
+    return Scores(table.flatten(per_request), texts, time.perf_counter() - start)
+

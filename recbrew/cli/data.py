@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from recbrew.cli.options import comma_items
+from recbrew.cli.options import Address, Engine, Workers, comma_items, ray_only
 from recbrew.errors import UserError
 
 if TYPE_CHECKING:
@@ -210,9 +210,13 @@ def build(
     prompts_dir: Annotated[Path | None, typer.Option("--prompts-dir", help="Your templates folder.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    engine: Engine = "local",
+    address: Address = None,
+    workers: Workers = None,
 ) -> None:
     """Build examples: split by time, record order or leave-last (optionally a validation split), real negatives,
-    rendered prompts and a structured-feature view. docs/examples-format.md describes the folder."""
+    rendered prompts and a structured-feature view. docs/examples-format.md describes the folder. With --engine ray
+    the members' requests are rendered by Ray tasks, one share of the members each: the folder is the same."""
     from dataclasses import fields
 
     from recbrew.examples.build import BuildConfig, build_examples
@@ -241,8 +245,9 @@ def build(
         val_days=val_days, val_fraction=val_fraction, max_val=max_val, one_target=one_target, history=history,
         **selection,
     )
+    ray_only(engine, address=address, workers=workers)
     manifest = build_examples(corpus, out, cfg, tasks_dir=tasks_dir, prompts_dir=prompts_dir, force=force,
-                              progress=progress)
+                              progress=progress, engine=engine, address=address, workers=workers)
     splits = manifest["splits"]
     for name, row in manifest["tasks"].items():
         counts = "  ".join(f"{s} {row[s]:5}" for s in splits)

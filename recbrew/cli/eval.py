@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from recbrew.cli.options import comma_items
+from recbrew.cli.options import Address, Engine, WorkerCpus, Workers, comma_items, ray_only
 from recbrew.errors import UserError
 
 app = typer.Typer(help="Score every model on the same test requests and write the report "
@@ -75,8 +75,13 @@ def evaluate(
     fusion: Annotated[list[str] | None, typer.Option("--fusion", help="Comma-separated NAME=A+B: a row scoring each "
                                                      "candidate by the mean of those models' logits "
                                                      "(repeatable).")] = None,
+    engine: Engine = "local",
+    address: Address = None,
+    workers: Workers = None,
+    worker_cpus: WorkerCpus = None,
 ) -> None:
-    """Run every model on the same test requests: per-task metrics with intervals, slices, report."""
+    """Run every model on the same test requests: per-task metrics with intervals, slices, report. With --engine
+    ray the language models score on Ray actors (one model copy each); the other models score here."""
     if ctx.invoked_subcommand is not None:
         return
     missing = [flag for flag, v in (("--models", models), ("--examples", examples), ("--out", out)) if v is None]
@@ -84,6 +89,7 @@ def evaluate(
         raise UserError(f"missing {', '.join(missing)}: e.g. recbrew eval --models oracle,popularity "
                         "--examples runs/quickstart/examples --out runs/eval")
     unit, resamples = bootstrap_option(bootstrap)
+    ray_only(engine, address=address, workers=workers, worker_cpus=worker_cpus)
     if k < 1:
         raise UserError("--k must be at least 1")
     if out.is_dir() and any(out.iterdir()) and not force:
@@ -98,11 +104,13 @@ def evaluate(
             raise UserError(f"--fusion {name}={members}: name two models or more, e.g. blend=llm+lirank")
         fusions[name] = parts
     from recbrew.eval.run import run_eval
-    from recbrew.eval.scorers import parse_models
+    from recbrew.eval.scorers import RayOptions, parse_models
 
+    ray = RayOptions(address, workers, worker_cpus) if engine == "ray" else None
     result = run_eval(examples, parse_models(models), out, tasks=comma_items(tasks), k=k,
                       bootstrap=resamples, seed=seed, use_cache=cache, progress=progress, include_oracle=oracle,
-                      tasks_dir=tasks_dir, unit=unit, reference=reference, model_examples=own, fusions=fusions)
+                      tasks_dir=tasks_dir, unit=unit, reference=reference, model_examples=own, fusions=fusions,
+                      engine=engine, ray=ray)
     typer.echo(result.table())
     typer.echo(f"wrote {result.paths['html']}, {result.paths['md'].name}, {result.paths['json'].name}, "
                f"{result.paths['scores'].name}")

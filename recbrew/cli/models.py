@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from recbrew.cli.options import Address, Engine, WorkerCpus, Workers, ray_only
 from recbrew.errors import UserError
 
 app = typer.Typer(help="Language models: SmolLM2 (default), recbrew-tiny, or any local HF folder.",
@@ -53,17 +54,30 @@ def score(
     layers: Annotated[int | None, typer.Option("--layers", min=1, help="Keep the first N decoder layers.")] = None,
     dtype: Annotated[str, typer.Option(help="auto (bf16 where the hardware has it), bf16 or fp32.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    engine: Engine = "local",
+    address: Address = None,
+    workers: Workers = None,
+    worker_cpus: WorkerCpus = None,
 ) -> None:
     """Score examples with a language model (P of the answer word) and print AUC per task; --json adds every
-    request's scores, with member and item ids as imported."""
+    request's scores, with member and item ids as imported. With --engine ray the requests are scored by Ray
+    actors, one model copy each (docs/scale.md)."""
     from tqdm.auto import tqdm
 
+    from recbrew.cluster import check_engine, score_on_ray
     from recbrew.data.ids import ITEM, MEMBER
     from recbrew.examples.folder import Examples
     from recbrew.metrics import per_task_auc
-    from recbrew.models.loading import load_model
-    from recbrew.scoring.hf import HFScorer
+    from recbrew.models.loading import resolve
+    from recbrew.scoring.hf import MODES, load_hf_scorer
 
+    check_engine(engine)
+    ray_only(engine, address=address, workers=workers, worker_cpus=worker_cpus)
+    if mode not in MODES:
+        raise UserError(f"--mode {mode!r}: choose {', '.join(MODES)}")
+    if dtype not in ("auto", "bf16", "fp32"):
+        raise UserError(f"--dtype {dtype!r}: choose auto, bf16 or fp32")
+    resolve(model)  # a model that is not there: one line before anything starts
     folder = Examples.open(examples)
     catalog = folder.catalog(tasks_dir)
     rows = [r for r in folder.requests(split, tasks.split(",") if tasks else None) if r["kind"] != "generative"]
@@ -75,14 +89,14 @@ def score(
                 kept.append(row)
                 per_task[row["task"]] += 1
         rows = kept
-    import torch
-
-    if dtype not in ("auto", "bf16", "fp32"):
-        raise UserError(f"--dtype {dtype!r}: choose auto, bf16 or fp32")
-    lm, tok = load_model(model, layers=layers,
-                         dtype={"auto": "auto", "bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
-    scorer = HFScorer(lm, tok, mode=mode, catalog=catalog)
-    probs = [scorer.score([row])[0] for row in tqdm(rows, desc=f"scoring ({mode})", unit="req")]
+    load = {"catalog": catalog, "mode": mode, "dtype": dtype, "layers": layers}
+    if engine == "ray":
+        got, _ = score_on_ray(load_hf_scorer, (model,), rows, range(len(rows)), load_kwargs=load, address=address,
+                              workers=workers, worker_cpus=worker_cpus, desc=f"scoring ({mode})")
+        probs = [got[i] for i in range(len(rows))]
+    else:
+        scorer = load_hf_scorer(model, **load)
+        probs = [scorer.score([row])[0] for row in tqdm(rows, desc=f"scoring ({mode})", unit="req")]
     requests = Counter(r["task"] for r in rows)
     result = {task: {"requests": requests[task], "candidates": t["candidates"], "auc": t["auc"]}
               for task, t in per_task_auc(rows, probs).items()}

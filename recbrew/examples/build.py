@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from recbrew.cluster import build_on_ray, check_engine
 from recbrew.data.corpus import Corpus
 from recbrew.data.io import staged_directory, write_table
 from recbrew.errors import ConfigError, UserError
@@ -177,63 +179,95 @@ def candidate_stats_vectors(view, member: int, t: int, cand_ids: list[int], task
     return [dense_vector(m, s) for s in stats]
 
 
-def build_task(ctx: _Context, task: TaskSpec, renderer: Renderer, req: Requests, text: _Columns,
-               structured: _Columns, progress) -> dict:
-    """Render every request of one task; returns per-split counts."""
+@dataclass
+class Rendered:
+    """One rendered request: its index in the task's requests, split, both views and whether text was injected."""
+
+    index: int
+    split: str
+    text: dict
+    structured: dict
+    injected: bool = False
+
+
+def inject_rng(seed: int, task: TaskSpec, index: int) -> np.random.Generator:
+    """The injection draws of request ``index`` of ``task``: a stream of its own, so a request renders the same
+    whichever worker renders it and in whatever order."""
+    return np.random.default_rng([seed + 3, zlib.crc32(task.name.encode()), index])
+
+
+def render_requests(ctx: _Context, task: TaskSpec, renderer: Renderer, req: Requests, index: np.ndarray,
+                    progress=None) -> list[Rendered]:
+    """Render requests ``req`` of one task (``index[k]`` is row k's index among all the task's requests: it names
+    the request and seeds its draws). Members the corpus lacks are skipped."""
     view = ctx.view
-    counts = {split: 0 for split in text.data} | {"candidates": 0, "positives": 0}
-    if ctx.inject_share:
-        counts["injected"] = 0
     fields = tuple(task.candidate_fields)
-    inject_rng = task_rng(ctx.seed + 3, task)  # its own stream: the other draws stay as without injection
     days = ctx.rule.days_from_cutoff(req.member_id, req.timestamp)
     limit = ctx.last or 4 * renderer.task.history.max_items
-    for i in range(len(req)):
-        member, t, split = int(req.member_id[i]), int(req.timestamp[i]), str(req.split[i])
+    h = ctx.history
+    out = []
+    for k in range(len(req)):
+        i = int(index[k])
+        member, t, split = int(req.member_id[k]), int(req.timestamp[k]), str(req.split[k])
         if not view.has_member(member):
             continue
-        lo, hi = req.offsets[i], req.offsets[i + 1]
+        lo, hi = req.offsets[k], req.offsets[k + 1]
         cand_ids = [int(c) for c in req.candidates[lo:hi]]
         labels = [int(x) for x in req.labels[lo:hi]]
         probs = [None if np.isnan(p) else float(p) for p in req.true_probs[lo:hi]]
-        hidden = req.hide_skill[i] if req.hide_skill else None
+        hidden = req.hide_skill[k] if req.hide_skill else None
         friends = view.connections(member, t)
-        h_first, h_hi = ctx.history.before(member, t, int(req.pos[i]))
-        history = ctx.history.entries(view, h_first, h_hi, t, task, limit)
+        h_first, h_hi = h.before(member, t, int(req.pos[k]))
+        history = h.entries(view, h_first, h_hi, t, task, limit)
         interactions = h_hi - h_first
         # "Past actions" counts what came before the request under the protocol (by record for order rules).
         network = {**view.network(member, t), "actions": interactions, "stats": view.member_stats(member, t, task)}
         candidates = [view.candidate(member, c, t, task, friends) for c in cand_ids]
         shown = candidates
-        if ctx.inject_share and split == "train" and inject_rng.random() < ctx.inject_share:
-            shown = inject_one(candidates, fields, task.answer.words, inject_rng)
-            counts["injected"] += shown is not candidates
+        if ctx.inject_share and split == "train":
+            rng = inject_rng(ctx.seed, task, i)
+            if rng.random() < ctx.inject_share:
+                shown = inject_one(candidates, fields, task.answer.words, rng)
         prompt = renderer.render(view.member(member, hidden), shown, history, network=network)
         request_id = f"{task.name}/{split}/{i}"
-        text.add(split, {
+        text = {
             "request_id": request_id, "task": task.name, "task_version": task.version, "kind": task.kind.value,
             "split_tag": task.split.value, "surface": task.surface, "member_id": member, "timestamp": t,
             "candidate_ids": cand_ids, "labels": labels, "true_probs": probs,
-            "target": req.target[i] if req.target else None,
+            "target": req.target[k] if req.target else None,
             "prefix": prompt.prefix, "segments": prompt.segments, "prefix_tokens": prompt.prefix_tokens,
             "segment_tokens": prompt.segment_tokens, "history_kept": prompt.history_kept,
             "history_cut": prompt.history_cut, "over_budget": prompt.over_budget,
             "member_interactions": interactions, "history_length": len(history),
-            "days_from_cutoff": None if np.isnan(days[i]) else float(days[i]), "style": renderer.task.style,
-            "record": int(req.pos[i]),
-        })
-        h = ctx.history
+            "days_from_cutoff": None if np.isnan(days[k]) else float(days[k]), "style": renderer.task.style,
+            "record": int(req.pos[k]),
+        }
         # Column order as it always was: ids, labels, then the fields.
-        structured.add(split, {
+        structured = {
             "request_id": request_id, "task": task.name, "split_tag": task.split.value, "surface": task.surface,
             "member_id": member, "timestamp": t, "candidate_ids": cand_ids, "labels": labels, "true_probs": probs,
             **structured_fields(view, member, t, cand_ids, fields, (h.item, h.action, h.surface, h.ts), h_first, h_hi,
                                 ctx.last or STRUCTURED_HISTORY, task, candidates),
-        })
-        counts[split] += 1
-        counts["candidates"] += len(cand_ids)
-        counts["positives"] += sum(labels)
-        progress.update(1)
+        }
+        out.append(Rendered(i, split, text, structured, shown is not candidates))
+        if progress is not None:
+            progress.update(1)
+    return out
+
+
+def collect(rows: list[Rendered], text: _Columns, structured: _Columns, inject: bool) -> dict:
+    """Add one task's rendered requests to the columns, in request order; returns per-split counts."""
+    counts = {split: 0 for split in text.data} | {"candidates": 0, "positives": 0}
+    if inject:
+        counts["injected"] = 0
+    for row in sorted(rows, key=lambda r: r.index):
+        text.add(row.split, row.text)
+        structured.add(row.split, row.structured)
+        counts[row.split] += 1
+        counts["candidates"] += len(row.text["candidate_ids"])
+        counts["positives"] += sum(row.text["labels"])
+        if inject:
+            counts["injected"] += row.injected
     return counts
 
 
@@ -254,12 +288,46 @@ def split_rule(corpus: Corpus, cfg: BuildConfig) -> SplitRule:
                      min_position=cfg.min_position, last_records=cfg.last_records)
 
 
+def make_renderer(task: TaskSpec, env, tokenizer, cfg: BuildConfig, last: int | None) -> Renderer:
+    """The task's renderer with the build's style, token budget and history window."""
+    renderer = Renderer(task, env=env, tokenizer=tokenizer, style=cfg.style)
+    history = {"max_tokens": cfg.max_tokens} if cfg.max_tokens else {}
+    if last:
+        history["max_items"] = last  # the window is the history: none of it is dropped before the budget
+    if history:
+        renderer.task = renderer.task.model_copy(update={"history": renderer.task.history.model_copy(update=history)})
+    return renderer
+
+
+def load_build_tokenizer(name: str):
+    """The tokenizer that measures the token budget (None for ``none``)."""
+    if name == "none":
+        return None
+    from recbrew.models.tokenizers import load_tokenizer
+
+    return load_tokenizer(name)
+
+
+def render_shard(corpus: Corpus, rule: SplitRule, cfg: BuildConfig, plans: list[tuple[TaskSpec, Requests, np.ndarray]],
+                 prompts_dir=None, progress=None) -> list[list[Rendered]]:
+    """Render ``plans`` ((task, requests, their indices among the task's requests)) against ``corpus``: what one
+    worker of a distributed build does with its members' requests (`recbrew.cluster.build_on_ray`)."""
+    ctx = _Context(CorpusView(corpus), HistoryIndex(corpus, rule.by_order), rule, parse_history(cfg.history),
+                   cfg.inject_share, cfg.seed)
+    env, tokenizer = make_environment(prompts_dir), load_build_tokenizer(cfg.tokenizer)
+    return [render_requests(ctx, task, make_renderer(task, env, tokenizer, cfg, ctx.last), req, index, progress)
+            for task, req, index in plans]
+
+
 def build_examples(corpus_dir: str | Path, out: str | Path, cfg: BuildConfig, *, tasks_dir=None, prompts_dir=None,
-                   force: bool = False, progress: bool = True, catalog: dict[str, TaskSpec] | None = None) -> dict:
+                   force: bool = False, progress: bool = True, catalog: dict[str, TaskSpec] | None = None,
+                   engine: str = "local", address: str | None = None, workers: int | None = None) -> dict:
     """Build the datasets for the chosen tasks into ``out`` (written aside, then moved in place).
 
     ``catalog`` hands the task specs in directly (e.g. those recorded in another examples folder); otherwise
-    they come from ``tasks_dir`` or the shipped catalog.
+    they come from ``tasks_dir`` or the shipped catalog. ``engine="ray"`` renders the requests on a Ray cluster
+    (``address``, or a local one), partitioned by member over ``workers`` tasks: the folder is the same as a local
+    build's.
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
@@ -269,7 +337,10 @@ def build_examples(corpus_dir: str | Path, out: str | Path, cfg: BuildConfig, *,
     unknown = [n for n in names if n not in catalog]
     if unknown:
         raise ConfigError(f"unknown task(s): {', '.join(unknown)}; `recbrew tasks list` shows the catalog")
-    last = parse_history(cfg.history)
+    if not 0.0 <= cfg.inject_share <= 1.0:
+        raise ConfigError(f"inject_share {cfg.inject_share:g}: a share of the training requests, from 0 to 1")
+    check_engine(engine)
+    parse_history(cfg.history)
     corpus = Corpus.load(corpus_dir)
     start, end = time_range(corpus)
     rule = split_rule(corpus, cfg)
@@ -279,16 +350,7 @@ def build_examples(corpus_dir: str | Path, out: str | Path, cfg: BuildConfig, *,
         raise ConfigError(f"--burn-in-days {cfg.burn_in_days:g} leaves no training days before the "
                           f"{'validation start' if rule.validation_start else 'cutoff'} "
                           f"({(first_held_out - start) / DAY:.1f} days after the log starts)")
-    tokenizer = None
-    if cfg.tokenizer != "none":
-        from recbrew.models.tokenizers import load_tokenizer
-
-        tokenizer = load_tokenizer(cfg.tokenizer)
-    env = make_environment(prompts_dir)
     began = time.perf_counter()
-    if not 0.0 <= cfg.inject_share <= 1.0:
-        raise ConfigError(f"inject_share {cfg.inject_share:g}: a share of the training requests, from 0 to 1")
-    ctx = _Context(CorpusView(corpus), HistoryIndex(corpus, rule.by_order), rule, last, cfg.inject_share, cfg.seed)
     plans = []
     for name in names:
         task = catalog[name]
@@ -297,30 +359,28 @@ def build_examples(corpus_dir: str | Path, out: str | Path, cfg: BuildConfig, *,
             req = req.take(np.flatnonzero(req.timestamp >= start + cfg.burn_in_days * DAY))
         if task.kind == Kind.binary:
             req = _cap_candidates(req, cfg.max_candidates)
-        plans.append((task, _sample(req, cfg, task_rng(cfg.seed + 1, task), rule.by_order)))
+        req = _sample(req, cfg, task_rng(cfg.seed + 1, task), rule.by_order)
+        plans.append((task, req, np.arange(len(req))))
+    total = sum(len(r) for _, r, _ in plans)
+    if engine == "ray":
+        rendered = build_on_ray(render_shard, corpus, rule, cfg, plans, prompts_dir=prompts_dir, address=address,
+                                workers=workers, progress=progress)
+    else:
+        bar = tqdm(total=total, desc="rendering requests", unit="req", disable=not progress)
+        rendered = render_shard(corpus, rule, cfg, plans, prompts_dir, bar)
+        bar.close()
     splits = rule.splits
     text, structured = _Columns(splits), _Columns(splits)
-    summary = {}
-    bar = tqdm(total=sum(len(r) for _, r in plans), desc="rendering requests", unit="req", disable=not progress)
-    for task, req in plans:
-        renderer = Renderer(task, env=env, tokenizer=tokenizer, style=cfg.style)
-        history = {"max_tokens": cfg.max_tokens} if cfg.max_tokens else {}
-        if last:
-            history["max_items"] = last  # the window is the history: none of it is dropped before the budget
-        if history:
-            renderer.task = renderer.task.model_copy(
-                update={"history": renderer.task.history.model_copy(update=history)})
-        summary[task.name] = {"version": task.version, "split_tag": task.split.value, "kind": task.kind.value,
-                              "surface": task.surface,
-                              **build_task(ctx, task, renderer, req, text, structured, bar)}
-    bar.close()
+    summary = {task.name: {"version": task.version, "split_tag": task.split.value, "kind": task.kind.value,
+                           "surface": task.surface, **collect(rows, text, structured, bool(cfg.inject_share))}
+               for (task, _, _), rows in zip(plans, rendered, strict=True)}
     seconds = time.perf_counter() - began
     manifest = {
         "format": FORMAT,
         "corpus": str(Path(corpus_dir).resolve()), "config": asdict(cfg),
         "split": rule.describe(), "splits": splits,
         "tasks": summary,
-        "task_specs": {task.name: spec_record(task) for task, _ in plans},
+        "task_specs": {task.name: spec_record(task) for task, _, _ in plans},
         "seconds": round(seconds, 2),
         "rows": {s: sum(v[s] for v in summary.values()) for s in splits},
     }

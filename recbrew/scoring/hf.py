@@ -299,3 +299,14 @@ class _LineDone:
 def first_line(text: str) -> str:
     """The answer part of a generation: up to the first line break, trimmed."""
     return text.strip().split("\n", 1)[0].strip()
+
+
+def load_hf_scorer(spec: str, *, catalog, mode: str = "multi", name: str | None = None, device: str | None = None,
+                   dtype="auto", layers: int | None = None) -> HFScorer:
+    """The HFScorer of a model spec (`recbrew.models.loading.load_model`: ``smollm2``, a recbrew-tiny, HF or LoRA
+    folder), in ``dtype`` (``auto``: bf16 where the hardware has bf16 arithmetic), with the answer words of
+    ``catalog``. Module-level, so Ray actors can build one by reference (`recbrew.cluster.score_on_ray`)."""
+    from recbrew.models.loading import load_model
+
+    model, tokenizer = load_model(spec, device=device, dtype=dtype, layers=layers)
+    return HFScorer(model, tokenizer, mode=mode, name=name, catalog=catalog)

@@ -82,6 +82,8 @@ def inject_one(candidates: list[dict], shown: Sequence[str], words: Sequence[str
     """``candidates`` with one of them (drawn with ``rng``) carrying a :data:`TRAINING_INJECTIONS` string at the
     end of its first shown free-text field, neutralized as any Corpus value; unchanged when none shows one."""
     fields = [f for f in CANDIDATE_TEXT_FIELDS if f in shown]
+    if not candidates:  # a generative request: nothing to write into
+        return candidates
     j = int(rng.integers(len(candidates)))
     injection = TRAINING_INJECTIONS[int(rng.integers(len(TRAINING_INJECTIONS)))]
     field = next((f for f in fields if candidates[j].get(f)), None)
