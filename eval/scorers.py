@@ -201,7 +201,7 @@ def run_model(model: Model, requests: Sequence[dict], table: RequestTable, *, ex
 
     if ray is not None and model.kind == "lm":
         return _run_on_ray(model, requests, table, examples=examples, max_new_tokens=max_new_tokens,
-                           progress=progress, device=device, catalog=catalog, ray=ray)
+                           progress=progress, device=device, catalog=catalog, ray=ray, chunk=chunk)
     model.load(examples, device=device, catalog=catalog)
     start = time.perf_counter()
     rank_idx = np.flatnonzero(table.rankable)
@@ -243,8 +243,9 @@ class RayOptions:
 
 
 def _run_on_ray(model: Model, requests: Sequence[dict], table: RequestTable, *, examples: Path, max_new_tokens: int,
-                progress: bool, device: str | None, catalog, ray: RayOptions) -> Scores:
-    """`run_model` for a language model whose Scorers live on Ray actors (each loads the model once)."""
+                progress: bool, device: str | None, catalog, ray: RayOptions, chunk: int) -> Scores:
+    """`run_model` for a language model whose Scorers live on Ray actors (each loads the model once), in the
+    same batches of ``chunk`` requests."""
     import time
 
     from recbrew.cluster import score_on_ray

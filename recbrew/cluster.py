@@ -4,10 +4,10 @@
   statistics, the history, the template) is the work. The members are partitioned over ``workers`` Ray tasks;
   each task renders its members' requests of every task against the corpus, which travels once through Ray's
   object store. The driver puts the rows back in request order, so the folder equals a local build's.
-- **Scoring.** Ray Data streams the requests through ``map_batches`` with one Scorer per Ray actor (each actor
-  loads the model once and scores batches as they come); the driver puts the scores back in request order.
-  Requests travel pickled, so no field changes type on the way. Actors take ``worker_cpus`` CPUs each, or one GPU
-  each on a cluster with GPUs.
+- **Scoring.** One Scorer per Ray actor (`ActorScorers`): each actor loads the model once, and batches of
+  requests go to whichever actor is free; the driver puts the answers back in request order. Requests travel as
+  the Python rows they are, so no field changes type on the way. Actors take ``worker_cpus`` CPUs each, or one
+  GPU each on a cluster with GPUs.
 
 ``address`` connects to a running cluster (``ray start --head`` on one machine, ``ray start --address`` on the
 others); without it a local Ray starts for the command and stops after it. Model folders, the tokenizer and a
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -72,21 +71,9 @@ def session(address: str | None = None) -> Iterator:
         where = f"no Ray cluster answers at --address {address}" if address else "Ray did not start"
         raise UserError(f"{where}: {first}") from None
     try:
-        _quiet_data(ray)
         yield ray
     finally:
         ray.shutdown()
-
-
-def _quiet_data(ray) -> None:
-    """Ray Data without its own progress bars and per-run log lines: the command shows one bar of its own."""
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    # Ray Data logs a failed worker's traceback; the command reports it in one line (`_raise_clear`).
-    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
 
 
 #: The last "Name: message" line of a worker's traceback, as Ray passes it on.
@@ -193,15 +180,10 @@ def build_on_ray(render: Callable, corpus, rule, cfg, plans: Sequence[tuple], *,
 # Scoring ------------------------------------------------------------------------------------------------------
 
 class _ScoreActor:
-    """One Scorer per Ray actor: ``load(*args, **kwargs)`` once, then scores (or, for generative rows, answers) batches."""
+    """One Scorer per Ray actor: ``load(*args, **kwargs)`` once, then answers batches of requests: scores, or
+    for generative ones the model's text. Failures come back as answers (`_Failed`), not as Ray errors."""
 
-    #: Set by `_actor_class`: how to build the Scorer.
-    load: Callable
-    args: tuple = ()
-    kwargs: dict = {}
-    max_new_tokens: int = 16
-
-    def __init__(self):
+    def __init__(self, load: Callable, args: tuple, kwargs: dict, max_new_tokens: int = 16):
         import ray
 
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
@@ -209,100 +191,129 @@ class _ScoreActor:
             import torch
 
             torch.set_num_threads(max(1, int(cpus)))
+        self.max_new_tokens = max_new_tokens
         self.failed: _Failed | None = None
         try:
-            self.scorer = type(self).load(*self.args, **self.kwargs)
-        except Exception as e:  # noqa: BLE001 - answered with every batch, raised on the driver as one line
+            self.scorer = load(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - answered to every batch, raised on the driver as one line
             self.failed = _Failed(e)
 
-    def __call__(self, batch: dict) -> dict:
-        generate = np.asarray(batch["generate"], dtype=bool)
+    def ready(self) -> _Failed | None:
+        return self.failed
+
+    def answer(self, rows: list[dict], generate: list[bool]):
+        if self.failed is not None:
+            return self.failed
         try:
-            if self.failed is not None:
-                raise UserError(self.failed.line)
-            return self._answer(batch, generate)
+            scores: list[np.ndarray | None] = [None] * len(rows)
+            texts: list[str | None] = [None] * len(rows)
+            rank = [k for k in range(len(rows)) if not generate[k]]
+            if rank:
+                for k, p in zip(rank, self.scorer.score([rows[k] for k in rank]), strict=True):
+                    scores[k] = np.asarray(p, dtype=np.float64)
+            gen = [k for k in range(len(rows)) if generate[k]]
+            if gen and hasattr(self.scorer, "generate"):
+                for k, t in zip(gen, self.scorer.generate([rows[k] for k in gen], self.max_new_tokens), strict=True):
+                    texts[k] = str(t)
+            return scores, texts
         except Exception as e:  # noqa: BLE001 - an answer that says what went wrong
-            failed = self.failed or _Failed(e)
-            return {"i": np.asarray(batch["i"], dtype=np.int64), "generate": generate,
-                    "scores": np.array([b""] * len(generate), dtype=object),
-                    "text": np.array([""] * len(generate), dtype=object),
-                    "error": np.array([pickle.dumps(failed)] * len(generate), dtype=object)}
-
-    def _answer(self, batch: dict, generate: np.ndarray) -> dict:
-        rows = [pickle.loads(b) for b in batch["row"]]
-        scores: list[bytes] = [b""] * len(rows)
-        texts = [""] * len(rows)
-        rank = [k for k in range(len(rows)) if not generate[k]]
-        if rank:
-            for k, p in zip(rank, self.scorer.score([rows[k] for k in rank]), strict=True):
-                scores[k] = pickle.dumps(np.asarray(p, dtype=np.float64))
-        gen = [k for k in range(len(rows)) if generate[k]]
-        if gen and hasattr(self.scorer, "generate"):
-            for k, t in zip(gen, self.scorer.generate([rows[k] for k in gen], self.max_new_tokens), strict=True):
-                texts[k] = str(t)
-        return {"i": np.asarray(batch["i"], dtype=np.int64), "generate": generate,
-                "scores": np.array(scores, dtype=object), "text": np.array(texts, dtype=object),
-                "error": np.array([b""] * len(rows), dtype=object)}
+            return _Failed(e)
 
 
-def _actor_class(load: Callable, args: tuple, kwargs: dict, max_new_tokens: int) -> type:
-    """A `_ScoreActor` that knows its Scorer: the class carries what the constructor would take, as Ray Data
-    keeps constructor arguments in the object store (and warns about restarting actors from there)."""
-    return type("ScoreActor", (_ScoreActor,), {"load": staticmethod(load), "args": tuple(args), "kwargs": dict(kwargs),
-                                               "max_new_tokens": max_new_tokens})
+class ActorScorers:
+    """Ray actors that each hold one Scorer built by ``load(*args, **kwargs)`` (a module-level function: the
+    actors import it), kept for as many `answer` calls as the caller makes.
+
+    ``workers`` actors (default: as many as fit), each with ``worker_cpus`` CPUs (default: the machine's CPUs
+    shared among the workers when ``workers`` is given, else up to 4 each), or one GPU each where the cluster has
+    GPUs. Use inside `session`; `close` (or the ``with`` block) ends the actors."""
+
+    def __init__(self, ray, load: Callable, args: tuple = (), kwargs: dict | None = None, *,
+                 workers: int | None = None, worker_cpus: int | None = None, max_new_tokens: int = 16,
+                 what: str = "score"):
+        if workers is not None and workers < 1:
+            raise UserError(f"--workers {workers}: at least 1")
+        if worker_cpus is not None and worker_cpus < 1:
+            raise UserError(f"--worker-cpus {worker_cpus}: at least 1")
+        self.ray, self.what = ray, what
+        cpus, gpus = cluster_cpus(ray), cluster_gpus(ray)
+        if gpus:
+            options, fit = {"num_gpus": 1, "num_cpus": worker_cpus or 1}, gpus
+        else:
+            each = worker_cpus or (max(1, cpus // workers) if workers else min(4, cpus))
+            options, fit = {"num_cpus": each}, max(1, cpus // each)
+        n = workers or fit
+        actor = ray.remote(_ScoreActor).options(max_restarts=0, **options)
+        self.actors = [actor.remote(load, args, kwargs or {}, max_new_tokens) for _ in range(n)]
+        self._get([a.ready.remote() for a in self.actors])  # a model that does not load fails here, once
+
+    def __enter__(self) -> ActorScorers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for a in self.actors:
+            self.ray.kill(a)
+        self.actors = []
+
+    def _get(self, refs):
+        try:
+            got = self.ray.get(refs)
+        except Exception as e:  # noqa: BLE001 - one clear line for whatever Ray raised (an actor lost, ...)
+            _raise_clear(e, self.what)
+        for g in got if isinstance(refs, list) else [got]:
+            if isinstance(g, _Failed):
+                g.raise_(self.what)
+        return got
+
+    def answer(self, requests: Sequence[dict], rank: Sequence[int], generate: Sequence[int] = (), *,
+               batch_size: int = 16, progress=None) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+        """Scores of ``requests[i]`` for i in ``rank`` and answers for i in ``generate``, in batches of
+        ``batch_size`` handed to whichever actor is free (``progress``: a bar updated per batch)."""
+        work = [(int(i), False) for i in rank] + [(int(i), True) for i in generate]
+        batches = [work[s:s + batch_size] for s in range(0, len(work), batch_size)]
+        free = list(self.actors)
+        running: dict = {}
+        scores: dict[int, np.ndarray] = {}
+        texts: dict[int, str] = {}
+        pending = list(range(len(batches)))
+        while pending or running:
+            while free and pending:
+                b = pending.pop(0)
+                actor = free.pop()
+                rows = [requests[i] for i, _ in batches[b]]
+                running[actor.answer.remote(rows, [g for _, g in batches[b]])] = (b, actor)
+            ready, _ = self.ray.wait(list(running), num_returns=1)
+            b, actor = running.pop(ready[0])
+            free.append(actor)
+            got_scores, got_texts = self._get(ready[0])
+            for (i, g), p, t in zip(batches[b], got_scores, got_texts, strict=True):
+                if g:
+                    texts[i] = "" if t is None else t
+                else:
+                    scores[i] = p
+            if progress is not None:
+                progress.update(len(batches[b]))
+        return scores, texts
 
 
 def score_on_ray(load: Callable, args: tuple, requests: Sequence[dict], rank: Sequence[int],
-                 generate: Sequence[int] = (), *, load_kwargs: dict | None = None, address: str | None = None, workers: int | None = None,
-                 worker_cpus: int | None = None, batch_size: int = 16, max_new_tokens: int = 16,
-                 desc: str = "score", progress: bool = True) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """Scores of ``requests[i]`` for i in ``rank`` and answers for i in ``generate``, from Scorers built by
-    ``load(*args, **load_kwargs)`` (a module-level function: actors import it) on Ray actors.
-
-    Actors: ``workers`` of them (default: as many as fit), each with ``worker_cpus`` CPUs (default: all of one
-    machine's share, at most 4), or one GPU each where the cluster has GPUs."""
-    if workers is not None and workers < 1:
-        raise UserError(f"--workers {workers}: at least 1")
-    if worker_cpus is not None and worker_cpus < 1:
-        raise UserError(f"--worker-cpus {worker_cpus}: at least 1")
-    items = ([{"i": int(i), "generate": False, "row": pickle.dumps(requests[i])} for i in rank]
-             + [{"i": int(i), "generate": True, "row": pickle.dumps(requests[i])} for i in generate])
-    if not items:
+                 generate: Sequence[int] = (), *, load_kwargs: dict | None = None, address: str | None = None,
+                 workers: int | None = None, worker_cpus: int | None = None, batch_size: int = 16,
+                 max_new_tokens: int = 16, desc: str = "score",
+                 progress: bool = True) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """`ActorScorers.answer` on a pool made for this call, in a `session` at ``address`` (or a local Ray)."""
+    if not len(rank) and not len(generate):
         return {}, {}
-    with session(address) as ray:
-        gpus = cluster_gpus(ray)
-        if gpus:
-            resources, fit = {"num_gpus": 1, "num_cpus": worker_cpus or 1}, gpus
-        else:
-            cpus = worker_cpus or min(4, cluster_cpus(ray))
-            resources, fit = {"num_cpus": cpus}, max(1, cluster_cpus(ray) // cpus)
-        n = min(workers or fit, max(1, len(items) // batch_size + 1))
-        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size + 1, 64 * n)))
-        actor = _actor_class(load, args, load_kwargs or {}, max_new_tokens)
-        scored = ds.map_batches(actor, batch_size=batch_size, batch_format="numpy", concurrency=n, **resources)
-        scores: dict[int, np.ndarray] = {}
-        texts: dict[int, str] = {}
-        bar = tqdm(total=len(items), desc=f"{desc} on {n} Ray actor{'s' * (n > 1)}", unit="req",
+    with session(address) as ray, ActorScorers(ray, load, args, load_kwargs, workers=workers,
+                                               worker_cpus=worker_cpus, max_new_tokens=max_new_tokens,
+                                               what=desc) as pool:
+        n = len(pool.actors)
+        bar = tqdm(total=len(rank) + len(generate), desc=f"{desc} on {n} Ray actor{'s' * (n > 1)}", unit="req",
                    disable=not progress, leave=False)
         try:
-            for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
-                failed = next((pickle.loads(e) for e in batch["error"] if len(e)), None)
-                if failed is not None:
-                    failed.raise_(desc)
-                for i, s, t, g in zip(batch["i"], batch["scores"], batch["text"], batch["generate"], strict=True):
-                    if g:
-                        texts[int(i)] = str(t)
-                    else:
-                        scores[int(i)] = pickle.loads(s)
-                bar.update(len(batch["i"]))
-        except UserError:
-            raise
-        except Exception as e:  # noqa: BLE001 - one clear line for whatever Ray raised (an actor lost, ...)
-            _raise_clear(e, desc)
+            return pool.answer(requests, rank, generate, batch_size=batch_size, progress=bar)
         finally:
             bar.close()
-    missing = len(items) - len(scores) - len(texts)
-    if missing:
-        raise UserError(f"{desc}: {missing} requests came back without an answer from the Ray actors")
-    return scores, texts
-

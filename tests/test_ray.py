@@ -61,7 +61,7 @@ def joined():
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 
@@ -95,7 +95,8 @@ def test_models_score_and_eval_on_ray_match_local(setup, cli_code, capsys, joine
     assert {m["name"]: m.get("engine") for m in on_ray.meta["models"]} == {"pop": None, "tiny": "ray"}
     a, b = (np.genfromtxt(r.paths["scores"], delimiter=",", names=True, dtype=None, encoding="utf-8")
             for r in (base, on_ray))
-    assert np.abs(a["tiny"] - b["tiny"]).max() <= 1e-5 and np.array_equal(a["pop"], b["pop"])
+    # eval scores in bf16 where the CPU has bf16 arithmetic: an actor's thread count orders its sums otherwise.
+    assert np.abs(a["tiny"] - b["tiny"]).max() <= 1e-4 and np.array_equal(a["pop"], b["pop"])
     # Generative requests were answered on the actors too.
     gens = [t for t in base.results["tasks"] if base.results["tasks"][t].get("kind") == "generative"]
     for task in gens:
