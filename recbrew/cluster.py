@@ -201,15 +201,17 @@ class _ScoreActor:
     def ready(self) -> _Failed | None:
         return self.failed
 
-    def answer(self, rows: list[dict], generate: list[bool]):
+    def answer(self, rows: list[dict], generate: list[bool], per_call: int | None = None):
         if self.failed is not None:
             return self.failed
         try:
             scores: list[np.ndarray | None] = [None] * len(rows)
             texts: list[str | None] = [None] * len(rows)
             rank = [k for k in range(len(rows)) if not generate[k]]
-            if rank:
-                for k, p in zip(rank, self.scorer.score([rows[k] for k in rank]), strict=True):
+            step = per_call or len(rank) or 1
+            for s in range(0, len(rank), step):
+                part = rank[s:s + step]
+                for k, p in zip(part, self.scorer.score([rows[k] for k in part]), strict=True):
                     scores[k] = np.asarray(p, dtype=np.float64)
             gen = [k for k in range(len(rows)) if generate[k]]
             if gen and hasattr(self.scorer, "generate"):
@@ -243,6 +245,7 @@ class ActorScorers:
             each = worker_cpus or (max(1, cpus // workers) if workers else min(4, cpus))
             options, fit = {"num_cpus": each}, max(1, cpus // each)
         n = workers or fit
+        self.actor_cpus = options["num_cpus"]
         actor = ray.remote(_ScoreActor).options(max_restarts=0, **options)
         self.actors = [actor.remote(load, args, kwargs or {}, max_new_tokens) for _ in range(n)]
         self._get([a.ready.remote() for a in self.actors])  # a model that does not load fails here, once
@@ -269,9 +272,12 @@ class ActorScorers:
         return got
 
     def answer(self, requests: Sequence[dict], rank: Sequence[int], generate: Sequence[int] = (), *,
-               batch_size: int = 16, progress=None) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+               batch_size: int = 16, per_call: int | None = None,
+               progress=None) -> tuple[dict[int, np.ndarray], dict[int, str]]:
         """Scores of ``requests[i]`` for i in ``rank`` and answers for i in ``generate``, in batches of
-        ``batch_size`` handed to whichever actor is free (``progress``: a bar updated per batch)."""
+        ``batch_size`` handed to whichever actor is free, which scores ``per_call`` requests per Scorer call
+        (default: the whole batch; the caller's own grouping gives its own numbers exactly). ``progress``: a bar
+        updated per batch."""
         work = [(int(i), False) for i in rank] + [(int(i), True) for i in generate]
         batches = [work[s:s + batch_size] for s in range(0, len(work), batch_size)]
         free = list(self.actors)
@@ -284,7 +290,7 @@ class ActorScorers:
                 b = pending.pop(0)
                 actor = free.pop()
                 rows = [requests[i] for i, _ in batches[b]]
-                running[actor.answer.remote(rows, [g for _, g in batches[b]])] = (b, actor)
+                running[actor.answer.remote(rows, [g for _, g in batches[b]], per_call)] = (b, actor)
             ready, _ = self.ray.wait(list(running), num_returns=1)
             b, actor = running.pop(ready[0])
             free.append(actor)
@@ -302,7 +308,7 @@ class ActorScorers:
 def score_on_ray(load: Callable, args: tuple, requests: Sequence[dict], rank: Sequence[int],
                  generate: Sequence[int] = (), *, load_kwargs: dict | None = None, address: str | None = None,
                  workers: int | None = None, worker_cpus: int | None = None, batch_size: int = 16,
-                 max_new_tokens: int = 16, desc: str = "score",
+                 per_call: int | None = None, max_new_tokens: int = 16, desc: str = "score",
                  progress: bool = True) -> tuple[dict[int, np.ndarray], dict[int, str]]:
     """`ActorScorers.answer` on a pool made for this call, in a `session` at ``address`` (or a local Ray)."""
     if not len(rank) and not len(generate):
@@ -314,6 +320,6 @@ def score_on_ray(load: Callable, args: tuple, requests: Sequence[dict], rank: Se
         bar = tqdm(total=len(rank) + len(generate), desc=f"{desc} on {n} Ray actor{'s' * (n > 1)}", unit="req",
                    disable=not progress, leave=False)
         try:
-            return pool.answer(requests, rank, generate, batch_size=batch_size, progress=bar)
+            return pool.answer(requests, rank, generate, batch_size=batch_size, per_call=per_call, progress=bar)
         finally:
             bar.close()

@@ -173,3 +173,15 @@ def test_address_joins_a_cluster_started_with_ray_start(setup, tmp_path):
     finally:
         head.terminate()
         head.wait(timeout=60)
+
+
+def test_bench_ray_times_both_ways_on_the_same_requests(setup, joined):
+    from recbrew.scoring.bench_ray import bench_ray
+
+    root, _, tiny = setup
+    out = bench_ray(str(tiny), str(root / "local"), requests=8, workers=2, batch_size=4, dtype="fp32")
+    assert out["requests"] == 8 and out["ray"]["workers"] == 2 and out["ray"]["worker_cpus"] == 1
+    for row in ("single_process", "single_process_batched", "ray"):
+        assert out[row]["requests_per_s"] > 0
+    assert out["speedup_vs_single_process"] == round(out["single_process"]["seconds"] / out["ray"]["seconds"], 2)
+    assert out["max_abs_diff"] <= 1e-5  # fp32, one request per call both ways

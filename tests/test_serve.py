@@ -284,3 +284,17 @@ def test_vllms_scoring_route_and_the_completions_route_give_the_same_scores(stac
     assert native.native is True and plain.native is False  # the route was there, and was used
     for a, b in zip(by_native, by_completions, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_tensor_parallel_and_engine_args_reach_the_vllm_command(tmp_path):
+    from recbrew.errors import UserError
+    from recbrew.serve.engine import VLLMServer
+    from recbrew.serve.server import engine_command_args
+
+    args = engine_command_args(2, ["--pipeline-parallel-size 2", "--gpu-memory-utilization 0.8"])
+    assert args == ["--tensor-parallel-size", "2", "--pipeline-parallel-size", "2", "--gpu-memory-utilization", "0.8"]
+    assert engine_command_args() == []
+    cmd = VLLMServer(tmp_path, extra_args=args).command()
+    assert cmd[cmd.index("--tensor-parallel-size") + 1] == "2" and "--pipeline-parallel-size" in cmd
+    with pytest.raises(UserError, match="at least 1"):
+        engine_command_args(0)

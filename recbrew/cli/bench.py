@@ -106,6 +106,29 @@ def score(
     typer.echo(json.dumps(result, indent=2 if as_json else None))
 
 
+@app.command("ray")
+def ray_score(
+    examples: Annotated[Path, typer.Option("--examples", help="Examples whose test requests are scored.")],
+    model: Annotated[str, typer.Option(help="'smollm2' or a model folder.")] = "smollm2",
+    requests: Annotated[int, typer.Option(min=1, help="Test requests (a seeded draw of whole slates).")] = 64,
+    workers: Annotated[int, typer.Option(min=1, help="Ray actors.")] = 2,
+    worker_cpus: Annotated[int | None, typer.Option("--worker-cpus", min=1, help="CPUs per actor (default: the "
+                                                    "machine's CPUs shared among the actors).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Requests per actor call.")] = 16,
+    rounds: Annotated[int, typer.Option(min=3, help="Timed rounds after the warm-up (median).")] = 3,
+    dtype: Annotated[str, typer.Option(help="auto (bf16 where the hardware has it), bf16 or fp32.")] = "auto",
+    address: Annotated[str | None, typer.Option("--address", help="A running Ray cluster (default: a local "
+                                                "one).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print indented JSON.")] = False,
+) -> None:
+    """`models score --engine ray` against scoring in one process, on the same requests in the same run:
+    requests/s, the ratio, and the largest score difference."""
+    from recbrew.scoring.bench_ray import bench_ray
+
+    result = bench_ray(model, str(examples), requests, workers, worker_cpus, batch_size, rounds, dtype, address)
+    typer.echo(json.dumps(result, indent=2 if as_json else None))
+
+
 @app.command()
 def injection(
     examples: Annotated[Path, typer.Option("--examples", help="Examples built by `recbrew data build` (their "

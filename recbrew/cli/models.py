@@ -91,8 +91,9 @@ def score(
         rows = kept
     load = {"catalog": catalog, "mode": mode, "dtype": dtype, "layers": layers}
     if engine == "ray":
+        # One request per Scorer call on the actors too, as below: the same numbers, and on CPUs the faster way.
         got, _ = score_on_ray(load_hf_scorer, (model,), rows, range(len(rows)), load_kwargs=load, address=address,
-                              workers=workers, worker_cpus=worker_cpus, desc=f"scoring ({mode})")
+                              workers=workers, worker_cpus=worker_cpus, per_call=1, desc=f"scoring ({mode})")
         probs = [got[i] for i in range(len(rows))]
     else:
         scorer = load_hf_scorer(model, **load)

@@ -26,6 +26,11 @@ def serve(
     max_candidates: Annotated[int, typer.Option("--max-candidates", help="Candidates per /v1/rank request.")] = 100,
     max_model_len: Annotated[int, typer.Option("--max-model-len", help="Context length of the engine.")] = 4096,
     prefix_caching: Annotated[bool, typer.Option("--prefix-caching/--no-prefix-caching")] = True,
+    tensor_parallel: Annotated[int, typer.Option("--tensor-parallel-size", min=1, help="GPUs that share the model "
+                                                 "(vLLM's tensor parallelism; docs/scale.md).")] = 1,
+    engine_arg: Annotated[list[str] | None, typer.Option("--engine-arg", help="An argument for the vLLM server, "
+                                                         "as it is, e.g. --engine-arg '--pipeline-parallel-size 2' "
+                                                         "(repeatable).")] = None,
 ) -> None:
     """Serve a model with vLLM (prefix caching on) behind recbrew's gateway: OpenAI routes + /v1/rank.
 
@@ -34,4 +39,5 @@ def serve(
 
     run(model, lora=lora, host=host, port=port, api_key=api_key, corpus=corpus, tasks_dir=tasks_dir,
         prompts_dir=prompts_dir, max_candidates=max_candidates, max_model_len=max_model_len,
-        prefix_caching=prefix_caching, log=typer.echo, examples=examples)
+        prefix_caching=prefix_caching, log=typer.echo, examples=examples, tensor_parallel=tensor_parallel,
+        engine_args=engine_arg)

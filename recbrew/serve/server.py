@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 from pathlib import Path
 
@@ -9,12 +10,24 @@ from recbrew.errors import UserError
 from recbrew.serve.engine import VLLMServer, check_port
 
 
+def engine_command_args(tensor_parallel: int = 1, engine_args: list[str] | None = None) -> list[str]:
+    """The vLLM arguments of `recbrew serve --tensor-parallel-size N --engine-arg ARG ...`."""
+    if tensor_parallel < 1:
+        raise UserError(f"--tensor-parallel-size {tensor_parallel}: at least 1")
+    args = ["--tensor-parallel-size", str(tensor_parallel)] if tensor_parallel > 1 else []
+    for arg in engine_args or []:
+        args += shlex.split(arg)
+    return args
+
+
 def serve(model: str, *, lora: Path | None = None, host: str = "127.0.0.1", port: int = 8000,
           api_key: str | None = None, corpus: Path | None = None, tasks_dir=None, prompts_dir=None,
           max_candidates: int = 100, max_model_len: int = 4096, prefix_caching: bool = True,
-          ready_timeout: float = 600.0, log=print, examples: Path | None = None) -> None:
+          ready_timeout: float = 600.0, log=print, examples: Path | None = None, tensor_parallel: int = 1,
+          engine_args: list[str] | None = None) -> None:
     """Serve ``model``; with ``examples`` the tasks are the specs recorded there (checked against ``tasks_dir``),
-    rendered in the style the examples were built in, over their Corpus unless ``corpus`` names another."""
+    rendered in the style the examples were built in, over their Corpus unless ``corpus`` names another.
+    ``tensor_parallel`` GPUs share the model (vLLM's tensor parallelism); ``engine_args`` go to vLLM as they are."""
     import uvicorn
 
     from recbrew.models.loading import resolve
@@ -46,7 +59,8 @@ def serve(model: str, *, lora: Path | None = None, host: str = "127.0.0.1", port
         return
     model_dir = resolve(model)
     check_port(host, port)
-    engine = VLLMServer(model_dir, lora=lora, prefix_caching=prefix_caching, max_model_len=max_model_len)
+    engine = VLLMServer(model_dir, lora=lora, prefix_caching=prefix_caching, max_model_len=max_model_len,
+                        extra_args=engine_command_args(tensor_parallel, engine_args))
     # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal with the previous
     # handler in place: make that handler an exception, so `finally` always stops the engine too.
     signal.signal(signal.SIGTERM, _exit_on_signal)
