@@ -205,7 +205,8 @@ def meta_rows(meta: dict) -> list[list[str]]:
             ["split cutoff", str(meta.get("cutoff"))], ["requests", str(meta.get("requests"))],
             ["created", str(meta.get("created"))]]
     rows += [[f"model {m['name']}", f"{m['kind']}: {m['spec']} (fingerprint {m['fingerprint']}, "
-              f"{'cached' if m.get('cached') else 'scored'} in {m.get('seconds', 0):.1f} s)"]
+              f"{'cached' if m.get('cached') else 'scored'} in {m.get('seconds', 0):.1f} s"
+              f"{' on Ray' if m.get('engine') == 'ray' else ''})"]
              for m in meta.get("models", [])]
     rows += [["versions", ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())]]
     rows += [["task versions", ", ".join(f"{k} v{v}" for k, v in sorted(meta.get("task_versions", {}).items()))]]

@@ -23,9 +23,11 @@ LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED":
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, shared_world, shared_tiny):
+def setup(tmp_path_factory, shared_world, shared_tiny, cli_code):
+    """(root, world, tiny model), with the examples of a single-process build in ``root/local``."""
     world = shared_world(300, 14, 2)
     root = tmp_path_factory.mktemp("ray")
+    assert cli_code(*_build_args(world, root / "local")) == 0
     return root, world, shared_tiny(world, "tiny", 0)
 
 
@@ -45,7 +47,6 @@ def _contents(folder: Path) -> dict:
 
 def test_build_on_ray_writes_the_same_folder(setup, cli_code):
     root, world, _ = setup
-    assert cli_code(*_build_args(world, root / "local")) == 0
     assert cli_code(*_build_args(world, root / "ray"), "--engine", "ray", "--workers", "3") == 0
     local, ray = _contents(root / "local"), _contents(root / "ray")
     assert local["manifest"]["tasks"]["feed_like"]["injected"] > 0  # the per-request draws were exercised
@@ -93,6 +94,7 @@ def test_models_score_and_eval_on_ray_match_local(setup, cli_code, capsys, joine
     on_ray = run_eval(ex, models, root / "eval-ray", bootstrap=0, progress=False, include_oracle=False,
                       engine="ray", ray=RayOptions(workers=2, worker_cpus=1))
     assert {m["name"]: m.get("engine") for m in on_ray.meta["models"]} == {"pop": None, "tiny": "ray"}
+    assert "scored in" in on_ray.paths["md"].read_text() and " s on Ray)" in on_ray.paths["md"].read_text()
     a, b = (np.genfromtxt(r.paths["scores"], delimiter=",", names=True, dtype=None, encoding="utf-8")
             for r in (base, on_ray))
     # eval scores in bf16 where the CPU has bf16 arithmetic: an actor's thread count orders its sums otherwise.
