@@ -26,21 +26,13 @@ from tqdm.auto import tqdm
 from recbrew.data.io import atomic_path
 from recbrew.errors import UserError
 from recbrew.eval.table import RequestTable
+from recbrew.scoring.registry import ScorerOptions, family_of, folder_fingerprint, load_scorer
+
+#: The registry's families that eval knows by kind (another registered family is a plain "scorer").
+KINDS = ("oracle", "popularity", "baseline", "lm")
 
 #: Bumped when a change to scoring would make cached scores wrong.
 CACHE_VERSION = 1
-BASELINE_FILES = ("model.pt", "popularity.json")
-
-
-def folder_fingerprint(path: str | Path) -> str:
-    """Hash of every file's relative path, size and modification time under ``path``."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for p in files:
-        st = p.stat()
-        h.update(f"{p.relative_to(path) if p != path else p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
 
 
 def parse_models(text: str | Sequence[str]) -> dict[str, str]:
@@ -70,7 +62,7 @@ class Model:
     name: str
     spec: str | None = None
     scorer: object | None = None
-    kind: str = "scorer"  # oracle | popularity | baseline | lm | scorer
+    kind: str = "scorer"  # oracle | popularity | baseline | lm (`recbrew.scoring.registry`) | scorer
     fingerprint: str | None = None
 
     @property
@@ -80,40 +72,15 @@ class Model:
         return isinstance(self.scorer, Generator)
 
     def load(self, examples: Path, device: str | None = None, catalog=None) -> None:
-        """Build the Scorer behind ``spec`` (no-op for objects handed in directly).
+        """Build the Scorer behind ``spec`` (no-op for objects handed in directly), through
+        `recbrew.scoring.registry.load_scorer`.
 
-        Language models read the answer words from ``catalog`` (default: the task specs recorded in ``examples``).
+        Language models read the answer words from ``catalog`` (default: the task specs recorded in ``examples``)
+        and score in bf16 where the hardware has bf16 arithmetic (CUDA, AVX-512 BF16 / AMX CPUs), fp32 elsewhere.
         """
         if self.scorer is not None:
             return
-        if self.kind == "oracle":
-            from recbrew.baselines.oracle import Oracle
-
-            self.scorer = Oracle()
-        elif self.kind == "popularity":
-            from recbrew.baselines.features import load_rows
-            from recbrew.baselines.popularity import Popularity
-
-            self.scorer = Popularity.fit(load_rows(examples, "train", split_tag="T1"))
-        elif self.kind == "baseline":
-            from recbrew.baselines.scorer import load_scorer
-
-            self.scorer = load_scorer(self.spec)
-        else:
-            from recbrew.scoring.hf import load_hf_scorer
-
-            # bf16 where the hardware has bf16 arithmetic (CUDA, AVX-512 BF16 / AMX CPUs), fp32 elsewhere.
-            self.scorer = load_hf_scorer(self.spec, catalog=self.catalog(examples, catalog), name=self.name,
-                                         device=device)
-
-    @staticmethod
-    def catalog(examples: Path, catalog=None):
-        """The task specs whose answer words a language model reads: ``catalog``, else those of ``examples``."""
-        if catalog is not None:
-            return catalog
-        from recbrew.examples.folder import Examples
-
-        return Examples.open(examples).catalog()
+        self.scorer = load_scorer(self.spec, examples=examples, catalog=catalog, name=self.name, device=device)
 
     def release(self) -> None:
         """Drop a loaded language model (the next one needs the memory)."""
@@ -129,17 +96,9 @@ def describe(name: str, spec_or_scorer) -> Model:
         return Model(name=name, scorer=spec_or_scorer, kind="scorer",
                      fingerprint=getattr(spec_or_scorer, "fingerprint", None))
     spec = str(spec_or_scorer)
-    path = Path(spec)
-    if spec == "oracle":
-        return Model(name, spec, kind="oracle", fingerprint="oracle")
-    if spec == "popularity" and not path.exists():
-        return Model(name, spec, kind="popularity", fingerprint="popularity-fit")
-    if path.is_dir() and any((path / f).is_file() for f in BASELINE_FILES):
-        return Model(name, spec, kind="baseline", fingerprint=folder_fingerprint(path))
-    from recbrew.models.loading import resolve
-
-    folder = resolve(spec)  # UserError with the accepted forms when the spec names nothing loadable
-    return Model(name, spec, kind="lm", fingerprint=folder_fingerprint(folder))
+    family = family_of(spec)
+    kind = family.name if family.name in KINDS else "scorer"
+    return Model(name, spec, kind=kind, fingerprint=family.fingerprint(spec))
 
 
 def examples_fingerprint(examples: str | Path) -> str:
@@ -249,14 +208,14 @@ def _run_on_ray(model: Model, requests: Sequence[dict], table: RequestTable, *, 
     import time
 
     from recbrew.cluster import score_on_ray
-    from recbrew.scoring.hf import load_hf_scorer
 
     start = time.perf_counter()
     rank_idx = np.flatnonzero(table.rankable)
     gen_idx = np.flatnonzero(table.generative)
+    options = ScorerOptions(catalog=ScorerOptions(examples=examples, catalog=catalog).task_catalog(), name=model.name,
+                            device=device)
     scores, texts = score_on_ray(
-        load_hf_scorer, (model.spec,), requests, rank_idx, gen_idx,
-        load_kwargs={"catalog": Model.catalog(examples, catalog), "name": model.name, "device": device}, address=ray.address, workers=ray.workers, worker_cpus=ray.worker_cpus, max_new_tokens=max_new_tokens,
+        load_scorer, (model.spec, options), requests, rank_idx, gen_idx, address=ray.address, workers=ray.workers, worker_cpus=ray.worker_cpus, max_new_tokens=max_new_tokens,
         desc=f"score {model.name}", progress=progress)
     per_request: list[np.ndarray | None] = [None] * len(table)
     for i, p in scores.items():

@@ -62,20 +62,15 @@ def train(
                f"(QR x{comp['ratio']}), {log['seconds']:.0f} s -> {out}")
 
 
-def scorer_for(spec: str, examples: Path):
-    """'oracle', 'popularity' (fitted on the examples' T1 training requests) or a model folder."""
-    if spec == "oracle":
-        from recbrew.baselines.oracle import Oracle
+def scorer_for(spec: str, examples: Path, quantize_bits: int | None = None):
+    """'oracle', 'popularity' (fitted on the examples' T1 training requests) or a model folder
+    (`recbrew.scoring.registry`)."""
+    from recbrew.baselines.scorer import load_scorer as load_baseline
+    from recbrew.scoring.registry import family_of, load_scorer
 
-        return Oracle()
-    if spec == "popularity" and not Path(spec).exists():
-        from recbrew.baselines.features import load_rows
-        from recbrew.baselines.popularity import Popularity
-
-        return Popularity.fit(load_rows(examples, "train", split_tag="T1"))
-    from recbrew.baselines.scorer import load_scorer
-
-    return load_scorer(spec)
+    if family_of(spec).name == "lm":  # not a classic ranker: the baseline loader says what is missing
+        return load_baseline(spec)
+    return load_scorer(spec, examples=examples, quantize_bits=quantize_bits)
 
 
 def model_labels(items: Sequence[str]) -> dict[str, str]:
@@ -112,14 +107,12 @@ def score(
 
     from recbrew.baselines.features import load_rows
     from recbrew.baselines.metrics import evaluate
-    from recbrew.baselines.scorer import load_scorer
-
     models = model_labels(model)  # before any loading: a clash is reported at once
     torch.set_num_threads(1)
     rows = load_rows(examples, split)
     results = []
     for label, spec in models.items():
-        scorer = load_scorer(spec, quantize) if quantize and Path(spec).is_dir() else scorer_for(spec, examples)
+        scorer = scorer_for(spec, examples, quantize)
         results.append({"name": label, "spec": spec, **evaluate(scorer, rows)})
     if as_json:
         typer.echo(json.dumps(results, indent=2))

@@ -69,7 +69,8 @@ def score(
     from recbrew.examples.folder import Examples
     from recbrew.metrics import per_task_auc
     from recbrew.models.loading import resolve
-    from recbrew.scoring.hf import MODES, load_hf_scorer
+    from recbrew.scoring.hf import MODES
+    from recbrew.scoring.registry import ScorerOptions, family_of, load_scorer
 
     check_engine(engine)
     ray_only(engine, address=address, workers=workers, worker_cpus=worker_cpus)
@@ -77,6 +78,9 @@ def score(
         raise UserError(f"--mode {mode!r}: choose {', '.join(MODES)}")
     if dtype not in ("auto", "bf16", "fp32"):
         raise UserError(f"--dtype {dtype!r}: choose auto, bf16 or fp32")
+    if family_of(model).name != "lm":
+        raise UserError(f"--model {model}: not a language model; `recbrew baselines score` or `recbrew eval` score "
+                        "the others")
     resolve(model)  # a model that is not there: one line before anything starts
     folder = Examples.open(examples)
     catalog = folder.catalog(tasks_dir)
@@ -89,14 +93,14 @@ def score(
                 kept.append(row)
                 per_task[row["task"]] += 1
         rows = kept
-    load = {"catalog": catalog, "mode": mode, "dtype": dtype, "layers": layers}
+    load = ScorerOptions(catalog=catalog, mode=mode, dtype=dtype, layers=layers)
     if engine == "ray":
         # One request per Scorer call on the actors too, as below: the same numbers, and on CPUs the faster way.
-        got, _ = score_on_ray(load_hf_scorer, (model,), rows, range(len(rows)), load_kwargs=load, address=address,
-                              workers=workers, worker_cpus=worker_cpus, per_call=1, desc=f"scoring ({mode})")
+        got, _ = score_on_ray(load_scorer, (model, load), rows, range(len(rows)), address=address, workers=workers,
+                              worker_cpus=worker_cpus, per_call=1, desc=f"scoring ({mode})")
         probs = [got[i] for i in range(len(rows))]
     else:
-        scorer = load_hf_scorer(model, **load)
+        scorer = load_scorer(model, load)
         probs = [scorer.score([row])[0] for row in tqdm(rows, desc=f"scoring ({mode})", unit="req")]
     requests = Counter(r["task"] for r in rows)
     result = {task: {"requests": requests[task], "candidates": t["candidates"], "auc": t["auc"]}

@@ -50,15 +50,15 @@ def bench_ray(model: str, examples: str, requests: int = 64, workers: int = 2, w
 
     from recbrew.cluster import ActorScorers, session
     from recbrew.examples.folder import Examples
-    from recbrew.scoring.hf import load_hf_scorer
+    from recbrew.scoring.registry import ScorerOptions, load_scorer
 
     folder = Examples.open(examples)
     catalog = folder.catalog()
     rows = [r for r in folder.requests("test") if r["kind"] != "generative" and r["segments"]]
     rng = np.random.default_rng(seed)
     rows = [rows[i] for i in sorted(rng.choice(len(rows), size=min(requests, len(rows)), replace=False))]
-    load = {"catalog": catalog, "dtype": dtype}
-    scorer = load_hf_scorer(model, **load)
+    load = ScorerOptions(catalog=catalog, dtype=dtype)
+    scorer = load_scorer(model, load)
     n = len(rows)
 
     def one_by_one():
@@ -72,7 +72,7 @@ def bench_ray(model: str, examples: str, requests: int = 64, workers: int = 2, w
     threads = torch.get_num_threads()
     with session(address) as ray:
         start = time.perf_counter()
-        with ActorScorers(ray, load_hf_scorer, (model,), load, workers=workers, worker_cpus=worker_cpus) as pool:
+        with ActorScorers(ray, load_scorer, (model, load), workers=workers, worker_cpus=worker_cpus) as pool:
             startup = time.perf_counter() - start
             ray_s, (got, _) = _median_seconds(lambda: pool.answer(rows, range(n), batch_size=batch_size, per_call=1),
                                               rounds)

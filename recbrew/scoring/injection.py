@@ -273,13 +273,14 @@ def pick_task(folder, name: str | None) -> TaskSpec:
 
 def load_scorer(model: str, catalog: dict, dtype: str = "auto", layers: int | None = None):
     """The language model behind ``model`` as eval scores it: `HFScorer` in multi mode, eval's precision."""
-    from recbrew.models.loading import load_model
-    from recbrew.scoring.hf import HFScorer
+    from recbrew.scoring import registry
 
-    lm, tokenizer = load_model(model, dtype=dtype, layers=layers)
-    if tokenizer is None:
+    if registry.family_of(model).name != "lm":
+        raise UserError(f"--model {model}: the injection bench scores a language model's prompts")
+    scorer = registry.load_scorer(model, catalog=catalog, dtype=dtype, layers=layers, name=model)
+    if scorer.tokenizer is None:
         raise UserError(f"model {model!r} has no tokenizer: the injection bench scores prompt text")
-    return HFScorer(lm, tokenizer, mode="multi", name=model, catalog=catalog)
+    return scorer
 
 
 def bench_injection(examples: str | Path, model: str | None = None, *, scorer=None, task: str | None = None,

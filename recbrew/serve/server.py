@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 
 from recbrew.errors import UserError
+from recbrew.scoring.registry import family_of, load_scorer
 from recbrew.serve.engine import VLLMServer, check_port
 
 
@@ -44,9 +45,7 @@ def serve(model: str, *, lora: Path | None = None, host: str = "127.0.0.1", port
             corpus = folder.corpus_dir("start the server with --corpus DIR (or without --examples)")
     if corpus is not None and not Path(corpus).is_dir():
         raise UserError(f"{corpus}: no such Corpus folder")
-    if _is_classic_ranker(model):
-        from recbrew.baselines.scorer import load_scorer
-
+    if family_of(model).name == "baseline":
         if corpus is None:
             raise UserError(f"{model}: a classic ranker scores Corpus ids: give --corpus DIR (or --examples)")
         check_port(host, port)
@@ -76,12 +75,6 @@ def serve(model: str, *, lora: Path | None = None, host: str = "127.0.0.1", port
         uvicorn.run(create_app(service, api_key), host=host, port=port, log_level="warning")
     finally:
         engine.stop()
-
-
-def _is_classic_ranker(model: str) -> bool:
-    from recbrew.baselines.scorer import MODEL_FILE
-
-    return (Path(model) / MODEL_FILE).is_file()
 
 
 def _exit_on_signal(signum, frame):
