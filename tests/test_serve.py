@@ -279,11 +279,17 @@ def test_vllms_scoring_route_and_the_completions_route_give_the_same_scores(stac
                 return scorers
 
         (native, by_native), (plain, by_completions) = asyncio.run(both())
+        # The synchronous Scorer (a script's or eval's way in): its own loop and client, the same scores.
+        from recbrew.scoring.protocol import AsyncScorer, Scorer
+
+        assert isinstance(native, Scorer) and isinstance(native, AsyncScorer)
+        by_sync = native.score(rows)
     finally:
         engine.stop()
     assert native.native is True and plain.native is False  # the route was there, and was used
-    for a, b in zip(by_native, by_completions, strict=True):
+    for a, b, c in zip(by_native, by_completions, by_sync, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+        np.testing.assert_allclose(a, c, atol=1e-6)
 
 
 def test_tensor_parallel_and_engine_args_reach_the_vllm_command(tmp_path):

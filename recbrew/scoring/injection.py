@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from recbrew.errors import UserError
+from recbrew.scoring.protocol import views
 from recbrew.tasks.spec import Kind, TaskSpec
 from recbrew.verbalize.injections import (  # noqa: F401  (Injection: re-exported with the bench's strings)
     CANDIDATE_TEXT_FIELDS,
@@ -313,7 +314,7 @@ def bench_injection(examples: str | Path, model: str | None = None, *, scorer=No
     render = Rerender(folder, spec, prompts_dir)
     if scorer is None:
         scorer = load_scorer(model, folder.catalog(), dtype, layers)
-    if "structured" in getattr(scorer, "views", ("text",)):
+    if "structured" in views(scorer):
         raise UserError(f"model {model or getattr(scorer, 'name', '?')!r} reads the structured view, not the prompt "
                         "text: the injection bench needs a language model")
 

@@ -39,6 +39,33 @@ class Generator(Protocol):
     def generate(self, requests: Sequence[dict], max_new_tokens: int = 16) -> list[str]: ...
 
 
+@runtime_checkable
+class AsyncScorer(Protocol):
+    """A Scorer that can also score without holding an event loop (the vLLM engine behind the gateway): the server
+    awaits ``ascore``; it runs any other Scorer's ``score`` in a worker thread."""
+
+    async def ascore(self, requests: Sequence[dict]) -> list[np.ndarray]: ...
+
+
+@runtime_checkable
+class AsyncGenerator(Protocol):
+    """A Generator whose answers the server can await (``agenerate``), like `AsyncScorer`."""
+
+    async def agenerate(self, requests: Sequence[dict], max_new_tokens: int | None = None) -> list[str]: ...
+
+
+@runtime_checkable
+class SharedClient(Protocol):
+    """A scorer that talks HTTP through the client its server hands it (``client``, set for the app's life)."""
+
+    client: object
+
+
+def views(scorer) -> tuple[str, ...]:
+    """The views of a request ``scorer`` reads: its ``views``, else the text view."""
+    return tuple(getattr(scorer, "views", ("text",)))
+
+
 def load_requests(examples_dir: str | Path, split: str = "test", tasks: Sequence[str] | None = None) -> list[dict]:
     """Rows of ``split`` (train, validation or test) with the text and structured views merged, optionally for
     some tasks only."""

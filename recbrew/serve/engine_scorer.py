@@ -16,6 +16,7 @@ engine; `RankService` runs any other (synchronous) Scorer in a worker thread ins
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Sequence
 
@@ -122,3 +123,20 @@ class EngineScorer:
                                          "stop": ["\n"]})
             out.append(reply["choices"][0]["text"].strip())
         return out
+
+    # The synchronous Scorer and Generator, for callers without an event loop (a script, eval). Each call
+    # runs its own loop and HTTP client; the gateway uses the asynchronous methods above with its own client.
+    def score(self, requests: Sequence[dict]) -> list[np.ndarray]:
+        return asyncio.run(self._own_client(self.ascore, requests))
+
+    def generate(self, requests: Sequence[dict], max_new_tokens: int = 16) -> list[str]:
+        return asyncio.run(self._own_client(self.agenerate, requests, max_new_tokens))
+
+    async def _own_client(self, method, *args):
+        shared = self.client
+        async with httpx.AsyncClient() as client:
+            self.client = client
+            try:
+                return await method(*args)
+            finally:
+                self.client = shared

@@ -18,6 +18,7 @@ import numpy as np
 from recbrew.data.ids import ITEM, MEMBER, IdMap
 from recbrew.data.schema import ITEMS, MEMBERS
 from recbrew.errors import UserError
+from recbrew.scoring.protocol import AsyncGenerator, AsyncScorer, Generator, SharedClient, views
 from recbrew.serve.protocol import (
     InlineMember,
     InlineNetwork,
@@ -200,21 +201,19 @@ class RankService:
     def client(self, client: httpx.AsyncClient | None) -> None:
         """The gateway's HTTP client, shared with an engine-backed scorer."""
         self._client = client
-        if hasattr(self.scorer, "client"):
+        if isinstance(self.scorer, SharedClient):
             self.scorer.client = client
 
     async def _score(self, row: dict) -> np.ndarray:
-        if hasattr(self.scorer, "ascore"):
+        if isinstance(self.scorer, AsyncScorer):
             return (await self.scorer.ascore([row]))[0]
-        if "structured" in getattr(self.scorer, "views", ("text",)) and "candidate_ids" not in row:
+        if "structured" in views(self.scorer) and "candidate_ids" not in row:
             raise RankError(400, f"the served model ({self.served_model}) scores the structured view of a request: "
                                  "send a member id and candidate ids of the served Corpus, not inline ones")
         return (await asyncio.to_thread(self.scorer.score, [row]))[0]
 
     async def _generate(self, row: dict) -> str:
-        from recbrew.scoring.protocol import Generator
-
-        if hasattr(self.scorer, "agenerate"):
+        if isinstance(self.scorer, AsyncGenerator):
             return (await self.scorer.agenerate([row]))[0]
         if isinstance(self.scorer, Generator):
             return (await asyncio.to_thread(self.scorer.generate, [row]))[0]
