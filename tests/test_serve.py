@@ -192,12 +192,13 @@ def test_rank_equals_hf_scorer_on_smollm2(stack):
 
 _VLLM_SCRIPT = """
 import json, sys
+from recbrew.examples.folder import Examples
 from recbrew.scoring import load_requests
 from recbrew.serve.vllm_scorer import VLLMScorer
 
 if __name__ == "__main__":
     rows = [r for r in load_requests(sys.argv[2], "test") if r["kind"] != "generative"][:6]
-    scorer = VLLMScorer(sys.argv[1], max_model_len=2048)
+    scorer = VLLMScorer(sys.argv[1], max_model_len=2048, catalog=Examples.open(sys.argv[2]).catalog())
     print("RESULT " + json.dumps([p.tolist() for p in scorer.score(rows)]))
 """
 

@@ -17,8 +17,10 @@ from recbrew.scoring.answers import AnswerWords, normalize
 
 
 class VLLMScorer:
-    def __init__(self, model: str, *, tasks_dir=None, max_model_len: int = 4096, prefix_caching: bool = True,
-                 name: str | None = None):
+    def __init__(self, model: str, *, catalog=None, tasks_dir=None, max_model_len: int = 4096,
+                 prefix_caching: bool = True, name: str | None = None):
+        """``catalog``: the task specs whose answer words are scored (as every other scorer takes them, e.g. an
+        examples folder's `Examples.catalog()`); else those of ``tasks_dir`` or the shipped catalog."""
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from vllm import LLM
@@ -31,7 +33,7 @@ class VLLMScorer:
         self.llm = LLM(model=str(Path(path)), dtype="float32", enforce_eager=True, max_model_len=max_model_len,
                        enable_prefix_caching=prefix_caching)
         self.name = name or f"vllm:{Path(path).name}"
-        self.answers = AnswerWords(self.tokenizer, tasks_dir=tasks_dir)
+        self.answers = AnswerWords(self.tokenizer, catalog, tasks_dir)
 
     def score(self, requests: Sequence[dict]) -> list[np.ndarray]:
         from vllm import SamplingParams
