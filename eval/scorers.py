@@ -214,9 +214,9 @@ def _run_on_ray(model: Model, requests: Sequence[dict], table: RequestTable, *, 
     gen_idx = np.flatnonzero(table.generative)
     options = ScorerOptions(catalog=ScorerOptions(examples=examples, catalog=catalog).task_catalog(), name=model.name,
                             device=device)
-    scores, texts = score_on_ray(
-        load_scorer, (model.spec, options), requests, rank_idx, gen_idx, address=ray.address, workers=ray.workers, worker_cpus=ray.worker_cpus, max_new_tokens=max_new_tokens,
-        desc=f"score {model.name}", progress=progress)
+    scores, texts = score_on_ray(load_scorer, (model.spec, options), requests, rank_idx, gen_idx, address=ray.address,
+                                 workers=ray.workers, worker_cpus=ray.worker_cpus, batch_size=chunk,
+                                 max_new_tokens=max_new_tokens, desc=f"score {model.name}", progress=progress)
     per_request: list[np.ndarray | None] = [None] * len(table)
     for i, p in scores.items():
         per_request[i] = _checked(model, table, i, p)

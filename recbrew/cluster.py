@@ -28,6 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from recbrew.errors import UserError
+from recbrew.scoring.protocol import Generator
 
 ENGINES = ("local", "ray")
 #: What `pip install` needs for ``--engine ray``.
@@ -115,7 +116,8 @@ class _Failed:
 
     def __init__(self, e: BaseException):
         self.user = isinstance(e, UserError)
-        self.line = str(e) if self.user else f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        first = next(iter(str(e).strip().splitlines()), "")
+        self.line = str(e) if self.user else f"{type(e).__name__}: {first}"
 
     def raise_(self, what: str):
         raise UserError(self.line if self.user else f"{what} failed on a Ray worker: {self.line}")
@@ -214,7 +216,7 @@ class _ScoreActor:
                 for k, p in zip(part, self.scorer.score([rows[k] for k in part]), strict=True):
                     scores[k] = np.asarray(p, dtype=np.float64)
             gen = [k for k in range(len(rows)) if generate[k]]
-            if gen and hasattr(self.scorer, "generate"):
+            if gen and isinstance(self.scorer, Generator):
                 for k, t in zip(gen, self.scorer.generate([rows[k] for k in gen], self.max_new_tokens), strict=True):
                     texts[k] = str(t)
             return scores, texts
@@ -243,8 +245,15 @@ class ActorScorers:
             options, fit = {"num_gpus": 1, "num_cpus": worker_cpus or 1}, gpus
         else:
             each = worker_cpus or (max(1, cpus // workers) if workers else min(4, cpus))
-            options, fit = {"num_cpus": each}, max(1, cpus // each)
+            options, fit = {"num_cpus": each}, cpus // each
+        if fit == 0:
+            raise UserError(f"--worker-cpus {options['num_cpus']}: more than the Ray cluster's {cpus} CPUs")
         n = workers or fit
+        if n > fit:  # actors hold their resources for life: one that cannot be placed would wait forever
+            have = f"{gpus} GPUs" if gpus else f"{cpus} CPUs"
+            raise UserError(f"--workers {n}: the Ray cluster has {have}, room for {fit} actor{'s' * (fit != 1)} of "
+                            f"{'1 GPU' if gpus else str(options['num_cpus']) + ' CPUs'} each; use fewer workers "
+                            "or --worker-cpus")
         self.actor_cpus = options["num_cpus"]
         actor = ray.remote(_ScoreActor).options(max_restarts=0, **options)
         self.actors = [actor.remote(load, args, kwargs or {}, max_new_tokens) for _ in range(n)]

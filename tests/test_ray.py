@@ -123,6 +123,13 @@ def test_ray_failures_are_one_line(setup, joined):
                                                                                "stride": 2},
                      desc="scoring", progress=False)
     assert "\n" not in str(err.value)
+    # More actors than the cluster can place would wait forever: refused at once.
+    with pytest.raises(UserError, match="--workers 3: the Ray cluster has 2 CPUs, room for 2 actors of 1 CPUs"):
+        score_on_ray(load_hf_scorer, (str(tiny),), rows, range(4), load_kwargs={"catalog": folder.catalog()},
+                     workers=3, worker_cpus=1, progress=False)
+    with pytest.raises(UserError, match="--worker-cpus 8: more than the Ray cluster's 2 CPUs"):
+        score_on_ray(load_hf_scorer, (str(tiny),), rows, range(4), load_kwargs={"catalog": folder.catalog()},
+                     worker_cpus=8, progress=False)
 
 
 def test_cli_refuses_ray_options_without_the_engine(setup, tmp_path):
