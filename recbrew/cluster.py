@@ -285,9 +285,13 @@ class ActorScorers:
                progress=None) -> tuple[dict[int, np.ndarray], dict[int, str]]:
         """Scores of ``requests[i]`` for i in ``rank`` and answers for i in ``generate``, in batches of
         ``batch_size`` handed to whichever actor is free, which scores ``per_call`` requests per Scorer call
-        (default: the whole batch; the caller's own grouping gives its own numbers exactly). ``progress``: a bar
-        updated per batch."""
+        (default: the whole batch; the caller's own grouping gives its own numbers exactly). With ``per_call``
+        the batches shrink to about a quarter of an actor's share, so no actor idles while another finishes.
+        ``progress``: a bar updated per batch."""
         work = [(int(i), False) for i in rank] + [(int(i), True) for i in generate]
+        if per_call:  # the batch only carries requests: smaller ones keep every actor busy to the end
+            even = -(-len(work) // (4 * len(self.actors)))
+            batch_size = max(per_call, min(batch_size, even) // per_call * per_call)
         batches = [work[s:s + batch_size] for s in range(0, len(work), batch_size)]
         free = list(self.actors)
         running: dict = {}
