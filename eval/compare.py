@@ -425,6 +425,138 @@ def task_notes(entry: dict, min_positives: int) -> list[str]:
     return notes
 
 
+def _generative_entry(entry: dict, table: RequestTable, idx: np.ndarray,
+                      generations: dict[str, dict[int, str] | None]) -> None:
+    """A generative task's exact match and token F1 per model (None for a model without an answer to every
+    request), and the most frequent answer's as the trivial baseline."""
+    for name, gens in generations.items():
+        if gens is None or not all(int(i) in gens for i in idx):
+            entry["models"][name] = None
+            continue
+        g = generation_scores([gens[int(i)] for i in idx], [table.target[i] for i in idx])
+        entry["models"][name] = {"exact": _num(g["exact"].mean()), "f1": _num(g["f1"].mean())}
+    entry["trivial"] = trivial = most_frequent_answer([table.target[i] for i in idx])
+    if trivial["answer"] is not None:
+        entry["notes"] = [f"most frequent answer ({trivial['answer']!r}): EM {trivial['exact']:.3f} / "
+                          f"F1 {trivial['f1']:.3f}; no star at or below it"]
+
+
+def _ranked_entry(entry: dict, table: RequestTable, task: str, req_sel: np.ndarray, scores: dict[str, np.ndarray],
+                  cfg: CompareConfig, boot: AucBootstrap) -> None:
+    """A ranked task's counts, caution notes and every model's metrics on the task's bootstrap sample."""
+    smp = boot.samples[task]
+    y, request = table.labels[smp.cand], table.request[smp.cand]
+    sizes = np.diff(table.offsets)[req_sel & table.rankable]
+    entry.update(candidates=int(smp.cand.sum()), positives=int(y.sum()),
+                 ranked_requests=int((sizes >= 2).sum()), unit=smp.unit)
+    notes = task_notes(entry, cfg.min_positives)
+    entry.update(flagged=entry["positives"] < cfg.min_positives, notes=notes)
+    for name, sc in scores.items():
+        if task not in boot.auc.get(name, {}):
+            entry["models"][name] = None
+            continue
+        entry["models"][name] = task_metrics(y, sc[smp.cand], request, smp, entry["kind"] == "listwise", cfg,
+                                             boot.replicates[name].get(task))
+
+
+def _task_entry(table: RequestTable, task: str, scores: dict[str, np.ndarray],
+                generations: dict[str, dict[int, str] | None], cfg: CompareConfig, boot: AucBootstrap) -> dict:
+    """One task of the results: its kind, tag and counts, and every model's metrics on it."""
+    req_sel = table.task == task
+    kind = str(table.kind[req_sel][0])
+    tag = str(table.split_tag[req_sel][0])
+    entry = {"kind": kind, "split_tag": tag, "requests": int(req_sel.sum()), "models": {}}
+    if kind == "generative":
+        _generative_entry(entry, table, np.flatnonzero(req_sel), generations)
+    elif task in boot.samples:
+        _ranked_entry(entry, table, task, req_sel, scores, cfg, boot)
+    else:  # no request of the task has candidates
+        entry.update(candidates=0, positives=0, ranked_requests=0, unit=None, flagged=True, notes=["no candidates"],
+                     models=dict.fromkeys(scores))
+    return entry
+
+
+def _calibration(table: RequestTable, scores: np.ndarray, bins: int) -> dict:
+    """ECE and the reliability diagram of one model over the binary tasks' candidates, pooled."""
+    binary = table.candidate_mask(table.rankable & (table.kind == "binary")) & ~np.isnan(scores)
+    y, s = table.labels[binary], scores[binary]
+    ece = _num(M.expected_calibration_error(y, s, bins)) if len(y) else None
+    rel = M.reliability(y, s, bins)
+    reliability = {k: [_num(v) for v in rel[k]] for k in ("edges", "count", "mean_prob", "rate")}
+    return {"ece_binary": ece, "reliability": reliability}
+
+
+def _summary_row(table: RequestTable, tasks: dict[str, dict], name: str, scores: np.ndarray, cfg: CompareConfig,
+                 boot: AucBootstrap) -> dict:
+    """One model's macro averages over the T1 and T2 tasks (AUC with its interval), generation and calibration."""
+    row: dict = {}
+    n_tasks: dict[str, int] = {}
+    for tag in TAGS:
+        ranked = [(e, e["models"].get(name)) for e in tasks.values()
+                  if e["split_tag"] == tag and e["kind"] != "generative"]
+        for metric in ("auc", "gauc", "ndcg", "mrr"):
+            values = [m[metric] if m else None for _, m in ranked]
+            row[f"{metric}_{tag}"] = macro(values)
+            n_tasks[f"{metric}_{tag}"] = sum(v is not None for v in values)
+        row[f"auc_{tag}_ci"] = boot.macro_interval(name, tag) if name in boot.auc else None
+        row[f"flagged_{tag}"] = sum(bool(e["flagged"]) for e, m in ranked if m and m["auc"] is not None)
+    row["n_tasks"] = n_tasks
+    gens = [e["models"].get(name) for e in tasks.values() if e["kind"] == "generative"]
+    row["exact"] = macro([g["exact"] if g else None for g in gens])
+    row["f1"] = macro([g["f1"] if g else None for g in gens])
+    row.update(_calibration(table, scores, cfg.bins))
+    return row
+
+
+def _add_oracle_gaps(summary: dict[str, dict], tasks: dict[str, dict], oracle: str) -> None:
+    """Each model's distance to the oracle: macro AUC per tag in the summary, AUC per task in the tasks."""
+    for name in summary:
+        for tag in TAGS:
+            o, m = summary[oracle][f"auc_{tag}"], summary[name][f"auc_{tag}"]
+            summary[name][f"oracle_gap_{tag}"] = None if o is None or m is None else round(o - m, 6)
+    for e in tasks.values():
+        o = e["models"].get(oracle)
+        for m in e["models"].values():
+            if m and o and "auc" in m:
+                m["oracle_gap"] = None if m["auc"] is None or o["auc"] is None else round(o["auc"] - m["auc"], 6)
+
+
+def _value_slice(table: RequestTable, scores: dict[str, np.ndarray], cfg: CompareConfig, ref: str | None,
+                 dim: str) -> dict:
+    """Macro AUC per bucket of one request column (:data:`SLICES`), with paired intervals where asked for."""
+    column, edges = SLICES[dim]
+    names = list(scores)
+    values = np.asarray(getattr(table, column), dtype=np.float64)
+    # A request without a value (days after the cutoff under a record-order split) is left out of the
+    # slice, never put in a bucket; a slice no request has a value for does not apply and has no buckets.
+    known = ~np.isnan(values)
+    which = np.where(known, buckets(np.where(known, values, 0.0), edges), -1)
+    rows = []
+    if known.any():
+        for b, label in enumerate(bucket_labels(edges)):
+            sel = which == b
+            rows.append({"bucket": label, "requests": int((sel & table.rankable).sum()),
+                         "macro_auc": {n: macro_auc_by_task(table, scores[n], sel) for n in names}})
+            if dim in SLICE_INTERVALS and cfg.bootstrap and rows[-1]["requests"]:
+                rows[-1].update(slice_intervals(table, {n: scores[n] for n in names}, cfg, sel,
+                                                ref if ref in names else None))
+    out = {"column": column, "edges": list(edges), "buckets": rows,
+           "without_value": int((~known & table.rankable).sum())}
+    if not known.any():
+        out["note"] = f"does not apply: no request has a {column} value"
+    return out
+
+
+def _slices(table: RequestTable, scores: dict[str, np.ndarray], cfg: CompareConfig, ref: str | None) -> dict:
+    """Macro AUC by bucket of every slice of :data:`SLICES`, then by split tag."""
+    slices = {dim: _value_slice(table, scores, cfg, ref, dim) for dim in SLICES}
+    slices["split_tag"] = {"column": "split_tag", "edges": [], "buckets": [
+        {"bucket": tag, "requests": int(((table.split_tag == tag) & table.rankable).sum()),
+         "macro_auc": {n: macro_auc_by_task(table, scores[n], table.split_tag == tag) for n in scores}}
+        for tag in TAGS]}
+    return slices
+
+
 def compare(table: RequestTable, scores: dict[str, np.ndarray], generations: dict[str, dict[int, str] | None],
             cfg: CompareConfig | None = None, oracle: str | None = None, *, reference: str | None = None,
             baselines: Sequence[str] | None = None, boot: AucBootstrap | None = None) -> dict:
@@ -437,110 +569,17 @@ def compare(table: RequestTable, scores: dict[str, np.ndarray], generations: dic
     cfg = cfg or CompareConfig()
     cfg.check()
     boot = boot if boot is not None else bootstrap_aucs(table, scores, cfg)
-    tasks: dict[str, dict] = {}
-    for t in table.tasks():
-        req_sel = table.task == t
-        kind = str(table.kind[req_sel][0])
-        tag = str(table.split_tag[req_sel][0])
-        entry = {"kind": kind, "split_tag": tag, "requests": int(req_sel.sum()), "models": {}}
-        if kind == "generative":
-            idx = np.flatnonzero(req_sel)
-            for name, gens in generations.items():
-                if gens is None or not all(int(i) in gens for i in idx):
-                    entry["models"][name] = None
-                    continue
-                g = generation_scores([gens[int(i)] for i in idx], [table.target[i] for i in idx])
-                entry["models"][name] = {"exact": _num(g["exact"].mean()), "f1": _num(g["f1"].mean())}
-            entry["trivial"] = trivial = most_frequent_answer([table.target[i] for i in idx])
-            if trivial["answer"] is not None:
-                entry["notes"] = [f"most frequent answer ({trivial['answer']!r}): EM {trivial['exact']:.3f} / "
-                                  f"F1 {trivial['f1']:.3f}; no star at or below it"]
-        elif t in boot.samples:
-            smp = boot.samples[t]
-            y, request = table.labels[smp.cand], table.request[smp.cand]
-            sizes = np.diff(table.offsets)[req_sel & table.rankable]
-            entry.update(candidates=int(smp.cand.sum()), positives=int(y.sum()),
-                         ranked_requests=int((sizes >= 2).sum()), unit=smp.unit)
-            notes = task_notes(entry, cfg.min_positives)
-            entry.update(flagged=entry["positives"] < cfg.min_positives, notes=notes)
-            for name, sc in scores.items():
-                if t not in boot.auc.get(name, {}):
-                    entry["models"][name] = None
-                    continue
-                entry["models"][name] = task_metrics(y, sc[smp.cand], request, smp, kind == "listwise", cfg,
-                                                     boot.replicates[name].get(t))
-        else:  # no request of the task has candidates
-            entry.update(candidates=0, positives=0, ranked_requests=0, unit=None, flagged=True, notes=["no candidates"],
-                         models=dict.fromkeys(scores))
-        tasks[t] = entry
-
+    tasks = {t: _task_entry(table, t, scores, generations, cfg, boot) for t in table.tasks()}
     names = list(scores)
-    summary: dict[str, dict] = {}
-    for name in names:
-        row: dict = {}
-        n_tasks: dict[str, int] = {}
-        for tag in TAGS:
-            ranked = [(e, e["models"].get(name)) for e in tasks.values()
-                      if e["split_tag"] == tag and e["kind"] != "generative"]
-            for metric in ("auc", "gauc", "ndcg", "mrr"):
-                values = [m[metric] if m else None for _, m in ranked]
-                row[f"{metric}_{tag}"] = macro(values)
-                n_tasks[f"{metric}_{tag}"] = sum(v is not None for v in values)
-            row[f"auc_{tag}_ci"] = boot.macro_interval(name, tag) if name in boot.auc else None
-            row[f"flagged_{tag}"] = sum(bool(e["flagged"]) for e, m in ranked if m and m["auc"] is not None)
-        row["n_tasks"] = n_tasks
-        gens = [e["models"].get(name) for e in tasks.values() if e["kind"] == "generative"]
-        row["exact"] = macro([g["exact"] if g else None for g in gens])
-        row["f1"] = macro([g["f1"] if g else None for g in gens])
-        binary = table.candidate_mask(table.rankable & (table.kind == "binary")) & ~np.isnan(scores[name])
-        y, s = table.labels[binary], scores[name][binary]
-        row["ece_binary"] = _num(M.expected_calibration_error(y, s, cfg.bins)) if len(y) else None
-        rel = M.reliability(y, s, cfg.bins)
-        row["reliability"] = {k: [_num(v) for v in rel[k]] for k in ("edges", "count", "mean_prob", "rate")}
-        summary[name] = row
-
+    summary = {name: _summary_row(table, tasks, name, scores[name], cfg, boot) for name in names}
     if oracle in summary:
-        for name in names:
-            for tag in TAGS:
-                o, m = summary[oracle][f"auc_{tag}"], summary[name][f"auc_{tag}"]
-                summary[name][f"oracle_gap_{tag}"] = None if o is None or m is None else round(o - m, 6)
-        for e in tasks.values():
-            o = e["models"].get(oracle)
-            for m in e["models"].values():
-                if m and o and "auc" in m:
-                    m["oracle_gap"] = None if m["auc"] is None or o["auc"] is None else round(o["auc"] - m["auc"], 6)
-
+        _add_oracle_gaps(summary, tasks, oracle)
     ref, rule = pick_reference(summary, oracle if oracle in summary else None, reference, baselines)
     paired = None
     if ref is not None:
         paired = {"reference": ref, "rule": rule, "level": cfg.level,
                   "rows": {n: paired_delta(boot, n, ref) for n in names if n != ref}}
-
-    slices: dict[str, dict] = {}
-    for dim, (column, edges) in SLICES.items():
-        values = np.asarray(getattr(table, column), dtype=np.float64)
-        # A request without a value (days after the cutoff under a record-order split) is left out of the
-        # slice, never put in a bucket; a slice no request has a value for does not apply and has no buckets.
-        known = ~np.isnan(values)
-        which = np.where(known, buckets(np.where(known, values, 0.0), edges), -1)
-        rows = []
-        if known.any():
-            for b, label in enumerate(bucket_labels(edges)):
-                sel = which == b
-                rows.append({"bucket": label, "requests": int((sel & table.rankable).sum()),
-                             "macro_auc": {n: macro_auc_by_task(table, scores[n], sel) for n in names}})
-                if dim in SLICE_INTERVALS and cfg.bootstrap and rows[-1]["requests"]:
-                    rows[-1].update(slice_intervals(table, {n: scores[n] for n in names}, cfg, sel,
-                                                    ref if ref in names else None))
-        slices[dim] = {"column": column, "edges": list(edges), "buckets": rows,
-                       "without_value": int((~known & table.rankable).sum())}
-        if not known.any():
-            slices[dim]["note"] = f"does not apply: no request has a {column} value"
-    slices["split_tag"] = {"column": "split_tag", "edges": [], "buckets": [
-        {"bucket": tag, "requests": int(((table.split_tag == tag) & table.rankable).sum()),
-         "macro_auc": {n: macro_auc_by_task(table, scores[n], table.split_tag == tag) for n in names}}
-        for tag in TAGS]}
-
+    slices = _slices(table, scores, cfg, ref)
     return {"config": {"k": cfg.k, "bootstrap": cfg.bootstrap, "seed": cfg.seed, "bins": cfg.bins,
                        "level": cfg.level, "unit": cfg.unit, "min_positives": cfg.min_positives},
             "models": names, "oracle": oracle if oracle in summary else None, "tasks": tasks, "summary": summary,

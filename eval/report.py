@@ -252,47 +252,71 @@ def render_markdown(results: dict, meta: dict) -> str:
     return "\n".join(parts)
 
 
-def render_html(results: dict, meta: dict) -> str:
-    names, oracle, k = results["models"], results["oracle"], results["config"]["k"]
-    min_pos = results["config"].get("min_positives", 20)
+def _escaped(rows: list[list[str]]) -> list[list[str]]:
+    return [[html.escape(c) for c in r] for r in rows]
+
+
+def _html_head(results: dict, meta: dict) -> list[str]:
+    """The page's head, title, lead paragraph and summary table, and the paired comparison if there is one."""
     esc = html.escape
+    names, k = results["models"], results["config"]["k"]
+    min_pos = results["config"].get("min_positives", 20)
     out = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>recbrew eval report</title>"
            f"<style>{CSS}</style></head><body>", "<h1>recbrew eval report</h1>",
            f"<p class='note'>{len(names)} models on the same {meta.get('requests')} test requests of "
            f"<code>{esc(str(meta.get('examples')))}</code>. Green cells ({WIN}) are the best model of a task "
            f"(oracle excluded). {esc(bootstrap_note(results))} k = {k}.</p>",
            "<h2>Summary</h2>",
-           html_table(["model"] + [h for _, h in SUMMARY_COLUMNS], [[esc(c) for c in r] for r in summary_rows(results)]),
+           html_table(["model"] + [h for _, h in SUMMARY_COLUMNS], _escaped(summary_rows(results))),
            f"<p class='note'>{esc(summary_note(results, min_pos))}</p>"]
     if results.get("paired") and results["paired"]["rows"]:
         out += [f"<h2>Paired comparison with {esc(results['paired']['reference'])}</h2>",
                 f"<p class='note'>{esc(paired_note(results))}</p>",
-                html_table(PAIRED_HEADER, [[esc(c) for c in r] for r in paired_rows(results)])]
-    out.append("<h2>Models x tasks</h2><p class='note'>AUC over candidates (listwise: over slots); generative tasks: "
-               "exact match / token F1 of greedy generation, n/a for models that cannot generate. Shaded rows are "
-               f"tasks with fewer than {min_pos} positives: shown, and counted in the macro averages, but weak "
-               "evidence.</p>")
+                html_table(PAIRED_HEADER, _escaped(paired_rows(results)))]
+    return out
+
+
+def _html_task_row(entry: dict, task: str, names: list[str], oracle: str | None) -> tuple[list[str], list[str]]:
+    """One task's cells of the models x tasks table (AUC with its interval, the winners starred) and classes."""
+    esc = html.escape
+    win = winners(entry, oracle)
+    cells, cls = [esc(task), entry["split_tag"], entry["kind"]], ["", "", ""]
+    for n in names:
+        m = entry["models"].get(n)
+        text = esc(task_cell(entry, n, with_ci=False))
+        if m and entry["kind"] != "generative" and m["ci"].get("auc"):
+            text += f" <span class='ci'>{esc(fmt_ci(m['ci']['auc']).strip())}</span>"
+        cells.append(text + (f" {WIN}" if n in win else ""))
+        cls.append("win" if n in win else "")
+    cells += [esc(c) for c in task_count_cells(entry)] + [esc(task_note(entry))]
+    cls += ["", "", "", "flag" if entry.get("flagged") else "note"]
+    return cells, cls
+
+
+def _html_tasks(results: dict) -> list[str]:
+    """The models x tasks table, flagged tasks shaded."""
+    names, oracle = results["models"], results["oracle"]
+    min_pos = results["config"].get("min_positives", 20)
+    head = ("<h2>Models x tasks</h2><p class='note'>AUC over candidates (listwise: over slots); generative tasks: "
+            "exact match / token F1 of greedy generation, n/a for models that cannot generate. Shaded rows are "
+            f"tasks with fewer than {min_pos} positives: shown, and counted in the macro averages, but weak "
+            "evidence.</p>")
     rows, classes = [], []
     for task, entry in task_rows(results):
-        win = winners(entry, oracle)
-        cells, cls = [esc(task), entry["split_tag"], entry["kind"]], ["", "", ""]
-        for n in names:
-            m = entry["models"].get(n)
-            text = esc(task_cell(entry, n, with_ci=False))
-            if m and entry["kind"] != "generative" and m["ci"].get("auc"):
-                text += f" <span class='ci'>{esc(fmt_ci(m['ci']['auc']).strip())}</span>"
-            cells.append(text + (f" {WIN}" if n in win else ""))
-            cls.append("win" if n in win else "")
-        cells += [esc(c) for c in task_count_cells(entry)] + [esc(task_note(entry))]
-        cls += ["", "", "", "flag" if entry.get("flagged") else "note"]
+        cells, cls = _html_task_row(entry, task, names, oracle)
         rows.append(cells)
         classes.append(cls)
-    out.append(html_table(["task", "tag", "kind"] + [esc(n) for n in names]
-                           + ["requests", "candidates", "positives", "note"], rows, classes,
-                           [entry.get("flagged", False) for _, entry in task_rows(results)]))
-    out.append("<h2>Per-task metrics by model</h2><p class='note'>Rank metrics (group AUC, NDCG, Recall, MRR, "
-               "Acc@1) over requests with at least two candidates; n/a where there are none.</p>")
-    for n in names:
+    return [head, html_table(["task", "tag", "kind"] + [html.escape(n) for n in names]
+                             + ["requests", "candidates", "positives", "note"], rows, classes,
+                             [entry.get("flagged", False) for _, entry in task_rows(results)])]
+
+
+def _html_details(results: dict) -> list[str]:
+    """Every ranked task's metrics, one folded table per model."""
+    esc = html.escape
+    out = ["<h2>Per-task metrics by model</h2><p class='note'>Rank metrics (group AUC, NDCG, Recall, MRR, "
+           "Acc@1) over requests with at least two candidates; n/a where there are none.</p>"]
+    for n in results["models"]:
         rows = []
         for task, entry in task_rows(results):
             m = entry["models"].get(n)
@@ -302,20 +326,34 @@ def render_html(results: dict, meta: dict) -> str:
                         + [esc(task_note(entry))])
         out.append(f"<details><summary>{esc(n)}</summary>"
                    + html_table(["task", "tag"] + [h for _, h in DETAIL_COLUMNS] + ["note"], rows) + "</details>")
-    out.append("<h2>Reliability (binary tasks pooled)</h2>")
-    out.append(img(reliability_figure(results["summary"]), "reliability diagrams"))
+    return out
+
+
+def _html_slices(results: dict) -> list[str]:
+    """The reliability diagrams, then each slice's table, paired differences and figure (or why it has none)."""
+    esc = html.escape
+    names = results["models"]
+    out = ["<h2>Reliability (binary tasks pooled)</h2>",
+           img(reliability_figure(results["summary"]), "reliability diagrams")]
     for dim in ("split_tag", *SLICES):
         out.append(f"<h2>{esc(SLICE_TITLES[dim])}</h2>")
         if results["slices"][dim].get("note"):
             out.append(f"<p class='note'>{esc(results['slices'][dim]['note'])}</p>")
             continue
-        out.append(html_table(["bucket", "requests"] + [esc(n) for n in names],
-                               [[esc(c) for c in r] for r in slice_rows(results, dim)]))
+        out.append(html_table(["bucket", "requests"] + [esc(n) for n in names], _escaped(slice_rows(results, dim))))
         paired = slice_paired(results, dim)
         if paired:
             out.append(f"<p class='note'>{esc(paired[0])}</p>")
-            out.append(html_table([esc(h) for h in paired[1]], [[esc(c) for c in r] for r in paired[2]]))
+            out.append(html_table([esc(h) for h in paired[1]], _escaped(paired[2])))
         out.append(img(slice_figure(SLICE_TITLES[dim], results["slices"][dim]["buckets"], names), dim))
+    return out
+
+
+def _html_tail(results: dict, meta: dict) -> list[str]:
+    """Example rankings, top-k diversity, the run's details and the script that marks the page rendered."""
+    esc = html.escape
+    k = results["config"]["k"]
+    out = []
     if results.get("rankings"):
         header, rows = ranking_rows(results, k, esc)
         out += [f"<h2>Example rankings</h2><p class='note'>{esc(RANKINGS_NOTE)}</p>", html_table(header, rows)]
@@ -323,10 +361,16 @@ def render_html(results: dict, meta: dict) -> str:
                "diversity = 1 - share of same-topic pairs in a top-k list; coverage = distinct items (companies) "
                "in the top-k lists / in all candidates.</p>")
     out.append(html_table(["model", "lists", "topic diversity", "item coverage", "company coverage"],
-                           [[esc(c) for c in r] for r in diversity_rows(results)]))
+                          _escaped(diversity_rows(results))))
     out.append("<h2>Run</h2>" + html_table(["", ""], [[esc(a), esc(b)] for a, b in meta_rows(meta)]))
     out.append('<script>document.body.setAttribute("data-rendered","1");</script></body></html>')
-    return "\n".join(out)
+    return out
+
+
+def render_html(results: dict, meta: dict) -> str:
+    """The self-contained HTML report: tables, figures as base64 PNG, inline CSS."""
+    return "\n".join(_html_head(results, meta) + _html_tasks(results) + _html_details(results)
+                     + _html_slices(results) + _html_tail(results, meta))
 
 
 def write_report(out_dir: str | Path, results: dict, meta: dict) -> dict[str, Path]:

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,14 +20,20 @@ from recbrew.eval.report import fmt, unit_text, write_report
 from recbrew.eval.scorers import (
     Model,
     RayOptions,
+    Scores,
     cache_path,
     describe,
     examples_fingerprint,
     load_cached,
+    parse_models,
     run_model,
     save_cached,
 )
 from recbrew.eval.table import RequestTable
+
+if TYPE_CHECKING:
+    from recbrew.examples.folder import Examples
+    from recbrew.tasks.spec import TaskSpec
 
 PACKAGES = ("recbrew", "numpy", "scikit-learn", "torch", "transformers", "peft", "datasets", "matplotlib")
 
@@ -108,8 +115,127 @@ def versions() -> dict[str, str]:
     return out
 
 
+@dataclass
+class _TestSet:
+    """The test requests every model scores: the examples folder they come from, its catalog, the table."""
+
+    examples: Path
+    folder: Examples
+    catalog: dict[str, TaskSpec]
+    requests: list[dict]
+    table: RequestTable
+
+
+@dataclass
+class _Source:
+    """Where one model reads its test requests and prompts: the shared examples folder or its own."""
+
+    examples: Path
+    requests: list[dict]
+    catalog: dict[str, TaskSpec]
+
+
+@dataclass
+class _Lineup:
+    """The models in report order (the oracle first where it joins) and those that read their own examples."""
+
+    entries: list[Model]
+    oracle: str | None
+    own: dict[str, _Source] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.entries]
+
+
+@dataclass
+class _Scored:
+    """Every row's scores and generations on the test table, and what the report says of each run."""
+
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    generations: dict[str, dict[int, str] | None] = field(default_factory=dict)
+    run_info: list[dict] = field(default_factory=list)
+
+
+def _ray_options(engine: str, ray: RayOptions | None) -> RayOptions | None:
+    """The Ray options the language models score with: None unless ``engine`` is ray (then defaults if not given)."""
+    from recbrew.cluster import check_engine
+
+    check_engine(engine)
+    if engine == "ray":
+        return ray or RayOptions()
+    if ray is not None:
+        raise UserError("Ray options need engine='ray' (--engine ray)")
+    return None
+
+
+def _out_folder(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
+    return out
+
+
+def _first_per_task(requests: list[dict], max_per_task: int | None) -> list[dict]:
+    """The first ``max_per_task`` requests of each task (all of them when None), in their order."""
+    if max_per_task is None:
+        return requests
+    kept: Counter = Counter()
+    first = []
+    for r in requests:
+        kept[r["task"]] += 1
+        if kept[r["task"]] <= max_per_task:
+            first.append(r)
+    return first
+
+
+def _test_set(examples: Path, tasks: Sequence[str] | None, tasks_dir: str | Path | None,
+              max_per_task: int | None) -> _TestSet:
+    """The examples folder's test requests (of ``tasks``, the first ``max_per_task`` of each) and its catalog."""
+    from recbrew.examples.folder import Examples
+
+    folder = Examples.open(examples)
+    catalog = folder.catalog(tasks_dir)  # before minutes of scoring: a conflicting --tasks-dir fails here
+    requests = _first_per_task(folder.requests("test", tasks), max_per_task)
+    if not requests:
+        raise UserError(f"{examples}: no test requests" + (f" for tasks {', '.join(tasks)}" if tasks else ""))
+    return _TestSet(examples, folder, catalog, requests, RequestTable.from_requests(requests))
+
+
+def _lineup(specs: Mapping[str, object], requests: Sequence[dict], include_oracle: bool) -> _Lineup:
+    """A Model per spec, with the oracle first when asked for, not given, and every request has true probs."""
+    entries: list[Model] = [describe(name, spec) for name, spec in specs.items()]
+    oracle = next((m.name for m in entries if m.kind == "oracle"), None)
+    if include_oracle and oracle is None and has_true_probs(requests):
+        entries.insert(0, describe("oracle", "oracle"))
+        oracle = "oracle"
+    return _Lineup(entries, oracle)
+
+
+def _check_fusions(fusions: Mapping[str, Sequence[str]], names: list[str]) -> None:
+    for name, parts in fusions.items():
+        if name in names or not parts or any(p not in names for p in parts):
+            raise UserError(f"fusion {name!r}: its models ({', '.join(parts) or 'none'}) must be among the models "
+                            f"({', '.join(names)}) and its name must be new")
+
+
+def _own_sources(model_examples: Mapping[str, str | Path], names: list[str], test: _TestSet,
+                 tasks: Sequence[str] | None, tasks_dir: str | Path | None) -> dict[str, _Source]:
+    """``--model-examples``: each named model's own examples folder, checked to hold the same test requests."""
+    unknown = sorted(set(model_examples) - set(names))
+    if unknown:
+        raise UserError(f"--model-examples names {', '.join(unknown)}, not among the models: {', '.join(names)}")
+    return {name: _same_requests(name, Path(path), test.requests, tasks, tasks_dir)
+            for name, path in model_examples.items()}
+
+
+def _check_reference(reference: str | None, names: list[str], fusions: Mapping[str, Sequence[str]]) -> None:
+    if reference is not None and reference not in names + list(fusions):  # before minutes of scoring
+        raise UserError(f"reference model {reference!r} is not among the models: {', '.join(names)}")
+
+
 def _same_requests(name: str, path: Path, requests: Sequence[dict], tasks: Sequence[str] | None,
-                   tasks_dir: str | Path | None) -> tuple[Path, list[dict], dict]:
+                   tasks_dir: str | Path | None) -> _Source:
     """A model's own examples folder: its test requests in the order of ``requests`` (the same ids, candidates
     and labels, or one error line), and its catalog."""
     from recbrew.examples.folder import Examples
@@ -125,7 +251,86 @@ def _same_requests(name: str, path: Path, requests: Sequence[dict], tasks: Seque
             raise UserError(f"--model-examples {name}={path}: it {what} test request {r['request_id']}; build both "
                             "folders from the same corpus with the same split options")
         out.append(other)
-    return path, out, folder.catalog(tasks_dir)
+    return _Source(path, out, folder.catalog(tasks_dir))
+
+
+def _score_model(m: Model, source: _Source, key_parts: dict, out: Path, table: RequestTable, *, use_cache: bool,
+                 max_new_tokens: int, progress: bool, device: str | None, ray: RayOptions | None) -> Scores:
+    """One model's scores on ``table``: from the cache under ``out`` when it holds them, else run and cached."""
+    path = cache_path(out, m, key_parts) if use_cache else None
+    got = load_cached(path, table)
+    if got is None:
+        got = run_model(m, source.requests, table, examples=source.examples, max_new_tokens=max_new_tokens,
+                        progress=progress, device=device, catalog=source.catalog, ray=ray)
+        save_cached(path, table, got)
+        m.release()
+    return got
+
+
+def _run_row(m: Model, got: Scores, ray: RayOptions | None, own: _Source | None) -> dict:
+    """What the report's Run table says of one model's scoring."""
+    return {"name": m.name, "spec": m.spec or type(m.scorer).__name__, "kind": m.kind,
+            "fingerprint": (m.fingerprint or "-")[:12], "cached": got.cached,
+            "seconds": round(got.seconds, 3),
+            **({"engine": "ray"} if ray is not None and m.kind == "lm" and not got.cached else {}),
+            **({"examples": str(own.examples)} if own is not None else {})}
+
+
+def _score_all(lineup: _Lineup, test: _TestSet, out: Path, *, tasks: Sequence[str] | None, use_cache: bool,
+               max_new_tokens: int, progress: bool, device: str | None, ray: RayOptions | None) -> _Scored:
+    """Every model of the lineup on the same test table, each on its own examples where it has them."""
+    key_parts = {"examples": examples_fingerprint(test.examples), "tasks": sorted(tasks) if tasks else None,
+                 "max_new_tokens": max_new_tokens}
+    shared = _Source(test.examples, test.requests, test.catalog)
+    scored = _Scored()
+    for m in lineup.entries:
+        own = lineup.own.get(m.name)
+        source, m_key = shared, key_parts
+        if own is not None:
+            source, m_key = own, {**key_parts, "examples": examples_fingerprint(own.examples)}
+        got = _score_model(m, source, m_key, out, test.table, use_cache=use_cache, max_new_tokens=max_new_tokens,
+                           progress=progress, device=device, ray=ray)
+        scored.scores[m.name] = got.scores
+        scored.generations[m.name] = got.generations if (m.can_generate or got.generations) else None
+        scored.run_info.append(_run_row(m, got, ray, own))
+    return scored
+
+
+def _add_fusions(scored: _Scored, fusions: Mapping[str, Sequence[str]]) -> None:
+    """A row per fusion: each candidate scored by the mean logit of its models (no model runs again)."""
+    for name, parts in fusions.items():
+        scored.scores[name], scored.generations[name] = fuse_logits([scored.scores[p] for p in parts]), None
+        scored.run_info.append({"name": name, "spec": "mean logit of " + " + ".join(parts), "kind": "fusion",
+                                "fingerprint": "-", "cached": True, "seconds": 0.0})
+
+
+def _meta(test: _TestSet, run_info: list[dict]) -> dict:
+    """The report's Run section: the data, the models' runs, the package versions, when."""
+    manifest = test.folder.manifest
+    table = test.table
+    return {"examples": str(test.examples), "data_seed": manifest.get("config", {}).get("seed"),
+            "cutoff": manifest.get("split", {}).get("cutoff"), "requests": len(table),
+            "task_versions": {t: manifest["tasks"][t]["version"] for t in table.tasks() if t in manifest.get("tasks", {})},
+            "tasks": table.tasks(), "models": run_info, "versions": versions(),
+            "created": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def _write(out: Path, test: _TestSet, scores: dict[str, np.ndarray], results: dict, meta: dict,
+           k: int) -> dict[str, Path]:
+    """scores.csv and the reports under ``out`` (the results gain the example rankings); their paths."""
+    ids = test.folder.ids
+    results["rankings"] = example_rankings(test.table, scores, ids, k)
+    write_scores(out / SCORES_FILE, test.table, scores, ids)
+    paths = write_report(out, results, meta)
+    paths["scores"] = out / SCORES_FILE
+    return paths
+
+
+def _macro_auc(results: dict) -> dict[str, dict[str, float | None]]:
+    summary = results["summary"]
+    return {n: {"T1": summary[n]["auc_T1"], "T2": summary[n]["auc_T2"], "T1_ci": summary[n]["auc_T1_ci"],
+                "T2_ci": summary[n]["auc_T2_ci"], "gap_T1": summary[n].get("oracle_gap_T1"),
+                "gap_T2": summary[n].get("oracle_gap_T2")} for n in results["models"]}
 
 
 def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[str], out_dir: str | Path, *,
@@ -152,101 +357,25 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
     ``engine="ray"`` scores the language models on Ray actors (``ray``: the cluster's address, the actors and
     their CPUs; a local Ray by default); the other models score here, as they take seconds.
     """
-    from recbrew.cluster import check_engine
-
-    check_engine(engine)
-    if engine == "ray":
-        ray = ray or RayOptions()
-    elif ray is not None:
-        raise UserError("Ray options need engine='ray' (--engine ray)")
+    fusions, model_examples = fusions or {}, model_examples or {}
+    ray = _ray_options(engine, ray)
     cfg = CompareConfig(k=k, bootstrap=bootstrap, seed=seed, unit=unit, min_positives=min_positives)
     cfg.check()
-    examples = Path(examples_dir)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder")
-    from recbrew.eval.scorers import parse_models
-    from recbrew.examples.folder import Examples
-
+    out = _out_folder(out_dir)
     specs = dict(models) if isinstance(models, Mapping) else parse_models(list(models))
-    folder = Examples.open(examples)
-    catalog = folder.catalog(tasks_dir)  # before minutes of scoring: a conflicting --tasks-dir fails here
-    requests = folder.requests("test", tasks)
-    if max_per_task is not None:
-        kept: Counter = Counter()
-        first = []
-        for r in requests:
-            kept[r["task"]] += 1
-            if kept[r["task"]] <= max_per_task:
-                first.append(r)
-        requests = first
-    if not requests:
-        raise UserError(f"{examples}: no test requests" + (f" for tasks {', '.join(tasks)}" if tasks else ""))
-    table = RequestTable.from_requests(requests)
-    entries: list[Model] = [describe(name, spec) for name, spec in specs.items()]
-    oracle = next((m.name for m in entries if m.kind == "oracle"), None)
-    if include_oracle and oracle is None and has_true_probs(requests):
-        entries.insert(0, describe("oracle", "oracle"))
-        oracle = "oracle"
-    names = [m.name for m in entries]
-    for name, parts in (fusions or {}).items():
-        if name in names or not parts or any(p not in names for p in parts):
-            raise UserError(f"fusion {name!r}: its models ({', '.join(parts) or 'none'}) must be among the models "
-                            f"({', '.join(names)}) and its name must be new")
-    unknown = sorted(set(model_examples or {}) - set(names))
-    if unknown:
-        raise UserError(f"--model-examples names {', '.join(unknown)}, not among the models: {', '.join(names)}")
-    own = {name: _same_requests(name, Path(path), requests, tasks, tasks_dir)
-           for name, path in (model_examples or {}).items()}
-    if reference is not None and reference not in names + list(fusions or {}):  # before minutes of scoring
-        raise UserError(f"reference model {reference!r} is not among the models: "
-                        f"{', '.join(m.name for m in entries)}")
+    test = _test_set(Path(examples_dir), tasks, tasks_dir, max_per_task)
+    lineup = _lineup(specs, test.requests, include_oracle)
+    _check_fusions(fusions, lineup.names)
+    lineup.own = _own_sources(model_examples, lineup.names, test, tasks, tasks_dir)
+    _check_reference(reference, lineup.names, fusions)
 
-    manifest = folder.manifest
-    key_parts = {"examples": examples_fingerprint(examples), "tasks": sorted(tasks) if tasks else None,
-                 "max_new_tokens": max_new_tokens}
-    scores, generations, run_info = {}, {}, []
-    for m in entries:
-        m_examples, m_requests, m_catalog, m_key = examples, requests, catalog, key_parts
-        if m.name in own:
-            m_examples, m_requests, m_catalog = own[m.name]
-            m_key = {**key_parts, "examples": examples_fingerprint(m_examples)}
-        path = cache_path(out, m, m_key) if use_cache else None
-        got = load_cached(path, table)
-        if got is None:
-            got = run_model(m, m_requests, table, examples=m_examples, max_new_tokens=max_new_tokens,
-                            progress=progress, device=device, catalog=m_catalog, ray=ray)
-            save_cached(path, table, got)
-            m.release()
-        scores[m.name] = got.scores
-        generations[m.name] = got.generations if (m.can_generate or got.generations) else None
-        run_info.append({"name": m.name, "spec": m.spec or type(m.scorer).__name__, "kind": m.kind,
-                         "fingerprint": (m.fingerprint or "-")[:12], "cached": got.cached,
-                         "seconds": round(got.seconds, 3),
-                         **({"engine": "ray"} if ray is not None and m.kind == "lm" and not got.cached else {}),
-                         **({"examples": str(m_examples)} if m.name in own else {})})
-
-    for name, parts in (fusions or {}).items():
-        scores[name], generations[name] = fuse_logits([scores[p] for p in parts]), None
-        run_info.append({"name": name, "spec": "mean logit of " + " + ".join(parts), "kind": "fusion",
-                         "fingerprint": "-", "cached": True, "seconds": 0.0})
-
-    baselines = [m.name for m in entries if m.kind in ("popularity", "baseline")] or None
-    boot = bootstrap_aucs(table, scores, cfg)
-    results = compare(table, scores, generations, cfg, oracle=oracle, reference=reference, baselines=baselines,
-                      boot=boot)
-    meta = {"examples": str(examples), "data_seed": manifest.get("config", {}).get("seed"),
-            "cutoff": manifest.get("split", {}).get("cutoff"), "requests": len(table),
-            "task_versions": {t: manifest["tasks"][t]["version"] for t in table.tasks() if t in manifest.get("tasks", {})},
-            "tasks": table.tasks(), "models": run_info, "versions": versions(),
-            "created": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    ids = folder.ids
-    results["rankings"] = example_rankings(table, scores, ids, k)
-    write_scores(out / SCORES_FILE, table, scores, ids)
-    paths = write_report(out, results, meta)
-    paths["scores"] = out / SCORES_FILE
-    summary = results["summary"]
-    macro = {n: {"T1": summary[n]["auc_T1"], "T2": summary[n]["auc_T2"], "T1_ci": summary[n]["auc_T1_ci"],
-                 "T2_ci": summary[n]["auc_T2_ci"], "gap_T1": summary[n].get("oracle_gap_T1"),
-                 "gap_T2": summary[n].get("oracle_gap_T2")} for n in results["models"]}
-    return EvalResult(paths=paths, results=results, meta=meta, macro_auc=macro, bootstrap=boot)
+    scored = _score_all(lineup, test, out, tasks=tasks, use_cache=use_cache, max_new_tokens=max_new_tokens,
+                        progress=progress, device=device, ray=ray)
+    _add_fusions(scored, fusions)
+    baselines = [m.name for m in lineup.entries if m.kind in ("popularity", "baseline")] or None
+    boot = bootstrap_aucs(test.table, scored.scores, cfg)
+    results = compare(test.table, scored.scores, scored.generations, cfg, oracle=lineup.oracle,
+                      reference=reference, baselines=baselines, boot=boot)
+    meta = _meta(test, scored.run_info)
+    paths = _write(out, test, scored.scores, results, meta, k)
+    return EvalResult(paths=paths, results=results, meta=meta, macro_auc=_macro_auc(results), bootstrap=boot)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from recbrew.data.io import atomic_path
 from recbrew.errors import UserError
 from recbrew.eval.table import RequestTable
+from recbrew.scoring.protocol import Generator, Scorer
 from recbrew.scoring.registry import ScorerOptions, family_of, folder_fingerprint, load_scorer
 
 #: The registry's families that eval knows by kind (another registered family is a plain "scorer").
@@ -61,14 +62,12 @@ class Model:
 
     name: str
     spec: str | None = None
-    scorer: object | None = None
+    scorer: Scorer | None = None
     kind: str = "scorer"  # oracle | popularity | baseline | lm (`recbrew.scoring.registry`) | scorer
     fingerprint: str | None = None
 
     @property
     def can_generate(self) -> bool:
-        from recbrew.scoring.protocol import Generator
-
         return isinstance(self.scorer, Generator)
 
     def load(self, examples: Path, device: str | None = None, catalog=None) -> None:
@@ -91,8 +90,8 @@ class Model:
 def describe(name: str, spec_or_scorer) -> Model:
     """A :class:`Model` from a spec string or a Scorer object (objects are not cached: no fingerprint)."""
     if not isinstance(spec_or_scorer, str | Path):
-        if not hasattr(spec_or_scorer, "score"):
-            raise UserError(f"model {name!r}: not a spec string and has no score() method")
+        if not isinstance(spec_or_scorer, Scorer):
+            raise UserError(f"model {name!r}: neither a spec string nor a Scorer (a name and a score() method)")
         return Model(name=name, scorer=spec_or_scorer, kind="scorer",
                      fingerprint=getattr(spec_or_scorer, "fingerprint", None))
     spec = str(spec_or_scorer)

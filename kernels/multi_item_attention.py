@@ -13,10 +13,9 @@ The file holds, in the Liger shape:
   dK/dV over key tiles that also sums the query heads of a grouped-query group). Every tile only
   visits the key (or query) blocks its layout can see, so fully masked tiles are never computed;
 - :class:`MultiItemAttentionFunction` (Triton forward/backward) and :func:`multi_item_attention`,
-  which dispatches on device (see :mod:`recbrew.kernels.dispatch`);
-- :func:`register`: a Hugging Face attention function. A model whose ``attn_implementation`` is
-  :data:`ATTN_NAME` behaves exactly like SDPA unless a forward call carries
-  ``multi_item=(prefix_len, segment_lens)``.
+  which dispatches on device (see :mod:`recbrew.kernels.dispatch`).
+
+The Hugging Face wiring (the attention function a model calls) is :mod:`recbrew.kernels.hf_attention`.
 
 Layouts. ``prefix_len`` is an int and ``segment_lens`` a list of ints shared by the whole batch, or
 ``prefix_len`` is a list with one int per sequence and ``segment_lens`` a list of lists. A layout may
@@ -37,8 +36,6 @@ import torch
 import torch.nn.functional as F
 
 from recbrew.kernels.dispatch import attention_choice, choose_attention, interpreter_blocks, tl, triton
-
-ATTN_NAME = "recbrew_multi_item"
 
 # Segment ids of the layout table: the prefix and padding; candidate segments are 0, 1, 2, ...
 PREFIX, PADDING = -1, -2
@@ -724,28 +721,3 @@ def multi_item_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pref
     block_m, block_n, _ = _blocks(d, block_m, block_n)
     tables = layout_tables(layouts, total, block_m, block_n, q.device)
     return MultiItemAttentionFunction.apply(q, k, v, tables, scale, block_m, block_n)
-
-
-# Hugging Face ------------------------------------------------------------------------------------
-def _hf_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    layout = kwargs.get("multi_item")
-    if layout is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
-                                      **kwargs)
-    if dropout:
-        raise ValueError("multi-item attention has no attention dropout; set the model's attention_dropout to 0")
-    prefix_len, segment_lens = layout
-    out = multi_item_attention(query, key, value, prefix_len, segment_lens, scaling)
-    return out.transpose(1, 2).contiguous(), None
-
-
-def register() -> str:
-    """Make :data:`ATTN_NAME` available to Hugging Face models (idempotent); returns the name."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
-    AttentionInterface.register(ATTN_NAME, _hf_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_NAME, sdpa_mask)
-    return ATTN_NAME

@@ -10,12 +10,12 @@ import torch
 
 from recbrew.baselines import Oracle, Popularity, load_scorer
 from recbrew.baselines.ablation import run_ablation
-from recbrew.baselines.bench import bench_baselines
 from recbrew.baselines.config import run_config
 from recbrew.baselines.features import STORE_FIELDS, load_rows, stable_hash
 from recbrew.baselines.metrics import evaluate
 from recbrew.baselines.scorer import ModelScorer
 from recbrew.baselines.train import train_model
+from recbrew.bench.baselines import bench_baselines
 from recbrew.cli import main
 from recbrew.data.corpus import Corpus
 from recbrew.examples.build import BuildConfig, build_examples

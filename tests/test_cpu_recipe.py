@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from recbrew.errors import ConfigError
-from recbrew.kernels.multi_item_attention import register
+from recbrew.kernels.hf_attention import register
 from recbrew.models import precision
 from recbrew.models.depth import truncate
 from recbrew.train.data import Item, UnitCollator, make_unit
@@ -190,8 +190,8 @@ def test_answer_only_top_layer_is_inactive_outside_its_scope():
 
 
 def test_bench_levers_reports_every_lever_against_fp32_in_one_run(tmp_path):
+    from recbrew.bench.train import bench_levers
     from recbrew.models.tiny import build_tiny
-    from recbrew.train.bench import bench_levers
     from recbrew.world import WorldConfig, generate_world
 
     generate_world(WorldConfig(members=60, days=3, seed=1), tmp_path / "w", progress=False)
@@ -208,9 +208,9 @@ def test_bench_levers_reports_every_lever_against_fp32_in_one_run(tmp_path):
 
 
 def test_bench_slates_times_real_requests_and_modes_agree(tmp_path):
+    from recbrew.bench.slates import bench_slates
     from recbrew.examples.build import BuildConfig, build_examples
     from recbrew.models.tiny import build_tiny
-    from recbrew.scoring.bench_slates import bench_slates
     from recbrew.world import WorldConfig, generate_world
 
     generate_world(WorldConfig(members=150, days=8, seed=5), tmp_path / "w", progress=False)

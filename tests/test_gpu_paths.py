@@ -58,8 +58,8 @@ def test_load_model_defaults_to_bf16_on_cuda():
 
 def test_batched_multi_scoring_in_bf16_equals_one_at_a_time():
     """Several requests per pass on the GPU default path (bf16, auto attention) vs each request alone."""
+    from recbrew.bench.score import _requests
     from recbrew.models.loading import load_model
-    from recbrew.scoring.bench import _requests
     from recbrew.scoring.hf import HFScorer
 
     model, _ = load_model("random-smollm2", layers=4)

@@ -7,7 +7,7 @@ import pytest
 
 @pytest.mark.slow
 def test_quick_kernel_bench_reports_backends_and_ratios():
-    from recbrew.kernels.bench import IMPLEMENTATIONS, bench_kernels
+    from recbrew.bench.kernels import IMPLEMENTATIONS, bench_kernels
 
     report = bench_kernels(device="cpu", quick=True)
     assert report["device"] == "cpu" and "median of" in report["timing"]

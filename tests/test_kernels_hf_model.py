@@ -8,7 +8,7 @@ import torch
 
 from recbrew.kernels.answer_head import answer_head
 from recbrew.kernels.dispatch import INTERPRETED, kernel_backend
-from recbrew.kernels.multi_item_attention import ATTN_NAME, register
+from recbrew.kernels.hf_attention import ATTN_NAME, register
 from recbrew.scoring.hf import multi_item_positions
 
 CUDA = torch.cuda.is_available()

@@ -185,7 +185,7 @@ def test_address_joins_a_cluster_started_with_ray_start(setup, tmp_path):
 
 
 def test_bench_ray_times_both_ways_on_the_same_requests(setup, joined):
-    from recbrew.scoring.bench_ray import bench_ray
+    from recbrew.bench.ray import bench_ray
 
     root, _, tiny = setup
     out = bench_ray(str(tiny), str(root / "local"), requests=8, workers=2, batch_size=4, dtype="fp32")

@@ -116,7 +116,7 @@ def test_multi_mode_builds_no_attention_mask(setup, monkeypatch):
     """The layout replaces the mask: Hugging Face's mask function never runs for a multi-item pass."""
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
-    from recbrew.kernels.multi_item_attention import ATTN_NAME
+    from recbrew.kernels.hf_attention import ATTN_NAME
 
     model, tok, rows = setup
     multi = HFScorer(model, tok, mode="multi")  # switches the model to the multi-item attention
@@ -212,7 +212,7 @@ def test_smollm2_converts_offline_and_modes_agree(setup, tmp_path, monkeypatch):
 
 def test_bench_score_counts_tokens_and_ratios(built):
     """Token counts follow the layout of each mode; speed-ups come from the medians measured in the same run."""
-    from recbrew.scoring.bench import bench_score
+    from recbrew.bench.score import bench_score
 
     result = bench_score(str(built / "tiny"), str(built / "ex"), grid=((60, 3),), requests=2)
     cell = result["grid"][0]
@@ -232,11 +232,11 @@ def test_bench_score_counts_tokens_and_ratios(built):
 
 def test_bench_score_on_random_token_ids(random_llama, monkeypatch):
     """Without examples (or a tokenizer) the requests are random ids: exact token counts, modes agree."""
-    from recbrew.scoring import bench
+    from recbrew.bench.score import bench_score
 
     model, _ = random_llama
     monkeypatch.setattr("recbrew.models.loading.load_model", lambda *a, **kw: (model, None))
-    result = bench.bench_score("random", None, grid=((20, 4),), requests=3, segment_tokens=5)
+    result = bench_score("random", None, grid=((20, 4),), requests=3, segment_tokens=5)
     modes = result["grid"][0]["modes"]
     assert result["grid"][0]["bound_tokens"] == 3 * (20 + 4 * 5)
     assert modes["naive"]["tokens_processed"] == 3 * 4 * (20 + 5)

@@ -7,8 +7,10 @@ import pytest
 
 from recbrew import config
 from recbrew.baselines.config import run_config
+from recbrew.tasks.catalog import load_catalog
 from recbrew.train.config import load_config
 from recbrew.train.zero import load_deepspeed_config
+from recbrew.world.config import WorldConfig
 
 
 @pytest.mark.parametrize("name", config.shipped_names("train"))
@@ -37,3 +39,20 @@ def test_every_shipped_baseline_config_validates_for_its_model(name):
 @pytest.mark.parametrize("name", config.shipped_names("deepspeed", (".json",)))
 def test_every_shipped_deepspeed_config_validates(name):
     assert load_deepspeed_config(name, world_size=8, accelerator="cuda")["zero_optimization"]["stage"] in (2, 3)
+
+
+@pytest.mark.parametrize("name", config.shipped_names("world"))
+def test_every_shipped_world_config_validates(name):
+    cfg = config.load(WorldConfig, "world", name)
+    assert cfg.members > 0 and cfg.surfaces
+
+
+def test_the_movielens_task_folder_loads():
+    assert "movies_like" in load_catalog(config.shipped_dir("movielens") / "tasks")
+
+
+def test_every_shipped_config_folder_is_covered_here():
+    """A new folder of shipped configs needs its loader test in this module."""
+    root = config.shipped_dir("train").parent
+    assert sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")) == [
+        "baselines", "deepspeed", "movielens", "train", "world"]

@@ -265,7 +265,7 @@ def test_uuid_logs_build_train_score_evaluate_and_serve_in_the_users_ids(flow, q
 
 
 def test_the_serve_bench_takes_its_requests_from_examples_in_the_users_ids(flow):
-    from recbrew.serve.bench import _example_requests, _same_rankings
+    from recbrew.bench.serve import _example_requests, _same_rankings
 
     root, ids = flow
     bodies = _example_requests(root / "ex", 5)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from recbrew.errors import ConfigError, UserError
 from recbrew.kernels.dispatch import INTERPRETED, kernel_backend
-from recbrew.kernels.multi_item_attention import register
+from recbrew.kernels.hf_attention import register
 from recbrew.train.config import load_config
 from recbrew.train.data import Item, UnitCollator, make_unit, select_requests, thin_negatives
 from recbrew.train.trainer import AnswerPreferenceCollator, answer_logits, answer_loss

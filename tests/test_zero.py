@@ -232,7 +232,7 @@ def test_callback_is_a_noop_without_deepspeed():
 
 
 def test_selftest_arguments_are_checked():
-    from recbrew.train.zero_selftest import run_selftest
+    from recbrew.bench.zero_selftest import run_selftest
 
     with pytest.raises(UserError, match="unknown hpZ fault"):
         run_selftest(fault="flipped")
@@ -250,7 +250,7 @@ STEPS = 4
 @pytest.fixture(scope="module")
 def selftest(tmp_path_factory):
     """One torchrun launch: hpZ off, then hpZ=2 with a stale copy, a zeroed copy, and no fault."""
-    from recbrew.train.zero_selftest import run_selftest
+    from recbrew.bench.zero_selftest import run_selftest
 
     out = tmp_path_factory.mktemp("hpz")
     result = run_selftest(nproc=4, hpz=2, steps=STEPS, fault=["stale", "zeroed", None], out_dir=out)
@@ -262,7 +262,7 @@ def selftest(tmp_path_factory):
 
 def _sizes() -> dict[str, tuple[int, int]]:
     """Per parameter: (elements, elements of the second hpZ half that the group's last rank holds)."""
-    from recbrew.train.zero_selftest import TinyRanker
+    from recbrew.bench.zero_selftest import TinyRanker
 
     world, hpz = 4, 2
     out = {}
@@ -284,7 +284,7 @@ def test_hpz_is_bit_identical_to_hpz_off(selftest):
     assert weights["hpz1"].keys() == weights["hpz2"].keys()
     assert all(torch.equal(weights["hpz1"][n], weights["hpz2"][n]) for n in weights["hpz1"])
     # Training moved the trainable weights, not the frozen ones.
-    from recbrew.train.zero_selftest import FROZEN, reference_weights
+    from recbrew.bench.zero_selftest import FROZEN, reference_weights
 
     ref = reference_weights(result["seed"])
     assert all(torch.equal(weights["hpz2"][n], ref[n]) == (n in FROZEN) for n in ref)
@@ -300,7 +300,7 @@ def test_stale_secondary_copy_is_caught_and_changes_training(selftest):
     result, runs, _ = selftest
     base, bad = runs["hpz1"], runs["hpz2-stale"]
     sizes = _sizes()
-    from recbrew.train.zero_selftest import FROZEN
+    from recbrew.bench.zero_selftest import FROZEN
 
     total = sum(n for n, _ in sizes.values())
     frozen = sum(sizes[name][0] for name in FROZEN)
@@ -322,7 +322,7 @@ def test_zeroed_copy_on_one_rank_needs_the_full_check(selftest):
     result, runs, _ = selftest
     base, bad = runs["hpz1"], runs["hpz2-zeroed"]
     sizes = _sizes()
-    from recbrew.train.zero_selftest import FROZEN
+    from recbrew.bench.zero_selftest import FROZEN
 
     second_half = sum(h for _, h in sizes.values())
     frozen_half = sum(sizes[name][1] for name in FROZEN)
@@ -347,7 +347,7 @@ def test_removing_the_fault_restores_identity(selftest):
     assert cmp["hpz2"]["losses_identical"] and cmp["hpz2"]["weights_identical"] and cmp["hpz2"]["as_expected"]
     assert cmp["hpz2"]["max_loss_difference"] == 0.0
 
-    from recbrew.train.zero_selftest import format_selftest
+    from recbrew.bench.zero_selftest import format_selftest
 
     text = format_selftest(result)
     assert text.splitlines()[-1] == "ok"

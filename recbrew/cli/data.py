@@ -14,6 +14,7 @@ from recbrew.errors import UserError
 
 if TYPE_CHECKING:
     from recbrew.data.corpus import Corpus
+    from recbrew.examples.build import BuildConfig
 
 app = typer.Typer(
     help="Build, import and inspect a Corpus (members, items, interactions, edges).",
@@ -176,8 +177,7 @@ def build(
                                        "or leave-last (each member's last request is test, the one before "
                                        "validation).")] = "time",
     split_scope: Annotated[str, typer.Option("--split-scope", help="global (one boundary for the log) or member "
-                                             "(each member's own sequence; leave-last is always per member).")
-                           ] = "global",
+                                             "(each member's own sequence; leave-last is always per member).")] = "global",
     test_fraction: Annotated[float | None, typer.Option("--test-fraction", help="--split order: the last fraction "
                                                         "of (each member's) requests that is test [default: 0.2]; "
                                                         "--split time: the last fraction of the log's time range "
@@ -195,8 +195,7 @@ def build(
                                               "action on, counted from 0 (at least N earlier actions); the "
                                               "history still shows the earlier ones.")] = 0,
     last: Annotated[int | None, typer.Option("--last", min=1, help="Only the last K labelled records (after "
-                                             "--min-position) become requests, then the split divides them.")
-                    ] = None,
+                                             "--min-position) become requests, then the split divides them.")] = None,
     max_val: Annotated[int, typer.Option("--max-val", help="Requests per task in validation (sampled).")] = 200,
     one_target: Annotated[bool, typer.Option("--one-target", help="One target per request: each labelled "
                                              "impression its own request, with the history before it.")] = False,
@@ -217,12 +216,21 @@ def build(
     """Build examples: split by time, record order or leave-last (optionally a validation split), real negatives,
     rendered prompts and a structured-feature view. docs/examples-format.md describes the folder. With --engine ray
     the members' requests are rendered by Ray tasks, one share of the members each: the folder is the same."""
+    cfg = _build_config(tasks=tasks, test_days=test_days, gap_days=gap_days, max_train=max_train, max_test=max_test,
+                        seed=seed, style=style, tokenizer=tokenizer, max_tokens=max_tokens, max_candidates=max_candidates,
+                        burn_in_days=burn_in_days, split=split, split_scope=split_scope, test_fraction=test_fraction,
+                        val_days=val_days, val_fraction=val_fraction, val_in_order=val_in_order, min_position=min_position,
+                        last=last, max_val=max_val, one_target=one_target, history=history, inject_share=inject_share)
+    _write_examples(corpus, out, cfg, tasks_dir=tasks_dir, prompts_dir=prompts_dir, force=force, progress=progress,
+                    engine=engine, address=address, workers=workers)
+
+
+def _selection(*, val_in_order: bool, min_position: int, last: int | None, inject_share: float) -> dict:
+    """BuildConfig fields of the target selection, in-order validation and injection options that were asked for."""
     from dataclasses import fields
 
-    from recbrew.examples.build import BuildConfig, build_examples
+    from recbrew.examples.build import BuildConfig
 
-    if test_days is not None and test_fraction is not None and split == "time":
-        raise UserError("--test-days and --test-fraction are two ways to size the test part of --split time: pick one")
     # Target selection and in-order validation are passed only when asked for: every other protocol builds
     # with a BuildConfig that lacks their fields.
     flags = {"val_in_order": ("--val-in-order", val_in_order), "min_position": ("--min-position", min_position),
@@ -232,11 +240,21 @@ def build(
     if missing:
         raise UserError(f"{', '.join(flags[n][0] for n in missing)}: recbrew.examples.build.BuildConfig has no "
                         f"field {', '.join(missing)} in this recbrew")
-    if not progress:
-        import datasets
+    return selection
 
-        datasets.disable_progress_bars()
-    cfg = BuildConfig(
+
+def _build_config(*, tasks: list[str] | None, test_days: float | None, gap_days: float, max_train: int, max_test: int,
+                  seed: int, style: str | None, tokenizer: str, max_tokens: int | None, max_candidates: int,
+                  burn_in_days: float, split: str, split_scope: str, test_fraction: float | None,
+                  val_days: float | None, val_fraction: float | None, val_in_order: bool, min_position: int,
+                  last: int | None, max_val: int, one_target: bool, history: str, inject_share: float) -> BuildConfig:
+    """The BuildConfig of `data build`'s options (leave-last always splits per member)."""
+    from recbrew.examples.build import BuildConfig
+
+    if test_days is not None and test_fraction is not None and split == "time":
+        raise UserError("--test-days and --test-fraction are two ways to size the test part of --split time: pick one")
+    selection = _selection(val_in_order=val_in_order, min_position=min_position, last=last, inject_share=inject_share)
+    return BuildConfig(
         tasks=comma_items(tasks),
         test_days=7.0 if test_days is None else test_days,
         gap_days=gap_days, max_train=max_train, max_test=max_test, seed=seed, style=style, tokenizer=tokenizer,
@@ -245,9 +263,24 @@ def build(
         val_days=val_days, val_fraction=val_fraction, max_val=max_val, one_target=one_target, history=history,
         **selection,
     )
+
+
+def _write_examples(corpus: Path, out: Path, cfg: BuildConfig, *, tasks_dir: Path | None, prompts_dir: Path | None,
+                    force: bool, progress: bool, engine: str, address: str | None, workers: int | None) -> None:
+    """Build the examples folder (here, or by Ray tasks with --engine ray) and print each task's counts."""
+    from recbrew.examples.build import build_examples
+
+    if not progress:
+        import datasets
+
+        datasets.disable_progress_bars()
     ray_only(engine, address=address, workers=workers)
     manifest = build_examples(corpus, out, cfg, tasks_dir=tasks_dir, prompts_dir=prompts_dir, force=force,
                               progress=progress, engine=engine, address=address, workers=workers)
+    _print_built(out, manifest)
+
+
+def _print_built(out: Path, manifest: dict) -> None:
     splits = manifest["splits"]
     for name, row in manifest["tasks"].items():
         counts = "  ".join(f"{s} {row[s]:5}" for s in splits)

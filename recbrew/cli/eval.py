@@ -84,25 +84,13 @@ def evaluate(
     ray the language models score on Ray actors (one model copy each); the other models score here."""
     if ctx.invoked_subcommand is not None:
         return
-    missing = [flag for flag, v in (("--models", models), ("--examples", examples), ("--out", out)) if v is None]
-    if missing:
-        raise UserError(f"missing {', '.join(missing)}: e.g. recbrew eval --models oracle,popularity "
-                        "--examples runs/quickstart/examples --out runs/eval")
+    _require(models=models, examples=examples, out=out)
     unit, resamples = bootstrap_option(bootstrap)
     ray_only(engine, address=address, workers=workers, worker_cpus=worker_cpus)
-    if k < 1:
-        raise UserError("--k must be at least 1")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(f"{out} already exists and is not empty; pass --force to write the report over it "
-                        "(the scores cached in it are reused)")
+    _check_report_options(k, out, force)
     own = {name: Path(folder) for name, folder in
            _named("--model-examples", model_examples, "text-only=runs/ex-text").items()}
-    fusions = {}
-    for name, members in _named("--fusion", fusion, "blend=llm+lirank").items():
-        parts = [p.strip() for p in members.split("+") if p.strip()]
-        if len(parts) < 2:
-            raise UserError(f"--fusion {name}={members}: name two models or more, e.g. blend=llm+lirank")
-        fusions[name] = parts
+    fusions = _fusions(fusion)
     from recbrew.eval.run import run_eval
     from recbrew.eval.scorers import RayOptions, parse_models
 
@@ -114,6 +102,33 @@ def evaluate(
     typer.echo(result.table())
     typer.echo(f"wrote {result.paths['html']}, {result.paths['md'].name}, {result.paths['json'].name}, "
                f"{result.paths['scores'].name}")
+
+
+def _require(**given: object) -> None:
+    """One line naming the options `recbrew eval` needs and was not given."""
+    missing = [f"--{name}" for name, value in given.items() if value is None]
+    if missing:
+        raise UserError(f"missing {', '.join(missing)}: e.g. recbrew eval --models oracle,popularity "
+                        "--examples runs/quickstart/examples --out runs/eval")
+
+
+def _check_report_options(k: int, out: Path, force: bool) -> None:
+    if k < 1:
+        raise UserError("--k must be at least 1")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"{out} already exists and is not empty; pass --force to write the report over it "
+                        "(the scores cached in it are reused)")
+
+
+def _fusions(fusion: list[str] | None) -> dict[str, list[str]]:
+    """``--fusion NAME=A+B``: {name: [model, model, ...]}, two models or more each."""
+    fusions = {}
+    for name, members in _named("--fusion", fusion, "blend=llm+lirank").items():
+        parts = [p.strip() for p in members.split("+") if p.strip()]
+        if len(parts) < 2:
+            raise UserError(f"--fusion {name}={members}: name two models or more, e.g. blend=llm+lirank")
+        fusions[name] = parts
+    return fusions
 
 
 @app.command()

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from recbrew.cli.options import Address, Engine, WorkerCpus, Workers, ray_only
 from recbrew.errors import UserError
+
+if TYPE_CHECKING:
+    from recbrew.data.ids import IdMap
+    from recbrew.scoring.registry import ScorerOptions
 
 app = typer.Typer(help="Language models: SmolLM2 (default), recbrew-tiny, or any local HF folder.",
                   no_args_is_help=True)
@@ -62,18 +66,37 @@ def score(
     """Score examples with a language model (P of the answer word) and print AUC per task; --json adds every
     request's scores, with member and item ids as imported. With --engine ray the requests are scored by Ray
     actors, one model copy each (docs/scale.md)."""
-    from tqdm.auto import tqdm
-
-    from recbrew.cluster import check_engine, score_on_ray
-    from recbrew.data.ids import ITEM, MEMBER
+    from recbrew.cluster import check_engine
     from recbrew.examples.folder import Examples
-    from recbrew.metrics import per_task_auc
-    from recbrew.models.loading import resolve
-    from recbrew.scoring.hf import MODES
-    from recbrew.scoring.registry import ScorerOptions, family_of, load_scorer
+    from recbrew.scoring.registry import ScorerOptions
 
     check_engine(engine)
     ray_only(engine, address=address, workers=workers, worker_cpus=worker_cpus)
+    _check_lm(model, mode, dtype)
+    folder = Examples.open(examples)
+    catalog = folder.catalog(tasks_dir)
+    rows = _ranked_requests(folder.requests(split, tasks.split(",") if tasks else None), limit)
+    load = ScorerOptions(catalog=catalog, mode=mode, dtype=dtype, layers=layers)
+    if engine == "ray":
+        probs = _ray_probs(model, load, rows, mode, address=address, workers=workers, worker_cpus=worker_cpus)
+    else:
+        probs = _local_probs(model, load, rows, mode)
+    result = _per_task(rows, probs)
+    if as_json:
+        typer.echo(json.dumps({"model": model, "mode": mode, "split": split, "tasks": result,
+                               "requests": _scored_requests(rows, probs, folder.ids)}, indent=2))
+        return
+    for task, r in result.items():
+        auc = "-" if r["auc"] is None else f"{r['auc']:.3f}"
+        typer.echo(f"{task:34} requests {r['requests']:5}  candidates {r['candidates']:6}  AUC {auc}")
+
+
+def _check_lm(model: str, mode: str, dtype: str) -> None:
+    """One line before anything starts: an unknown mode or dtype, a model that is not an LM or is not there."""
+    from recbrew.models.loading import resolve
+    from recbrew.scoring.hf import MODES
+    from recbrew.scoring.registry import family_of
+
     if mode not in MODES:
         raise UserError(f"--mode {mode!r}: choose {', '.join(MODES)}")
     if dtype not in ("auto", "bf16", "fp32"):
@@ -81,40 +104,60 @@ def score(
     if family_of(model).name != "lm":
         raise UserError(f"--model {model}: not a language model; `recbrew baselines score` or `recbrew eval` score "
                         "the others")
-    resolve(model)  # a model that is not there: one line before anything starts
-    folder = Examples.open(examples)
-    catalog = folder.catalog(tasks_dir)
-    rows = [r for r in folder.requests(split, tasks.split(",") if tasks else None) if r["kind"] != "generative"]
-    if limit:
-        per_task: Counter = Counter()
-        kept = []
-        for row in rows:
-            if per_task[row["task"]] < limit:
-                kept.append(row)
-                per_task[row["task"]] += 1
-        rows = kept
-    load = ScorerOptions(catalog=catalog, mode=mode, dtype=dtype, layers=layers)
-    if engine == "ray":
-        # One request per Scorer call on the actors too, as below: the same numbers, and on CPUs the faster way.
-        got, _ = score_on_ray(load_scorer, (model, load), rows, range(len(rows)), address=address, workers=workers,
-                              worker_cpus=worker_cpus, per_call=1, desc=f"scoring ({mode})")
-        probs = [got[i] for i in range(len(rows))]
-    else:
-        scorer = load_scorer(model, load)
-        probs = [scorer.score([row])[0] for row in tqdm(rows, desc=f"scoring ({mode})", unit="req")]
+    resolve(model)
+
+
+def _ranked_requests(requests: list[dict], limit: int | None) -> list[dict]:
+    """The requests that are not generative, the first ``limit`` of each task when given."""
+    rows = [r for r in requests if r["kind"] != "generative"]
+    if not limit:
+        return rows
+    per_task: Counter = Counter()
+    kept = []
+    for row in rows:
+        if per_task[row["task"]] < limit:
+            kept.append(row)
+            per_task[row["task"]] += 1
+    return kept
+
+
+def _ray_probs(model: str, load: ScorerOptions, rows: list[dict], mode: str, *, address: str | None,
+               workers: int | None, worker_cpus: int | None) -> list:
+    """Every request's candidate probabilities, scored on Ray actors (one model copy each)."""
+    from recbrew.cluster import score_on_ray
+    from recbrew.scoring.registry import load_scorer
+
+    # One request per Scorer call on the actors too, as below: the same numbers, and on CPUs the faster way.
+    got, _ = score_on_ray(load_scorer, (model, load), rows, range(len(rows)), address=address, workers=workers,
+                          worker_cpus=worker_cpus, per_call=1, desc=f"scoring ({mode})")
+    return [got[i] for i in range(len(rows))]
+
+
+def _local_probs(model: str, load: ScorerOptions, rows: list[dict], mode: str) -> list:
+    """Every request's candidate probabilities, scored here one request at a time."""
+    from tqdm.auto import tqdm
+
+    from recbrew.scoring.registry import load_scorer
+
+    scorer = load_scorer(model, load)
+    return [scorer.score([row])[0] for row in tqdm(rows, desc=f"scoring ({mode})", unit="req")]
+
+
+def _per_task(rows: list[dict], probs: list) -> dict[str, dict]:
+    """Requests, candidates and AUC of each task."""
+    from recbrew.metrics import per_task_auc
+
     requests = Counter(r["task"] for r in rows)
-    result = {task: {"requests": requests[task], "candidates": t["candidates"], "auc": t["auc"]}
-              for task, t in per_task_auc(rows, probs).items()}
-    if as_json:
-        ids = folder.ids
-        scored = [{"request_id": row["request_id"], "task": row["task"],
-                   "member_id": ids.user(MEMBER, row.get("member_id")),
-                   "item_ids": ids.users(ITEM, row.get("candidate_ids") or []),
-                   "labels": list(row.get("labels") or []), "scores": [round(float(p), 6) for p in prob]}
-                  for row, prob in zip(rows, probs, strict=True)]
-        typer.echo(json.dumps({"model": model, "mode": mode, "split": split, "tasks": result, "requests": scored},
-                              indent=2))
-        return
-    for task, r in result.items():
-        auc = "-" if r["auc"] is None else f"{r['auc']:.3f}"
-        typer.echo(f"{task:34} requests {r['requests']:5}  candidates {r['candidates']:6}  AUC {auc}")
+    return {task: {"requests": requests[task], "candidates": t["candidates"], "auc": t["auc"]}
+            for task, t in per_task_auc(rows, probs).items()}
+
+
+def _scored_requests(rows: list[dict], probs: list, ids: IdMap) -> list[dict]:
+    """Every request's scores for --json, with member and item ids as imported."""
+    from recbrew.data.ids import ITEM, MEMBER
+
+    return [{"request_id": row["request_id"], "task": row["task"],
+             "member_id": ids.user(MEMBER, row.get("member_id")),
+             "item_ids": ids.users(ITEM, row.get("candidate_ids") or []),
+             "labels": list(row.get("labels") or []), "scores": [round(float(p), 6) for p in prob]}
+            for row, prob in zip(rows, probs, strict=True)]

@@ -18,11 +18,15 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from recbrew.errors import UserError
+
+if TYPE_CHECKING:
+    from recbrew.eval.run import EvalResult
+    from recbrew.examples.build import BuildConfig
 
 STEPS = 5
 
@@ -126,20 +130,41 @@ def quickstart(
     if data not in ("world", "movielens"):
         raise UserError(f"--data {data!r}: choose world or movielens")
     if data == "movielens":
-        if out == Path("runs/quickstart"):
-            out = Path("runs/quickstart-movielens") / split
-        caps = {k: v for k, v in (("max_train", max_train), ("max_test", max_test)) if v is not None}
-        movielens(out, split, seed, "smollm2-cpu-real" if train_config == "smollm2-cpu" else train_config,
-                  train_overrides, caps, baseline_epochs)
+        _on_movielens(out, split, seed, train_config, train_overrides, max_train=max_train, max_test=max_test,
+                      baseline_epochs=baseline_epochs)
         return
-    from recbrew.cli.world import print_card
-    from recbrew.cli.world import world_config as load_world_config
-    from recbrew.examples.build import BuildConfig, build_examples
-    from recbrew.world import CARD_FILE, generate_world
+    from recbrew.examples.build import BuildConfig
 
     began = time.time()
-    world_dir = out / "world"
+    world_dir, examples_dir = out / "world", out / "examples"
     _TIMES.clear()
+    _world_step(world_dir, world_config, members, days, seed)
+    cfg = BuildConfig(max_train=max_train or 300, max_test=max_test or 50, seed=seed, max_tokens=max_tokens,
+                      burn_in_days=burn_in_days)
+    manifest = _world_examples_step(world_dir, examples_dir, cfg)
+    llm_dir, llm = _fine_tune(out, examples_dir, train_config, seed, train_overrides)
+    baselines = {name: str(_baseline_step(name, examples_dir, out, seed, epochs=baseline_epochs or 5))
+                 for name in ("lirank", "ligr", "popularity")}
+    result = _world_eval_step(examples_dir, out / "eval", {llm: str(llm_dir / "final"), **baselines}, manifest)
+    _summary(result, llm, baselines, began)
+
+
+def _on_movielens(out: Path, split: str, seed: int, train_config: str, train_overrides: list[str] | None, *,
+                  max_train: int | None, max_test: int | None, baseline_epochs: int | None) -> None:
+    """`--data movielens`: its own output folder by default, the real-data recipe unless another is named."""
+    if out == Path("runs/quickstart"):
+        out = Path("runs/quickstart-movielens") / split
+    caps = {k: v for k, v in (("max_train", max_train), ("max_test", max_test)) if v is not None}
+    movielens(out, split, seed, "smollm2-cpu-real" if train_config == "smollm2-cpu" else train_config,
+              train_overrides, caps, baseline_epochs)
+
+
+def _world_step(world_dir: Path, world_config: str, members: int | None, days: int | None, seed: int) -> None:
+    """Step 1: the world generated into OUT/world (re-used when its config is the same); its card printed."""
+    from recbrew.cli.world import print_card
+    from recbrew.cli.world import world_config as load_world_config
+    from recbrew.world import CARD_FILE, generate_world
+
     wcfg = load_world_config(world_config, members, days, seed)
     card = _reusable(world_dir / CARD_FILE, {"seed": wcfg.seed, "members": wcfg.members, "days": wcfg.days,
                                              "behaviour": dataclasses.asdict(wcfg.behaviour)}, _check_corpus)
@@ -151,9 +176,11 @@ def quickstart(
         _took("world", started)
     print_card(card)
 
-    examples_dir = out / "examples"
-    cfg = BuildConfig(max_train=max_train or 300, max_test=max_test or 50, seed=seed, max_tokens=max_tokens,
-                      burn_in_days=burn_in_days)
+
+def _world_examples_step(world_dir: Path, examples_dir: Path, cfg: BuildConfig) -> dict:
+    """Step 2: the whole catalog's examples (re-used when built from the same world and config); the manifest."""
+    from recbrew.examples.build import build_examples
+
     manifest = _reusable(examples_dir / "manifest.json", {"corpus": str(world_dir.resolve())}, _check_examples)
     if manifest is not None and manifest["config"] == json.loads(json.dumps(cfg.__dict__)):
         _step(2, f"examples: re-using {examples_dir}")
@@ -166,18 +193,17 @@ def quickstart(
         tags[row["split_tag"]] = tags.get(row["split_tag"], 0) + 1
     typer.echo(f"examples: {len(manifest['tasks'])} tasks ({', '.join(f'{n} {t}' for t, n in sorted(tags.items()))}), "
                f"{manifest['rows']['train']:,} train / {manifest['rows']['test']:,} test requests")
+    return manifest
 
-    llm_dir, llm = _fine_tune(out, examples_dir, train_config, seed, train_overrides)
-    baselines = {name: str(_baseline_step(name, examples_dir, out, seed, epochs=baseline_epochs or 5))
-                 for name in ("lirank", "ligr", "popularity")}
 
+def _world_eval_step(examples_dir: Path, eval_dir: Path, models: dict[str, str], manifest: dict) -> EvalResult:
+    """Step 5: every model plus the oracle on the same test requests, the report into OUT/eval."""
     from recbrew.eval.run import run_eval
 
     started = _step(5, f"eval: every model plus the oracle on the same {manifest['rows']['test']:,} test requests")
-    models = {llm: str(llm_dir / "final"), **baselines}
-    result = run_eval(examples_dir, models, out / "eval", progress=True, include_oracle=True)
+    result = run_eval(examples_dir, models, eval_dir, progress=True, include_oracle=True)
     _took("eval", started)
-    _summary(result, llm, baselines, began)
+    return result
 
 
 #: The MovieLens protocols `--data movielens` runs: build options of the time split (the docs' split) and of

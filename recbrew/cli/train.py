@@ -119,7 +119,7 @@ def hpz_check_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="Keep the runs' results here.")] = None,
 ) -> None:
     """ZeRO++ hpZ self-test on CPU: hpZ on vs off bit-identical, injected faults caught by the integrity check."""
-    from recbrew.train.zero_selftest import format_selftest, run_selftest
+    from recbrew.bench.zero_selftest import format_selftest, run_selftest
 
     runs = [None if f.strip() == "none" else f.strip() for f in faults.split(",") if f.strip()]
     result = run_selftest(nproc=nproc, hpz=hpz, steps=steps, fault=runs, out_dir=out)

@@ -334,33 +334,12 @@ def build_examples(corpus_dir: str | Path, out: str | Path, cfg: BuildConfig, *,
         raise UserError(f"{out} already exists and is not empty; pass --force to replace it")
     catalog = dict(catalog) if catalog is not None else load_catalog(tasks_dir)
     names = cfg.tasks or sorted(catalog)
-    unknown = [n for n in names if n not in catalog]
-    if unknown:
-        raise ConfigError(f"unknown task(s): {', '.join(unknown)}; `recbrew tasks list` shows the catalog")
-    if not 0.0 <= cfg.inject_share <= 1.0:
-        raise ConfigError(f"inject_share {cfg.inject_share:g}: a share of the training requests, from 0 to 1")
-    check_engine(engine)
-    parse_history(cfg.history)
+    _check_build(catalog, names, cfg, engine)
     corpus = Corpus.load(corpus_dir)
-    start, end = time_range(corpus)
     rule = split_rule(corpus, cfg)
-    first_held_out = rule.validation_start or rule.cutoff
-    if cfg.burn_in_days < 0 or (rule.rule == "time" and rule.scope == "global"
-                                and start + cfg.burn_in_days * DAY >= first_held_out):
-        raise ConfigError(f"--burn-in-days {cfg.burn_in_days:g} leaves no training days before the "
-                          f"{'validation start' if rule.validation_start else 'cutoff'} "
-                          f"({(first_held_out - start) / DAY:.1f} days after the log starts)")
+    start = _check_burn_in(corpus, rule, cfg)
     began = time.perf_counter()
-    plans = []
-    for name in names:
-        task = catalog[name]
-        req = build_requests(corpus, task, rule, cfg.seed, one_target=cfg.one_target)
-        if cfg.burn_in_days:
-            req = req.take(np.flatnonzero(req.timestamp >= start + cfg.burn_in_days * DAY))
-        if task.kind == Kind.binary:
-            req = _cap_candidates(req, cfg.max_candidates)
-        req = _sample(req, cfg, task_rng(cfg.seed + 1, task), rule.by_order)
-        plans.append((task, req, np.arange(len(req))))
+    plans = _plan(corpus, rule, cfg, [catalog[name] for name in names], start)
     total = sum(len(r) for _, r, _ in plans)
     if engine == "ray":
         rendered = build_on_ray(render_shard, corpus, rule, cfg, plans, prompts_dir=prompts_dir, address=address,
@@ -391,3 +370,41 @@ def build_examples(corpus_dir: str | Path, out: str | Path, cfg: BuildConfig, *,
             write_table(corpus.ids.to_table(), staging / IDS_FILE)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _check_build(catalog: dict, names: list[str], cfg: BuildConfig, engine: str) -> None:
+    """What can be refused before the Corpus is read."""
+    unknown = [n for n in names if n not in catalog]
+    if unknown:
+        raise ConfigError(f"unknown task(s): {', '.join(unknown)}; `recbrew tasks list` shows the catalog")
+    if not 0.0 <= cfg.inject_share <= 1.0:
+        raise ConfigError(f"inject_share {cfg.inject_share:g}: a share of the training requests, from 0 to 1")
+    check_engine(engine)
+    parse_history(cfg.history)
+
+
+def _check_burn_in(corpus: Corpus, rule: SplitRule, cfg: BuildConfig) -> int:
+    """The log's first timestamp, once the burn-in is known to leave training days before the held-out ones."""
+    start, _ = time_range(corpus)
+    first_held_out = rule.validation_start or rule.cutoff
+    if cfg.burn_in_days < 0 or (rule.rule == "time" and rule.scope == "global"
+                                and start + cfg.burn_in_days * DAY >= first_held_out):
+        raise ConfigError(f"--burn-in-days {cfg.burn_in_days:g} leaves no training days before the "
+                          f"{'validation start' if rule.validation_start else 'cutoff'} "
+                          f"({(first_held_out - start) / DAY:.1f} days after the log starts)")
+    return start
+
+
+def _plan(corpus: Corpus, rule: SplitRule, cfg: BuildConfig, tasks: list[TaskSpec],
+          start) -> list[tuple[TaskSpec, Requests, np.ndarray]]:
+    """Each task's requests after the burn-in, the candidate cap and the sampling, before any rendering."""
+    plans = []
+    for task in tasks:
+        req = build_requests(corpus, task, rule, cfg.seed, one_target=cfg.one_target)
+        if cfg.burn_in_days:
+            req = req.take(np.flatnonzero(req.timestamp >= start + cfg.burn_in_days * DAY))
+        if task.kind == Kind.binary:
+            req = _cap_candidates(req, cfg.max_candidates)
+        req = _sample(req, cfg, task_rng(cfg.seed + 1, task), rule.by_order)
+        plans.append((task, req, np.arange(len(req))))
+    return plans

@@ -63,7 +63,7 @@ class HFScorer:
         self.tasks_dir, self.batch_size = tasks_dir, batch_size
         if mode == "multi":
             # Segment-aware attention (O(tokens) memory, no dense L x L mask); plain SDPA otherwise.
-            from recbrew.kernels.multi_item_attention import ATTN_NAME, register
+            from recbrew.kernels.hf_attention import ATTN_NAME, register
 
             if model.config._attn_implementation != ATTN_NAME:
                 model.set_attn_implementation(register())

@@ -62,6 +62,9 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def create_app(service: RankService, api_key: str | None = None) -> FastAPI:
+    """The gateway's app: one error shape, the key check, recbrew's routes, and the OpenAI completion routes
+    passed through to the engine when there is one."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=256)) as client:
@@ -70,6 +73,18 @@ def create_app(service: RankService, api_key: str | None = None) -> FastAPI:
 
     docs = {} if not api_key else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="recbrew", lifespan=lifespan, **docs)
+    _add_key_check(app, api_key)
+    _add_error_handlers(app)
+    _add_routes(app, service)
+    if service.engine_url:  # text completion needs the engine; an in-process Scorer only ranks
+        forward = _forwarder(service)
+        for path in _PASS_THROUGH:
+            app.add_api_route(path, forward, methods=["POST"])
+    return app
+
+
+def _add_key_check(app: FastAPI, api_key: str | None) -> None:
+    """The API key on every API route, and a JSON 500 (traceback to the log) for anything unexpected."""
 
     @app.middleware("http")
     async def check_key(request: Request, call_next):
@@ -83,6 +98,10 @@ def create_app(service: RankService, api_key: str | None = None) -> FastAPI:
             log.exception("%s %s failed", request.method, request.url.path)
             return error(500, f"internal error ({type(exc).__name__}); the server's log has the traceback",
                          "server_error")
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every refusal in recbrew's error shape."""
 
     @app.exception_handler(RankError)
     async def rank_error(request: Request, exc: RankError):
@@ -103,6 +122,10 @@ def create_app(service: RankService, api_key: str | None = None) -> FastAPI:
     async def engine_unreachable(request: Request, exc: httpx.HTTPError):
         # A pass-through route (/v1/models, /v1/completions, ...) whose engine call failed.
         return error(502, f"the vLLM engine did not answer: {type(exc).__name__}", "server_error")
+
+
+def _add_routes(app: FastAPI, service: RankService) -> None:
+    """/health, /v1/tasks, /v1/rank, the rerank routes and /v1/models."""
 
     @app.get("/health")
     async def health():
@@ -137,6 +160,10 @@ def create_app(service: RankService, api_key: str | None = None) -> FastAPI:
         resp = await service.client.get(f"{service.engine_url}/v1/models", headers=service.headers, timeout=30)
         return Response(resp.content, status_code=resp.status_code, media_type="application/json")
 
+
+def _forwarder(service: RankService):
+    """The route handler that passes a completion request to the engine, streamed when it asks to be."""
+
     async def forward(request: Request) -> Response:
         body = await request.body()
         try:
@@ -162,7 +189,4 @@ def create_app(service: RankService, api_key: str | None = None) -> FastAPI:
         return StreamingResponse(chunks(), status_code=upstream.status_code,
                                  media_type=upstream.headers.get("content-type", "text/event-stream"))
 
-    if service.engine_url:  # text completion needs the engine; an in-process Scorer only ranks
-        for path in _PASS_THROUGH:
-            app.add_api_route(path, forward, methods=["POST"])
-    return app
+    return forward

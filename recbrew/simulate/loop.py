@@ -186,20 +186,59 @@ def _score_shown(ranker: LoopRanker, rows: RowBuilder, shown: list[Shown], day: 
 
 def run_day(run: Run, day: int, cfg: SimulationConfig, policy: LoopPolicy) -> tuple[dict, pa.Table]:
     """Serve one day with ``policy``, update the run (logs, ranker, posterior) and return the day's metrics."""
-    world, sim = run.world, run.world.sim
-    surfaces = [s.name for s in world.config.surfaces]
+    world = run.world
     policy.start_day(day)
     if policy.ranker is not None:
         # Yesterday's new items are in the feature store by the time today's slates are ranked.
         LoopRanker.refresh(policy.ranker.space, run.rows.items_table(), run.rows.members)
     day_rng = world.day_rng(day)
     t0 = time.perf_counter()
-    log = sim.run_day(day, day_rng, policy)
+    log = world.sim.run_day(day, day_rng, policy)
     serve_s = time.perf_counter() - t0
     new_tables = world.create_items(day_rng, day)
+    out = _outcomes_of_shown(world, log.interactions, policy.shown)
+    metrics = _day_metrics(world, day, cfg, policy, out, serve_s)
+    # Training requests: what was shown, with its outcomes, featurized as of the start of the day.
+    starts = np.cumsum([0] + out.sizes)
+    train = concat_columns([run.rows.columns(s.surface, day, s.who, s.item, s.visit, out.label[a:b])
+                            for s, a, b in zip(policy.shown, starts[:-1], starts[1:], strict=True)])
+    if run.shadow is not None:
+        shadow = LoopRanker.from_state(run.shadow)
+        LoopRanker.refresh(shadow.space, run.rows.items_table(), run.rows.members)
+        metrics["full_auc"] = _auc(out.label, _score_shown(shadow, run.rows, policy.shown, day))
+    run.rows.add_history(log.interactions)
+    run.rows.add_items(new_tables)
+    run.popularity.add(out.item, out.label)
+    if run.logs is not None:
+        run.logs.append(train)
+    seed = cfg.seed * 1000 + day
+    if run.ranker is not None:
+        metrics.update(_update_ranker(run, cfg, policy, out, train, seed))
+    if run.shadow is not None:
+        shadow, seconds = LoopRanker.train_full(policy.ranker.cfg, concat_columns(run.logs), run.rows.items_table(),
+                                                run.rows.members, cfg.full_epochs, seed)
+        run.shadow = shadow.state()
+        metrics["full_seconds"] = round(seconds, 3)
+    run.metrics.append(metrics)
+    run.done += 1
+    return metrics, log.interactions
 
-    keys, acted, p_any = _outcomes(log.interactions, surfaces, len(world.store), len(world.members))
-    shown = policy.shown
+
+@dataclass
+class _DayOutcomes:
+    """The day's impressions in the order they were shown: whether each got a positive action, its true
+    probability of one, the policy's score and the item; ``sizes`` is the length of each slate."""
+
+    label: np.ndarray
+    prob: np.ndarray
+    score: np.ndarray
+    item: np.ndarray
+    sizes: list[int]
+
+
+def _outcomes_of_shown(world, interactions: pa.Table, shown: list[Shown]) -> _DayOutcomes:
+    surfaces = [s.name for s in world.config.surfaces]
+    keys, acted, p_any = _outcomes(interactions, surfaces, len(world.store), len(world.members))
     labels, probs, scores, items = [], [], [], []
     for s in shown:
         k = (surfaces.index(s.surface) * len(world.members) + s.who) * len(world.store) + s.item
@@ -208,68 +247,60 @@ def run_day(run: Run, day: int, cfg: SimulationConfig, policy: LoopPolicy) -> tu
         probs.append(p_any[at])
         scores.append(s.score)
         items.append(s.item)
-    label, prob, score, item = _cat(labels, bool), _cat(probs, float), _cat(scores, float), _cat(items, np.int64)
+    return _DayOutcomes(_cat(labels, bool), _cat(probs, float), _cat(scores, float), _cat(items, np.int64),
+                        [len(x) for x in labels])
+
+
+def _day_metrics(world, day: int, cfg: SimulationConfig, policy: LoopPolicy, out: _DayOutcomes,
+                 serve_s: float) -> dict:
+    item, label = out.item, out.label
     content = world.store.kind[item] != ITEM_KIND_CODES["member"] if len(item) else np.zeros(0, bool)
     new = content & (world.store.created_day[item] >= day - cfg.new_item_days) if len(item) else content
     shown_content = set(item[content].tolist())
-    metrics = {
-        "day": day, "visits": int(sum(len(np.unique(s.visit)) for s in shown)), "impressions": int(len(item)),
-        "positives": int(label.sum()), "expected_positives": round(float(prob.sum()), 3),
-        "auc": None if policy.name in (LOGGING, "random") else _auc(label, score),
+    return {
+        "day": day, "visits": int(sum(len(np.unique(s.visit)) for s in policy.shown)),
+        "impressions": int(len(item)),
+        "positives": int(label.sum()), "expected_positives": round(float(out.prob.sum()), 3),
+        "auc": None if policy.name in (LOGGING, "random") else _auc(label, out.score),
         "coverage": round(len(shown_content) / max(len(policy.pooled), 1), 4),
         "new_item_share": round(float(new.sum() / max(content.sum(), 1)), 4),
         "new_items_shown": int(len(set(item[new].tolist()))),
         "serve_seconds": round(serve_s, 2),
     }
 
-    # Training requests: what was shown, with its outcomes, featurized as of the start of the day.
-    starts = np.cumsum([0] + [len(x) for x in labels])
-    train = concat_columns([run.rows.columns(s.surface, day, s.who, s.item, s.visit, label[a:b])
-                            for s, a, b in zip(shown, starts[:-1], starts[1:], strict=True)])
-    if run.shadow is not None:
-        shadow = LoopRanker.from_state(run.shadow)
-        LoopRanker.refresh(shadow.space, run.rows.items_table(), run.rows.members)
-        metrics["full_auc"] = _auc(label, _score_shown(shadow, run.rows, shown, day))
-    run.rows.add_history(log.interactions)
-    run.rows.add_items(new_tables)
-    run.popularity.add(item, label)
-    if run.logs is not None:
-        run.logs.append(train)
+
+def _update_ranker(run: Run, cfg: SimulationConfig, policy: LoopPolicy, out: _DayOutcomes, train,
+                   seed: int) -> dict:
+    """Retrain (``training: full``) or warm-start the ranker on the day's logs, then the Thompson posterior;
+    the metrics this adds to the day."""
+    metrics = {}
     tables = (run.rows.items_table(), run.rows.members)
-    seed = cfg.seed * 1000 + day
-    if run.ranker is not None:
-        if cfg.training == "full":
-            ranker, seconds = LoopRanker.train_full(policy.ranker.cfg, concat_columns(run.logs), *tables,
-                                                    cfg.full_epochs, seed)
-            ranker.bayes = policy.ranker.bayes
-        else:
-            ranker = policy.ranker
-            started = time.perf_counter()
-            if cfg.grow_ids:
-                metrics["item_ids_added"] = ranker.grow(*tables)
-            # Replay: the day's logs together with the days before it (LiRank's warm start sees more than one day).
-            recent = [train] if run.logs is None else run.logs[-(cfg.replay_days + 1):]
-            if cfg.replay_fraction and run.logs is not None:
-                recent += sample_requests(run.logs[:-(cfg.replay_days + 1)], cfg.replay_fraction, seed)
-            ranker.update(concat_columns(recent), cfg.update_lr, cfg.anchor, seed, epochs=cfg.update_epochs)
-            seconds = time.perf_counter() - started
-        if ranker.bayes is not None and policy.name == "thompson":
-            h = np.concatenate([s.h for s in shown]) if shown else np.zeros((0, ranker.bayes.dim))
-            task = np.concatenate([s.task for s in shown]) if shown else np.zeros(0, np.int64)
-            # The network's own probability (the policy's score is the posterior mean, offsets included).
-            net = np.concatenate([s.net for s in shown]) if shown else np.zeros(0)
-            ranker.bayes.update(h, task, np.clip(net, 1e-6, 1 - 1e-6), item=item, label=label)
-        run.ranker = ranker.state()
-        policy.ranker = ranker
-        metrics["update_seconds"] = round(seconds, 3)
-    if run.shadow is not None:
-        shadow, seconds = LoopRanker.train_full(policy.ranker.cfg, concat_columns(run.logs), *tables,
+    if cfg.training == "full":
+        ranker, seconds = LoopRanker.train_full(policy.ranker.cfg, concat_columns(run.logs), *tables,
                                                 cfg.full_epochs, seed)
-        run.shadow = shadow.state()
-        metrics["full_seconds"] = round(seconds, 3)
-    run.metrics.append(metrics)
-    run.done += 1
-    return metrics, log.interactions
+        ranker.bayes = policy.ranker.bayes
+    else:
+        ranker = policy.ranker
+        started = time.perf_counter()
+        if cfg.grow_ids:
+            metrics["item_ids_added"] = ranker.grow(*tables)
+        # Replay: the day's logs together with the days before it (LiRank's warm start sees more than one day).
+        recent = [train] if run.logs is None else run.logs[-(cfg.replay_days + 1):]
+        if cfg.replay_fraction and run.logs is not None:
+            recent += sample_requests(run.logs[:-(cfg.replay_days + 1)], cfg.replay_fraction, seed)
+        ranker.update(concat_columns(recent), cfg.update_lr, cfg.anchor, seed, epochs=cfg.update_epochs)
+        seconds = time.perf_counter() - started
+    shown = policy.shown
+    if ranker.bayes is not None and policy.name == "thompson":
+        h = np.concatenate([s.h for s in shown]) if shown else np.zeros((0, ranker.bayes.dim))
+        task = np.concatenate([s.task for s in shown]) if shown else np.zeros(0, np.int64)
+        # The network's own probability (the policy's score is the posterior mean, offsets included).
+        net = np.concatenate([s.net for s in shown]) if shown else np.zeros(0)
+        ranker.bayes.update(h, task, np.clip(net, 1e-6, 1 - 1e-6), item=out.item, label=out.label)
+    run.ranker = ranker.state()
+    policy.ranker = ranker
+    metrics["update_seconds"] = round(seconds, 3)
+    return metrics
 
 
 # ---------------------------------------------------------------------------------------- state

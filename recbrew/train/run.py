@@ -15,12 +15,22 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recbrew.errors import ConfigError, UserError
-from recbrew.examples.folder import spec_record
+from recbrew.examples.folder import Examples, spec_record
 from recbrew.train.config import TrainConfig
+
+if TYPE_CHECKING:  # the run's state is typed; the stacks themselves load when a run starts
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+
+    from recbrew.models.answer_layer import AnswerOnlyTopLayer
+    from recbrew.train.frozen_cache import FrozenLayerCache
+    from recbrew.train.trainer import ValidationCallback
+    from recbrew.train.zero import HpzIntegrityCallback
 
 META_FILE = "recbrew_train.json"
 LOG_FILE = "train_log.json"
@@ -93,7 +103,7 @@ def _load(cfg: TrainConfig, cuda: bool, pack: bool, out: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from recbrew.kernels.multi_item_attention import register
+    from recbrew.kernels.hf_attention import register
     from recbrew.models.loading import resolve
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -200,28 +210,28 @@ class _Run:
 
     cfg: TrainConfig
     progress: bool
-    echo: object
+    echo: Callable[[str], None]
     out: Path
     examples: Path
     cuda: bool
-    folder: object = None
+    folder: Examples | None = None
     catalog: dict = field(default_factory=dict)
     ds_config: dict | None = None
-    hpz_check: object = None
+    hpz_check: HpzIntegrityCallback | None = None
     pack: bool = False
-    args: object = None
+    args: TrainingArguments | None = None  # trl's SFTConfig or DPOConfig
     path: Path | None = None
-    model: object = None
-    tok: object = None
+    model: PreTrainedModel | None = None
+    tok: PreTrainedTokenizerBase | None = None
     train_rows: list = field(default_factory=list)
     val_rows: list = field(default_factory=list)
     val_source: str = "none"
-    trainer: object = None
+    trainer: Trainer | None = None
     mix: dict = field(default_factory=dict)
-    frozen: object = None
-    answer_layer: object = None
+    frozen: FrozenLayerCache | None = None
+    answer_layer: AnswerOnlyTopLayer | None = None
     cache_mb: float = 0.0
-    validation: object = None
+    validation: ValidationCallback | None = None
     log_entries: list = field(default_factory=list)
 
     def say(self, text: str) -> None:
@@ -250,8 +260,6 @@ def train(cfg: TrainConfig, *, progress: bool = True, echo=print) -> TrainResult
 
 def _open(cfg: TrainConfig, progress: bool, echo) -> _Run:
     """The run's folders, device and the examples with the task specs they were built with."""
-    from recbrew.examples.folder import Examples
-
     run = _Run(cfg, progress, echo, Path(cfg.out), Path(cfg.examples), _cuda())
     run.folder = Examples.open(run.examples)
     # The answer words of every task come from the specs the examples were built with (checked against tasks_dir).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recbrew.scoring.bench import timed
+from recbrew.bench.score import timed
 
 
 def bench_slates(model_name: str, examples: str, requests: int = 40, modes: tuple[str, ...] = ("naive", "multi"),

@@ -1,6 +1,6 @@
 """hpZ self-test: a tiny odd-sized model trained under ZeRO-3 with hpZ off, on, and on with a fault.
 
-Run one rank per process under torchrun (``python -m recbrew.train.zero_selftest --out DIR``), or call
+Run one rank per process under torchrun (``python -m recbrew.bench.zero_selftest --out DIR``), or call
 :func:`run_selftest`, which launches torchrun on 127.0.0.1 and returns the parsed ``results.json``.
 Every run loads its weights the way ``from_pretrained`` does under ``zero.Init`` (rank 0 writes inside
 ``GatheredParameters(modifier_rank=0)``), trains a few seeded steps and records per-step losses, the
@@ -128,29 +128,28 @@ def _digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def train_once(*, hpz: int, fault: str | None, steps: int, seed: int, label: str, out_dir: Path) -> dict | None:
-    """One run on every rank; rank 0 returns its record (and writes ``<label>.weights.pt``)."""
+def _build_model(config: dict, hpz: int, seed: int) -> tuple[TinyRanker, list[nn.Parameter]]:
+    """The model partitioned under ``zero.Init`` with its frozen layers set; its parameters in ``ds_id`` order."""
     import deepspeed
-    import torch.distributed as dist
-
-    from recbrew.train.zero import HpzIntegrityCallback
-
-    rank, world = dist.get_rank(), dist.get_world_size()
-    micro_batch = 5
-    config = ds_config(hpz, world, micro_batch)
-    torch.manual_seed(seed)
-    # DeepSpeed creates the hpZ groups once per process; later runs must be handed the existing group.
     from deepspeed.utils import groups
 
+    torch.manual_seed(seed)
+    # DeepSpeed creates the hpZ groups once per process; later runs must be handed the existing group.
     intra = groups._get_zero_param_intra_parallel_group() if hpz > 1 else None
     with deepspeed.zero.Init(config_dict_or_path=config, zero_param_parallel_group=intra):
         model = TinyRanker()
     for name, p in model.named_parameters():
         p.requires_grad_(name not in FROZEN)
     params = [p for _, p in sorted(model.named_parameters(), key=lambda item: item[1].ds_id)]
+    return model, params
 
-    # Load "pretrained" weights as transformers does under zero.Init: rank 0 writes, DeepSpeed broadcasts
-    # and re-partitions both copies on exit.
+
+def _load_weights(model: TinyRanker, params: list[nn.Parameter], seed: int, fault: str | None, rank: int) -> int:
+    """Load the reference weights as transformers does under zero.Init, then inject ``fault`` into the hpZ
+    secondary copies; returns how many copies this rank faulted."""
+    import deepspeed
+
+    # Rank 0 writes, DeepSpeed broadcasts and re-partitions both copies on exit.
     before = {p.ds_id: p.ds_secondary_tensor.clone() for p in params if p.ds_secondary_tensor is not None}
     weights = reference_weights(seed)
     with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
@@ -168,13 +167,15 @@ def train_once(*, hpz: int, fault: str | None, steps: int, seed: int, label: str
         elif fault == "zeroed" and rank == ZEROED_RANK:
             p.ds_secondary_tensor.zero_()
             faulted += 1
+    return faulted
 
-    faulted_total = torch.tensor(faulted)
-    dist.all_reduce(faulted_total)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=0.05)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-    callback = HpzIntegrityCallback.from_deepspeed_config(config)
+
+def _train_steps(engine, callback, *, steps: int, seed: int, rank: int, world: int,
+                 micro_batch: int) -> tuple[list[float], list[list[float]], dict]:
+    """Train ``steps`` seeded steps with the hpZ integrity callback around each: the mean loss per step, every
+    rank's loss per step and the all-gather counts."""
+    import torch.distributed as dist
+
     state = SimpleNamespace(global_step=0)
     callback.on_train_begin(None, state, None, model=engine.module)
     losses, rank_losses = [], []
@@ -193,9 +194,38 @@ def train_once(*, hpz: int, fault: str | None, steps: int, seed: int, label: str
             rank_losses.append([float(x) for x in every])
             losses.append(float(torch.stack(every).mean()))
     callback.on_train_end(None, state, None)
+    return losses, rank_losses, counter
+
+
+def _gathered_weights(engine, rank: int) -> dict[str, torch.Tensor] | None:
+    """The full trained weights on rank 0 (None elsewhere); every rank must call it."""
+    import deepspeed
 
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
-        final = {n: p.detach().clone() for n, p in engine.module.named_parameters()} if rank == 0 else None
+        return {n: p.detach().clone() for n, p in engine.module.named_parameters()} if rank == 0 else None
+
+
+def train_once(*, hpz: int, fault: str | None, steps: int, seed: int, label: str, out_dir: Path) -> dict | None:
+    """One run on every rank; rank 0 returns its record (and writes ``<label>.weights.pt``)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    from recbrew.train.zero import HpzIntegrityCallback
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    micro_batch = 5
+    config = ds_config(hpz, world, micro_batch)
+    model, params = _build_model(config, hpz, seed)
+    faulted_total = torch.tensor(_load_weights(model, params, seed, fault, rank))
+    dist.all_reduce(faulted_total)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=0.05)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    callback = HpzIntegrityCallback.from_deepspeed_config(config)
+    losses, rank_losses, counter = _train_steps(engine, callback, steps=steps, seed=seed, rank=rank, world=world,
+                                                micro_batch=micro_batch)
+
+    final = _gathered_weights(engine, rank)
     record = None
     if rank == 0:
         path = out_dir / f"{label}.weights.pt"
@@ -248,7 +278,7 @@ def format_selftest(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m recbrew.train.zero_selftest", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m recbrew.bench.zero_selftest", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for results.json and the final weights")
     parser.add_argument("--hpz", type=int, default=2, help="hpZ group size of the hpZ runs")
     parser.add_argument("--steps", type=int, default=6)
@@ -322,7 +352,7 @@ def run_selftest(nproc: int = 4, hpz: int = 2, steps: int = 6, fault: str | None
         out = Path(out_dir) if out_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         out.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "recbrew.train.zero_selftest",
+               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "recbrew.bench.zero_selftest",
                "--out", str(out), "--hpz", str(hpz), "--steps", str(steps), "--seed", str(seed),
                "--faults", ",".join(f or "none" for f in faults)]
         proc = subprocess.run(cmd, env=selftest_env(), capture_output=True, text=True, timeout=timeout)

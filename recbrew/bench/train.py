@@ -36,7 +36,7 @@ from recbrew.train.trainer import answer_loss
 def _model(name: str, attn: str | None = None, device: str = "cpu"):
     from peft import get_peft_model
 
-    from recbrew.kernels.multi_item_attention import register
+    from recbrew.kernels.hf_attention import register
     from recbrew.models.loading import causal_lm, resolve_dtype
     from recbrew.train.config import TrainConfig
     from recbrew.train.run import lora_config
@@ -137,7 +137,7 @@ def head_worker(model_name: str, head: str, batch: int, tokens: int, steps: int,
 
 
 def _in_subprocess(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, "-m", "recbrew.train.bench", *args], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "recbrew.bench.train", *args], capture_output=True, text=True,
                          check=False)
     if out.returncode:
         raise RuntimeError(f"bench worker failed:\n{out.stderr[-3000:]}")
@@ -224,7 +224,7 @@ def bench_liger(model_name: str, batch: int, tokens: int, steps: int) -> dict:
 def _lever_model(name: str, layers: int | None, bf16: bool):
     from peft import get_peft_model
 
-    from recbrew.kernels.multi_item_attention import register
+    from recbrew.kernels.hf_attention import register
     from recbrew.models.depth import truncate
     from recbrew.models.loading import causal_lm
     from recbrew.train.config import TrainConfig
