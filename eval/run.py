@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from recbrew.cluster import check_engine
 from recbrew.errors import UserError
 from recbrew.eval.compare import AucBootstrap, CompareConfig, bootstrap_aucs, compare, fmt_delta, paired_delta
 from recbrew.eval.export import SCORES_FILE, example_rankings, write_scores
@@ -30,6 +31,7 @@ from recbrew.eval.scorers import (
     save_cached,
 )
 from recbrew.eval.table import RequestTable
+from recbrew.examples.folder import Examples
 
 if TYPE_CHECKING:
     from recbrew.examples.folder import Examples
@@ -159,8 +161,6 @@ class _Scored:
 
 def _ray_options(engine: str, ray: RayOptions | None) -> RayOptions | None:
     """The Ray options the language models score with: None unless ``engine`` is ray (then defaults if not given)."""
-    from recbrew.cluster import check_engine
-
     check_engine(engine)
     if engine == "ray":
         return ray or RayOptions()
@@ -192,8 +192,6 @@ def _first_per_task(requests: list[dict], max_per_task: int | None) -> list[dict
 def _test_set(examples: Path, tasks: Sequence[str] | None, tasks_dir: str | Path | None,
               max_per_task: int | None) -> _TestSet:
     """The examples folder's test requests (of ``tasks``, the first ``max_per_task`` of each) and its catalog."""
-    from recbrew.examples.folder import Examples
-
     folder = Examples.open(examples)
     catalog = folder.catalog(tasks_dir)  # before minutes of scoring: a conflicting --tasks-dir fails here
     requests = _first_per_task(folder.requests("test", tasks), max_per_task)
@@ -238,8 +236,6 @@ def _same_requests(name: str, path: Path, requests: Sequence[dict], tasks: Seque
                    tasks_dir: str | Path | None) -> _Source:
     """A model's own examples folder: its test requests in the order of ``requests`` (the same ids, candidates
     and labels, or one error line), and its catalog."""
-    from recbrew.examples.folder import Examples
-
     folder = Examples.open(path)
     theirs = {r["request_id"]: r for r in folder.requests("test", tasks)}
     out = []

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from recbrew.cluster import score_on_ray
 from recbrew.data.io import atomic_path
 from recbrew.errors import UserError
 from recbrew.eval.table import RequestTable
@@ -205,8 +206,6 @@ def _run_on_ray(model: Model, requests: Sequence[dict], table: RequestTable, *, 
     """`run_model` for a language model whose Scorers live on Ray actors (each loads the model once), in the
     same batches of ``chunk`` requests."""
     import time
-
-    from recbrew.cluster import score_on_ray
 
     start = time.perf_counter()
     rank_idx = np.flatnonzero(table.rankable)

@@ -23,11 +23,19 @@ from pathlib import Path
 
 import numpy as np
 
+from recbrew.config import shipped_or_none
 from recbrew.data.io import atomic_write_text
 from recbrew.errors import ConfigError
 from recbrew.eval.plots import trend_figure
+from recbrew.eval.run import run_eval
 from recbrew.eval.scorers import examples_fingerprint
+from recbrew.examples.build import BuildConfig, build_examples
+from recbrew.examples.folder import Examples
+from recbrew.models.loading import load_model
+from recbrew.models.tiny import build_tiny
 from recbrew.reports import fmt, html_table, img, md_table
+from recbrew.train import TrainConfig, train
+from recbrew.train.config import load_config
 
 AXES = ("data", "model", "history")
 BASELINE_FAMILIES = ("lirank", "ligr", "dcnv2")
@@ -110,8 +118,6 @@ def point_examples(cfg: SweepConfig, value) -> Path:
     """The examples a point trains and scores on: the sweep's own, or rebuilt with a token budget."""
     if cfg.axis != "history":
         return cfg.examples
-    from recbrew.examples.build import BuildConfig, build_examples
-    from recbrew.examples.folder import Examples
 
     out = cfg.out / "examples" / f"max_tokens-{value}"
     if (out / "manifest.json").is_file():
@@ -127,8 +133,6 @@ def point_examples(cfg: SweepConfig, value) -> Path:
 
 
 def _parameters(spec: str) -> int:
-    from recbrew.models.loading import load_model
-
     model, _ = load_model(spec, device="cpu")
     return sum(p.numel() for p in model.parameters())
 
@@ -136,9 +140,8 @@ def _parameters(spec: str) -> int:
 def train_point(cfg: SweepConfig, value, examples: Path, out: Path) -> tuple[str, float, dict]:
     """Train one point's model into ``out``: (model spec for eval, size on the axis, training info)."""
     if cfg.family in BASELINE_FAMILIES:
-        from recbrew.baselines.config import run_config
-        from recbrew.baselines.train import train_model
-        from recbrew.config import shipped_or_none
+        from recbrew.baselines.config import run_config  # lazy: loads torch
+        from recbrew.baselines.train import train_model  # lazy: loads torch
 
         overrides = [*cfg.overrides, f"train.seed={cfg.seed}", f"train.max_rows={int(value)}"]
         rc = run_config(cfg.family, shipped_or_none("baselines", cfg.family), overrides)
@@ -147,15 +150,10 @@ def train_point(cfg: SweepConfig, value, examples: Path, out: Path) -> tuple[str
                 "best_val_auc": log.get("best_val_auc")}
         return str(out), float(log["train_requests"] + log["val_requests"]), info
 
-    from recbrew.train import TrainConfig, train
-
     if cfg.train_config is not None:
         return _train_with_config(cfg, value, examples, out)
     model = str(value) if cfg.axis == "model" else cfg.base_model
     if model in TINY_PRESETS:
-        from recbrew.examples.folder import Examples
-        from recbrew.models.tiny import build_tiny
-
         folder = cfg.out / "models" / f"recbrew-tiny-{model}-seed{cfg.seed}"
         if not (folder / "config.json").is_file():
             corpus = Examples.open(examples).corpus_dir("the tiny model's vocabulary is built from it")
@@ -178,9 +176,6 @@ def train_point(cfg: SweepConfig, value, examples: Path, out: Path) -> tuple[str
 
 def _train_with_config(cfg: SweepConfig, value, examples: Path, out: Path) -> tuple[str, float, dict]:
     """A language-model point trained with ``cfg.train_config`` (its recipe: depth, LoRA, cache, epochs)."""
-    from recbrew.train import train
-    from recbrew.train.config import load_config
-
     overrides = [f"examples={examples}", f"out={out}", f"seed={cfg.seed}", "resume=false", "eval_requests=0"]
     if cfg.axis == "data":
         overrides.append(f"max_examples={int(value)}")
@@ -198,8 +193,6 @@ def _train_with_config(cfg: SweepConfig, value, examples: Path, out: Path) -> tu
 
 
 def score_point(cfg: SweepConfig, label: str, spec: str, examples: Path, out: Path) -> dict[str, float | None]:
-    from recbrew.eval.run import run_eval
-
     res = run_eval(examples, {label: spec}, out, tasks=cfg.tasks, k=cfg.k, bootstrap=0, progress=cfg.progress,
                    max_per_task=cfg.max_test,
                    include_oracle=False)
@@ -258,7 +251,6 @@ class SweepResult:
 def run_sweep(cfg: SweepConfig) -> SweepResult:
     """Every point of the sweep, the fitted trends and sweep.json / sweep.md / sweep.html under ``cfg.out``."""
     cfg.check()
-    from recbrew.examples.folder import Examples
 
     Examples.open(cfg.examples)  # one clear error when it is not an examples folder
     points = [run_point(cfg, v) for v in cfg.values]

@@ -19,22 +19,19 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from recbrew import assets
 from recbrew.errors import ConfigError
 from recbrew.overrides import yaml_value
 
 
 def shipped_dir(kind: str) -> Path:
     """The folder of shipped ``kind`` configs (``train``, ``baselines``, ``deepspeed``, ``world``)."""
-    from recbrew import assets
-
     return assets.path("configs") / kind
 
 
 def shipped_names(kind: str, suffixes: Sequence[str] = (".yaml",)) -> list[str]:
     """Every shipped ``kind`` config by the shortest name `resolve` takes: ``lirank`` for
     ``configs/baselines/lirank.yaml``, ``movielens/lirank`` for ``configs/movielens/baselines/lirank.yaml``."""
-    from recbrew import assets
-
     root = assets.path("configs")
     names = []
     for path in root.rglob("*"):
@@ -56,8 +53,6 @@ def shipped_or_none(kind: str, name: str) -> Path | None:
 def _shipped(kind: str, name: str, suffixes: Sequence[str]) -> Path | None:
     """The shipped config a name means: ``configs/KIND/NAME``, ``configs/NAME`` when NAME runs through a
     ``KIND`` folder (``movielens/baselines/lirank``), or ``configs/FIRST/KIND/REST`` (``movielens/lirank``)."""
-    from recbrew import assets
-
     parts = Path(name).parts
     if not parts or Path(name).is_absolute() or any(p in ("..", ".") for p in parts):
         return None

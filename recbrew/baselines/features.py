@@ -35,8 +35,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from recbrew.data.corpus import Corpus
 from recbrew.errors import UserError
 from recbrew.examples.build import ITEM_FEATURES, MEMBER_FEATURES
+from recbrew.examples.folder import Examples
 from recbrew.verbalize.stats import STATS_DIM
 
 if TYPE_CHECKING:
@@ -361,8 +363,6 @@ class FeatureSpace:
 
 def item_store(corpus_dir: str | Path, buckets: int) -> tuple[list[int], list[list[int]], list[int]]:
     """Hashed static attributes and creation times of every item of a Corpus, sorted by item id."""
-    from recbrew.data.corpus import Corpus
-
     corpus = Corpus.load(corpus_dir, tables=["items", "members"])
     return item_store_tables(corpus.items, corpus.members, buckets)
 
@@ -411,8 +411,6 @@ STRUCTURED_COLUMNS = ("request_id", "task", "split_tag", "surface", "member_id",
 
 def examples_folder(examples) -> Examples:
     """``examples`` opened (a path), or itself (an already opened `Examples`)."""
-    from recbrew.examples.folder import Examples
-
     return examples if isinstance(examples, Examples) else Examples.open(examples)
 
 

@@ -21,6 +21,11 @@ import time
 
 import numpy as np
 
+from recbrew.cluster import ActorScorers, session
+from recbrew.examples.folder import Examples
+from recbrew.models.precision import cpu_has_bf16
+from recbrew.scoring.registry import ScorerOptions, load_scorer
+
 
 def _median_seconds(fn, rounds: int) -> tuple[float, object]:
     fn()  # warm-up at the same shapes
@@ -33,8 +38,6 @@ def _median_seconds(fn, rounds: int) -> tuple[float, object]:
 
 
 def _cpu() -> dict:
-    from recbrew.models.precision import cpu_has_bf16
-
     name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", errors="replace")
                  if line.startswith("model name")), platform.processor()) if platform.system() == "Linux" else \
         platform.processor()
@@ -47,10 +50,6 @@ def bench_ray(model: str, examples: str, requests: int = 64, workers: int = 2, w
     import os
 
     import torch
-
-    from recbrew.cluster import ActorScorers, session
-    from recbrew.examples.folder import Examples
-    from recbrew.scoring.registry import ScorerOptions, load_scorer
 
     folder = Examples.open(examples)
     catalog = folder.catalog()

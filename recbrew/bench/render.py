@@ -9,6 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
+from recbrew.data.corpus import Corpus
+from recbrew.examples.build import BuildConfig, build_examples
+from recbrew.examples.requests import SplitPlan, build_requests, time_range
+from recbrew.models.tokenizers import load_tokenizer
+from recbrew.tasks import load_catalog
+from recbrew.verbalize.context import CorpusView
+from recbrew.verbalize.environment import make_environment
+from recbrew.verbalize.render import Renderer
+
 
 class _Clock:
     """Wall and process CPU seconds of a block; CPU/wall above 1 would mean more than one core worked."""
@@ -31,10 +40,6 @@ def _with_budget(task, max_tokens: int):
 def _richest_contexts(world: Path, task, requests: int, seed: int) -> tuple[list, float]:
     """The Corpus lookups (member, candidates, history, network) of the ``requests`` requests with the richest
     histories, and the seconds those lookups took."""
-    from recbrew.data.corpus import Corpus
-    from recbrew.examples.requests import SplitPlan, build_requests, time_range
-    from recbrew.verbalize.context import CorpusView
-
     corpus = Corpus.load(world)
     view = CorpusView(corpus)
     _, end = time_range(corpus)
@@ -57,9 +62,6 @@ def _richest_contexts(world: Path, task, requests: int, seed: int) -> tuple[list
 def _time_renderers(task, tokenizer, contexts: list) -> tuple[list[int], int, _Clock, _Clock]:
     """Render every candidate alone (naive) and every request's slate with one shared prefix: the naive
     prompts' token counts, the requests whose history was cut, and the two clocks."""
-    from recbrew.verbalize.environment import make_environment
-    from recbrew.verbalize.render import Renderer
-
     env = make_environment()
     # Compile every template once (a per-process cost, not a per-prompt one).
     member, cands, history, network = contexts[0]
@@ -83,8 +85,6 @@ def _time_renderers(task, tokenizer, contexts: list) -> tuple[list[int], int, _C
 
 def _time_build(world: Path, out: Path, catalog, seed: int) -> tuple[dict, _Clock]:
     """Build a small examples folder of four tasks from ``world``: its manifest and the clock."""
-    from recbrew.examples.build import BuildConfig, build_examples
-
     build_tasks = ["feed_like", "jobs_apply", "pymk_connect", "jobs_apply_listwise"]
     with _Clock() as build_t:
         manifest = build_examples(world, out,
@@ -99,9 +99,7 @@ def bench_render(members: int = 1000, days: int = 14, requests: int = 200, max_t
     # One core: the tokenizer's batch encoder would otherwise use every core.
     os.environ["RAYON_NUM_THREADS"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    from recbrew.models.tokenizers import load_tokenizer
-    from recbrew.tasks import load_catalog
-    from recbrew.world import WorldConfig, generate_world
+    from recbrew.world import WorldConfig, generate_world  # lazy: loads scipy
 
     tokenizer = load_tokenizer()
     catalog = load_catalog()

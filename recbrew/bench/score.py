@@ -21,6 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from recbrew.models.loading import load_model
+from recbrew.models.precision import describe
+from recbrew.scoring import load_requests
+
 #: Answer-word ids used for random requests (SmolLM2's " yes" / " no").
 RANDOM_LABELS = [9805, 787]
 
@@ -28,7 +32,7 @@ RANDOM_LABELS = [9805, 787]
 def _requests(tokenizer, examples: str | None, prefix_tokens: int, k: int, count: int, segment_tokens: int,
               vocab: int, seed: int = 0):
     """``count`` requests of about ``prefix_tokens`` of member prefix and ``k`` candidate segments each."""
-    from recbrew.scoring.hf import Encoded
+    from recbrew.scoring.hf import Encoded  # lazy: loads torch
 
     if tokenizer is None or not examples or not Path(examples).is_dir():
         rng = np.random.default_rng(seed)
@@ -36,7 +40,6 @@ def _requests(tokenizer, examples: str | None, prefix_tokens: int, k: int, count
         return [Encoded(rng.integers(100, vocab, prefix_tokens).tolist(),
                         [rng.integers(100, vocab, segment_tokens).tolist() for _ in range(k)], labels, False)
                 for _ in range(count)]
-    from recbrew.scoring import load_requests
 
     rows = load_requests(examples, "test", ["feed_like"])
     rows.sort(key=lambda r: -len(r["prefix"]))
@@ -76,11 +79,9 @@ def bench_score(model_name: str = "smollm2", examples: str | None = "runs/quicks
     """Candidates/s per mode and cell, with speed-ups against the first mode measured in the same run."""
     import torch
 
-    from recbrew.kernels.dispatch import choose_attention
-    from recbrew.kernels.multi_item_attention import flex_available
-    from recbrew.models.loading import load_model
-    from recbrew.models.precision import describe
-    from recbrew.scoring.hf import HFScorer
+    from recbrew.kernels.dispatch import choose_attention  # lazy: loads triton
+    from recbrew.kernels.multi_item_attention import flex_available  # lazy: loads triton
+    from recbrew.scoring.hf import HFScorer  # lazy: loads torch
 
     if threads:
         torch.set_num_threads(threads)

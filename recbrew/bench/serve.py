@@ -8,8 +8,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from recbrew.data.corpus import Corpus
 from recbrew.data.ids import ITEM, MEMBER
+from recbrew.examples.folder import Examples
+from recbrew.models.loading import load_model, resolve
+from recbrew.models.precision import describe
 from recbrew.serve.launch import start_serve, stop_serve
+from recbrew.serve.protocol import RankRequest
 
 KEY = "bench"
 
@@ -17,8 +22,6 @@ KEY = "bench"
 def _requests(world: Path, k: int, members: int) -> list[dict]:
     """feed_like requests for the members with the longest like histories, each over the same k recent posts."""
     import pyarrow.compute as pc
-
-    from recbrew.data.corpus import Corpus
 
     corpus = Corpus.load(world)
     inter = corpus.interactions
@@ -34,8 +37,6 @@ def _requests(world: Path, k: int, members: int) -> list[dict]:
 def _example_requests(examples: Path, members: int) -> list[dict]:
     """The first ``members`` binary test requests of an examples folder (those with several candidates first), as
     `/v1/rank` bodies in the ids of the imported logs."""
-    from recbrew.examples.folder import Examples
-
     folder = Examples.open(examples)
     ids = folder.ids
     rows = [r for r in folder.requests("test") if r["kind"] == "binary" and r["candidate_ids"]]
@@ -94,7 +95,7 @@ def bench_serve(model: str = "smollm2", world: str = "runs/quickstart/world", k:
             answers, seconds = _rank_all(url, bodies, headers)
             prompt_tokens += [a["prompt_tokens"] for a in answers]
             if caching and load_seconds > 0:
-                from recbrew.serve.load import run_load
+                from recbrew.serve.load import run_load  # lazy: loads httpx
 
                 result["load"] = run_load(f"{url}/v1/rank", lambda i: bodies[i % len(bodies)], load_clients,
                                           load_seconds, headers)
@@ -113,16 +114,11 @@ def bench_serve(model: str = "smollm2", world: str = "runs/quickstart/world", k:
 
 
 def _hf(model: str, bodies: list[dict], examples: str | None, world: Path | None) -> dict:
-    from recbrew.models.loading import load_model, resolve
-    from recbrew.models.precision import describe
-    from recbrew.scoring.hf import HFScorer
-    from recbrew.serve.protocol import RankRequest
-    from recbrew.serve.ranker import RankService
+    from recbrew.scoring.hf import HFScorer  # lazy: loads torch
+    from recbrew.serve.ranker import RankService  # lazy: loads httpx
 
     catalog, style = None, None
     if examples is not None:
-        from recbrew.examples.folder import Examples
-
         folder = Examples.open(examples)
         catalog, style, world = folder.catalog(), folder.config.get("style"), folder.corpus_dir("the bench reads it")
     svc = RankService(engine_url="", engine_key="", served_model="", model_dir=resolve(model), corpus_dir=world,

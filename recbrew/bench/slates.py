@@ -11,16 +11,16 @@ from __future__ import annotations
 import numpy as np
 
 from recbrew.bench.score import timed
+from recbrew.models.loading import load_model
+from recbrew.models.precision import describe
+from recbrew.scoring import load_requests
 
 
 def bench_slates(model_name: str, examples: str, requests: int = 40, modes: tuple[str, ...] = ("naive", "multi"),
                  layers: int | None = None, rounds: int = 3, seed: int = 0) -> dict:
     import torch
 
-    from recbrew.models.loading import load_model
-    from recbrew.models.precision import describe
-    from recbrew.scoring import load_requests
-    from recbrew.scoring.hf import HFScorer
+    from recbrew.scoring.hf import HFScorer  # lazy: loads torch
 
     rows = [r for r in load_requests(examples, "test") if r["kind"] != "generative" and r["segments"]]
     rng = np.random.default_rng(seed)

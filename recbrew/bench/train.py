@@ -29,17 +29,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recbrew.models.loading import causal_lm, resolve_dtype
+from recbrew.train.config import TrainConfig
 from recbrew.train.data import Item, UnitCollator, make_unit
+from recbrew.train.run import lora_config
 from recbrew.train.trainer import answer_loss
 
 
 def _model(name: str, attn: str | None = None, device: str = "cpu"):
     from peft import get_peft_model
 
-    from recbrew.kernels.hf_attention import register
-    from recbrew.models.loading import causal_lm, resolve_dtype
-    from recbrew.train.config import TrainConfig
-    from recbrew.train.run import lora_config
+    from recbrew.kernels.hf_attention import register  # lazy: loads triton
 
     model = causal_lm(name, resolve_dtype(None, device), attn or register(), device)
     lora = lora_config(TrainConfig(model=name, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]), model)
@@ -224,12 +224,9 @@ def bench_liger(model_name: str, batch: int, tokens: int, steps: int) -> dict:
 def _lever_model(name: str, layers: int | None, bf16: bool):
     from peft import get_peft_model
 
-    from recbrew.kernels.hf_attention import register
-    from recbrew.models.depth import truncate
-    from recbrew.models.loading import causal_lm
-    from recbrew.train.config import TrainConfig
-    from recbrew.train.frozen_cache import FrozenLayerCache, decoder_layers
-    from recbrew.train.run import lora_config
+    from recbrew.kernels.hf_attention import register  # lazy: loads triton
+    from recbrew.models.depth import truncate  # lazy: loads torch
+    from recbrew.train.frozen_cache import FrozenLayerCache, decoder_layers  # lazy: loads torch
 
     torch.manual_seed(0)
     model = causal_lm(name, torch.float32, register(), "cpu")
@@ -258,8 +255,8 @@ def _lever_step(model, opt, cache, top, batch: dict) -> float:
 def bench_levers(model_name: str = "smollm2", prefix: int = 170, segment: int = 55, k: int = 16, requests: int = 2,
                  layers: int = 6, rounds: int = 3) -> dict:
     """Labelled candidates/s of a training step as the CPU levers stack up (see the module docstring)."""
-    from recbrew.models.answer_layer import AnswerOnlyTopLayer
-    from recbrew.train.frozen_cache import decoder_layers
+    from recbrew.models.answer_layer import AnswerOnlyTopLayer  # lazy: loads transformers
+    from recbrew.train.frozen_cache import decoder_layers  # lazy: loads torch
 
     # (name, layers kept, bf16 frozen layers, packed slates, answer-only top layer, frozen cache)
     steps = [("fp32", None, False, False, False, False), ("bf16_frozen", None, True, False, False, False),

@@ -29,6 +29,7 @@ from torch import nn
 
 from recbrew.data.io import atomic_write_text
 from recbrew.errors import RecbrewError, UserError
+from recbrew.models.smollm2 import cache_dir
 
 FAULTS = ("stale", "zeroed")
 #: The rank whose secondary copies the ``zeroed`` fault wipes: it is not the first rank of its hpZ group,
@@ -78,7 +79,7 @@ def batch(seed: int, rank: int, step: int, size: int = 5, length: int = 6) -> tu
 
 def ds_config(hpz: int, world_size: int, micro_batch: int) -> dict:
     """The shipped ZeRO-3 config with hpZ set and every parameter forced through the gather path."""
-    from recbrew.train.zero import load_deepspeed_config, unresolved_auto
+    from recbrew.train.zero import load_deepspeed_config, unresolved_auto  # lazy: loads transformers
 
     overrides = {
         "train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": 1,
@@ -210,7 +211,7 @@ def train_once(*, hpz: int, fault: str | None, steps: int, seed: int, label: str
     import deepspeed
     import torch.distributed as dist
 
-    from recbrew.train.zero import HpzIntegrityCallback
+    from recbrew.train.zero import HpzIntegrityCallback  # lazy: loads transformers
 
     rank, world = dist.get_rank(), dist.get_world_size()
     micro_batch = 5
@@ -322,8 +323,6 @@ def _free_port() -> int:
 
 def selftest_env() -> dict[str, str]:
     """Environment of the ranks: CPU accelerator, one thread each, a persistent extension cache."""
-    from recbrew.models.smollm2 import cache_dir
-
     env = dict(os.environ)
     # Four ranks share one machine: gloo on the CPU accelerator, whatever GPUs are present.
     env["DS_ACCELERATOR"] = "cpu"

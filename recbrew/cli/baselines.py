@@ -9,7 +9,9 @@ from typing import Annotated
 
 import typer
 
+from recbrew.config import shipped_or_none
 from recbrew.errors import UserError
+from recbrew.scoring.registry import family_of, load_scorer
 
 app = typer.Typer(help="Train and score the classic rankers: LiRank, LiGR, DCNv2, popularity.", no_args_is_help=True)
 
@@ -42,17 +44,16 @@ def train(
         raise UserError(f"unknown model {model!r} (one of: {', '.join(TRAINABLE)})")
     _check_out(out, force, resume)
     if model == "popularity":
-        from recbrew.baselines.features import load_rows
-        from recbrew.baselines.popularity import Popularity, PopularityConfig
+        from recbrew.baselines.features import load_rows  # lazy: loads torch
+        from recbrew.baselines.popularity import Popularity, PopularityConfig  # lazy: loads torch
 
         if overrides:
             raise UserError("popularity takes no overrides")
         pop = Popularity.fit(load_rows(examples, "train", split_tag="T1"), PopularityConfig())
         typer.echo(f"wrote {pop.save(out)}")
         return
-    from recbrew.baselines.config import run_config
-    from recbrew.baselines.train import train_model
-    from recbrew.config import shipped_or_none
+    from recbrew.baselines.config import run_config  # lazy: loads torch
+    from recbrew.baselines.train import train_model  # lazy: loads torch
 
     cfg = run_config(model, config if config is not None else shipped_or_none("baselines", model), overrides)
     _, _, log = train_model(cfg, examples, out, resume=resume, progress=progress)
@@ -65,8 +66,7 @@ def train(
 def scorer_for(spec: str, examples: Path, quantize_bits: int | None = None):
     """'oracle', 'popularity' (fitted on the examples' T1 training requests) or a model folder
     (`recbrew.scoring.registry`)."""
-    from recbrew.baselines.scorer import load_scorer as load_baseline
-    from recbrew.scoring.registry import family_of, load_scorer
+    from recbrew.baselines.scorer import load_scorer as load_baseline  # lazy: loads torch
 
     if family_of(spec).name == "lm":  # not a classic ranker: the baseline loader says what is missing
         return load_baseline(spec)
@@ -105,8 +105,8 @@ def score(
     """Per-task AUC and macro AUC over T1 and T2 tasks of each scorer on the same requests."""
     import torch
 
-    from recbrew.baselines.features import load_rows
-    from recbrew.baselines.metrics import evaluate
+    from recbrew.baselines.features import load_rows  # lazy: loads torch
+    from recbrew.baselines.metrics import evaluate  # lazy: loads torch
     models = model_labels(model)  # before any loading: a clash is reported at once
     torch.set_num_threads(1)
     rows = load_rows(examples, split)
@@ -141,7 +141,7 @@ def ablate(
 ) -> None:
     """The ablation table: DCNv2 vs RDCN, dense gating, isotonic calibration ECE, 8-bit embeddings,
     QR vs full vocabulary, LiGR set-wise attention."""
-    from recbrew.baselines.ablation import run_ablation
+    from recbrew.baselines.ablation import run_ablation  # lazy: loads torch
 
     if seeds < 1:
         raise UserError("--seeds must be at least 1")

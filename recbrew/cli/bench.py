@@ -8,6 +8,14 @@ from typing import Annotated
 
 import typer
 
+from recbrew.bench.ray import bench_ray
+from recbrew.bench.render import bench_render
+from recbrew.bench.score import bench_score
+from recbrew.bench.slates import bench_slates
+from recbrew.bench.world import bench_world
+from recbrew.errors import UserError
+from recbrew.scoring.injection import bench_injection
+
 app = typer.Typer(help="Benchmarks: JSON with ratios against a baseline measured in the same run.",
                   no_args_is_help=True)
 
@@ -21,9 +29,6 @@ def world(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """World generation: member-days/s, impressions/s and peak RSS at two sizes `scale`x apart."""
-    from recbrew.bench.world import bench_world
-    from recbrew.errors import UserError
-
     if scale < 2:
         raise UserError("--scale must be at least 2")
     result = bench_world(members, days, scale, seed)
@@ -46,8 +51,6 @@ def render(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Prompt rendering + tokenization on one core (shared prefix vs. one prompt per candidate), build rows/s."""
-    from recbrew.bench.render import bench_render
-
     result = bench_render(members, days, requests, max_tokens, task)
     typer.echo(json.dumps(result, indent=None if not as_json else 2))
 
@@ -58,7 +61,7 @@ def baselines(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Training examples/s and scoring candidates/s on CPU for each classic ranker."""
-    from recbrew.bench.baselines import bench_baselines
+    from recbrew.bench.baselines import bench_baselines  # lazy: loads torch
 
     typer.echo(json.dumps(bench_baselines(examples), indent=2 if as_json else None))
 
@@ -84,12 +87,7 @@ def score(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Candidates/s and tokens processed per scoring mode, with speed-ups against naive in the same run."""
-    from recbrew.bench.score import bench_score
-    from recbrew.errors import UserError
-
     if slates:
-        from recbrew.bench.slates import bench_slates
-
         chosen = tuple(m.strip() for m in modes.split(",")) if modes != "naive,prefix,multi" else ("naive", "multi")
         typer.echo(json.dumps(bench_slates(model, str(examples), slates, chosen, layers=layers),
                               indent=2 if as_json else None))
@@ -123,8 +121,6 @@ def ray_score(
 ) -> None:
     """`models score --engine ray` against scoring in one process, on the same requests in the same run:
     requests/s, the ratio, and the largest score difference."""
-    from recbrew.bench.ray import bench_ray
-
     result = bench_ray(model, str(examples), requests, workers, worker_cpus, batch_size, rounds, dtype, address)
     typer.echo(json.dumps(result, indent=2 if as_json else None))
 
@@ -149,8 +145,6 @@ def injection(
 ) -> None:
     """Prompt injection through Corpus text: |delta P(positive)| for instruction-like vs same-length neutral edits
     of a candidate's title and of the member's headline or title; ratio = median injected / median neutral."""
-    from recbrew.scoring.injection import bench_injection
-
     result = bench_injection(examples, model, task=task, requests=requests, seed=seed, prompts_dir=prompts_dir,
                              fields=tuple(f.strip() for f in fields.split(",") if f.strip()), dtype=dtype,
                              layers=layers)
@@ -176,7 +170,7 @@ def kernels(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Multi-item attention backends vs dense-mask SDPA (and what auto picks), the answer head vs torch."""
-    from recbrew.bench.kernels import bench_kernels
+    from recbrew.bench.kernels import bench_kernels  # lazy: loads triton
 
     typer.echo(json.dumps(bench_kernels(quick=quick), indent=2 if as_json else None))
 
@@ -196,7 +190,7 @@ def serve(
 ) -> None:
     """/v1/rank candidates/s with vLLM prefix caching on vs off, and vs the HF multi-item scorer; the load test
     checks the rankings are the same before and after it."""
-    from recbrew.bench.serve import bench_serve
+    from recbrew.bench.serve import bench_serve  # lazy: loads httpx
 
     result = bench_serve(model, str(world), candidates, requests, load_clients, load_seconds,
                          None if examples is None else str(examples))
@@ -220,7 +214,7 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """LoRA training: answer-position LM head vs full logits, K-candidate packing vs one per sequence (+ Liger on CUDA)."""
-    from recbrew.bench.train import bench_levers, bench_train
+    from recbrew.bench.train import bench_levers, bench_train  # lazy: loads trl
 
     if levers:
         # Defaults shaped like the quickstart's slates: a ~170-token prefix, ~55-token candidates, 16 per slate.

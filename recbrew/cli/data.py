@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from recbrew.cli.options import Address, Engine, Workers, comma_items, ray_only
+from recbrew.data.corpus import Corpus
+from recbrew.data.ids import encode_ids
+from recbrew.data.io import check_values, conform, empty_table, read_table
+from recbrew.data.movielens import load_movielens
+from recbrew.data.schema import TABLES
 from recbrew.errors import UserError
+from recbrew.examples.build import BuildConfig, build_examples
 
 if TYPE_CHECKING:
     from recbrew.data.corpus import Corpus
@@ -31,8 +37,6 @@ class Format(str, Enum):
 
 def schema_text() -> str:
     """The Corpus tables' columns and types (from `recbrew.data.schema`), for ``data import --help``."""
-    from recbrew.data.schema import TABLES
-
     def kind(t) -> str:
         return {"string": "str", "int64": "int", "int32": "int", "float": "float", "bool": "bool",
                 "list<item: string>": "list of str"}.get(str(t), str(t))
@@ -63,10 +67,6 @@ def import_tables(
 ) -> None:
     """Validate user tables against the Corpus schema (types, value ranges, references) and save them as a
     Corpus. Rows of interactions and edges that repeat an earlier row are dropped, with a count."""
-    from recbrew.data.corpus import Corpus
-    from recbrew.data.ids import encode_ids
-    from recbrew.data.io import check_values, conform, empty_table, read_table
-
     _check_out(out, force)
     sources = {"members": members, "items": items, "interactions": interactions, "edges": edges}
     for path in sources.values():
@@ -99,8 +99,6 @@ def movielens(
     force: Annotated[bool, typer.Option("--force", help="Replace the corpus in a non-empty --out.")] = False,
 ) -> None:
     """Build the MovieLens-100K Corpus from the installed recbole package."""
-    from recbrew.data.movielens import load_movielens
-
     _check_out(out, force)
     corpus = load_movielens()
     corpus.save(out)
@@ -113,8 +111,6 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Print a saved Corpus's summary: row counts, item types, actions, surfaces, time range."""
-    from recbrew.data.corpus import Corpus
-
     summary = Corpus.load(directory).summary()
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -229,8 +225,6 @@ def _selection(*, val_in_order: bool, min_position: int, last: int | None, injec
     """BuildConfig fields of the target selection, in-order validation and injection options that were asked for."""
     from dataclasses import fields
 
-    from recbrew.examples.build import BuildConfig
-
     # Target selection and in-order validation are passed only when asked for: every other protocol builds
     # with a BuildConfig that lacks their fields.
     flags = {"val_in_order": ("--val-in-order", val_in_order), "min_position": ("--min-position", min_position),
@@ -249,8 +243,6 @@ def _build_config(*, tasks: list[str] | None, test_days: float | None, gap_days:
                   val_days: float | None, val_fraction: float | None, val_in_order: bool, min_position: int,
                   last: int | None, max_val: int, one_target: bool, history: str, inject_share: float) -> BuildConfig:
     """The BuildConfig of `data build`'s options (leave-last always splits per member)."""
-    from recbrew.examples.build import BuildConfig
-
     if test_days is not None and test_fraction is not None and split == "time":
         raise UserError("--test-days and --test-fraction are two ways to size the test part of --split time: pick one")
     selection = _selection(val_in_order=val_in_order, min_position=min_position, last=last, inject_share=inject_share)
@@ -268,8 +260,6 @@ def _build_config(*, tasks: list[str] | None, test_days: float | None, gap_days:
 def _write_examples(corpus: Path, out: Path, cfg: BuildConfig, *, tasks_dir: Path | None, prompts_dir: Path | None,
                     force: bool, progress: bool, engine: str, address: str | None, workers: int | None) -> None:
     """Build the examples folder (here, or by Ray tasks with --engine ray) and print each task's counts."""
-    from recbrew.examples.build import build_examples
-
     if not progress:
         import datasets
 

@@ -9,6 +9,10 @@ import typer
 
 from recbrew.cli.options import Address, Engine, WorkerCpus, Workers, comma_items, ray_only
 from recbrew.errors import UserError
+from recbrew.eval.compare import UNITS
+from recbrew.eval.run import run_eval
+from recbrew.eval.scorers import RayOptions, parse_models
+from recbrew.eval.sweep import SweepConfig, run_sweep
 
 app = typer.Typer(help="Score every model on the same test requests and write the report "
                        "(`recbrew eval --models A,B --examples DIR --out DIR`); `recbrew eval sweep` for scaling sweeps.",
@@ -30,8 +34,6 @@ def _named(option: str, values: list[str] | None, example: str) -> dict[str, str
 
 def bootstrap_option(value: str) -> tuple[str, int]:
     """``--bootstrap``: ``N`` resamples, a ``UNIT`` or ``UNIT:N`` -> (unit, resamples); auto and 200 by default."""
-    from recbrew.eval.compare import UNITS
-
     head, sep, tail = value.strip().partition(":")
     unit, count = (head, tail) if sep else ("auto", head) if head.isdigit() else (head, "200")
     if unit not in UNITS or not count.isdigit():
@@ -91,8 +93,6 @@ def evaluate(
     own = {name: Path(folder) for name, folder in
            _named("--model-examples", model_examples, "text-only=runs/ex-text").items()}
     fusions = _fusions(fusion)
-    from recbrew.eval.run import run_eval
-    from recbrew.eval.scorers import RayOptions, parse_models
 
     ray = RayOptions(address, workers, worker_cpus) if engine == "ray" else None
     result = run_eval(examples, parse_models(models), out, tasks=comma_items(tasks), k=k,
@@ -156,8 +156,6 @@ def sweep(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
     """Scaling sweep: each point trains a model, scores it and the report fits AUC vs log10(size)."""
-    from recbrew.eval.sweep import SweepConfig, run_sweep
-
     cfg = SweepConfig(examples=examples, out=out, axis=axis, values=comma_items(values) or [], family=family,
                       base_model=base_model, max_examples=max_examples, max_steps=max_steps, seed=seed,
                       tasks=comma_items(tasks), overrides=list(overrides or []), progress=progress,

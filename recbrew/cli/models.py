@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from recbrew.cli.options import Address, Engine, WorkerCpus, Workers, ray_only
+from recbrew.cluster import check_engine, score_on_ray
+from recbrew.data.ids import ITEM, MEMBER
 from recbrew.errors import UserError
+from recbrew.examples.folder import Examples
+from recbrew.metrics import per_task_auc
+from recbrew.models.loading import resolve
+from recbrew.models.tiny import PRESETS, build_tiny
+from recbrew.scoring.registry import ScorerOptions, family_of, load_scorer
 
 if TYPE_CHECKING:
     from recbrew.data.ids import IdMap
@@ -23,8 +30,6 @@ app = typer.Typer(help="Language models: SmolLM2 (default), recbrew-tiny, or any
 @app.command()
 def prepare(name: Annotated[str, typer.Argument(help="Model to convert and cache.")] = "smollm2") -> None:
     """Convert SmolLM2 from the installed GGUF into a plain fp32 HF folder once; print its path."""
-    from recbrew.models.loading import resolve
-
     typer.echo(str(resolve(name)))
 
 
@@ -38,8 +43,6 @@ def tiny(
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
 ) -> None:
     """Build a recbrew-tiny model (randomly initialized Llama + BPE tokenizer trained on the corpus)."""
-    from recbrew.models.tiny import PRESETS, build_tiny
-
     path = build_tiny(corpus, out, preset, seed, vocab_size, force)
     typer.echo(f"wrote {path} (preset {preset}: {PRESETS[preset]})")
 
@@ -66,10 +69,6 @@ def score(
     """Score examples with a language model (P of the answer word) and print AUC per task; --json adds every
     request's scores, with member and item ids as imported. With --engine ray the requests are scored by Ray
     actors, one model copy each (docs/scale.md)."""
-    from recbrew.cluster import check_engine
-    from recbrew.examples.folder import Examples
-    from recbrew.scoring.registry import ScorerOptions
-
     check_engine(engine)
     ray_only(engine, address=address, workers=workers, worker_cpus=worker_cpus)
     _check_lm(model, mode, dtype)
@@ -93,9 +92,7 @@ def score(
 
 def _check_lm(model: str, mode: str, dtype: str) -> None:
     """One line before anything starts: an unknown mode or dtype, a model that is not an LM or is not there."""
-    from recbrew.models.loading import resolve
-    from recbrew.scoring.hf import MODES
-    from recbrew.scoring.registry import family_of
+    from recbrew.scoring.hf import MODES  # lazy: loads torch
 
     if mode not in MODES:
         raise UserError(f"--mode {mode!r}: choose {', '.join(MODES)}")
@@ -124,9 +121,6 @@ def _ranked_requests(requests: list[dict], limit: int | None) -> list[dict]:
 def _ray_probs(model: str, load: ScorerOptions, rows: list[dict], mode: str, *, address: str | None,
                workers: int | None, worker_cpus: int | None) -> list:
     """Every request's candidate probabilities, scored on Ray actors (one model copy each)."""
-    from recbrew.cluster import score_on_ray
-    from recbrew.scoring.registry import load_scorer
-
     # One request per Scorer call on the actors too, as below: the same numbers, and on CPUs the faster way.
     got, _ = score_on_ray(load_scorer, (model, load), rows, range(len(rows)), address=address, workers=workers,
                           worker_cpus=worker_cpus, per_call=1, desc=f"scoring ({mode})")
@@ -137,16 +131,12 @@ def _local_probs(model: str, load: ScorerOptions, rows: list[dict], mode: str) -
     """Every request's candidate probabilities, scored here one request at a time."""
     from tqdm.auto import tqdm
 
-    from recbrew.scoring.registry import load_scorer
-
     scorer = load_scorer(model, load)
     return [scorer.score([row])[0] for row in tqdm(rows, desc=f"scoring ({mode})", unit="req")]
 
 
 def _per_task(rows: list[dict], probs: list) -> dict[str, dict]:
     """Requests, candidates and AUC of each task."""
-    from recbrew.metrics import per_task_auc
-
     requests = Counter(r["task"] for r in rows)
     return {task: {"requests": requests[task], "candidates": t["candidates"], "auc": t["auc"]}
             for task, t in per_task_auc(rows, probs).items()}
@@ -154,8 +144,6 @@ def _per_task(rows: list[dict], probs: list) -> dict[str, dict]:
 
 def _scored_requests(rows: list[dict], probs: list, ids: IdMap) -> list[dict]:
     """Every request's scores for --json, with member and item ids as imported."""
-    from recbrew.data.ids import ITEM, MEMBER
-
     return [{"request_id": row["request_id"], "task": row["task"],
              "member_id": ids.user(MEMBER, row.get("member_id")),
              "item_ids": ids.users(ITEM, row.get("candidate_ids") or []),

@@ -22,7 +22,20 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from recbrew import assets
+from recbrew.cli.world import print_card
+from recbrew.cli.world import world_config as load_world_config
+from recbrew.config import shipped_or_none
+from recbrew.data.corpus import Corpus
+from recbrew.data.io import staged_directory
+from recbrew.data.movielens import load_movielens
 from recbrew.errors import UserError
+from recbrew.eval.run import run_eval
+from recbrew.examples.build import BuildConfig, build_examples
+from recbrew.examples.folder import Examples
+from recbrew.tasks import load_catalog
+from recbrew.train import load_config, train
+from recbrew.train.run import META_FILE
 
 if TYPE_CHECKING:
     from recbrew.eval.run import EvalResult
@@ -49,14 +62,10 @@ def _reusable(path: Path, wanted: dict, check=None) -> dict | None:
 
 
 def _check_examples(folder: Path) -> None:
-    from recbrew.examples.folder import Examples
-
     Examples.open(folder).verify()
 
 
 def _check_corpus(folder: Path) -> None:
-    from recbrew.data.corpus import Corpus
-
     Corpus.load(folder)
 
 
@@ -77,18 +86,15 @@ def _baseline(name: str, examples: Path, out: Path, seed: int, configs: str = "b
               epochs: int | None = 5) -> Path:
     """Train one classic ranker into ``out`` (written aside, then moved into place) from its shipped config
     under ``configs/CONFIGS/``."""
-    from recbrew.data.io import staged_directory
-
     with staged_directory(out) as tmp:
         if name == "popularity":
-            from recbrew.baselines.features import load_rows
-            from recbrew.baselines.popularity import Popularity, PopularityConfig
+            from recbrew.baselines.features import load_rows  # lazy: loads torch
+            from recbrew.baselines.popularity import Popularity, PopularityConfig  # lazy: loads torch
 
             Popularity.fit(load_rows(examples, "train", split_tag="T1"), PopularityConfig()).save(tmp)
         else:
-            from recbrew.baselines.config import run_config
-            from recbrew.baselines.train import train_model
-            from recbrew.config import shipped_or_none
+            from recbrew.baselines.config import run_config  # lazy: loads torch
+            from recbrew.baselines.train import train_model  # lazy: loads torch
 
             # Five epochs on the world: both peak by then (validation AUC), and it saves a minute.
             cfg = run_config(name, shipped_or_none(configs, name),
@@ -133,7 +139,6 @@ def quickstart(
         _on_movielens(out, split, seed, train_config, train_overrides, max_train=max_train, max_test=max_test,
                       baseline_epochs=baseline_epochs)
         return
-    from recbrew.examples.build import BuildConfig
 
     began = time.time()
     world_dir, examples_dir = out / "world", out / "examples"
@@ -161,9 +166,7 @@ def _on_movielens(out: Path, split: str, seed: int, train_config: str, train_ove
 
 def _world_step(world_dir: Path, world_config: str, members: int | None, days: int | None, seed: int) -> None:
     """Step 1: the world generated into OUT/world (re-used when its config is the same); its card printed."""
-    from recbrew.cli.world import print_card
-    from recbrew.cli.world import world_config as load_world_config
-    from recbrew.world import CARD_FILE, generate_world
+    from recbrew.world import CARD_FILE, generate_world  # lazy: loads scipy
 
     wcfg = load_world_config(world_config, members, days, seed)
     card = _reusable(world_dir / CARD_FILE, {"seed": wcfg.seed, "members": wcfg.members, "days": wcfg.days,
@@ -179,8 +182,6 @@ def _world_step(world_dir: Path, world_config: str, members: int | None, days: i
 
 def _world_examples_step(world_dir: Path, examples_dir: Path, cfg: BuildConfig) -> dict:
     """Step 2: the whole catalog's examples (re-used when built from the same world and config); the manifest."""
-    from recbrew.examples.build import build_examples
-
     manifest = _reusable(examples_dir / "manifest.json", {"corpus": str(world_dir.resolve())}, _check_examples)
     if manifest is not None and manifest["config"] == json.loads(json.dumps(cfg.__dict__)):
         _step(2, f"examples: re-using {examples_dir}")
@@ -198,8 +199,6 @@ def _world_examples_step(world_dir: Path, examples_dir: Path, cfg: BuildConfig) 
 
 def _world_eval_step(examples_dir: Path, eval_dir: Path, models: dict[str, str], manifest: dict) -> EvalResult:
     """Step 5: every model plus the oracle on the same test requests, the report into OUT/eval."""
-    from recbrew.eval.run import run_eval
-
     started = _step(5, f"eval: every model plus the oracle on the same {manifest['rows']['test']:,} test requests")
     result = run_eval(examples_dir, models, eval_dir, progress=True, include_oracle=True)
     _took("eval", started)
@@ -224,10 +223,6 @@ MOVIELENS_SPLITS = {
 def movielens(out: Path, split: str, seed: int, train_config: str, train_overrides: list[str] | None,
               caps: dict | None = None, baseline_epochs: int | None = None) -> None:
     """MovieLens-100K end to end: corpus -> movies_like examples -> fine-tune -> LiRank, LiGR, popularity -> eval."""
-    from recbrew import assets
-    from recbrew.examples.build import BuildConfig, build_examples
-    from recbrew.tasks import load_catalog
-
     if split not in MOVIELENS_SPLITS:
         raise UserError(f"--split {split!r}: choose {' or '.join(MOVIELENS_SPLITS)}")
     began = time.time()
@@ -236,9 +231,6 @@ def movielens(out: Path, split: str, seed: int, train_config: str, train_overrid
     if _reusable(corpus_dir / "corpus.json", {}, _check_corpus) is not None:
         _step(1, f"corpus: re-using {corpus_dir}")
     else:
-        from recbrew.data.io import staged_directory
-        from recbrew.data.movielens import load_movielens
-
         started = _step(1, f"corpus: MovieLens-100K from the recbole package into {corpus_dir}")
         corpus = load_movielens()
         with staged_directory(corpus_dir) as tmp:
@@ -263,8 +255,6 @@ def movielens(out: Path, split: str, seed: int, train_config: str, train_overrid
     for name in ("lirank", "ligr", "popularity"):
         baselines[name] = str(_baseline_step(name, examples_dir, out, seed, "movielens/baselines", baseline_epochs))
 
-    from recbrew.eval.run import run_eval
-
     started = _step(5, f"eval: every model on the same {manifest['rows']['test']:,} test requests")
     models = {llm: str(llm_dir / "final"), **baselines}
     result = run_eval(examples_dir, models, out / "eval", progress=True, include_oracle=False,
@@ -276,9 +266,6 @@ def movielens(out: Path, split: str, seed: int, train_config: str, train_overrid
 def _fine_tune(out: Path, examples_dir: Path, train_config: str, seed: int,
                overrides: list[str] | None) -> tuple[Path, str]:
     """Step 3: the LoRA fine-tune into OUT/llm (re-used when its config is the same); (folder, model name)."""
-    from recbrew.train import load_config, train
-    from recbrew.train.run import META_FILE
-
     llm_dir = out / "llm"
     # No validation pass: step 5 scores the model on the test requests right after.
     tcfg = load_config(train_config, [f"examples={examples_dir}", f"out={llm_dir}", f"seed={seed}", "eval_requests=0",

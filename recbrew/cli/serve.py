@@ -35,7 +35,7 @@ def serve(
     """Serve a model with vLLM (prefix caching on) behind recbrew's gateway: OpenAI routes + /v1/rank.
 
     A classic ranker's folder (LiRank, LiGR, DCNv2) is served in-process on /v1/rank with the Corpus's ids."""
-    from recbrew.serve.server import serve as run
+    from recbrew.serve.server import serve as run  # lazy: loads httpx
 
     run(model, lora=lora, host=host, port=port, api_key=api_key, corpus=corpus, tasks_dir=tasks_dir,
         prompts_dir=prompts_dir, max_candidates=max_candidates, max_model_len=max_model_len,

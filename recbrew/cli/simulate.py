@@ -54,8 +54,8 @@ def simulate(
 
     A re-run with the same settings and --out continues from the last finished day.
     """
-    from recbrew.simulate import SimulationConfig
-    from recbrew.simulate import simulate as run
+    from recbrew.simulate import SimulationConfig  # lazy: loads torch
+    from recbrew.simulate import simulate as run  # lazy: loads torch
 
     names = tuple(p.strip() for p in policies.split(",") if p.strip())
     cfg = SimulationConfig(members=members, world_seed=world_seed, days=days, warmup_days=warmup_days, seed=seed,

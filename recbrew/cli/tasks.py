@@ -8,7 +8,17 @@ from typing import Annotated
 
 import typer
 
+from recbrew.data.corpus import Corpus
+from recbrew.data.ids import MEMBER
 from recbrew.errors import UserError
+from recbrew.examples.requests import SplitPlan, build_requests, time_range
+from recbrew.models.tokenizers import load_tokenizer
+from recbrew.scoring.answers import answer_token_ids
+from recbrew.tasks import get_task, load_catalog
+from recbrew.tasks.spec import Kind
+from recbrew.verbalize.context import CorpusView
+from recbrew.verbalize.environment import make_environment
+from recbrew.verbalize.render import HistoryEntry, Renderer
 
 app = typer.Typer(help="Author, list and validate ranking tasks (YAML) and render their prompts.",
                   no_args_is_help=True)
@@ -36,7 +46,6 @@ _PROBE_ITEM = {
 def _tokenizer(name: str):
     if name == "none":
         return None
-    from recbrew.models.tokenizers import load_tokenizer
 
     return load_tokenizer(name)
 
@@ -51,8 +60,6 @@ def _summary(task) -> dict:
 def list_tasks(tasks_dir: TasksDir = None,
                as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List the tasks of a catalog: name, surface, kind, T1/T2 split."""
-    from recbrew.tasks import load_catalog
-
     rows = [_summary(t) for t in load_catalog(tasks_dir).values()]
     if as_json:
         typer.echo(json.dumps({"tasks": rows, "count": len(rows),
@@ -72,12 +79,6 @@ def list_tasks(tasks_dir: TasksDir = None,
 
 def validate_catalog(tasks_dir=None, prompts_dir=None, tokenizer: str = "none") -> list[str]:
     """Load every task, render its template with a probe profile, check its answer words; returns names."""
-    from recbrew.scoring.answers import answer_token_ids
-    from recbrew.tasks import load_catalog
-    from recbrew.tasks.spec import Kind
-    from recbrew.verbalize.environment import make_environment
-    from recbrew.verbalize.render import HistoryEntry, Renderer
-
     env = make_environment(prompts_dir)
     catalog = load_catalog(tasks_dir)
     for task in catalog.values():
@@ -112,8 +113,6 @@ def show(name: Annotated[str, typer.Argument(help="Task name.")], tasks_dir: Tas
     """Print one task's full definition (defaults filled in)."""
     import yaml
 
-    from recbrew.tasks import get_task
-
     data = get_task(name, tasks_dir).model_dump(mode="json")
     typer.echo(json.dumps(data, indent=2) if as_json else yaml.safe_dump(data, sort_keys=False, width=100))
 
@@ -132,13 +131,6 @@ def render(
 ) -> None:
     """Render the member's most recent request of a task; print the prompt, its tokens and what was cut."""
     import numpy as np
-
-    from recbrew.data.corpus import Corpus
-    from recbrew.data.ids import MEMBER
-    from recbrew.examples.requests import SplitPlan, build_requests, time_range
-    from recbrew.tasks import get_task
-    from recbrew.verbalize.context import CorpusView
-    from recbrew.verbalize.render import Renderer
 
     task = get_task(name, tasks_dir)
     renderer = Renderer(task, prompts_dir=prompts_dir, tokenizer=_tokenizer(tokenizer), style=style)

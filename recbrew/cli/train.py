@@ -16,6 +16,12 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from recbrew.assets import path as asset_path
+from recbrew.train import load_config
+from recbrew.train import train as run
+from recbrew.train.export import export
+from recbrew.train.launch import launch
+
 
 class _TrainGroup(TyperGroup):
     """A group whose own invocation takes ``key=value`` overrides next to its sub-commands."""
@@ -48,7 +54,6 @@ def train(
     """Run a fine-tuning job (when no sub-command is given)."""
     if ctx.invoked_subcommand is not None:
         return
-    from recbrew.train import load_config
 
     overrides = list(ctx.meta.get("train_overrides", []))
     if objective:
@@ -60,13 +65,10 @@ def train(
         raise typer.Exit()
     cfg = load_config(config, overrides)
     if cfg.deepspeed and "LOCAL_RANK" not in os.environ:
-        from recbrew.train.launch import launch
-
         code = launch(cfg, nproc)
         if code:
             raise typer.Exit(code)
         return
-    from recbrew.train import train as run
 
     result = run(cfg, progress=not quiet, echo=typer.echo)
     summary = {"model_dir": str(result.model_dir), "final_loss": result.final_loss,
@@ -92,8 +94,6 @@ def export_cmd(
     force: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
 ) -> None:
     """Merge LoRA into a plain HF folder (loadable by vLLM and `recbrew serve`) or keep the adapter."""
-    from recbrew.train.export import export
-
     path = export(run, out, merge=not adapter, force=force)
     typer.echo(f"exported {'adapter' if adapter else 'model'} to {path}")
 
@@ -101,8 +101,6 @@ def export_cmd(
 @app.command("configs")
 def configs_cmd() -> None:
     """List the shipped training and DeepSpeed configs."""
-    from recbrew.assets import path as asset_path
-
     root = asset_path("configs")
     for kind in ("train", "deepspeed"):
         names = sorted(p.stem for p in (root / kind).glob("*.*") if p.suffix in (".yaml", ".json"))
@@ -119,7 +117,7 @@ def hpz_check_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="Keep the runs' results here.")] = None,
 ) -> None:
     """ZeRO++ hpZ self-test on CPU: hpZ on vs off bit-identical, injected faults caught by the integrity check."""
-    from recbrew.bench.zero_selftest import format_selftest, run_selftest
+    from recbrew.bench.zero_selftest import format_selftest, run_selftest  # lazy: loads torch
 
     runs = [None if f.strip() == "none" else f.strip() for f in faults.split(",") if f.strip()]
     result = run_selftest(nproc=nproc, hpz=hpz, steps=steps, fault=runs, out_dir=out)

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from recbrew import config as configs
 from recbrew.errors import UserError
 
 app = typer.Typer(help="Generate the synthetic professional network (with ground truth).", no_args_is_help=True)
@@ -18,8 +19,7 @@ def world_config(config: str | Path | None, members: int | None, days: int | Non
                  overrides: list[str] | None = None):
     """The WorldConfig of a world config file (a path, or a shipped name such as ``default``), ``key=value``
     overrides (``behaviour.interest=1.5``) and the explicit ``--members/--days/--seed``."""
-    from recbrew import config as configs
-    from recbrew.world import WorldConfig
+    from recbrew.world import WorldConfig  # lazy: loads scipy
 
     flags = [f"{k}={v}" for k, v in (("members", members), ("days", days), ("seed", seed)) if v is not None]
     return configs.load(WorldConfig, "world", config, [*(overrides or []), *flags], example="behaviour.social=0")
@@ -66,7 +66,7 @@ def generate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the world card as JSON.")] = False,
 ) -> None:
     """Generate a world: members, items, social graph and every impression with its true probabilities."""
-    from recbrew.world import generate_world
+    from recbrew.world import generate_world  # lazy: loads scipy
 
     start = time.perf_counter()
     cfg = world_config(config, members, days, seed, overrides)
@@ -82,7 +82,7 @@ def generate(
 def card(world: Annotated[Path, typer.Argument(help="A directory written by `recbrew world generate`.")],
          as_json: Annotated[bool, typer.Option("--json", help="Print the card as JSON.")] = False) -> None:
     """Print a generated world's card: sizes, action rates, oracle and popularity AUC."""
-    from recbrew.world import CARD_FILE
+    from recbrew.world import CARD_FILE  # lazy: loads scipy
 
     path = world / CARD_FILE
     if not path.is_file():

@@ -31,6 +31,7 @@ from recbrew.examples.folder import FORMAT, IDS_FILE, spec_record
 from recbrew.examples.history import HistoryIndex
 from recbrew.examples.protocol import DAY, SplitRule, parse_history
 from recbrew.examples.requests import Requests, build_requests, task_rng, time_range
+from recbrew.models.tokenizers import load_tokenizer
 from recbrew.tasks import load_catalog
 from recbrew.tasks.spec import Kind, TaskSpec
 from recbrew.verbalize.context import CorpusView
@@ -303,7 +304,6 @@ def load_build_tokenizer(name: str):
     """The tokenizer that measures the token budget (None for ``none``)."""
     if name == "none":
         return None
-    from recbrew.models.tokenizers import load_tokenizer
 
     return load_tokenizer(name)
 

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from recbrew.data.ids import IdMap
 from recbrew.data.io import EXAMPLES_MANIFEST, read_table, seal_data_folder, verify_manifest
 from recbrew.errors import ConfigError, UserError
+from recbrew.tasks import load_catalog
 from recbrew.tasks.spec import TaskSpec
 
 MANIFEST = EXAMPLES_MANIFEST
@@ -244,8 +245,6 @@ class Examples:
         A ``tasks_dir`` defining a recorded task differently is a ConfigError naming the task and the fields.
         Folders without recorded specs use ``tasks_dir`` or the shipped catalog, as before.
         """
-        from recbrew.tasks import load_catalog
-
         recorded = self.recorded_specs()
         if recorded is None:
             return load_catalog(tasks_dir)

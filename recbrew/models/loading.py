@@ -13,6 +13,9 @@ import os
 from pathlib import Path
 
 from recbrew.errors import UserError
+from recbrew.models import smollm2
+from recbrew.models.precision import fast_dtype
+from recbrew.models.tokenizers import load_tokenizer
 
 DEFAULT_MODEL = "smollm2"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -38,8 +41,6 @@ def adapter_base(path: Path) -> str:
 def resolve(name: str) -> Path:
     """The folder of a model name: `smollm2` (converted once into the cache) or a local folder."""
     if name in ("smollm2", "smollm2-135m"):
-        from recbrew.models import smollm2
-
         return smollm2.model_dir()
     path = Path(name)
     if (path / ADAPTER_CONFIG).is_file():
@@ -54,8 +55,6 @@ def resolve_dtype(dtype, device: str):
     """The torch dtype to load in: ``None`` -> bf16 on CUDA (where supported), fp32 elsewhere; ``"auto"`` -> bf16
     where the hardware has bf16 arithmetic; ``"fp32"``/``"bf16"`` (or a torch dtype) as asked."""
     import torch
-
-    from recbrew.models.precision import fast_dtype
 
     if dtype is None:
         return fast_dtype(device) if device.startswith("cuda") else torch.float32
@@ -104,8 +103,6 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype=None, attn_implementation: st
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from recbrew.models.tokenizers import load_tokenizer
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = resolve_dtype(dtype, device)
     if name == RANDOM_SMOLLM2:
@@ -133,6 +130,6 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype=None, attn_implementation: st
 
 def _keep_layers(model, layers: int | None) -> None:
     if layers is not None:
-        from recbrew.models.depth import truncate
+        from recbrew.models.depth import truncate  # lazy: loads torch
 
         truncate(model, layers)

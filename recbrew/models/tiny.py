@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from recbrew import assets
+from recbrew.data.corpus import Corpus
 from recbrew.data.io import staged_directory
 from recbrew.errors import UserError
 
@@ -31,8 +32,6 @@ _ANSWERS = [f"Answer: {w}" for w in ("yes", "no", "A", "B", "C", "D", "E", "F")]
 
 def corpus_texts(corpus_dir: str | Path, limit: int = 50_000) -> Iterator[str]:
     """Text the tokenizer learns from: profiles, item text, the shipped templates and task wording."""
-    from recbrew.data.corpus import Corpus
-
     corpus = Corpus.load(corpus_dir, tables=["members", "items"])
     for table, cols in ((corpus.members, ("name", "headline", "title", "company", "industry", "location")),
                         (corpus.items, ("title", "text", "topic", "company"))):

@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from recbrew.errors import UserError
+from recbrew.models import smollm2
 
 DEFAULT = "smollm2"
 
@@ -45,8 +46,6 @@ def _load_folder(path: Path):
 def load_tokenizer(name: str = DEFAULT):
     """The tokenizer called ``name``: `smollm2`, or a folder holding a Hugging Face tokenizer."""
     if name in (DEFAULT, "smollm2-135m"):
-        from recbrew.models import smollm2
-
         return _load_folder(smollm2.tokenizer_dir())
     path = Path(name)
     if not path.is_dir():

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from recbrew.errors import UserError
+from recbrew.tasks import load_catalog
 
 
 def answer_token_ids(task, tokenizer) -> list[int]:
@@ -48,8 +49,6 @@ class AnswerWords:
 
     def spec(self, task_name: str):
         if self.catalog is None:
-            from recbrew.tasks import load_catalog
-
             self.catalog = load_catalog(self.tasks_dir)
         if task_name not in self.catalog:
             raise UserError(f"unknown task {task_name!r} in the requests; score them with the task specs of their "

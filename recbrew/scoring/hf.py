@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from recbrew.errors import UserError
+from recbrew.models.loading import load_model
 from recbrew.scoring.answers import AnswerWords, normalize
 
 MODES = ("naive", "prefix", "multi")
@@ -63,7 +64,7 @@ class HFScorer:
         self.tasks_dir, self.batch_size = tasks_dir, batch_size
         if mode == "multi":
             # Segment-aware attention (O(tokens) memory, no dense L x L mask); plain SDPA otherwise.
-            from recbrew.kernels.hf_attention import ATTN_NAME, register
+            from recbrew.kernels.hf_attention import ATTN_NAME, register  # lazy: loads triton
 
             if model.config._attn_implementation != ATTN_NAME:
                 model.set_attn_implementation(register())
@@ -85,7 +86,7 @@ class HFScorer:
         self.tokens_processed = 0
 
     def _answer_only_top(self, wanted: bool | None, on_cuda: bool):
-        from recbrew.models.answer_layer import AnswerOnlyTopLayer, supports
+        from recbrew.models.answer_layer import AnswerOnlyTopLayer, supports  # lazy: loads transformers
 
         layers = getattr(self.decoder, "layers", None)
         if wanted is False or (wanted is None and on_cuda) or not layers or not supports(layers[-1]):
@@ -306,7 +307,5 @@ def load_hf_scorer(spec: str, *, catalog, mode: str = "multi", name: str | None 
     """The HFScorer of a model spec (`recbrew.models.loading.load_model`: ``smollm2``, a recbrew-tiny, HF or LoRA
     folder), in ``dtype`` (``auto``: bf16 where the hardware has bf16 arithmetic), with the answer words of
     ``catalog``. Module-level, so Ray actors can build one by reference (`recbrew.cluster.score_on_ray`)."""
-    from recbrew.models.loading import load_model
-
     model, tokenizer = load_model(spec, device=device, dtype=dtype, layers=layers)
     return HFScorer(model, tokenizer, mode=mode, name=name, catalog=catalog)

@@ -23,16 +23,24 @@ from pathlib import Path
 
 import numpy as np
 
+from recbrew.data.corpus import Corpus
 from recbrew.errors import UserError
+from recbrew.examples.folder import Examples
+from recbrew.examples.history import HistoryIndex
+from recbrew.examples.protocol import parse_history
+from recbrew.models.tokenizers import load_tokenizer
+from recbrew.scoring import registry
 from recbrew.scoring.protocol import views
 from recbrew.tasks.spec import Kind, TaskSpec
+from recbrew.verbalize.context import CorpusView
+from recbrew.verbalize.environment import make_environment
 from recbrew.verbalize.injections import (  # noqa: F401  (Injection: re-exported with the bench's strings)
     CANDIDATE_TEXT_FIELDS,
     INJECTIONS,
     Injection,
 )
 from recbrew.verbalize.neutralize import neutralize
-from recbrew.verbalize.render import HistoryEntry
+from recbrew.verbalize.render import HistoryEntry, Renderer
 
 #: Ordinary words the neutral edits are drawn from: no answer words, no structure characters.
 NEUTRAL_WORDS = tuple("""
@@ -87,13 +95,6 @@ class Rerender:
     so that an unchanged request renders to the prompt the build wrote."""
 
     def __init__(self, folder, task: TaskSpec, prompts_dir: str | Path | None = None):
-        from recbrew.data.corpus import Corpus
-        from recbrew.examples.history import HistoryIndex
-        from recbrew.examples.protocol import parse_history
-        from recbrew.verbalize.context import CorpusView
-        from recbrew.verbalize.environment import make_environment
-        from recbrew.verbalize.render import Renderer
-
         cfg = folder.config
         corpus = Corpus.load(folder.corpus_dir("the injection bench renders the prompts again from it"))
         self.view = CorpusView(corpus)
@@ -113,8 +114,6 @@ class Rerender:
         tokenizer = cfg.get("tokenizer", "smollm2")
         self.budget = None  # a renderer that counts tokens, to find the history the build kept
         if tokenizer and tokenizer != "none":
-            from recbrew.models.tokenizers import load_tokenizer
-
             self.budget = Renderer(self.task, env=env, tokenizer=load_tokenizer(tokenizer))
 
     def scene(self, row: dict) -> Scene:
@@ -233,7 +232,6 @@ class _Section:
             out["ratio_note"] = note
         return out
 
-
     def ratio_ci(self, resamples: int = RESAMPLES, seed: int = 0) -> list[float] | None:
         """95 % interval of the ratio over requests drawn with replacement (each keeps all its edits); None with
         fewer than two requests or when a resample's neutral median is 0."""
@@ -274,8 +272,6 @@ def pick_task(folder, name: str | None) -> TaskSpec:
 
 def load_scorer(model: str, catalog: dict, dtype: str = "auto", layers: int | None = None):
     """The language model behind ``model`` as eval scores it: `HFScorer` in multi mode, eval's precision."""
-    from recbrew.scoring import registry
-
     if registry.family_of(model).name != "lm":
         raise UserError(f"--model {model}: the injection bench scores a language model's prompts")
     scorer = registry.load_scorer(model, catalog=catalog, dtype=dtype, layers=layers, name=model)
@@ -293,8 +289,6 @@ def bench_injection(examples: str | Path, model: str | None = None, *, scorer=No
     (any Scorer of the text view); ``fields``: which of ``candidate`` and ``member`` to edit (the member's costs a
     pass per edit); ``task_spec`` renders with another spec of the task (e.g. another ``quote``)."""
     from tqdm.auto import tqdm
-
-    from recbrew.examples.folder import Examples
 
     _check_arguments(requests, fields, scorer, model)
     folder = Examples.open(examples)

@@ -14,6 +14,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from recbrew.examples.folder import Examples
+
 
 @runtime_checkable
 class Scorer(Protocol):
@@ -69,6 +71,4 @@ def views(scorer) -> tuple[str, ...]:
 def load_requests(examples_dir: str | Path, split: str = "test", tasks: Sequence[str] | None = None) -> list[dict]:
     """Rows of ``split`` (train, validation or test) with the text and structured views merged, optionally for
     some tasks only."""
-    from recbrew.examples.folder import Examples
-
     return Examples.open(examples_dir).requests(split, tasks)

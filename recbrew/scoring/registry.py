@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recbrew.errors import UserError
+from recbrew.examples.folder import Examples
+from recbrew.models.loading import resolve
 
 
 @dataclass
@@ -47,7 +49,6 @@ class ScorerOptions:
             return self.catalog
         if self.examples is None:
             raise UserError("a language model needs the task specs: give the examples folder or a catalog")
-        from recbrew.examples.folder import Examples
 
         return Examples.open(self.examples).catalog()
 
@@ -75,7 +76,7 @@ def folder_fingerprint(path: str | Path) -> str:
 
 
 def _oracle(spec: str, options: ScorerOptions):
-    from recbrew.baselines.oracle import Oracle
+    from recbrew.baselines.oracle import Oracle  # lazy: loads torch
 
     return Oracle()
 
@@ -83,35 +84,33 @@ def _oracle(spec: str, options: ScorerOptions):
 def _popularity(spec: str, options: ScorerOptions):
     if options.examples is None:
         raise UserError("popularity is fitted on an examples folder's training requests: give the examples")
-    from recbrew.baselines.features import load_rows
-    from recbrew.baselines.popularity import Popularity
+    from recbrew.baselines.features import load_rows  # lazy: loads torch
+    from recbrew.baselines.popularity import Popularity  # lazy: loads torch
 
     return Popularity.fit(load_rows(options.examples, "train", split_tag="T1"))
 
 
 def _is_baseline(spec: str) -> bool:
-    from recbrew.baselines.scorer import MODEL_FILE, POPULARITY_FILE
+    from recbrew.baselines.scorer import MODEL_FILE, POPULARITY_FILE  # lazy: loads torch
 
     path = Path(spec)
     return path.is_dir() and any((path / f).is_file() for f in (MODEL_FILE, POPULARITY_FILE))
 
 
 def _baseline(spec: str, options: ScorerOptions):
-    from recbrew.baselines.scorer import load_scorer as load_baseline
+    from recbrew.baselines.scorer import load_scorer as load_baseline  # lazy: loads torch
 
     return load_baseline(spec, options.quantize_bits)
 
 
 def _lm(spec: str, options: ScorerOptions):
-    from recbrew.scoring.hf import load_hf_scorer
+    from recbrew.scoring.hf import load_hf_scorer  # lazy: loads torch
 
     return load_hf_scorer(spec, catalog=options.task_catalog(), mode=options.mode, name=options.name,
                           device=options.device, dtype=options.dtype, layers=options.layers)
 
 
 def _lm_fingerprint(spec: str) -> str:
-    from recbrew.models.loading import resolve
-
     return folder_fingerprint(resolve(spec))  # a UserError with the accepted forms when nothing is there
 
 

@@ -22,6 +22,7 @@ import httpx
 import psutil
 
 from recbrew.errors import UserError
+from recbrew.models.precision import fast_dtype
 from recbrew.serve.guard import spawn
 
 #: Name the served LoRA adapter answers to.
@@ -46,8 +47,6 @@ def check_port(host: str, port: int) -> None:
 def default_dtype() -> str:
     """bfloat16 where a CUDA GPU has bf16 arithmetic, float32 elsewhere."""
     import torch
-
-    from recbrew.models.precision import fast_dtype
 
     return "bfloat16" if torch.cuda.is_available() and fast_dtype("cuda") == torch.bfloat16 else "float32"
 

@@ -15,9 +15,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from recbrew.data.corpus import Corpus
 from recbrew.data.ids import ITEM, MEMBER, IdMap
 from recbrew.data.schema import ITEMS, MEMBERS
 from recbrew.errors import UserError
+from recbrew.examples.build import structured_fields
+from recbrew.examples.requests import time_range
+from recbrew.models.tokenizers import load_tokenizer
 from recbrew.scoring.protocol import AsyncGenerator, AsyncScorer, Generator, SharedClient, views
 from recbrew.serve.protocol import (
     InlineMember,
@@ -29,6 +33,7 @@ from recbrew.serve.protocol import (
 )
 from recbrew.tasks import load_catalog
 from recbrew.tasks.spec import Kind, TaskSpec
+from recbrew.verbalize.context import CorpusView, age_text
 from recbrew.verbalize.environment import make_environment
 from recbrew.verbalize.neutralize import neutralize, neutralize_row
 from recbrew.verbalize.render import HistoryEntry, RenderedPrompt, Renderer
@@ -59,8 +64,7 @@ class RankService:
                  corpus_dir: Path | None = None, tasks_dir=None, prompts_dir=None, max_candidates: int = 100,
                  max_model_len: int = 4096, prefix_warmup: bool = True, catalog: dict[str, TaskSpec] | None = None,
                  default_style: str | None = None, scorer=None):
-        from recbrew.models.tokenizers import load_tokenizer
-        from recbrew.serve.engine_scorer import EngineScorer
+        from recbrew.serve.engine_scorer import EngineScorer  # lazy: loads httpx
 
         self.engine_url, self.served_model = engine_url, served_model or getattr(scorer, "name", "")
         self.headers = {"Authorization": f"Bearer {engine_key}"}
@@ -77,10 +81,6 @@ class RankService:
         self._client: httpx.AsyncClient | None = None
         self.view, self.end, self.ids = None, None, IdMap({})
         if corpus_dir is not None:
-            from recbrew.data.corpus import Corpus
-            from recbrew.examples.requests import time_range
-            from recbrew.verbalize.context import CorpusView
-
             corpus = Corpus.load(corpus_dir)
             self.view, self.end, self.ids = CorpusView(corpus), time_range(corpus)[1], corpus.ids
         self._renderers: dict[tuple[str, str | None], Renderer] = {}
@@ -175,8 +175,6 @@ class RankService:
         return member, candidates, history, network
 
     def _inline_history(self, req, task, t, fields) -> list[HistoryEntry]:
-        from recbrew.verbalize.context import age_text
-
         out = []
         for event in req.member.history:
             if event.timestamp >= t:
@@ -287,8 +285,6 @@ class RankService:
                "segments": prompt.segments, "labels": [], "target": None}
         ids = [c for c in req.candidates if isinstance(c, int)]
         if self.view is not None and isinstance(req.member, int) and len(ids) == len(req.candidates):
-            from recbrew.examples.build import structured_fields
-
             t = self._time(req)
             lo, hi = self.view.actions_range(req.member, t)
             view = self.view

@@ -7,6 +7,8 @@ import signal
 from pathlib import Path
 
 from recbrew.errors import UserError
+from recbrew.examples.folder import Examples
+from recbrew.models.loading import resolve
 from recbrew.scoring.registry import family_of, load_scorer
 from recbrew.serve.engine import VLLMServer, check_port
 
@@ -31,14 +33,11 @@ def serve(model: str, *, lora: Path | None = None, host: str = "127.0.0.1", port
     ``tensor_parallel`` GPUs share the model (vLLM's tensor parallelism); ``engine_args`` go to vLLM as they are."""
     import uvicorn
 
-    from recbrew.models.loading import resolve
-    from recbrew.serve.app import create_app
-    from recbrew.serve.ranker import RankService
+    from recbrew.serve.app import create_app  # lazy: loads fastapi
+    from recbrew.serve.ranker import RankService  # lazy: loads httpx
 
     catalog, style = None, None
     if examples is not None:
-        from recbrew.examples.folder import Examples
-
         folder = Examples.open(examples)
         catalog, style = folder.catalog(tasks_dir), folder.config.get("style")
         if corpus is None:

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from recbrew.errors import UserError
+from recbrew.models.loading import resolve
+from recbrew.models.tokenizers import load_tokenizer
 from recbrew.scoring.answers import AnswerWords, normalize
 
 
@@ -24,9 +26,6 @@ class VLLMScorer:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from vllm import LLM
-
-        from recbrew.models.loading import resolve
-        from recbrew.models.tokenizers import load_tokenizer
 
         path = resolve(model)
         self.tokenizer = load_tokenizer(str(path))

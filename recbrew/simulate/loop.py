@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recbrew import assets
 from recbrew.data.io import atomic_path, atomic_write_text
 from recbrew.data.schema import NO_ACTION, TRUE_PROB_PREFIX
 from recbrew.errors import ConfigError, UserError
@@ -322,8 +323,7 @@ def _write_log(out: Path, name: str, day: int, table: pa.Table) -> None:
 
 
 def _ranker_config(cfg: SimulationConfig):
-    from recbrew import assets
-    from recbrew.baselines.config import MODELS, run_config
+    from recbrew.baselines.config import MODELS, run_config  # lazy: loads torch
 
     if cfg.ranker not in MODELS:
         raise ConfigError(f"unknown ranker {cfg.ranker!r} (one of: {', '.join(MODELS)})")
@@ -437,7 +437,7 @@ def simulate(cfg: SimulationConfig, out: str | Path, *, force: bool = False, sco
             line.append(f"{name} {metrics['positives']:,}")
         if line:
             say(f"day {i + 1}/{cfg.days}: positives " + ", ".join(line) + f"  ({time.perf_counter() - started:.0f} s)")
-    from recbrew.simulate.report import summarize, write_report
+    from recbrew.simulate.report import summarize, write_report  # lazy: loads torch
 
     results = summarize(cfg, {name: run.metrics for name, run in runs.items()}, warm.metrics[0])
     results["paths"] = {k: str(v) for k, v in write_report(out, results).items()}

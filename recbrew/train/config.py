@@ -7,6 +7,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from recbrew import config
+
 
 class TrainConfig(BaseModel):
     """Everything a run needs; every field can be overridden as ``key=value`` on the command line."""
@@ -132,13 +134,9 @@ class TrainConfig(BaseModel):
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """A config from a YAML file (a path, or a shipped name like `tiny`) plus ``key=value`` overrides."""
-    from recbrew import config
-
     return config.load(TrainConfig, "train", path, overrides, dotted=False)
 
 
 def resolve_config(name: str | Path) -> Path:
     """A config path, or the shipped `configs/train/NAME.yaml`."""
-    from recbrew import config
-
     return config.resolve("train", name)

@@ -29,7 +29,7 @@ from recbrew.errors import ConfigError, UserError
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The model's stack of transformer layers (the ``ModuleList`` of ``num_hidden_layers`` modules)."""
-    from recbrew.models.depth import decoder_stack
+    from recbrew.models.depth import decoder_stack  # lazy: loads torch
 
     return decoder_stack(model)
 

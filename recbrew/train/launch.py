@@ -12,13 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from recbrew.models.smollm2 import cache_dir
 from recbrew.train.config import TrainConfig
+from recbrew.train.run import train
 
 
 def distributed_env(cuda: bool) -> dict[str, str]:
     """The environment of a launched job: loopback rendezvous, CPU accelerator without CUDA, cached ops."""
-    from recbrew.models.smollm2 import cache_dir
-
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
@@ -31,7 +31,7 @@ def launch(cfg: TrainConfig, nproc: int) -> int:
     """Run ``cfg`` on ``nproc`` ranks of this machine (torchrun, 127.0.0.1); returns the exit code."""
     import torch
 
-    from recbrew.serve.engine import free_port
+    from recbrew.serve.engine import free_port  # lazy: loads httpx
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -43,8 +43,6 @@ def launch(cfg: TrainConfig, nproc: int) -> int:
 
 
 def main(argv: list[str]) -> None:
-    from recbrew.train.run import train
-
     cfg = TrainConfig(**json.loads(Path(argv[0]).read_text()))
     rank = int(os.environ.get("RANK", "0"))
     result = train(cfg, progress=rank == 0)

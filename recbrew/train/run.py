@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING
 
 from recbrew.errors import ConfigError, UserError
 from recbrew.examples.folder import Examples, spec_record
+from recbrew.models.loading import resolve
+from recbrew.models.precision import cpu_has_bf16, describe
+from recbrew.scoring.answers import AnswerWords
 from recbrew.train.config import TrainConfig
 
 if TYPE_CHECKING:  # the run's state is typed; the stacks themselves load when a run starts
@@ -92,8 +95,6 @@ def frozen_dtype(cfg: TrainConfig, cuda: bool):
     """The dtype of the frozen layers on CPU: bf16 where the processor has bf16 arithmetic (or bf16=true)."""
     import torch
 
-    from recbrew.models.precision import cpu_has_bf16
-
     if cuda or cfg.bf16 is False:
         return None
     return torch.bfloat16 if cfg.bf16 or cpu_has_bf16() else None
@@ -103,15 +104,14 @@ def _load(cfg: TrainConfig, cuda: bool, pack: bool, out: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from recbrew.kernels.hf_attention import register
-    from recbrew.models.loading import resolve
+    from recbrew.kernels.hf_attention import register  # lazy: loads triton
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = resolve(cfg.model)
     if (path / "adapter_config.json").is_file():
         raise UserError(f"{path}: is a LoRA adapter; export it first (`recbrew train export`) or train from its base")
     if cfg.layers is not None:
-        from recbrew.models.depth import truncated_copy
+        from recbrew.models.depth import truncated_copy  # lazy: loads torch
 
         # The adapter's base is this folder: scoring, export and serving load the N-layer model unchanged.
         path = truncated_copy(path, cfg.layers, (out / f"base-L{cfg.layers}").resolve())
@@ -153,7 +153,7 @@ def validation_requests(folder, cfg: TrainConfig, rows: list[dict], enabled: boo
     """
     import numpy as np
 
-    from recbrew.train.data import select_requests
+    from recbrew.train.data import select_requests  # lazy: loads torch
 
     def select(holdout: int):
         return select_requests(rows, cfg.tasks, cfg.task_weights, cfg.max_examples, holdout, cfg.seed,
@@ -284,7 +284,11 @@ def _distributed(run: _Run) -> None:
     """DeepSpeed config and hpZ check when asked for, the training arguments, and the process group."""
     cfg = run.cfg
     if cfg.deepspeed:
-        from recbrew.train.zero import CHECK_KEY, HpzIntegrityCallback, load_deepspeed_config
+        from recbrew.train.zero import (  # lazy: loads transformers
+            CHECK_KEY,
+            HpzIntegrityCallback,
+            load_deepspeed_config,
+        )
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
         run.ds_config = load_deepspeed_config(cfg.deepspeed, world_size=world, overrides=cfg.deepspeed_overrides)
@@ -309,7 +313,7 @@ def _stage3(run: _Run) -> bool:
 
 def _select(run: _Run) -> None:
     """The training requests (weighted, capped, thinned) and the validation requests."""
-    from recbrew.train.data import thin_negatives
+    from recbrew.train.data import thin_negatives  # lazy: loads torch
 
     cfg = run.cfg
     rows = run.folder.requests("train")
@@ -326,9 +330,8 @@ def _sft_trainer(run: _Run) -> None:
     """Units (packed slates), the frozen-layer cache and the answer-only top layer, and the SFT trainer."""
     import datasets
 
-    from recbrew.scoring.answers import AnswerWords
-    from recbrew.train.data import UnitCollator, build_units, task_mix
-    from recbrew.train.trainer import AnswerSFTTrainer
+    from recbrew.train.data import UnitCollator, build_units, task_mix  # lazy: loads torch
+    from recbrew.train.trainer import AnswerSFTTrainer  # lazy: loads trl
 
     cfg, tok = run.cfg, run.tok
     units = build_units(run.train_rows, tok, AnswerWords(tok, run.catalog), tok.eos_token_id,
@@ -337,8 +340,8 @@ def _sft_trainer(run: _Run) -> None:
     if cfg.cache_frozen:
         units = _frozen_cache(run, units)
     if cfg.answer_only_top_layer and not run.ds_config:
-        from recbrew.models.answer_layer import AnswerOnlyTopLayer, supports
-        from recbrew.train.frozen_cache import decoder_layers
+        from recbrew.models.answer_layer import AnswerOnlyTopLayer, supports  # lazy: loads transformers
+        from recbrew.train.frozen_cache import decoder_layers  # lazy: loads torch
 
         top = decoder_layers(run.model)[-1]
         if supports(top):
@@ -354,7 +357,7 @@ def _sft_trainer(run: _Run) -> None:
 
 def _frozen_cache(run: _Run, units: list[dict]) -> list[dict]:
     """Cache the activations entering the adapted layers (epoch 1 computes them); units gain their index."""
-    from recbrew.train.frozen_cache import FrozenLayerCache, decoder_layers
+    from recbrew.train.frozen_cache import FrozenLayerCache, decoder_layers  # lazy: loads torch
 
     layers = decoder_layers(run.model)
     if run.cfg.lora_layers >= len(layers):
@@ -374,7 +377,7 @@ def _peft(run: _Run):
 def _dpo_trainer(run: _Run) -> None:
     import datasets
 
-    from recbrew.train.trainer import AnswerDPOTrainer, AnswerPreferenceCollator
+    from recbrew.train.trainer import AnswerDPOTrainer, AnswerPreferenceCollator  # lazy: loads trl
 
     pairs = _dpo_rows(run.train_rows, run.catalog, run.cfg.dpo_pairs_per_request, run.cfg.seed)
     if not pairs:
@@ -388,8 +391,8 @@ def _dpo_trainer(run: _Run) -> None:
 def _callbacks(run: _Run) -> None:
     """The validation AUC (and best-step keeping) and the hpZ integrity check."""
     if run.val_rows:
-        from recbrew.scoring.hf import HFScorer
-        from recbrew.train.trainer import ValidationCallback
+        from recbrew.scoring.hf import HFScorer  # lazy: loads torch
+        from recbrew.train.trainer import ValidationCallback  # lazy: loads trl
 
         def log(entry: dict) -> None:
             run.log_entries.append(entry)
@@ -426,8 +429,6 @@ def _announce(run: _Run, resume: Path | None) -> None:
             f"{' + LoRA' if cfg.lora else ' (full)'}; {'CUDA' if run.cuda else 'CPU'}"
             f"{'; resuming from ' + str(resume) if resume else ''}")
     if run.frozen is not None:
-        from recbrew.models.precision import describe
-
         frozen = run.frozen
         run.say(f"train: caching the activations entering layer {frozen.first} of {len(frozen.layers)} "
                 f"(~{run.cache_mb:,.0f} MB); epochs after the first run the top {cfg.lora_layers} layers only; "

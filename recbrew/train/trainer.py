@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 from trl import DPOTrainer, SFTTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
+from recbrew import metrics
 from recbrew.data.io import atomic_path, atomic_write_text
 
 
@@ -44,7 +45,7 @@ def vocab_loss(model, inputs: dict) -> torch.Tensor:
     """Mean full-vocabulary cross-entropy of the answer tokens through the fused answer head
     (`recbrew.kernels.answer_head`): the log-sum-exp over the vocabulary is taken in chunks, so no
     [answers x vocab] logits tensor is kept for the backward pass."""
-    from recbrew.kernels.answer_head import answer_head
+    from recbrew.kernels.answer_head import answer_head  # lazy: loads triton
 
     head = model.get_output_embeddings()
     if head.weight.numel() == 0 or getattr(head, "bias", None) is not None:
@@ -222,8 +223,6 @@ class ValidationCallback(TrainerCallback):
 
     # Evaluation -------------------------------------------------------------------------------------------
     def evaluate(self, step: int, model, state=None, chooseable: bool = True) -> dict:
-        from recbrew import metrics
-
         was_training = model.training
         model.eval()
         probs = self.scorer_factory(model).score(self.requests)
