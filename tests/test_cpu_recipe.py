@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from random_llama import small_llama
 
 from recbrew.errors import ConfigError
-from recbrew.kernels.hf_attention import register
 from recbrew.models import precision
 from recbrew.models.depth import truncate
 from recbrew.train.data import Item, UnitCollator, make_unit
@@ -18,14 +18,7 @@ VOCAB = 97
 
 
 def _llama(layers: int = 4):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    model = LlamaForCausalLM(config).eval()
-    model.set_attn_implementation(register())
-    return model
+    return small_llama(VOCAB, layers).eval()
 
 
 def _units(seed: int = 0, n: int = 3) -> list[dict]:

@@ -71,7 +71,7 @@ class _Gateway:
 
     def __init__(self, root: Path, api_key: str | None = KEY):
         self.service = RankService(engine_url="http://engine", engine_key="k", served_model="tiny",
-                                   model_dir=root / "tiny", corpus_dir=root / "world")
+                                   tokenizer=root / "tiny", corpus_dir=root / "world")
         self.client = TestClient(create_app(self.service, api_key))
 
     def __enter__(self) -> TestClient:
@@ -92,7 +92,7 @@ def gateway(root):
 
 @pytest.fixture(scope="module")
 def classic(root, lirank):
-    service = RankService(model_dir=root / "tiny", corpus_dir=root / "world", scorer=lirank)
+    service = RankService(tokenizer=root / "tiny", corpus_dir=root / "world", scorer=lirank)
     with TestClient(create_app(service, KEY)) as client:
         yield client
 
@@ -256,7 +256,7 @@ def test_at_zero_is_a_time_not_absent(gateway, classic, rows):
 
 def test_at_zero_renders_an_empty_past(root, rows):
     row = max((r for r in rows if r["task"] == "feed_like"), key=lambda r: len(r["hist_item_ids"]))
-    service = RankService(model_dir=root / "tiny", corpus_dir=root / "world", scorer=object())
+    service = RankService(tokenizer=root / "tiny", corpus_dir=root / "world", scorer=object())
     _, zero = service.prompt(RankRequest(**_body(row, at=0)))
     _, end = service.prompt(RankRequest(**_body(row, at=None)))
     assert "### History" not in zero.prefix and "### History" in end.prefix
@@ -277,7 +277,7 @@ def test_an_unexpected_failure_is_a_500_error_body_and_serving_goes_on(root, row
                 raise RuntimeError("scorer bug")
             return [np.full(len(r["segments"]), 0.5) for r in requests]
 
-    service = RankService(model_dir=root / "tiny", corpus_dir=root / "world", scorer=Broken())
+    service = RankService(tokenizer=root / "tiny", corpus_dir=root / "world", scorer=Broken())
     row = next(r for r in rows if r["task"] == "feed_like")
     with TestClient(create_app(service)) as client:
         failed = client.post("/v1/rank", json=_body(row))
@@ -349,7 +349,7 @@ def _structure(text: str) -> list[str]:
 @pytest.mark.parametrize("style", ["compact", "prose"])
 @pytest.mark.parametrize("task", ["feed_like", "jobs_apply_listwise", "jobs_next_title"])
 def test_inline_fields_cannot_add_prompt_structure(root, task, style):
-    service = RankService(model_dir=root / "tiny", scorer=object())
+    service = RankService(tokenizer=root / "tiny", scorer=object())
     k = service.catalog[task].k or 2
     attacked = RankRequest(**{**_inline_request(task, _ATTACK, k), "style": style})
     benign = RankRequest(**{**_inline_request(task, "x", k), "style": style})
@@ -372,7 +372,7 @@ def test_inline_network_is_rendered_from_its_fields(root, gateway):
     assert resp.status_code == 200, resp.text
     assert [r["rank"] for r in resp.json()["results"]] == [1, 2]
     empty = {**body, "member": {**body["member"], "network": {}}}
-    service = RankService(model_dir=root / "tiny", scorer=object())
+    service = RankService(tokenizer=root / "tiny", scorer=object())
     _, prompt = service.prompt(RankRequest(**empty))
     assert "### Network" not in prompt.prefix  # an empty network shows no section, as before
     # The names a template may show are neutralized as the Corpus's are: one line, member names quoted.

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from random_llama import small_llama
 
 from recbrew.kernels.answer_head import answer_head
 from recbrew.kernels.dispatch import INTERPRETED, kernel_backend
-from recbrew.kernels.hf_attention import ATTN_NAME, register
+from recbrew.kernels.hf_attention import ATTN_NAME
 from recbrew.scoring.hf import multi_item_positions
 
 CUDA = torch.cuda.is_available()
@@ -19,13 +20,7 @@ PREFIX, SEGMENTS, LABELS = 13, [4, 7, 1, 5], [5, 9]
 
 @pytest.fixture(scope="module")
 def model():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=131, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    model = LlamaForCausalLM(config).to("cuda" if CUDA else "cpu")
-    model.set_attn_implementation(register())
+    model = small_llama(131, positions=128).to("cuda" if CUDA else "cpu")
     assert model.config._attn_implementation == ATTN_NAME
     return model
 

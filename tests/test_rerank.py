@@ -103,7 +103,7 @@ def test_a_language_model_reranks_query_text_and_document_text(root):
     from recbrew.scoring.hf import HFScorer
 
     model, tok = load_model(str(root / "tiny"), device="cpu")
-    service = RankService(model_dir=root / "tiny", corpus_dir=root / "world", scorer=HFScorer(model, tok, name="tiny"))
+    service = RankService(tokenizer=root / "tiny", corpus_dir=root / "world", scorer=HFScorer(model, tok, name="tiny"))
     query = "Data scientist who reads about machine learning and hiring"
     docs = ["Our team shipped a new ranking model", "Hiring: senior data engineer", "Weekend hiking photos",
             "How we cut inference cost by half"]
@@ -126,7 +126,7 @@ def test_a_language_model_reranks_query_text_and_document_text(root):
 
 def test_bad_rerank_requests_get_4xx_json_and_the_server_keeps_serving(root, lirank):
     row = _rows(root)[0]
-    service = RankService(model_dir=root / "tiny", corpus_dir=root / "world", scorer=lirank)
+    service = RankService(tokenizer=root / "tiny", corpus_dir=root / "world", scorer=lirank)
     auth = {"Authorization": f"Bearer {KEY}"}
     good = {"query": "", "documents": [str(c) for c in row["candidate_ids"]], **_ids_extension(row)}
     faults = [

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from random_llama import small_llama
 
 from recbrew.errors import UserError
 from recbrew.kernels.multi_item_attention import multi_item_attention_reference, multi_item_attention_torch
@@ -70,19 +71,14 @@ def test_modes_agree_on_recbrew_tiny(setup):
 @pytest.fixture(scope="module")
 def random_llama():
     """A small random Llama and a few encoded requests of uneven prefixes and slates (one listwise)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from recbrew.scoring.hf import Encoded
 
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=131, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
     rng = np.random.default_rng(0)
     encoded = []
     for i, (p, k) in enumerate(zip(rng.integers(3, 30, 7), rng.integers(1, 6, 7), strict=True)):
         segments = [rng.integers(0, 131, n).tolist() for n in rng.integers(1, 9, 1 if i == 2 else k)]
         encoded.append(Encoded(rng.integers(0, 131, p).tolist(), segments, [5, 9], i == 2))
-    return LlamaForCausalLM(config).eval(), encoded
+    return small_llama(131, multi_item=False).eval(), encoded
 
 
 @pytest.mark.parametrize("top", ["answer-only", "full"])
@@ -235,7 +231,7 @@ def test_bench_score_on_random_token_ids(random_llama, monkeypatch):
     from recbrew.bench.score import bench_score
 
     model, _ = random_llama
-    monkeypatch.setattr("recbrew.models.loading.load_model", lambda *a, **kw: (model, None))
+    monkeypatch.setattr("recbrew.bench.score.load_model", lambda *a, **kw: (model, None))
     result = bench_score("random", None, grid=((20, 4),), requests=3, segment_tokens=5)
     modes = result["grid"][0]["modes"]
     assert result["grid"][0]["bound_tokens"] == 3 * (20 + 4 * 5)

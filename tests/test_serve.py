@@ -49,7 +49,7 @@ def _hf_scores(model_dir: Path, world: Path, body: dict) -> np.ndarray:
     from recbrew.scoring.hf import HFScorer
     from recbrew.serve.ranker import RankService
 
-    svc = RankService(engine_url="", engine_key="", served_model="", model_dir=model_dir, corpus_dir=world)
+    svc = RankService(engine_url="", engine_key="", served_model="", tokenizer=model_dir, corpus_dir=world)
     task, prompt = svc.prompt(RankRequest(**body))
     model, tok = load_model(str(model_dir), device="cpu")
     row = {"prefix": prompt.prefix, "segments": prompt.segments, "task": task.name, "kind": task.kind.value}

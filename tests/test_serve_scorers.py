@@ -28,7 +28,7 @@ def lirank(root, quick_lirank):
 
 
 def _client(root, scorer) -> TestClient:
-    service = RankService(model_dir=root / "tiny", corpus_dir=root / "world", scorer=scorer)
+    service = RankService(tokenizer=root / "tiny", corpus_dir=root / "world", scorer=scorer)
     return TestClient(create_app(service))
 
 
@@ -64,7 +64,7 @@ def test_an_in_process_language_model_is_served_and_generates(root):
 
     model, tok = load_model(str(root / "tiny"), device="cpu")
     scorer = HFScorer(model, tok, mode="multi", name="tiny")
-    service = RankService(model_dir=root / "tiny", corpus_dir=root / "world", scorer=scorer)
+    service = RankService(tokenizer=root / "tiny", corpus_dir=root / "world", scorer=scorer)
     row = next(r for r in load_requests(root / "ex", "test") if r["kind"] == "binary")
     task, prompt = service.prompt(RankRequest(**_body(row)))
     expected = scorer.score([{"task": task.name, "kind": "binary", "prefix": prompt.prefix,

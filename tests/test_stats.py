@@ -245,7 +245,7 @@ def test_served_prompts_and_classic_scores_equal_the_examples(tmp_path, corpus, 
                    progress=False)
     lirank = quick_lirank(tmp_path / "ex", tmp_path / "lirank", "features.item_store=false")
     assert lirank.space.stats == STATS_DIM
-    service = RankService(model_dir="smollm2", corpus_dir=tmp_path / "corpus", scorer=lirank, catalog=catalog)
+    service = RankService(tokenizer="smollm2", corpus_dir=tmp_path / "corpus", scorer=lirank, catalog=catalog)
     rows = load_requests(tmp_path / "ex", "test")
     with TestClient(create_app(service)) as client:
         for row in rows:

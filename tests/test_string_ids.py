@@ -245,7 +245,7 @@ def test_uuid_logs_build_train_score_evaluate_and_serve_in_the_users_ids(flow, q
     catalog = Examples.open(root / "ex").catalog()
     for scorer, expected in ((HFScorer(lm, tok, mode="multi", name="llm", catalog=catalog), mapped["scores"]),
                              (lirank, [by_pair["lirank"][(row["request_id"], it)] for it in mapped["item_ids"]])):
-        with TestClient(create_app(RankService(model_dir=root / "tiny", corpus_dir=root / "corpus",
+        with TestClient(create_app(RankService(tokenizer=root / "tiny", corpus_dir=root / "corpus",
                                                tasks_dir=TASKS, scorer=scorer))) as client:
             resp = client.post("/v1/rank", json=body)
             assert resp.status_code == 200, resp.text

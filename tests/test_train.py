@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from random_llama import small_llama
 
 from recbrew.errors import ConfigError, UserError
 from recbrew.kernels.dispatch import INTERPRETED, kernel_backend
-from recbrew.kernels.hf_attention import register
 from recbrew.train.config import load_config
 from recbrew.train.data import Item, UnitCollator, make_unit, select_requests, thin_negatives
 from recbrew.train.trainer import AnswerPreferenceCollator, answer_logits, answer_loss
@@ -28,14 +28,7 @@ VOCAB = 97
 
 @pytest.fixture(scope="module")
 def tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    model = LlamaForCausalLM(config)
-    model.set_attn_implementation(register())
-    return model
+    return small_llama(VOCAB)
 
 
 def _requests(seed=0, n=3):
@@ -190,15 +183,10 @@ def test_lora_layers_adapts_only_the_top_layers(tiny_llama):
 
 def _three_layer_lora(lora_layers: int):
     from peft import get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from recbrew.train.run import lora_config
 
-    torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    base = LlamaForCausalLM(config)
-    base.set_attn_implementation(register())
+    base = small_llama(VOCAB, 3, seed=1)
     model = get_peft_model(base, lora_config(load_config("tiny", [f"lora_layers={lora_layers}"]), base))
     for n, p in model.named_parameters():  # LoRA B starts at zero: give it weight so the adapted layers matter
         if "lora_B" in n:
@@ -638,7 +626,7 @@ def test_serve_takes_the_task_specs_from_the_examples(custom):
 
     ex = custom / "ex-custom"
     folder = Examples.open(ex)
-    svc = RankService(engine_url="", engine_key="", served_model="", model_dir=custom / "tiny",
+    svc = RankService(engine_url="", engine_key="", served_model="", tokenizer=custom / "tiny",
                       corpus_dir=folder.corpus, catalog=folder.catalog())
     tok = load_tokenizer(str(custom / "tiny"))
     assert svc.scorer.answers("my_feed_like") == [tok(" A")["input_ids"][0], tok(" B")["input_ids"][0]]
@@ -657,13 +645,8 @@ def test_liger_patched_training_step_matches_unpatched():
     import copy
 
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    plain = LlamaForCausalLM(config).cuda()
-    plain.set_attn_implementation(register())
+    plain = small_llama(VOCAB, hidden=128, intermediate=256).cuda()
     patched = copy.deepcopy(plain)
     _apply_liger_kernel_to_instance(model=patched, rms_norm=True, rope=True, swiglu=True, cross_entropy=False,
                                     fused_linear_cross_entropy=False)

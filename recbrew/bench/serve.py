@@ -121,7 +121,7 @@ def _hf(model: str, bodies: list[dict], examples: str | None, world: Path | None
     if examples is not None:
         folder = Examples.open(examples)
         catalog, style, world = folder.catalog(), folder.config.get("style"), folder.corpus_dir("the bench reads it")
-    svc = RankService(engine_url="", engine_key="", served_model="", model_dir=resolve(model), corpus_dir=world,
+    svc = RankService(engine_url="", engine_key="", served_model="", tokenizer=resolve(model), corpus_dir=world,
                       catalog=catalog, default_style=style)
     lm, tok = load_model(model, device="cpu", dtype="auto")  # eval's precision (bf16 where the CPU has it)
     scorer = HFScorer(lm, tok, mode="multi", catalog=svc.catalog)

@@ -58,9 +58,10 @@ def _inline_network(network: InlineNetwork | None) -> dict | None:
 
 class RankService:
     """Renders `/v1/rank` requests and ranks them with ``scorer``; without one, with the vLLM engine at
-    ``engine_url`` (`EngineScorer`). ``model_dir`` gives the tokenizer that counts the prompt tokens."""
+    ``engine_url`` (`EngineScorer`). ``tokenizer`` counts the prompt tokens (the engine's, or the one the examples
+    were built with): a loaded tokenizer, or the model folder or name (`smollm2`) to load it from."""
 
-    def __init__(self, *, engine_url: str = "", engine_key: str = "", served_model: str = "", model_dir: Path,
+    def __init__(self, *, engine_url: str = "", engine_key: str = "", served_model: str = "", tokenizer,
                  corpus_dir: Path | None = None, tasks_dir=None, prompts_dir=None, max_candidates: int = 100,
                  max_model_len: int = 4096, prefix_warmup: bool = True, catalog: dict[str, TaskSpec] | None = None,
                  default_style: str | None = None, scorer=None):
@@ -73,7 +74,7 @@ class RankService:
         #: The style a request renders in when it names none (e.g. the style its examples were built in).
         self.default_style = default_style
         self.env = make_environment(prompts_dir)
-        self.tokenizer = load_tokenizer(str(model_dir))
+        self.tokenizer = load_tokenizer(str(tokenizer)) if isinstance(tokenizer, str | Path) else tokenizer
         self.scorer = scorer if scorer is not None else EngineScorer(
             engine_url=engine_url, engine_key=engine_key, served_model=served_model, tokenizer=self.tokenizer,
             catalog=self.catalog, prefix_warmup=prefix_warmup)

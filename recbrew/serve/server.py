@@ -7,8 +7,9 @@ import signal
 from pathlib import Path
 
 from recbrew.errors import UserError
+from recbrew.examples.build import load_build_tokenizer
 from recbrew.examples.folder import Examples
-from recbrew.models.loading import resolve
+from recbrew.models.loading import DEFAULT_MODEL, resolve
 from recbrew.scoring.registry import family_of, load_scorer
 from recbrew.serve.engine import VLLMServer, check_port
 
@@ -36,10 +37,11 @@ def serve(model: str, *, lora: Path | None = None, host: str = "127.0.0.1", port
     from recbrew.serve.app import create_app  # lazy: loads fastapi
     from recbrew.serve.ranker import RankService  # lazy: loads httpx
 
-    catalog, style = None, None
+    catalog, style, build_tokenizer = None, None, DEFAULT_MODEL
     if examples is not None:
         folder = Examples.open(examples)
         catalog, style = folder.catalog(tasks_dir), folder.config.get("style")
+        build_tokenizer = folder.config.get("tokenizer", DEFAULT_MODEL)
         if corpus is None:
             corpus = folder.corpus_dir("start the server with --corpus DIR (or without --examples)")
     if corpus is not None and not Path(corpus).is_dir():
@@ -49,7 +51,8 @@ def serve(model: str, *, lora: Path | None = None, host: str = "127.0.0.1", port
             raise UserError(f"{model}: a classic ranker scores Corpus ids: give --corpus DIR (or --examples)")
         check_port(host, port)
         scorer = load_scorer(model)
-        service = RankService(model_dir="smollm2", corpus_dir=corpus, tasks_dir=tasks_dir, prompts_dir=prompts_dir,
+        # Its prompts render and count tokens with the tokenizer the examples were built with.
+        service = RankService(tokenizer=load_build_tokenizer(build_tokenizer), corpus_dir=corpus, tasks_dir=tasks_dir, prompts_dir=prompts_dir,
                               max_candidates=max_candidates, max_model_len=max_model_len, catalog=catalog,
                               default_style=style, scorer=scorer)
         log(f"recbrew is serving {scorer.name} from {model} on http://{host}:{port} (/v1/rank, /v1/models)")
@@ -66,7 +69,7 @@ def serve(model: str, *, lora: Path | None = None, host: str = "127.0.0.1", port
         log(f"starting vLLM on 127.0.0.1:{engine.port} for {model_dir} (this takes 20-60 s on CPU)...")
         engine.start(ready_timeout)
         service = RankService(engine_url=engine.url, engine_key=engine.api_key, served_model=engine.served_name,
-                              model_dir=model_dir, corpus_dir=corpus, tasks_dir=tasks_dir, prompts_dir=prompts_dir,
+                              tokenizer=model_dir, corpus_dir=corpus, tasks_dir=tasks_dir, prompts_dir=prompts_dir,
                               max_candidates=max_candidates, max_model_len=max_model_len, catalog=catalog,
                               default_style=style)
         log(f"recbrew is serving {engine.served_name} on http://{host}:{port} (/v1/rank, /v1/completions, "
