@@ -322,6 +322,32 @@ def layout_mask(tables: LayoutTables) -> torch.Tensor:
 if triton is not None:
 
     @triton.jit
+    def _query_tile(QT, b, tile, NUM_TILES):
+        """A query tile's row of the layout table: its rows [q_start, q_end), the prefix keys it sees whole
+        [pre_start, pre_end), and where its own keys start (kv_start)."""
+        t = QT + (b * NUM_TILES + tile) * 5
+        return tl.load(t), tl.load(t + 1), tl.load(t + 2), tl.load(t + 3), tl.load(t + 4)
+
+    @triton.jit
+    def _key_block(i, n_pre, pre_start, pre_end, kv_start, q_end, Kb, Vb, seg, seg_q, offs_m, offs_d, D,
+                   stride_kl, stride_kd, stride_vl, stride_vd, BLOCK_N: tl.constexpr):
+        """Key block ``i`` of a query tile's walk (the forward's and dQ's): blocks of the prefix first, seen
+        whole, then the tile's own keys, causal within a segment. Its keys, values and which (row, key) pairs
+        may attend."""
+        pre = i < n_pre
+        start = tl.where(pre, pre_start + i * BLOCK_N, kv_start + (i - n_pre) * BLOCK_N)
+        limit = tl.where(pre, pre_end, q_end)
+        offs_n = start + tl.arange(0, BLOCK_N).to(tl.int64)
+        in_range = offs_n < limit
+        kv_mask = in_range[:, None] & (offs_d[None, :] < D)
+        k = tl.load(Kb + offs_n[:, None] * stride_kl + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
+        v = tl.load(Vb + offs_n[:, None] * stride_vl + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+        seg_k = tl.load(seg + offs_n, mask=in_range, other=-3)
+        visible = in_range[None, :] & (pre | ((seg_k[None, :] == seg_q[:, None])
+                                              & (offs_n[None, :] <= offs_m[:, None])))
+        return k, v, visible
+
+    @triton.jit
     def _mia_fwd_kernel(Q, K, V, Out, LSE, SEG, QT, sm_scale,
                         stride_qb, stride_qh, stride_ql, stride_qd,
                         stride_kb, stride_kh, stride_kl, stride_kd,
@@ -335,12 +361,7 @@ if triton is not None:
         b = (bh // H).to(tl.int64)
         h = bh % H
         hk = h // GROUPS
-        t = QT + (b * NUM_TILES + tile) * 5
-        q_start = tl.load(t)
-        q_end = tl.load(t + 1)
-        pre_start = tl.load(t + 2)
-        pre_end = tl.load(t + 3)
-        kv_start = tl.load(t + 4)
+        q_start, q_end, pre_start, pre_end, kv_start = _query_tile(QT, b, tile, NUM_TILES)
         qk_scale = tl.cast(sm_scale, tl.float32) * 1.4426950408889634  # softmax in base 2
 
         # 64-bit offsets: large batches overflow 32-bit element offsets.
@@ -363,17 +384,8 @@ if triton is not None:
         n_pre = tl.cdiv(pre_end - pre_start, BLOCK_N)
         n_own = tl.cdiv(q_end - kv_start, BLOCK_N)
         for i in range(0, n_pre + n_own):
-            pre = i < n_pre
-            start = tl.where(pre, pre_start + i * BLOCK_N, kv_start + (i - n_pre) * BLOCK_N)
-            limit = tl.where(pre, pre_end, q_end)
-            offs_n = start + tl.arange(0, BLOCK_N).to(tl.int64)
-            in_range = offs_n < limit
-            kv_mask = in_range[:, None] & (offs_d[None, :] < D)
-            k = tl.load(Kb + offs_n[:, None] * stride_kl + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
-            v = tl.load(Vb + offs_n[:, None] * stride_vl + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
-            seg_k = tl.load(seg + offs_n, mask=in_range, other=-3)
-            visible = in_range[None, :] & (pre | ((seg_k[None, :] == seg_q[:, None])
-                                                  & (offs_n[None, :] <= offs_m[:, None])))
+            k, v, visible = _key_block(i, n_pre, pre_start, pre_end, kv_start, q_end, Kb, Vb, seg, seg_q, offs_m,
+                                       offs_d, D, stride_kl, stride_kd, stride_vl, stride_vd, BLOCK_N)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
             s = tl.where(visible, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -404,12 +416,7 @@ if triton is not None:
         b = (bh // H).to(tl.int64)
         h = bh % H
         hk = h // GROUPS
-        t = QT + (b * NUM_TILES + tile) * 5
-        q_start = tl.load(t)
-        q_end = tl.load(t + 1)
-        pre_start = tl.load(t + 2)
-        pre_end = tl.load(t + 3)
-        kv_start = tl.load(t + 4)
+        q_start, q_end, pre_start, pre_end, kv_start = _query_tile(QT, b, tile, NUM_TILES)
         qk_scale = tl.cast(sm_scale, tl.float32) * 1.4426950408889634
 
         offs_m = q_start + tl.arange(0, BLOCK_M).to(tl.int64)
@@ -430,17 +437,8 @@ if triton is not None:
         n_pre = tl.cdiv(pre_end - pre_start, BLOCK_N)
         n_own = tl.cdiv(q_end - kv_start, BLOCK_N)
         for i in range(0, n_pre + n_own):
-            pre = i < n_pre
-            start = tl.where(pre, pre_start + i * BLOCK_N, kv_start + (i - n_pre) * BLOCK_N)
-            limit = tl.where(pre, pre_end, q_end)
-            offs_n = start + tl.arange(0, BLOCK_N).to(tl.int64)
-            in_range = offs_n < limit
-            kv_mask = in_range[:, None] & (offs_d[None, :] < D)
-            k = tl.load(Kb + offs_n[:, None] * stride_kl + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
-            v = tl.load(Vb + offs_n[:, None] * stride_vl + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
-            seg_k = tl.load(seg + offs_n, mask=in_range, other=-3)
-            visible = in_range[None, :] & (pre | ((seg_k[None, :] == seg_q[:, None])
-                                                  & (offs_n[None, :] <= offs_m[:, None])))
+            k, v, visible = _key_block(i, n_pre, pre_start, pre_end, kv_start, q_end, Kb, Vb, seg, seg_q, offs_m,
+                                       offs_d, D, stride_kl, stride_kd, stride_vl, stride_vd, BLOCK_N)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
             p = tl.where(visible, tl.exp2(s - lse[:, None]), 0.0)
             dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)

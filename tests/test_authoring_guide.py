@@ -17,7 +17,6 @@ from pydantic import BaseModel
 
 from recbrew.tasks import load_catalog, parse_task
 from recbrew.tasks.spec import TaskSpec
-from recbrew.world import WorldConfig, generate_world
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "authoring-tasks.md"
@@ -84,10 +83,8 @@ def _run(line: str, cwd: Path, **placeholders: Path) -> tuple[list[str], subproc
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("guide") / "world"
-    generate_world(WorldConfig(members=200, days=10), out, progress=False)
-    return out
+def world(shared_world) -> Path:
+    return shared_world(200, 10, 0)
 
 
 def test_walkthrough_task_file_is_valid():

@@ -52,14 +52,12 @@ def test_truncate_refuses_out_of_range_depth():
         truncate(_llama(4), 0)
 
 
-def test_truncated_copy_is_a_plain_folder_that_loads_unchanged(tmp_path):
+def test_truncated_copy_is_a_plain_folder_that_loads_unchanged(tmp_path, shared_world):
     from recbrew.models.depth import truncated_copy
     from recbrew.models.loading import load_model
     from recbrew.models.tiny import build_tiny
-    from recbrew.world import WorldConfig, generate_world
 
-    generate_world(WorldConfig(members=60, days=3, seed=1), tmp_path / "w", progress=False)
-    build_tiny(tmp_path / "w", tmp_path / "small", "small", seed=0)  # 4 layers
+    build_tiny(shared_world(60, 3, 1), tmp_path / "small", "small", seed=0)  # 4 layers
     folder = truncated_copy(tmp_path / "small", 2, tmp_path / "base-L2")
     model, _ = load_model(str(folder))
     assert model.config.num_hidden_layers == 2 and len(decoder_layers(model)) == 2
@@ -182,13 +180,11 @@ def test_answer_only_top_layer_is_inactive_outside_its_scope():
     assert top.calls == 0
 
 
-def test_bench_levers_reports_every_lever_against_fp32_in_one_run(tmp_path):
+def test_bench_levers_reports_every_lever_against_fp32_in_one_run(tmp_path, shared_world):
     from recbrew.bench.train import bench_levers
     from recbrew.models.tiny import build_tiny
-    from recbrew.world import WorldConfig, generate_world
 
-    generate_world(WorldConfig(members=60, days=3, seed=1), tmp_path / "w", progress=False)
-    build_tiny(tmp_path / "w", tmp_path / "small", "small", seed=0)  # 4 layers
+    build_tiny(shared_world(60, 3, 1), tmp_path / "small", "small", seed=0)  # 4 layers
     out = bench_levers(str(tmp_path / "small"), prefix=20, segment=6, k=3, requests=2, layers=2, rounds=3)
     levers = out["levers"]
     assert list(levers) == ["fp32", "bf16_frozen", "first_layers", "packed_slates", "answer_only_top", "frozen_cache"]
@@ -200,17 +196,16 @@ def test_bench_levers_reports_every_lever_against_fp32_in_one_run(tmp_path):
     assert levers["packed_slates"]["tokens"] == 2 * (20 + 3 * 6) < levers["first_layers"]["tokens"] == 6 * (20 + 6)
 
 
-def test_bench_slates_times_real_requests_and_modes_agree(tmp_path):
+def test_bench_slates_times_real_requests_and_modes_agree(tmp_path, shared_world):
     from recbrew.bench.slates import bench_slates
     from recbrew.examples.build import BuildConfig, build_examples
     from recbrew.models.tiny import build_tiny
-    from recbrew.world import WorldConfig, generate_world
 
-    generate_world(WorldConfig(members=150, days=8, seed=5), tmp_path / "w", progress=False)
-    build_examples(tmp_path / "w", tmp_path / "ex", BuildConfig(tasks=["feed_like", "jobs_apply_listwise"],
+    world = shared_world(150, 8, 5)
+    build_examples(world, tmp_path / "ex", BuildConfig(tasks=["feed_like", "jobs_apply_listwise"],
                                                                 test_days=3, gap_days=1, max_train=3, max_test=6,
                                                                 tokenizer="none"), progress=False)
-    build_tiny(tmp_path / "w", tmp_path / "tiny", "tiny", seed=0)
+    build_tiny(world, tmp_path / "tiny", "tiny", seed=0)
     out = bench_slates(str(tmp_path / "tiny"), str(tmp_path / "ex"), requests=8, rounds=3)
     naive, multi = out["modes"]["naive"], out["modes"]["multi"]
     assert out["requests"] == 8 and out["candidates"] > 8

@@ -15,7 +15,6 @@ import pytest
 
 from recbrew.data.corpus import Corpus
 from recbrew.examples.build import BuildConfig, build_examples
-from recbrew.world import WorldConfig, generate_world
 
 RECBREW = Path(sys.executable).parent / "recbrew"
 TASKS = ["feed_like", "jobs_apply_listwise", "pymk_connect", "jobs_next_title", "profile_skill_suggest"]
@@ -23,10 +22,8 @@ DAY = 86_400
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    out = tmp_path_factory.mktemp("world") / "w"
-    generate_world(WorldConfig(members=400, days=20, seed=1), out, progress=False)
-    return out
+def world(shared_world):
+    return shared_world(400, 20, 1)
 
 
 @pytest.fixture(scope="module")

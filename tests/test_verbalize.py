@@ -264,14 +264,11 @@ def _reference_render(r: Renderer, env, tokenizer, member, candidates, history, 
 
 
 @pytest.fixture(scope="module")
-def view(tmp_path_factory):
+def view(shared_world):
     from recbrew.data.corpus import Corpus
     from recbrew.verbalize.context import CorpusView
-    from recbrew.world import WorldConfig, generate_world
 
-    out = tmp_path_factory.mktemp("render_world") / "w"
-    generate_world(WorldConfig(members=150, days=12, seed=5), out, progress=False)
-    return CorpusView(Corpus.load(out))
+    return CorpusView(Corpus.load(shared_world(150, 12, 5)))
 
 
 def _variant(task):
