@@ -10,7 +10,8 @@ import pyarrow as pa
 import pytest
 
 from recbrew.data import Corpus, conform, empty_table, read_table, write_table
-from recbrew.data.schema import F32, I32, I64, STR_LIST
+from recbrew.data.io import CORPUS_MANIFEST
+from recbrew.data.schema import F32, I32, I64, STR_LIST, TABLES
 from recbrew.errors import ConfigError, SchemaError, UserError
 
 FORMATS = ["parquet", "jsonl", "csv"]
@@ -160,14 +161,8 @@ def test_save_replaces_other_formats_and_stale_card(tmp_path):
     plain = tiny_corpus(seed=5)
     plain.card = None
     plain.save(out, "parquet")
-    assert sorted(p.name for p in out.iterdir()) == [
-        "corpus.json",
-        "edges.parquet",
-        "interactions.parquet",
-        "items.parquet",
-        "members.parquet",
-        "notes.txt",
-    ]
+    expected = [CORPUS_MANIFEST, *(f"{t}.parquet" for t in TABLES), "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)
     loaded = Corpus.load(out)
     assert loaded.card is None
     assert loaded.meta["seed"] == 5

@@ -15,8 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from recbrew.data import Corpus
+from recbrew.data.io import CORPUS_MANIFEST
 from recbrew.data.movielens import load_movielens, movielens_dir
-from recbrew.data.schema import F32, I32, I64, STR_LIST
+from recbrew.data.schema import F32, I32, I64, STR_LIST, TABLES
 from recbrew.errors import UserError
 
 
@@ -217,13 +218,7 @@ def test_cli_builds_saves_and_shows(tmp_path, ratings):
     result = runner.invoke(app, ["movielens", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert result.output == f"wrote 943 members, 1682 items, 100000 interactions, 0 edges to {out}\n"
-    assert sorted(p.name for p in out.iterdir()) == [
-        "corpus.json",
-        "edges.parquet",
-        "interactions.parquet",
-        "items.parquet",
-        "members.parquet",
-    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted([CORPUS_MANIFEST, *(f"{t}.parquet" for t in TABLES)])
     assert json.loads((out / "corpus.json").read_text())["source"] == "movielens-100k"
 
     summary = json.loads(runner.invoke(app, ["show", str(out), "--json"]).output)

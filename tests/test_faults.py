@@ -148,13 +148,20 @@ def test_intact_examples_are_read(made, tmp_path, reader):
 @pytest.mark.parametrize("reader", list(EXAMPLE_READERS))
 @pytest.mark.parametrize("fault", list(EXAMPLE_FAULTS))
 def test_damaged_examples_are_refused_in_one_line(made, tmp_path, fault, reader):
-    ex = tmp_path / "ex"
-    shutil.copytree(made / "ex", ex)
-    damage, names = EXAMPLE_FAULTS[fault]
-    damage(ex)
-    line = _refused(_cli(*EXAMPLE_READERS[reader](made, ex, tmp_path / "out")), names, "recbrew data build")
-    assert str(ex) in line
-    assert not (tmp_path / "out").exists()  # nothing written from a damaged folder
+    _damaged_copy_is_refused(made / "ex", tmp_path / "ex", EXAMPLE_FAULTS[fault],
+                             lambda ex: EXAMPLE_READERS[reader](made, ex, tmp_path / "out"), "recbrew data build",
+                             tmp_path / "out")
+
+
+def _damaged_copy_is_refused(source: Path, copy: Path, fault, argv, fix: str, out: Path) -> None:
+    """Damage a copy of ``source`` with ``fault`` (damage, the file names the error may name); the command
+    ``argv(copy)`` gives one line naming the copy and ``fix``, and writes nothing to ``out``."""
+    shutil.copytree(source, copy)
+    damage, names = fault
+    damage(copy)
+    line = _refused(_cli(*argv(copy)), names, fix)
+    assert str(copy) in line
+    assert not out.exists()  # nothing written from a damaged folder
 
 
 def test_size_only_verification_still_catches_truncation_and_manifest_edits(made, tmp_path, monkeypatch):
@@ -216,13 +223,9 @@ CORPUS_READERS = {
 @pytest.mark.parametrize("reader", list(CORPUS_READERS))
 @pytest.mark.parametrize("fault", list(CORPUS_FAULTS))
 def test_damaged_corpus_is_refused_in_one_line(made, tmp_path, fault, reader):
-    world = tmp_path / "world"
-    shutil.copytree(made / "world", world)
-    damage, names = CORPUS_FAULTS[fault]
-    damage(world)
-    line = _refused(_cli(*CORPUS_READERS[reader](world, tmp_path / "out")), names, "recbrew world generate")
-    assert str(world) in line
-    assert not (tmp_path / "out").exists()
+    _damaged_copy_is_refused(made / "world", tmp_path / "world", CORPUS_FAULTS[fault],
+                             lambda world: CORPUS_READERS[reader](world, tmp_path / "out"), "recbrew world generate",
+                             tmp_path / "out")
 
 
 def test_corpus_edited_by_hand_is_refused_and_names_its_origin(made, tmp_path):
