@@ -34,7 +34,6 @@ from recbrew.eval.table import RequestTable
 from recbrew.examples.folder import Examples
 
 if TYPE_CHECKING:
-    from recbrew.examples.folder import Examples
     from recbrew.tasks.spec import TaskSpec
 
 PACKAGES = ("recbrew", "numpy", "scikit-learn", "torch", "transformers", "peft", "datasets", "matplotlib")

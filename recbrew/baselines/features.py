@@ -30,7 +30,6 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,9 +39,6 @@ from recbrew.errors import UserError
 from recbrew.examples.build import ITEM_FEATURES, MEMBER_FEATURES
 from recbrew.examples.folder import Examples
 from recbrew.verbalize.stats import STATS_DIM
-
-if TYPE_CHECKING:
-    from recbrew.examples.folder import Examples
 
 MEMBER_FIELDS = tuple(f"member_{f}" for f in MEMBER_FEATURES)
 ITEM_FIELDS = tuple(f"cand_{f}" for f in ITEM_FEATURES)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -17,10 +17,6 @@ from recbrew.data.movielens import load_movielens
 from recbrew.data.schema import TABLES
 from recbrew.errors import UserError
 from recbrew.examples.build import BuildConfig, build_examples
-
-if TYPE_CHECKING:
-    from recbrew.data.corpus import Corpus
-    from recbrew.examples.build import BuildConfig
 
 app = typer.Typer(
     help="Build, import and inspect a Corpus (members, items, interactions, edges).",

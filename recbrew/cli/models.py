@@ -21,7 +21,6 @@ from recbrew.scoring.registry import ScorerOptions, family_of, load_scorer
 
 if TYPE_CHECKING:
     from recbrew.data.ids import IdMap
-    from recbrew.scoring.registry import ScorerOptions
 
 app = typer.Typer(help="Language models: SmolLM2 (default), recbrew-tiny, or any local HF folder.",
                   no_args_is_help=True)

@@ -39,7 +39,6 @@ from recbrew.train.run import META_FILE
 
 if TYPE_CHECKING:
     from recbrew.eval.run import EvalResult
-    from recbrew.examples.build import BuildConfig
 
 STEPS = 5
 
