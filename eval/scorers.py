@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,8 +157,6 @@ def run_model(model: Model, requests: Sequence[dict], table: RequestTable, *, ex
     ``catalog``: the task specs (answer words) of the requests; default: those recorded in ``examples``.
     ``ray``: language models score on Ray actors (`recbrew.cluster.score_on_ray`); the others here.
     """
-    import time
-
     if ray is not None and model.kind == "lm":
         return _run_on_ray(model, requests, table, examples=examples, max_new_tokens=max_new_tokens,
                            progress=progress, device=device, catalog=catalog, ray=ray, chunk=chunk)
@@ -205,13 +204,12 @@ def _run_on_ray(model: Model, requests: Sequence[dict], table: RequestTable, *, 
                 progress: bool, device: str | None, catalog, ray: RayOptions, chunk: int) -> Scores:
     """`run_model` for a language model whose Scorers live on Ray actors (each loads the model once), in the
     same batches of ``chunk`` requests."""
-    import time
-
     start = time.perf_counter()
     rank_idx = np.flatnonzero(table.rankable)
     gen_idx = np.flatnonzero(table.generative)
-    options = ScorerOptions(catalog=ScorerOptions(examples=examples, catalog=catalog).task_catalog(), name=model.name,
-                            device=device)
+    # The task specs are resolved here and travel to the actors: a worker machine may not see the examples folder.
+    specs = ScorerOptions(examples=examples, catalog=catalog).task_catalog()
+    options = ScorerOptions(catalog=specs, name=model.name, device=device)
     scores, texts = score_on_ray(load_scorer, (model.spec, options), requests, rank_idx, gen_idx, address=ray.address,
                                  workers=ray.workers, worker_cpus=ray.worker_cpus, batch_size=chunk,
                                  max_new_tokens=max_new_tokens, desc=f"score {model.name}", progress=progress)
