@@ -45,10 +45,26 @@ def launch(cfg: TrainConfig, nproc: int) -> int:
 def main(argv: list[str]) -> None:
     cfg = TrainConfig(**json.loads(Path(argv[0]).read_text()))
     rank = int(os.environ.get("RANK", "0"))
-    result = train(cfg, progress=rank == 0)
+    try:
+        result = train(cfg, progress=rank == 0)
+    except BaseException:
+        _leave_group(wait=False)  # the other ranks may never reach a barrier
+        raise
+    _leave_group(wait=True)
     if rank == 0:
         print(json.dumps({"model_dir": str(result.model_dir), "final_loss": result.final_loss,
                           "steps": result.steps}))
+
+
+def _leave_group(wait: bool) -> None:
+    """Close the process group (after every rank is done, with ``wait``): a rank that exits with gloo's threads
+    still running can abort ("terminate called without an active exception") after its work is done."""
+    import torch.distributed as dist  # lazy: loads torch
+
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
