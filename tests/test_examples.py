@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recbrew.data.corpus import Corpus
-from recbrew.examples.build import BuildConfig, build_examples
+from recbrew.examples.build import HISTORY_LINES, BuildConfig, build_examples, history_line, history_summary
 
 RECBREW = Path(sys.executable).parent / "recbrew"
 TASKS = ["feed_like", "jobs_apply_listwise", "pymk_connect", "jobs_next_title", "profile_skill_suggest"]
@@ -46,6 +46,23 @@ def test_manifest_counts_and_both_classes(built):
         assert sum(t == name for t in text["train"]["task"]) == row["train"]
         if row["kind"] != "generative":
             assert 0 < row["positives"] < row["candidates"], name
+
+
+def test_manifest_counts_history_depth(built):
+    """The build records, per task and split, the requests that keep (and could keep) 5+ history lines."""
+    out, manifest = built
+    test = _load(out)["test"]
+    t1 = [i for i, name in enumerate(test["task"]) if manifest["tasks"][name]["split_tag"] == "T1"]
+    kept = sum(test[i]["history_kept"] >= HISTORY_LINES for i in t1)
+    available = sum(test[i]["history_length"] >= HISTORY_LINES for i in t1)
+    h = history_summary(manifest)
+    assert h == {"lines": HISTORY_LINES, "requests": len(t1), "kept": kept, "available": available}
+    assert 0 < kept <= available <= len(t1)
+    assert f"{kept:,} of {len(t1):,} T1 test requests" in history_line(manifest)
+    old = json.loads(json.dumps(manifest))
+    for row in old["tasks"].values():  # a folder built before the counts existed
+        del row["history_kept"], row["history_available"]
+    assert history_summary(old) is None and history_line(old) is None
 
 
 def test_split_respects_cutoff_and_gap(built):

@@ -16,7 +16,7 @@ from recbrew.data.io import check_values, conform, empty_table, read_table
 from recbrew.data.movielens import load_movielens
 from recbrew.data.schema import TABLES
 from recbrew.errors import UserError
-from recbrew.examples.build import BuildConfig, build_examples
+from recbrew.examples.build import BuildConfig, build_examples, history_line
 
 app = typer.Typer(
     help="Build, import and inspect a Corpus (members, items, interactions, edges).",
@@ -273,4 +273,6 @@ def _print_built(out: Path, manifest: dict) -> None:
         typer.echo(f"{name:34} {row['split_tag']}  {counts}  candidates {row['candidates']:6}  "
                    f"positives {row['positives']:6}")
     rows = " / ".join(f"{manifest['rows'][s]} {s}" for s in splits)
+    if (line := history_line(manifest)) is not None:
+        typer.echo(line)
     typer.echo(f"wrote {out} ({rows} requests) in {manifest['seconds']:.1f} s")

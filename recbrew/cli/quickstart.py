@@ -31,7 +31,7 @@ from recbrew.data.io import staged_directory
 from recbrew.data.movielens import load_movielens
 from recbrew.errors import UserError
 from recbrew.eval.run import run_eval
-from recbrew.examples.build import BuildConfig, build_examples
+from recbrew.examples.build import BuildConfig, build_examples, history_line
 from recbrew.examples.folder import Examples
 from recbrew.tasks import load_catalog
 from recbrew.train import load_config, train
@@ -193,6 +193,8 @@ def _world_examples_step(world_dir: Path, examples_dir: Path, cfg: BuildConfig) 
         tags[row["split_tag"]] = tags.get(row["split_tag"], 0) + 1
     typer.echo(f"examples: {len(manifest['tasks'])} tasks ({', '.join(f'{n} {t}' for t, n in sorted(tags.items()))}), "
                f"{manifest['rows']['train']:,} train / {manifest['rows']['test']:,} test requests")
+    if (line := history_line(manifest)) is not None:
+        typer.echo(f"examples: {line}")
     return manifest
 
 

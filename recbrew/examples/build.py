@@ -259,6 +259,9 @@ def render_requests(ctx: _Context, task: TaskSpec, renderer: Renderer, req: Requ
 def collect(rows: list[Rendered], text: _Columns, structured: _Columns, inject: bool) -> dict:
     """Add one task's rendered requests to the columns, in request order; returns per-split counts."""
     counts = {split: 0 for split in text.data} | {"candidates": 0, "positives": 0}
+    # Requests per split whose prompt keeps / could keep HISTORY_LINES or more history lines.
+    kept, available = {split: 0 for split in text.data}, {split: 0 for split in text.data}
+    counts |= {"history_kept": kept, "history_available": available}
     if inject:
         counts["injected"] = 0
     for row in sorted(rows, key=lambda r: r.index):
@@ -267,9 +270,38 @@ def collect(rows: list[Rendered], text: _Columns, structured: _Columns, inject: 
         counts[row.split] += 1
         counts["candidates"] += len(row.text["candidate_ids"])
         counts["positives"] += sum(row.text["labels"])
+        kept[row.split] += row.text["history_kept"] >= HISTORY_LINES
+        available[row.split] += row.text["history_length"] >= HISTORY_LINES
         if inject:
             counts["injected"] += row.injected
     return counts
+
+
+#: The history depth the build summary counts requests at (`history_summary`).
+HISTORY_LINES = 5
+
+
+def history_summary(manifest: dict, split: str = "test", tag: str = "T1") -> dict | None:
+    """How many of ``split``'s requests of ``tag`` tasks keep at least HISTORY_LINES history lines in their prompt,
+    and how many have that many history entries before the request to keep (the token budget cuts the rest).
+    None for a folder built before the counts were recorded, or without such requests."""
+    rows = [t for t in manifest["tasks"].values() if t["split_tag"] == tag and "history_kept" in t]
+    requests = sum(t.get(split, 0) for t in rows)
+    if not requests:
+        return None
+    return {"lines": HISTORY_LINES, "requests": requests,
+            "kept": sum(t["history_kept"].get(split, 0) for t in rows),
+            "available": sum(t["history_available"].get(split, 0) for t in rows)}
+
+
+def history_line(manifest: dict) -> str | None:
+    """The build summary's history line (test requests of T1 tasks), or None."""
+    h = history_summary(manifest)
+    if h is None:
+        return None
+    n = h["requests"]
+    return (f"history: {h['kept']:,} of {n:,} T1 test requests ({h['kept'] / n:.0%}) keep {h['lines']} or more history "
+            f"lines in the prompt; {h['available']:,} ({h['available'] / n:.0%}) have {h['lines']} or more to keep")
 
 
 def split_rule(corpus: Corpus, cfg: BuildConfig) -> SplitRule:
