@@ -7,7 +7,7 @@ import pytest
 import torch
 from random_llama import small_llama
 
-from recbrew.errors import ConfigError
+from recbrew.errors import ConfigError, UserError
 from recbrew.models import precision
 from recbrew.models.depth import truncate
 from recbrew.train.data import Item, UnitCollator, make_unit
@@ -194,6 +194,28 @@ def test_bench_levers_reports_every_lever_against_fp32_in_one_run(tmp_path, shar
             row["candidates_per_s"] / levers["fp32"]["candidates_per_s"])
     # Packing encodes each slate's prefix once: fewer tokens for the same 6 labelled candidates.
     assert levers["packed_slates"]["tokens"] == 2 * (20 + 3 * 6) < levers["first_layers"]["tokens"] == 6 * (20 + 6)
+
+
+def test_bench_levers_times_real_training_slates(tmp_path, shared_world):
+    """`bench train --levers --examples DIR`: the same levers on real training requests, tokenized as training
+    tokenizes them; packing holds the same labelled candidates in fewer tokens."""
+    from recbrew.bench.train import bench_levers
+    from recbrew.examples.build import BuildConfig, build_examples
+    from recbrew.models.tiny import build_tiny
+
+    world = shared_world(150, 8, 5)
+    build_examples(world, tmp_path / "ex", BuildConfig(tasks=["feed_like"], test_days=3, gap_days=1, max_train=6,
+                                                       max_test=2, tokenizer="none"), progress=False)
+    build_tiny(world, tmp_path / "tiny", "tiny", seed=0)
+    out = bench_levers(str(tmp_path / "tiny"), k=4, requests=2, layers=2, rounds=3, examples=str(tmp_path / "ex"))
+    assert out["examples"] == str(tmp_path / "ex") and "prefix_tokens" not in out
+    levers = out["levers"]
+    assert levers["fp32"]["ratio_vs_fp32"] == 1.0 and all(row["candidates_per_s"] > 0 for row in levers.values())
+    assert levers["packed_slates"]["tokens"] < levers["first_layers"]["tokens"]
+    build_examples(world, tmp_path / "gen", BuildConfig(tasks=["jobs_next_title"], test_days=3, gap_days=1,
+                                                        max_train=2, max_test=1, tokenizer="none"), progress=False)
+    with pytest.raises(UserError, match="no binary T1 training requests"):
+        bench_levers(str(tmp_path / "tiny"), requests=1, layers=2, rounds=3, examples=str(tmp_path / "gen"))
 
 
 def test_bench_slates_times_real_requests_and_modes_agree(tmp_path, shared_world):

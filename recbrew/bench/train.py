@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recbrew.models.loading import causal_lm, resolve_dtype
+from recbrew.errors import UserError
+from recbrew.models.loading import RANDOM_SMOLLM2, causal_lm, resolve_dtype
 from recbrew.train.config import TrainConfig
 from recbrew.train.data import Item, UnitCollator, make_unit
 from recbrew.train.run import lora_config
@@ -252,9 +253,30 @@ def _lever_step(model, opt, cache, top, batch: dict) -> float:
         return _step(model, opt, batch, "answer")
 
 
+def _real_units(examples: str, model_name: str, requests: int, k: int, pack: bool, seed: int = 0) -> list[dict]:
+    """Training units of ``requests`` binary T1 training requests of an examples folder (a seeded draw of whole
+    slates), tokenized for ``model_name`` as `recbrew train` tokenizes them: packed K per sequence or one candidate
+    per sequence."""
+    from recbrew.examples.folder import Examples  # lazy: loads datasets
+    from recbrew.models.tokenizers import load_tokenizer  # lazy: loads transformers
+    from recbrew.scoring.answers import AnswerWords  # lazy: loads transformers
+    from recbrew.train.data import build_units  # lazy: loads torch
+
+    folder = Examples.open(examples)
+    rows = [r for r in folder.requests("train") if r["kind"] == "binary" and r["split_tag"] == "T1"]
+    if not rows:
+        raise UserError(f"{examples}: no binary T1 training requests to time")
+    rng = np.random.default_rng(seed)
+    rows = [rows[i] for i in sorted(rng.choice(len(rows), size=min(requests, len(rows)), replace=False))]
+    tok = load_tokenizer("smollm2" if model_name == RANDOM_SMOLLM2 else model_name)
+    return build_units(rows, tok, AnswerWords(tok, folder.catalog()), getattr(tok, "eos_token_id", None), pack=pack,
+                       candidates_per_sequence=k)
+
+
 def bench_levers(model_name: str = "smollm2", prefix: int = 170, segment: int = 55, k: int = 16, requests: int = 2,
-                 layers: int = 6, rounds: int = 3) -> dict:
-    """Labelled candidates/s of a training step as the CPU levers stack up (see the module docstring)."""
+                 layers: int = 6, rounds: int = 3, examples: str | None = None) -> dict:
+    """Labelled candidates/s of a training step as the CPU levers stack up (see the module docstring): on random
+    slates of ``prefix`` + ``k`` x ``segment`` tokens, or on ``requests`` real training slates of ``examples``."""
     from recbrew.models.answer_layer import AnswerOnlyTopLayer  # lazy: loads transformers
     from recbrew.train.frozen_cache import decoder_layers  # lazy: loads torch
 
@@ -262,16 +284,22 @@ def bench_levers(model_name: str = "smollm2", prefix: int = 170, segment: int = 
     steps = [("fp32", None, False, False, False, False), ("bf16_frozen", None, True, False, False, False),
              ("first_layers", layers, True, False, False, False), ("packed_slates", layers, True, True, False, False),
              ("answer_only_top", layers, True, True, True, False), ("frozen_cache", layers, True, True, True, True)]
-    out: dict = {"model": model_name, "prefix_tokens": prefix, "segment_tokens": segment, "candidates_per_slate": k,
-                 "slates_per_round": requests, "layers": layers, "rounds": rounds, "levers": {}}
+    out: dict = {"model": model_name, "slates_per_round": requests, "layers": layers, "rounds": rounds}
+    if examples:
+        out |= {"examples": str(examples), "candidates_per_sequence": k}
+    else:
+        out |= {"prefix_tokens": prefix, "segment_tokens": segment, "candidates_per_slate": k}
+    out["levers"] = {}
     for name, depth, bf16, pack, answer_only, cached in steps:
         model, cache = _lever_model(model_name, depth, bf16)
         top = AnswerOnlyTopLayer(decoder_layers(model)[-1]).install() if answer_only else None
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        units = _units(model.config.vocab_size, prefix, segment, k, requests, pack=pack)
+        if examples:
+            units = _real_units(examples, model_name, requests, k, pack)
+        else:
+            units = _units(model.config.vocab_size, prefix, segment, k, requests, pack=pack)
         units = [{**u, "index": i} for i, u in enumerate(units)]
-        per_batch = 1 if pack else k  # a batch holds one slate's candidates either way
-        batches = [UnitCollator(0, pack)(units[i:i + per_batch]) for i in range(0, len(units), per_batch)]
+        batches = _lever_batches(units, pack, k)
 
         for batch in batches:  # warm-up at the same shapes (and, for the cache lever, fills it)
             _lever_step(model, opt, cache if cached else None, top, dict(batch))
@@ -293,6 +321,13 @@ def bench_levers(model_name: str = "smollm2", prefix: int = 170, segment: int = 
     for row in out["levers"].values():
         row["ratio_vs_fp32"] = row["candidates_per_s"] / base
     return out
+
+
+def _lever_batches(units: list[dict], pack: bool, k: int) -> list[dict]:
+    """Packed: one unit (up to K candidates of a slate) per batch; unpacked: K one-candidate units per batch, so a
+    batch holds as many labelled candidates either way."""
+    per_batch = 1 if pack else k
+    return [UnitCollator(0, pack)(units[i:i + per_batch]) for i in range(0, len(units), per_batch)]
 
 
 def bench_train(model: str = "smollm2", tokens: int = 512, batch: int = 2, head_steps: int = 3, k: int = 8,

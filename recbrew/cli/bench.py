@@ -208,6 +208,10 @@ def train(
     levers: Annotated[bool, typer.Option("--levers", help="Instead: the CPU recipe's levers stacked one at a time "
                                          "(fp32 -> bf16 -> first N layers -> packed slates -> frozen cache).")] = False,
     layers: Annotated[int, typer.Option(help="Decoder layers kept by the depth lever (--levers).")] = 6,
+    examples: Annotated[Path | None, typer.Option("--examples", help="--levers on real slates: binary T1 training "
+                                                  "requests of this examples folder instead of random "
+                                                  "ones.")] = None,
+    requests: Annotated[int, typer.Option(min=1, help="Slates per timed round (--levers).")] = 2,
     steps: Annotated[int, typer.Option(min=3, help="Timed steps (rounds) after the warm-up (median).")] = 3,
     quick: Annotated[bool, typer.Option("--quick", help="Small shapes (64 tokens, K=2): a check that it "
                                         "runs.")] = False,
@@ -218,7 +222,8 @@ def train(
 
     if levers:
         # Defaults shaped like the quickstart's slates: a ~170-token prefix, ~55-token candidates, 16 per slate.
-        result = bench_levers(model, layers=layers, **({"k": k} if k != 8 else {}))
+        result = bench_levers(model, layers=layers, requests=requests, rounds=steps,
+                              examples=str(examples) if examples else None, **({"k": k} if k != 8 else {}))
         if as_json:
             typer.echo(json.dumps(result, indent=2))
             return
