@@ -19,6 +19,7 @@ from recbrew.scoring.injection import (
     Rerender,
     bench_injection,
     neutral_text,
+    neutral_tokens,
     pick_task,
     rank_of,
     ratio_of,
@@ -144,6 +145,31 @@ def test_injected_text_stays_inside_the_neutralized_field(built, mode):
                 edited = (render.candidate_segment(scene, 0, "title", neutral) if before is segments[0]
                           else render.member_prefix(scene, "title", neutral))
                 assert shown(neutral) in edited and len(neutral) == len(raw)
+
+
+def test_neutral_edits_can_match_the_injected_strings_tokens(built):
+    """The default neutral edit has as many tokens as its injected string under the model's tokenizer (the strings'
+    punctuation makes them more tokens than words of as many characters); `--match chars` keeps the characters."""
+    def count(text):  # a word is one token, a long word two, punctuation one each
+        return sum(1 + (len(w) > 6) for w in re.findall(r"\w+", text)) + len(re.findall(r"[^\w\s]", text))
+
+    rng = np.random.default_rng(0)
+    for injection in INJECTIONS:
+        target = count(injection.fill(WORDS))
+        text = neutral_tokens(target, count, rng, avoid=WORDS)
+        assert count(text) == target and set(text.split()) <= set(NEUTRAL_WORDS) - set(WORDS)
+        assert quote(text) == f"«{text}»"
+    assert count(neutral_tokens(1, count, rng)) == 1
+    assert neutral_tokens(1, lambda text: 3, rng) in NEUTRAL_WORDS  # one word even when it alone is over the count
+    tokens = bench_injection(built / "ex", model=str(built / "tiny"), requests=2, progress=False)
+    chars = bench_injection(built / "ex", model=str(built / "tiny"), requests=2, progress=False, match="chars")
+    assert tokens["neutral_match"] == "tokens" and chars["neutral_match"] == "chars"
+    assert tokens["tokens"]["injected"] == chars["tokens"]["injected"]
+    assert abs(tokens["tokens"]["neutral"] - tokens["tokens"]["injected"]) < abs(
+        chars["tokens"]["neutral"] - chars["tokens"]["injected"])
+    assert tokens["fields"] != chars["fields"]
+    with pytest.raises(UserError, match="--match words: choose tokens or chars"):
+        bench_injection(built / "ex", scorer=Fixed(), match="words", progress=False)
 
 
 def test_fixed_scores_give_zero_deltas_and_an_undefined_ratio(built):

@@ -141,13 +141,15 @@ def injection(
                                                      "(e.g. a copy with a mitigation).")] = None,
     dtype: Annotated[str, typer.Option(help="auto (eval's precision), bf16 or fp32.")] = "auto",
     layers: Annotated[int | None, typer.Option("--layers", min=1, help="Keep the first N decoder layers.")] = None,
+    match: Annotated[str, typer.Option("--match", help="What a neutral edit shares with its injected string: "
+                                       "tokens (as many, under the model's tokenizer) or chars.")] = "tokens",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Prompt injection through Corpus text: |delta P(positive)| for instruction-like vs same-length neutral edits
     of a candidate's title and of the member's headline or title; ratio = median injected / median neutral."""
     result = bench_injection(examples, model, task=task, requests=requests, seed=seed, prompts_dir=prompts_dir,
                              fields=tuple(f.strip() for f in fields.split(",") if f.strip()), dtype=dtype,
-                             layers=layers)
+                             layers=layers, match=match)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
