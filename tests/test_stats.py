@@ -202,8 +202,12 @@ def test_the_estimate_shrinks_each_share_toward_its_reference():
     # nothing known about item or member: the log's share
     assert estimate((0, 0), (0, 0), (1000, 600), (0.0, 0.0), k) == pytest.approx(0.6)
     assert estimate((3, 3), None, (0, 0), None, k) is None
-    assert [likelihood_word(p) for p in (0.9, 0.75, 0.6, 0.5, 0.35, 0.2, 0.05)] == [
-        "very likely", "likely", "rather likely", "even", "rather unlikely", "unlikely", "very unlikely"]
+    assert [likelihood_word(p) for p in (0.95, 0.8351, 0.75, 0.62, 0.5, 0.449, 0.3, 0.2, 0.05)] == [
+        "almost certain", "very likely", "likely", "somewhat likely", "just above even", "just below even",
+        "fairly unlikely", "unlikely", "very unlikely"]
+    assert likelihood_word(None) is None and likelihood_word(0.0) == "very unlikely"
+    # the word follows the whole percent the prompt shows: 83.5 % reads "84%, very likely"
+    assert likelihood_word(0.835) == likelihood_word(0.84) == "very likely"
 
 
 def test_a_task_without_stats_shows_and_computes_none(view, task):
