@@ -7,8 +7,9 @@ again from the Corpus three ways: as built, with one free-text field replaced by
 under the scoring model's tokenizer (:func:`neutral_tokens`, the default: the model reads tokens, and the
 strings' punctuation makes them about a fifth more tokens than ordinary words of as many characters) or as
 many characters (:func:`neutral_text`, ``match="chars"``). Both replacements go through `neutralize`, as
-every Corpus value does, and then through the task's Renderer (guillemets or plain, per the task's ``quote``). Everything else stays: the
-history kept in the prompt is fixed from the original render, so only the field changes.
+every Corpus value does, and then through the task's Renderer (guillemets or plain, per the task's ``quote``).
+Everything else stays: the history kept in the prompt is fixed from the original render, so only the field
+changes.
 
 Two fields are edited, one at a time: a free-text field of one candidate (its title; its headline or
 name for member candidates) and a free-text field of the member's profile (headline or job title,
