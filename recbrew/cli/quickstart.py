@@ -310,7 +310,9 @@ def _summary(result, llm: str, baselines: dict, began: float) -> None:
                    f"(gap {auc[llm] - auc[best]:+.3f})" + (f"; oracle {oracle:.3f} (gap {auc[llm] - oracle:+.3f})"
                                                           if oracle is not None else ""))
     if best is not None and llm in result.macro_auc:
-        typer.echo(f"{llm} vs {best} on the same test requests (paired bootstrap): {result.paired(llm, best)['text']}")
+        draws = result.results["config"]["bootstrap"]
+        typer.echo(f"{llm} vs {best} on the same test requests (paired bootstrap): {result.paired(llm, best)['text']}"
+                   + (f" ({draws} resamples; `recbrew eval --bootstrap N` draws more)" if draws else ""))
     typer.echo(f"report: {result.paths['html']}")
     typer.echo("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in _TIMES.items()) if _TIMES else "wall time: all "
                "steps re-used")
