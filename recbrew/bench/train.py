@@ -290,12 +290,14 @@ def bench_levers(model_name: str = "smollm2", prefix: int = 170, segment: int = 
     else:
         out |= {"prefix_tokens": prefix, "segment_tokens": segment, "candidates_per_slate": k}
     out["levers"] = {}
+    # Real slates are read and tokenized once per layout (packed or not), not once per lever.
+    real = {pack: _real_units(examples, model_name, requests, k, pack) for pack in (False, True)} if examples else None
     for name, depth, bf16, pack, answer_only, cached in steps:
         model, cache = _lever_model(model_name, depth, bf16)
         top = AnswerOnlyTopLayer(decoder_layers(model)[-1]).install() if answer_only else None
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        if examples:
-            units = _real_units(examples, model_name, requests, k, pack)
+        if real is not None:
+            units = real[pack]
         else:
             units = _units(model.config.vocab_size, prefix, segment, k, requests, pack=pack)
         units = [{**u, "index": i} for i, u in enumerate(units)]
