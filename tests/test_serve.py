@@ -169,6 +169,24 @@ def test_port_in_use_and_bad_model_are_one_line_errors(stack, tmp_path):
     assert out.returncode == 2 and "not found" in out.stderr
 
 
+def test_the_gateway_port_is_held_from_before_the_engine_starts():
+    """`bind_port` listens at once, so no process the engine starts can take the port; a second bind is refused."""
+    import socket
+
+    from recbrew.errors import UserError
+    from recbrew.serve.engine import bind_port
+
+    sock = bind_port("127.0.0.1", 0)
+    try:
+        port = sock.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # queued in the backlog until the gateway accepts
+        with pytest.raises(UserError, match="already in use"):
+            bind_port("127.0.0.1", port)
+    finally:
+        sock.close()
+
+
 def test_sigterm_stops_every_child(stack):
     # Runs last in this module: it stops the shared server.
     alive = stop_serve(stack["proc"])

@@ -8,6 +8,7 @@ and the launcher stops that group when the process that started it dies, even by
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import socket
@@ -35,13 +36,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def check_port(host: str, port: int) -> None:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
+def bind_port(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` and listening, for the gateway to serve on.
+
+    Bound before the engine starts and held until the gateway serves on it, so nothing the engine
+    starts in the meantime (vLLM opens ports of its own) can take the gateway's port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
             raise UserError(f"{host}:{port} is already in use; pick another --port") from None
+        raise UserError(f"{host}:{port} cannot be served on ({e.strerror}); pick another --port or --host") from None
+    return sock
 
 
 def default_dtype() -> str:

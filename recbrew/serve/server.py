@@ -11,7 +11,7 @@ from recbrew.examples.build import load_build_tokenizer
 from recbrew.examples.folder import Examples
 from recbrew.models.loading import DEFAULT_MODEL, resolve
 from recbrew.scoring.registry import family_of, load_scorer
-from recbrew.serve.engine import VLLMServer, check_port
+from recbrew.serve.engine import VLLMServer, bind_port
 
 
 def engine_command_args(tensor_parallel: int = 1, engine_args: list[str] | None = None) -> list[str]:
@@ -32,8 +32,6 @@ def serve(model: str, *, lora: Path | None = None, host: str = "127.0.0.1", port
     """Serve ``model``; with ``examples`` the tasks are the specs recorded there (checked against ``tasks_dir``),
     rendered in the style the examples were built in, over their Corpus unless ``corpus`` names another.
     ``tensor_parallel`` GPUs share the model (vLLM's tensor parallelism); ``engine_args`` go to vLLM as they are."""
-    import uvicorn
-
     from recbrew.serve.app import create_app  # lazy: loads fastapi
     from recbrew.serve.ranker import RankService  # lazy: loads httpx
 
@@ -49,17 +47,17 @@ def serve(model: str, *, lora: Path | None = None, host: str = "127.0.0.1", port
     if family_of(model).name == "baseline":
         if corpus is None:
             raise UserError(f"{model}: a classic ranker scores Corpus ids: give --corpus DIR (or --examples)")
-        check_port(host, port)
+        sock = bind_port(host, port)
         scorer = load_scorer(model)
         # Its prompts render and count tokens with the tokenizer the examples were built with.
         service = RankService(tokenizer=load_build_tokenizer(build_tokenizer), corpus_dir=corpus, tasks_dir=tasks_dir, prompts_dir=prompts_dir,
                               max_candidates=max_candidates, max_model_len=max_model_len, catalog=catalog,
                               default_style=style, scorer=scorer)
         log(f"recbrew is serving {scorer.name} from {model} on http://{host}:{port} (/v1/rank, /v1/models)")
-        uvicorn.run(create_app(service, api_key), host=host, port=port, log_level="warning")
+        _run_gateway(create_app(service, api_key), sock)
         return
     model_dir = resolve(model)
-    check_port(host, port)
+    sock = bind_port(host, port)
     engine = VLLMServer(model_dir, lora=lora, prefix_caching=prefix_caching, max_model_len=max_model_len,
                         extra_args=engine_command_args(tensor_parallel, engine_args))
     # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal with the previous
@@ -74,9 +72,17 @@ def serve(model: str, *, lora: Path | None = None, host: str = "127.0.0.1", port
                               default_style=style)
         log(f"recbrew is serving {engine.served_name} on http://{host}:{port} (/v1/rank, /v1/completions, "
             "/v1/chat/completions, /v1/models)")
-        uvicorn.run(create_app(service, api_key), host=host, port=port, log_level="warning")
+        _run_gateway(create_app(service, api_key), sock)
     finally:
         engine.stop()
+        sock.close()
+
+
+def _run_gateway(app, sock) -> None:
+    """Serve ``app`` with uvicorn on the socket `bind_port` holds (SIGINT/SIGTERM stop it gracefully)."""
+    import uvicorn
+
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
 
 def _exit_on_signal(signum, frame):
