@@ -3,9 +3,10 @@
 Prompt structure lives at the start of lines (`### Section` headers, the `Answer:` cue), so no
 Corpus value may contain a line break. Free text (names, headlines, titles, post bodies) is
 additionally wrapped in «guillemets», with any guillemets inside removed, so the model always
-sees where a member's words begin and end. A task may show some free-text fields plain instead
-(`quote: {title: plain}`): still one line, without guillemets, and never starting with what opens
-a structural line (`#` runs, a `Word:` cue). Short categorical values lose the characters that
+sees where a member's words begin and end; inside it, the words a prompt's parts open with
+(`CUE_WORDS`: `Answer`, `Question`, chat roles) lose a colon that follows them. A task may show
+some free-text fields plain instead (`quote: {title: plain}`): still one line, without
+guillemets, and never starting with what opens a structural line (`#` runs, a `Word:` cue). Short categorical values lose the characters that
 could read as structure (`#`, `:`, guillemets) instead of being wrapped, to keep prompts light.
 """
 
@@ -28,6 +29,11 @@ _STRUCTURE = re.compile(r"[#:«»\[\]`]")
 _LEAD = re.compile(r"^[#:\s]+")
 #: ... and a first word followed by a colon ('Answer:', 'Question:', 'skills:').
 _CUE = re.compile(r"^([^\W\d_][\w'-]*)\s*:[\s:]*")
+#: Words that open a part of a prompt when a colon follows: the templates' own cues (``Question:``, the
+#: ``Answer:`` the answer word follows) and the role labels of chat-tuned models. Anywhere inside free text
+#: they lose the colon (``Answer: yes`` -> ``Answer yes``), so no field carries the cue the model answers after.
+CUE_WORDS = ("answer", "question", "instruction", "response", "system", "assistant", "user")
+_INNER_CUE = re.compile(rf"\b({'|'.join(CUE_WORDS)})\s*:+", re.IGNORECASE)
 
 
 def one_line(value: str) -> str:
@@ -35,8 +41,9 @@ def one_line(value: str) -> str:
 
 
 def quote(value: str, limit: int = 400) -> str:
-    """Free text as «one line», at most ``limit`` characters inside the delimiters."""
-    text = one_line(value.replace(OPEN, " ").replace(CLOSE, " "))
+    """Free text as «one line», at most ``limit`` characters inside the delimiters, no cue word followed by a
+    colon (`CUE_WORDS`)."""
+    text = one_line(_INNER_CUE.sub(r"\1 ", value.replace(OPEN, " ").replace(CLOSE, " ")))
     if len(text) > limit:
         text = text[: limit - 1].rstrip() + "…"
     return f"{OPEN}{text}{CLOSE}"
