@@ -19,28 +19,33 @@ def start_serve(model: str | Path, *args: str, timeout: float = 900.0, tries: in
 
     The free port is picked here and bound by the child: if another process takes it in between, the child
     stops at once with "already in use" and the start is tried again on a new port (``tries`` in all)."""
-    for attempt in range(tries):
+    for attempt in range(1, tries + 1):
         port = free_port()
         cmd = [str(Path(sys.executable).parent / "recbrew"), "serve", str(model), "--port", str(port), *args]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                output = proc.stdout.read()
-                if "already in use" in output and attempt + 1 < tries:
-                    break
-                raise RuntimeError(f"recbrew serve exited with {proc.returncode}: {output[-1000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    return proc, url
-            except httpx.HTTPError:
-                pass
-            time.sleep(1.0)
-        else:
-            stop_serve(proc)
-            raise RuntimeError(f"recbrew serve did not become healthy within {timeout:.0f} s")
-    raise AssertionError("unreachable")
+        output = _wait_healthy(proc, url, timeout)
+        if output is None:
+            return proc, url
+        if "already in use" not in output or attempt == tries:
+            raise RuntimeError(f"recbrew serve exited with {proc.returncode}: {output[-1000:]}")
+    raise ValueError(f"tries={tries}: at least 1")
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, timeout: float) -> str | None:
+    """None once ``url`` answers /health; the child's output if it exits first (stopped and raised on timeout)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return proc.stdout.read()
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return None
+        except httpx.HTTPError:
+            pass
+        time.sleep(1.0)
+    stop_serve(proc)
+    raise RuntimeError(f"recbrew serve did not become healthy within {timeout:.0f} s")
 
 
 def stop_serve(proc: subprocess.Popen, timeout: float = 120.0) -> list[int]:

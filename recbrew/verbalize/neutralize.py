@@ -6,8 +6,9 @@ additionally wrapped in «guillemets», with any guillemets inside removed, so t
 sees where a member's words begin and end; inside it, the words a prompt's parts open with
 (`CUE_WORDS`: `Answer`, `Question`, chat roles) lose a colon that follows them. A task may show
 some free-text fields plain instead (`quote: {title: plain}`): still one line, without
-guillemets, and never starting with what opens a structural line (`#` runs, a `Word:` cue). Short categorical values lose the characters that
-could read as structure (`#`, `:`, guillemets) instead of being wrapped, to keep prompts light.
+guillemets, and never starting with what opens a structural line (`#` runs, a `Word:` cue).
+Short categorical values lose the characters that could read as structure (`#`, `:`,
+guillemets) instead of being wrapped, to keep prompts light.
 """
 
 from __future__ import annotations
