@@ -266,3 +266,12 @@ def test_leave_last_follows_the_rating_files_order(ml, ratings, tmp_path):
             before = mine[:-back][-5:]
             assert row["hist_item_ids"] == [int(ratings[i]["item_id"]) for i in before]
             assert row["member_interactions"] == len(mine) - back
+    # `stats.collab`: the rating model the test prompts read is saved with the examples (and checksummed there).
+    from recbrew.examples.folder import Examples
+    from recbrew.verbalize.collab import CollabModel
+
+    assert "collab/movies_like.npz" in Examples.open(tmp_path / "ex").manifest["checksums"]["files"]
+    model = CollabModel.load(tmp_path / "ex" / "collab" / "movies_like.npz")
+    for row in load_requests(tmp_path / "ex", "test"):
+        p = model.probability(row["member_id"], row["candidate_ids"][0])
+        assert f"ratings model for you: {round(100 * p)}%" in row["segments"][0]

@@ -384,7 +384,7 @@ def test_manifest_records_task_specs_and_folders_without_them_fall_back(ratings_
     manifest, _, _, _ = _build_protocol(ratings_log, tmp_path / "ex", split="leave-last", one_target=True)
     shipped = load_catalog(_movies_dir())["movies_like"]
     record = manifest["task_specs"]["movies_like"]
-    assert record["spec"] == shipped.model_dump(mode="json") and record["version"] == shipped.version == 2
+    assert record["spec"] == shipped.model_dump(mode="json") and record["version"] == shipped.version == 3
     assert record["sha256"] == spec_hash(record["spec"]) and manifest["format"] == 2
     folder = Examples.open(tmp_path / "ex")
     assert folder.catalog() == {"movies_like": shipped}  # no --tasks-dir needed to read it back

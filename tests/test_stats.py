@@ -32,8 +32,15 @@ def task():
 
 
 @pytest.fixture(scope="module")
-def view(corpus) -> CorpusView:
-    return CorpusView(corpus)
+def view(corpus, task) -> CorpusView:
+    """The Corpus's view, with a rating model for `movies_like`'s `stats.collab` (fitted on a slice of the log:
+    these tests are about the counts, tests/test_collab.py about the model)."""
+    from recbrew.verbalize.collab import fit, training_pairs
+
+    out = CorpusView(corpus)
+    member, item, positive = training_pairs(corpus, task.label.positive, task.label.negatives, set(), None)
+    out.collab[task.name] = fit(member[:5000], item[:5000], positive[:5000])
+    return out
 
 
 def _rows(corpus: Corpus) -> dict[str, np.ndarray]:
@@ -80,9 +87,10 @@ def test_counts_equal_a_brute_force_reference(corpus, view, task):
     assert checked == 40 and facets_seen > 0
 
 
-def test_rows_at_or_after_the_moment_change_nothing(corpus, task):
+def test_rows_at_or_after_the_moment_change_nothing(corpus, view, task):
     """Deleting every interaction at or after the moment, or flipping their outcome, leaves every statistic and
-    the rendered prompt as they were."""
+    the rendered prompt as they were (the rating model is the same fitted one: `data build` fits it on the
+    training side of the split, tests/test_collab.py)."""
     r = _rows(corpus)
     t = int(np.quantile(r["ts"], 0.7))
     inter = corpus.interactions
@@ -93,6 +101,8 @@ def test_rows_at_or_after_the_moment_change_nothing(corpus, task):
     views = [CorpusView(corpus),
              CorpusView(Corpus(corpus.members, corpus.items, inter.filter(pa.compute.invert(late)), corpus.edges)),
              CorpusView(Corpus(corpus.members, corpus.items, flipped, corpus.edges))]
+    for v in views:
+        v.collab.update(view.collab)
     members = np.unique(r["member"][r["ts"] < t])[:25]
     cands = np.unique(r["item"])[:12]
     renderer = Renderer(task)
@@ -133,11 +143,11 @@ def test_the_prompt_says_the_counts(corpus, view, task):
 
 
 def test_the_prompt_shows_the_declared_parts_and_the_dense_features_keep_all(corpus, view, task):
-    """The shipped `movies_like` shows the taste and estimate lines only (`stats.show`); LiRank's dense features
-    are the same numbers as when the prompt shows every part."""
+    """The shipped `movies_like` shows the taste, estimate and rating-model lines only (`stats.show`); LiRank's
+    dense features are the same numbers as when the prompt shows every part."""
     from recbrew.tasks.spec import Stats
 
-    assert task.stats.shown == ["taste", "estimate"]
+    assert task.stats.shown == ["taste", "estimate", "collab"]
     r = _rows(corpus)
     full = _showing_all(task)
     for i in np.argsort(r["ts"])[len(r["ts"]) // 2::5000]:
@@ -150,6 +160,7 @@ def test_the_prompt_shows_the_declared_parts_and_the_dense_features_keep_all(cor
         lines = prompt.segments[0].splitlines()
         assert f"members with your taste: {s['taste_n']} ratings so far, {s['taste_share']}% liked" in lines
         assert f"estimate for you: {s['estimate']}%, {s['estimate_word']}" in lines
+        assert f"ratings model for you: {s['collab']}%, {s['collab_word']}" in lines
         assert not any(line.startswith(("ratings so far", "your last")) for line in lines)
         assert "ratings so far" not in prompt.prefix
         assert dense_vector(m, s) == dense_vector(m_all, c_all["stats"])
@@ -232,15 +243,18 @@ def test_dense_vector_for_the_classic_rankers():
 
 @pytest.mark.slow
 def test_served_prompts_and_classic_scores_equal_the_examples(tmp_path, corpus, task, quick_lirank):
-    """`recbrew serve` computes the statistics at the request's `at` as `data build` did: the same prompt text
-    (so the same LLM score), and for a LiRank fitted with the statistics, the same score."""
+    """`recbrew serve` computes the statistics at the request's `at` as `data build` did, and reads the rating model
+    the build saved: the same prompt text (so the same LLM score), and for a LiRank fitted with the statistics, the
+    same score. Without that model a task that declares `stats.collab` is refused when the server starts."""
     from fastapi.testclient import TestClient
 
+    from recbrew.errors import UserError
     from recbrew.examples.build import BuildConfig, build_examples
     from recbrew.scoring import load_requests
     from recbrew.serve.app import create_app
     from recbrew.serve.protocol import RankRequest
     from recbrew.serve.ranker import RankService
+    from recbrew.verbalize.collab import load_models
 
     corpus.save(tmp_path / "corpus")
     catalog = {"movies_like": task}
@@ -249,7 +263,10 @@ def test_served_prompts_and_classic_scores_equal_the_examples(tmp_path, corpus, 
                    progress=False)
     lirank = quick_lirank(tmp_path / "ex", tmp_path / "lirank", "features.item_store=false")
     assert lirank.space.stats == STATS_DIM
-    service = RankService(tokenizer="smollm2", corpus_dir=tmp_path / "corpus", scorer=lirank, catalog=catalog)
+    with pytest.raises(UserError, match="movies_like declare stats.collab: serve them with --examples DIR"):
+        RankService(tokenizer="smollm2", corpus_dir=tmp_path / "corpus", scorer=lirank, catalog=catalog)
+    service = RankService(tokenizer="smollm2", corpus_dir=tmp_path / "corpus", scorer=lirank, catalog=catalog,
+                          collab=load_models(tmp_path / "ex", catalog))
     rows = load_requests(tmp_path / "ex", "test")
     with TestClient(create_app(service)) as client:
         for row in rows:
@@ -257,7 +274,7 @@ def test_served_prompts_and_classic_scores_equal_the_examples(tmp_path, corpus, 
                     "at": row["timestamp"]}
             _, prompt = service.prompt(RankRequest(**body))
             assert (prompt.prefix, prompt.segments) == (row["prefix"], row["segments"])
-            assert "estimate for you: " in prompt.segments[0]
+            assert "estimate for you: " in prompt.segments[0] and "ratings model for you: " in prompt.segments[0]
             resp = client.post("/v1/rank", json=body)
             assert resp.status_code == 200, resp.text
             served = {r["candidate"]: r["score"] for r in resp.json()["results"]}

@@ -203,6 +203,7 @@ def test_uuid_logs_build_train_score_evaluate_and_serve_in_the_users_ids(flow, q
     from recbrew.scoring.hf import HFScorer
     from recbrew.serve.app import create_app
     from recbrew.serve.ranker import RankService
+    from recbrew.verbalize.collab import load_models
 
     root, ids = flow
     members, items = set(ids["members"]), set(ids["items"])
@@ -243,10 +244,11 @@ def test_uuid_logs_build_train_score_evaluate_and_serve_in_the_users_ids(flow, q
             "at": row["timestamp"]}
     lm, tok = load_model(str(model), device="cpu", dtype="auto")  # as `models score` loads it
     catalog = Examples.open(root / "ex").catalog()
+    rating_models = load_models(root / "ex", catalog)  # `movies_like` declares stats.collab
     for scorer, expected in ((HFScorer(lm, tok, mode="multi", name="llm", catalog=catalog), mapped["scores"]),
                              (lirank, [by_pair["lirank"][(row["request_id"], it)] for it in mapped["item_ids"]])):
         with TestClient(create_app(RankService(tokenizer=root / "tiny", corpus_dir=root / "corpus",
-                                               tasks_dir=TASKS, scorer=scorer))) as client:
+                                               tasks_dir=TASKS, scorer=scorer, collab=rating_models))) as client:
             resp = client.post("/v1/rank", json=body)
             assert resp.status_code == 200, resp.text
             served = {r["candidate"]: r["score"] for r in resp.json()["results"]}

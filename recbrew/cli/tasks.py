@@ -147,6 +147,13 @@ def render(
     view = CorpusView(data)
     t = int(req.timestamp[i])
     cands = [int(c) for c in req.candidates[req.offsets[i]:req.offsets[i + 1]]]
+    if task.stats.collab:  # the preview's rating model: the whole log but this request's targets
+        from recbrew.verbalize.collab import fit, training_pairs
+
+        pairs = training_pairs(data, task.label.positive, task.label.negatives, {(member, c) for c in cands}, None)
+        view.collab[task.name] = fit(*pairs)
+        typer.echo(f"(rating model for stats.collab: fitted on {len(pairs[0]):,} labelled interactions of this Corpus, "
+                   "all but this request's; `recbrew data build` fits it on the training side of the split)")
     friends = view.connections(member, t)
     history = view.history(member, t, task)
     prompt = renderer.render(view.member(member, req.hide_skill[i] if req.hide_skill else None),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,8 @@ from recbrew.examples.requests import Requests, build_requests, task_rng, time_r
 from recbrew.models.tokenizers import load_tokenizer
 from recbrew.tasks import load_catalog
 from recbrew.tasks.spec import Kind, TaskSpec
+from recbrew.verbalize.collab import fit_for_build
+from recbrew.verbalize.collab import model_path as collab_path
 from recbrew.verbalize.context import CorpusView
 from recbrew.verbalize.environment import make_environment
 from recbrew.verbalize.injections import inject_one
@@ -145,6 +147,8 @@ class _Context:
     #: Share of training requests with an instruction-like string in one candidate's text (`inject_one`).
     inject_share: float = 0.0
     seed: int = 0
+    #: The rating models of the tasks that declare ``stats.collab`` (`recbrew.verbalize.collab.CollabSet`).
+    collab: dict = field(default_factory=dict)
 
 
 def structured_fields(view, member: int, t: int, cand_ids: list[int], fields: tuple[str, ...], history: tuple,
@@ -223,7 +227,8 @@ def render_requests(ctx: _Context, task: TaskSpec, renderer: Renderer, req: Requ
         interactions = h_hi - h_first
         # "Past actions" counts what came before the request under the protocol (by record for order rules).
         network = {**view.network(member, t), "actions": interactions, "stats": view.member_stats(member, t, task)}
-        candidates = [view.candidate(member, c, t, task, friends) for c in cand_ids]
+        collab = ctx.collab[task.name].for_request(split, i) if task.name in ctx.collab else None
+        candidates = [view.candidate(member, c, t, task, friends, collab) for c in cand_ids]
         shown = candidates
         if ctx.inject_share and split == "train":
             rng = inject_rng(ctx.seed, task, i)
@@ -341,11 +346,12 @@ def load_build_tokenizer(name: str):
 
 
 def render_shard(corpus: Corpus, rule: SplitRule, cfg: BuildConfig, plans: list[tuple[TaskSpec, Requests, np.ndarray]],
-                 prompts_dir=None, progress=None) -> list[list[Rendered]]:
+                 prompts_dir=None, progress=None, collab: dict | None = None) -> list[list[Rendered]]:
     """Render ``plans`` ((task, requests, their indices among the task's requests)) against ``corpus``: what one
-    worker of a distributed build does with its members' requests (`recbrew.cluster.build_on_ray`)."""
+    worker of a distributed build does with its members' requests (`recbrew.cluster.build_on_ray`). ``collab``:
+    the rating models (`fit_collab`) of the tasks that declare ``stats.collab``."""
     ctx = _Context(CorpusView(corpus), HistoryIndex(corpus, rule.by_order), rule, parse_history(cfg.history),
-                   cfg.inject_share, cfg.seed)
+                   cfg.inject_share, cfg.seed, dict(collab or {}))
     env, tokenizer = make_environment(prompts_dir), load_build_tokenizer(cfg.tokenizer)
     return [render_requests(ctx, task, make_renderer(task, env, tokenizer, cfg, ctx.last), req, index, progress)
             for task, req, index in plans]
@@ -373,12 +379,14 @@ def build_examples(corpus_dir: str | Path, out: str | Path, cfg: BuildConfig, *,
     began = time.perf_counter()
     plans = _plan(corpus, rule, cfg, [catalog[name] for name in names], start)
     total = sum(len(r) for _, r, _ in plans)
+    collab = {}
     if engine == "ray":
         rendered = build_on_ray(render_shard, corpus, rule, cfg, plans, prompts_dir=prompts_dir, address=address,
                                 workers=workers, progress=progress)
     else:
+        collab = fit_collab(corpus, rule, cfg, plans, progress)
         bar = tqdm(total=total, desc="rendering requests", unit="req", disable=not progress)
-        rendered = render_shard(corpus, rule, cfg, plans, prompts_dir, bar)
+        rendered = render_shard(corpus, rule, cfg, plans, prompts_dir, bar, collab)
         bar.close()
     splits = rule.splits
     text, structured = _Columns(splits), _Columns(splits)
@@ -398,6 +406,8 @@ def build_examples(corpus_dir: str | Path, out: str | Path, cfg: BuildConfig, *,
     with staged_directory(out) as staging:
         text.dataset_dict().save_to_disk(str(staging / "text"))
         structured.dataset_dict().save_to_disk(str(staging / "structured"))
+        for name, models in collab.items():  # what serving renders the tasks' test-time prompts with
+            models.full.save(collab_path(staging, name))
         if corpus.ids:  # the user's ids travel with the examples: scores and reports name them
             write_table(corpus.ids.to_table(), staging / IDS_FILE)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -413,6 +423,22 @@ def _check_build(catalog: dict, names: list[str], cfg: BuildConfig, engine: str)
         raise ConfigError(f"inject_share {cfg.inject_share:g}: a share of the training requests, from 0 to 1")
     check_engine(engine)
     parse_history(cfg.history)
+    fitted = [n for n in names if catalog[n].stats.collab]
+    if fitted and engine == "ray":
+        raise ConfigError(f"task(s) {', '.join(fitted)} declare stats.collab, whose rating model a Ray build does not "
+                          "fit; build them with --engine local")
+
+
+def fit_collab(corpus: Corpus, rule: SplitRule, cfg: BuildConfig, plans, progress: bool = True) -> dict:
+    """The rating models (`recbrew.verbalize.collab`) of the planned tasks that declare ``stats.collab``, fitted on
+    what the split leaves to training: for a split in time over the whole log, nothing from the first held-out
+    moment on."""
+    before = None
+    if rule.rule == "time" and rule.scope == "global":
+        before = rule.validation_start or rule.cutoff
+    echo = tqdm.write if progress else None
+    return {task.name: fit_for_build(corpus, task, req, before, cfg.seed, echo)
+            for task, req, _ in plans if task.stats.collab}
 
 
 def _check_burn_in(corpus: Corpus, rule: SplitRule, cfg: BuildConfig) -> int:

@@ -36,6 +36,7 @@ from recbrew.models.tokenizers import load_tokenizer
 from recbrew.scoring import registry
 from recbrew.scoring.protocol import views
 from recbrew.tasks.spec import Kind, TaskSpec
+from recbrew.verbalize.collab import load_models
 from recbrew.verbalize.context import CorpusView
 from recbrew.verbalize.environment import make_environment
 from recbrew.verbalize.injections import (  # noqa: F401  (Injection: re-exported with the bench's strings)
@@ -127,6 +128,7 @@ class Rerender:
         cfg = folder.config
         corpus = Corpus.load(folder.corpus_dir("the injection bench renders the prompts again from it"))
         self.view = CorpusView(corpus)
+        self.view.collab.update(load_models(folder.root, {task.name: task}))
         self.history = HistoryIndex(corpus, by_order=cfg.get("split", "time") != "time")
         self.last = parse_history(cfg.get("history"))
         env = make_environment(prompts_dir)

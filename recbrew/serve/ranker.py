@@ -59,12 +59,13 @@ def _inline_network(network: InlineNetwork | None) -> dict | None:
 class RankService:
     """Renders `/v1/rank` requests and ranks them with ``scorer``; without one, with the vLLM engine at
     ``engine_url`` (`EngineScorer`). ``tokenizer`` counts the prompt tokens (the engine's, or the one the examples
-    were built with): a loaded tokenizer, or the model folder or name (`smollm2`) to load it from."""
+    were built with): a loaded tokenizer, or the model folder or name (`smollm2`) to load it from. ``collab``: the
+    rating models of the tasks that declare ``stats.collab``, by task name."""
 
     def __init__(self, *, engine_url: str = "", engine_key: str = "", served_model: str = "", tokenizer,
                  corpus_dir: Path | None = None, tasks_dir=None, prompts_dir=None, max_candidates: int = 100,
                  max_model_len: int = 4096, prefix_warmup: bool = True, catalog: dict[str, TaskSpec] | None = None,
-                 default_style: str | None = None, scorer=None):
+                 default_style: str | None = None, scorer=None, collab: dict | None = None):
         from recbrew.serve.engine_scorer import EngineScorer  # lazy: loads httpx
 
         self.engine_url, self.served_model = engine_url, served_model or getattr(scorer, "name", "")
@@ -84,6 +85,12 @@ class RankService:
         if corpus_dir is not None:
             corpus = Corpus.load(corpus_dir)
             self.view, self.end, self.ids = CorpusView(corpus), time_range(corpus)[1], corpus.ids
+            # The rating models of tasks that declare stats.collab (`recbrew.verbalize.collab.load_models`).
+            self.view.collab.update(collab or {})
+            missing = sorted(n for n, t in self.catalog.items() if t.stats.collab and n not in self.view.collab)
+            if missing:
+                raise UserError(f"task(s) {', '.join(missing)} declare stats.collab: serve them with --examples DIR "
+                                "(the folder `recbrew data build` fitted their rating model into)")
         self._renderers: dict[tuple[str, str | None], Renderer] = {}
 
     # Prompt ---------------------------------------------------------------------------------------

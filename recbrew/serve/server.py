@@ -12,6 +12,8 @@ from recbrew.examples.folder import Examples
 from recbrew.models.loading import DEFAULT_MODEL, resolve
 from recbrew.scoring.registry import family_of, load_scorer
 from recbrew.serve.engine import VLLMServer, bind_port
+from recbrew.tasks import load_catalog
+from recbrew.verbalize.collab import load_models
 
 
 def engine_command_args(tensor_parallel: int = 1, engine_args: list[str] | None = None) -> list[str]:
@@ -35,15 +37,21 @@ def serve(model: str, *, lora: Path | None = None, host: str = "127.0.0.1", port
     from recbrew.serve.app import create_app  # lazy: loads fastapi
     from recbrew.serve.ranker import RankService  # lazy: loads httpx
 
-    catalog, style, build_tokenizer = None, None, DEFAULT_MODEL
+    catalog, style, build_tokenizer, collab = None, None, DEFAULT_MODEL, None
     if examples is not None:
         folder = Examples.open(examples)
         catalog, style = folder.catalog(tasks_dir), folder.config.get("style")
+        collab = load_models(folder.root, catalog)
         build_tokenizer = folder.config.get("tokenizer", DEFAULT_MODEL)
         if corpus is None:
             corpus = folder.corpus_dir("start the server with --corpus DIR (or without --examples)")
     if corpus is not None and not Path(corpus).is_dir():
         raise UserError(f"{corpus}: no such Corpus folder")
+    if corpus is not None and examples is None:  # refused here, before the engine loads, not by RankService after
+        fitted = sorted(n for n, t in load_catalog(tasks_dir).items() if t.stats.collab)
+        if fitted:
+            raise UserError(f"task(s) {', '.join(fitted)} declare stats.collab: serve them with --examples DIR (the "
+                            "folder `recbrew data build` fitted their rating model into)")
     if family_of(model).name == "baseline":
         if corpus is None:
             raise UserError(f"{model}: a classic ranker scores Corpus ids: give --corpus DIR (or --examples)")
@@ -52,7 +60,7 @@ def serve(model: str, *, lora: Path | None = None, host: str = "127.0.0.1", port
         # Its prompts render and count tokens with the tokenizer the examples were built with.
         service = RankService(tokenizer=load_build_tokenizer(build_tokenizer), corpus_dir=corpus, tasks_dir=tasks_dir, prompts_dir=prompts_dir,
                               max_candidates=max_candidates, max_model_len=max_model_len, catalog=catalog,
-                              default_style=style, scorer=scorer)
+                              default_style=style, scorer=scorer, collab=collab)
         log(f"recbrew is serving {scorer.name} from {model} on http://{host}:{port} (/v1/rank, /v1/models)")
         _run_gateway(create_app(service, api_key), sock)
         return
@@ -69,7 +77,7 @@ def serve(model: str, *, lora: Path | None = None, host: str = "127.0.0.1", port
         service = RankService(engine_url=engine.url, engine_key=engine.api_key, served_model=engine.served_name,
                               tokenizer=model_dir, corpus_dir=corpus, tasks_dir=tasks_dir, prompts_dir=prompts_dir,
                               max_candidates=max_candidates, max_model_len=max_model_len, catalog=catalog,
-                              default_style=style)
+                              default_style=style, collab=collab)
         log(f"recbrew is serving {engine.served_name} on http://{host}:{port} (/v1/rank, /v1/completions, "
             "/v1/chat/completions, /v1/models)")
         _run_gateway(create_app(service, api_key), sock)

@@ -99,7 +99,7 @@ class Social(_Strict):
 
 
 #: The parts of `Stats` a prompt can show (`Stats.show`).
-StatPart = Literal["facets", "candidate", "member", "taste", "estimate"]
+StatPart = Literal["facets", "candidate", "member", "taste", "estimate", "collab"]
 
 
 class StatFacet(_Strict):
@@ -113,7 +113,8 @@ class StatFacet(_Strict):
 class Stats(_Strict):
     """As-of-time statistics shown in the prompt and given to the classic rankers (`recbrew.verbalize.stats`).
 
-    Everything is counted over the task's labelled interactions strictly before the request's moment."""
+    Everything is counted over the task's labelled interactions strictly before the request's moment, except the
+    ``collab`` rating model, which `recbrew data build` fits on the training side of the split."""
 
     candidate: bool = Field(False, description="the candidate's interactions so far and their positive share")
     member: bool = Field(False, description="the member's interactions so far and their positive share")
@@ -127,6 +128,9 @@ class Stats(_Strict):
                                            "share on the candidate so far")
     estimate: bool = Field(False, description="one probability from the candidate's, the member's and the taste "
                                               "shares so far (shrunk, no trained parameter), in % and in words")
+    collab: bool = Field(False, description="a rating model's probability for the member and the candidate: a "
+                                            "matrix factorization of the task's labels fitted on the training "
+                                            "side of the examples (recbrew.verbalize.collab), in % and in words")
     shrink: float = Field(10.0, ge=0, le=1000, description="pseudo-interactions each share of the estimate is "
                                                            "shrunk toward its reference with")
     show: list[StatPart] | None = Field(None, description="the parts the prompt shows (default: every declared one); "
@@ -161,7 +165,8 @@ class Stats(_Strict):
     def declared(self) -> list[str]:
         """The declared parts, in the order the prompt shows them."""
         return [part for part, on in (("facets", bool(self.facets)), ("candidate", self.candidate),
-                                      ("member", self.member), ("taste", self.taste), ("estimate", self.estimate))
+                                      ("member", self.member), ("taste", self.taste), ("estimate", self.estimate),
+                                      ("collab", self.collab))
                 if on]
 
     @property

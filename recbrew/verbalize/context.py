@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from recbrew.data.corpus import Corpus
 from recbrew.data.schema import ITEMS, MEMBERS, NO_ACTION
+from recbrew.errors import ConfigError
 from recbrew.tasks.spec import TaskSpec
 from recbrew.verbalize.neutralize import neutralize
 from recbrew.verbalize.render import HistoryEntry
@@ -124,6 +125,8 @@ class CorpusView:
         order = np.lexsort((self.f_ts, self.f_src))
         self.f_src, self.f_dst, self.f_kind, self.f_ts = (x[order] for x in (self.f_src, self.f_dst, self.f_kind, self.f_ts))
         self._stats: dict[tuple, AsOfStats] = {}
+        #: Each task's rating model (`recbrew.verbalize.collab`) where its spec declares ``stats.collab``.
+        self.collab: dict = {}
         self._recent: dict[tuple, dict] = {}
 
     # Entities -------------------------------------------------------------------------------------
@@ -249,15 +252,16 @@ class CorpusView:
             return None
         return age_text(max(int(t) - int(self._created[row]), 0))
 
-    def candidate(self, member_id: int, item_id: int, t: int, task: TaskSpec, friends=None) -> dict:
-        """The item as the member sees it at ``t``: its fields, age, engagement so far and social context."""
+    def candidate(self, member_id: int, item_id: int, t: int, task: TaskSpec, friends=None, collab=None) -> dict:
+        """The item as the member sees it at ``t``: its fields, age, engagement so far and social context.
+        ``collab``: the rating model a build's training request reads (default: the task's in ``self.collab``)."""
         out = dict(self.item(int(item_id), tuple(task.candidate_fields)))
         if out.get("item_type") != "member":
             out["age"] = self.item_age(item_id, t)
             out["engagements"] = self.engagements(int(item_id), t)
         out["social"] = self.social(member_id, int(item_id), t, task, friends)
         out["match"] = self.match(member_id, int(item_id), t)
-        out["stats"] = self.candidate_stats(member_id, int(item_id), t, task)
+        out["stats"] = self.candidate_stats(member_id, int(item_id), t, task, collab)
         return out
 
     # As-of-time statistics (`recbrew.verbalize.stats`) ----------------------------------------------
@@ -280,16 +284,18 @@ class CorpusView:
         n, positive = stats.member(int(member_id), int(t))
         return {"n": n, "positive": positive, "share": share(positive, n), **_stat_words(task)}
 
-    def candidate_stats(self, member_id: int, item_id: int, t: int, task: TaskSpec) -> dict | None:
+    def candidate_stats(self, member_id: int, item_id: int, t: int, task: TaskSpec, collab=None) -> dict | None:
         """The candidate's labelled interactions before ``t`` (``n``, ``positive``, ``share`` in %) and, per
-        declared facet, how many of the member's recent positive / negative actions share its value."""
+        declared facet, how many of the member's recent positive / negative actions share its value; with
+        ``stats.collab``, the rating model's probability (``collab``, else the task's model in ``self.collab``;
+        a ConfigError when there is none)."""
         stats = self.stats(task)
         if stats is None:
             return None
         spec = task.stats
         out: dict = {"n": None, "positive": None, "share": None, "vs_all": None, "vs_member": None, "facets": [],
                      "taste_n": None, "taste_share": None, "estimate": None, "estimate_word": None,
-                     **_stat_words(task)}
+                     "collab": None, "collab_word": None, **_stat_words(task)}
         item, member = stats.item(int(item_id), int(t)), stats.member(int(member_id), int(t))
         overall = stats.overall(int(t))
         if spec.candidate:
@@ -307,6 +313,13 @@ class CorpusView:
         if spec.estimate:
             p = estimate(item, member, overall, taste, spec.shrink)
             out.update(estimate=None if p is None else int(round(100 * p)), estimate_word=likelihood_word(p))
+        if spec.collab:
+            model = collab if collab is not None else self.collab.get(task.name)
+            if model is None:
+                raise ConfigError(f"task {task.name} declares stats.collab: its rating model is fitted by `recbrew data "
+                                  "build` and read from the examples folder (e.g. `recbrew serve --examples DIR`)")
+            p = model.probability(member_id, item_id)
+            out.update(collab=int(round(100 * p)), collab_word=likelihood_word(p))
         if stats.facets:
             key = (int(member_id), int(t), id(stats))
             recent = self._recent.get(key)

@@ -13,6 +13,8 @@ A task declares them in its YAML (``stats:``, see `recbrew.tasks.spec.Stats`):
 - **estimate**: one probability from all of the above, without trained parameters (a shrunk baseline predictor:
   the candidate's share shrunk toward the log's, shifted by the member's own share and by the taste share).
 
+The task's ``collab`` part is not counted here: it is a fitted rating model (`recbrew.verbalize.collab`).
+
 Positive and negative come from the task's label (``label.positive`` / ``label.negatives``), so a rating log
 (like / dislike) and an impression log (apply / none) both work. Every count uses interactions strictly before
 the moment: rows at or after it never change a value (the leakage rule every prompt obeys).
