@@ -86,8 +86,13 @@ def test_the_fit_reads_no_held_out_target_and_nothing_after_the_cutoff():
     m, i, y = training_pairs(corpus, ("like",), ("dislike",), set(), None)
     assert list(zip(m, i, y, strict=True)) == [(1, 10, True), (1, 11, False), (2, 10, False), (2, 12, True),
                                                (3, 11, True), (4, 10, True), (4, 13, True)]  # the view is no label
-    m, i, _ = training_pairs(corpus, ("like",), ("dislike",), {(1, 11), (4, 13)}, 300)
+    m, i, _ = training_pairs(corpus, ("like",), ("dislike",), {(1, 11), (4, 13), (9, 10), (1, 99)}, 300)
     assert list(zip(m, i, strict=True)) == [(1, 10), (2, 10), (3, 11)]
+    # Ids of any size (imported logs may hold 64-bit ids).
+    big = _Corpus(corpus.interactions.set_column(0, "member_id", pa.array([x + 2**40 for x in
+                                                                           corpus.interactions["member_id"].to_pylist()])))
+    m, i, _ = training_pairs(big, ("like",), ("dislike",), {(1 + 2**40, 11), (4 + 2**40, 13)}, 300)
+    assert list(zip(m - 2**40, i, strict=True)) == [(1, 10), (2, 10), (3, 11)]
 
 
 @dataclass

@@ -132,10 +132,15 @@ def training_pairs(corpus, positive, negatives, held_out: set[tuple[int, int]], 
     member, item = inter["member_id"].to_numpy(), inter["item_id"].to_numpy()
     if before is not None:
         keep &= inter["timestamp"].to_numpy() < before
-    if held_out:
-        keys = member.astype(np.int64) * (1 << 32) + item.astype(np.int64)
-        out = np.fromiter((m * (1 << 32) + i for m, i in held_out), np.int64, len(held_out))
-        keep &= ~np.isin(keys, out)
+    if held_out:  # pairs as dense codes: any id range fits in int64
+        m_ids, m_code = np.unique(member, return_inverse=True)
+        i_ids, i_code = np.unique(item, return_inverse=True)
+        pairs = np.array(sorted(held_out), dtype=np.int64).reshape(-1, 2)
+        hm, hi = np.searchsorted(m_ids, pairs[:, 0]), np.searchsorted(i_ids, pairs[:, 1])
+        hm, hi = np.minimum(hm, len(m_ids) - 1), np.minimum(hi, len(i_ids) - 1)
+        known = (m_ids[hm] == pairs[:, 0]) & (i_ids[hi] == pairs[:, 1])
+        width = np.int64(len(i_ids))
+        keep &= ~np.isin(m_code.astype(np.int64) * width + i_code, hm[known] * width + hi[known])
     return member[keep], item[keep], np.isin(action[keep], list(positive))
 
 
