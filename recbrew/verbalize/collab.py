@@ -4,9 +4,10 @@ examples folder, whose probability the prompt shows as one line (``stats.collab`
 The as-of-time statistics (`recbrew.verbalize.stats`) count only what happened before a request. A classic
 ranker learns more than that: its member and item embeddings are fitted on every training request, so on a
 split that is not in time (leave-last) they also know how other members rated the item later. This module gives
-the LLM that same kind of signal as text, in the spirit of BinLLM (a collaborative model's output written into
-the prompt): a logistic matrix factorization (a global bias, member and item biases, 16 factors each) of the
-task's positive and negative actions.
+the LLM that same kind of signal as text: the prediction of a logistic matrix factorization (a global bias,
+member and item biases, 16 factors each) of the task's positive and negative actions. (BinLLM and CoLLM put such
+a model's embeddings into the prompt instead; a prediction is one line that a small model reads as it reads the
+estimate, and it passes through every scorer and vLLM unchanged.)
 
 What it is fitted on (:func:`training_pairs`): every labelled interaction of the task except the targets of
 validation and test requests, and, for a split in time over the whole log, except everything from the first
