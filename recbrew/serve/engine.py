@@ -62,6 +62,22 @@ def default_dtype() -> str:
     return "bfloat16" if torch.cuda.is_available() and fast_dtype("cuda") == torch.bfloat16 else "float32"
 
 
+def wait_healthy(proc: subprocess.Popen, url: str, timeout: float) -> bool | None:
+    """Poll ``url``/health each second: True once it answers 200, False if ``proc`` exits first, None when
+    ``timeout`` s pass (the caller stops the process)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(1.0)
+    return None
+
+
 @dataclass
 class VLLMServer:
     """One vLLM server process bound to 127.0.0.1 on a private port, guarded by an internal key."""
@@ -115,16 +131,11 @@ class VLLMServer:
         # Start it from the thread that lives as long as the gateway (the main one): see recbrew.serve.guard.
         self.process = spawn(self.command(), env=env, stdout=log, grace=self.stop_grace)
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise UserError(f"vLLM exited with code {self.process.returncode} while starting: {self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(1.0)
+        ready = wait_healthy(self.process, self.url, timeout)
+        if ready:
+            return self
+        if ready is False:
+            raise UserError(f"vLLM exited with code {self.process.returncode} while starting: {self.log_tail()}")
         self.stop()
         raise UserError(f"vLLM did not become ready within {timeout:.0f} s: {self.log_tail()}")
 

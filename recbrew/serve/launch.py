@@ -5,13 +5,11 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import psutil
 
-from recbrew.serve.engine import free_port
+from recbrew.serve.engine import free_port, wait_healthy
 
 
 def start_serve(model: str | Path, *args: str, timeout: float = 900.0, tries: int = 3) -> tuple[subprocess.Popen, str]:
@@ -24,28 +22,16 @@ def start_serve(model: str | Path, *args: str, timeout: float = 900.0, tries: in
         cmd = [str(Path(sys.executable).parent / "recbrew"), "serve", str(model), "--port", str(port), *args]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         url = f"http://127.0.0.1:{port}"
-        output = _wait_healthy(proc, url, timeout)
-        if output is None:
+        ready = wait_healthy(proc, url, timeout)
+        if ready:
             return proc, url
+        if ready is None:
+            stop_serve(proc)
+            raise RuntimeError(f"recbrew serve did not become healthy within {timeout:.0f} s")
+        output = proc.stdout.read()
         if "already in use" not in output or attempt == tries:
             raise RuntimeError(f"recbrew serve exited with {proc.returncode}: {output[-1000:]}")
     raise ValueError(f"tries={tries}: at least 1")
-
-
-def _wait_healthy(proc: subprocess.Popen, url: str, timeout: float) -> str | None:
-    """None once ``url`` answers /health; the child's output if it exits first (stopped and raised on timeout)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return proc.stdout.read()
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return None
-        except httpx.HTTPError:
-            pass
-        time.sleep(1.0)
-    stop_serve(proc)
-    raise RuntimeError(f"recbrew serve did not become healthy within {timeout:.0f} s")
 
 
 def stop_serve(proc: subprocess.Popen, timeout: float = 120.0) -> list[int]:
