@@ -12,6 +12,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from recbrew.errors import ConfigError, IntegrityError
+from recbrew.examples.requests import Requests
 from recbrew.verbalize import collab
 from recbrew.verbalize.collab import FOLDS, CollabModel, CollabSet, fit, fit_for_build, training_pairs
 
@@ -95,17 +96,6 @@ def test_the_fit_reads_no_held_out_target_and_nothing_after_the_cutoff():
     assert list(zip(m - 2**40, i, strict=True)) == [(1, 10), (2, 10), (3, 11)]
 
 
-@dataclass
-class _Requests:
-    member_id: np.ndarray
-    split: np.ndarray
-    offsets: np.ndarray
-    candidates: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.member_id)
-
-
 def test_training_prompts_read_a_model_fitted_without_their_own_targets(monkeypatch):
     """Request k of the training split reads fold k % FOLDS, fitted without that fold's targets (and without any
     held-out one); validation and test requests read the full model, fitted without the held-out targets only."""
@@ -120,7 +110,9 @@ def test_training_prompts_read_a_model_fitted_without_their_own_targets(monkeypa
     members = np.array([1, 2, 3, 4, 1, 2, 4])
     cands = np.array([10, 10, 11, 13, 11, 12, 10])
     split = np.array(["train", "train", "train", "train", "train", "test", "validation"])
-    req = _Requests(members, split, np.arange(len(members) + 1), cands)
+    n = len(members)
+    req = Requests(members, np.zeros(n, np.int64), split, np.arange(n + 1), cands, np.zeros(n, np.int64),
+                   np.full(n, np.nan))
     models = fit_for_build(_corpus(), _Task(), req, None, seed=0)
     everything = {(1, 10), (1, 11), (2, 10), (2, 12), (3, 11), (4, 10), (4, 13)}
     held = {(2, 12), (4, 10)}

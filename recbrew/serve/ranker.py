@@ -33,6 +33,7 @@ from recbrew.serve.protocol import (
 )
 from recbrew.tasks import load_catalog
 from recbrew.tasks.spec import Kind, TaskSpec
+from recbrew.verbalize.collab import require_models
 from recbrew.verbalize.context import CorpusView, age_text
 from recbrew.verbalize.environment import make_environment
 from recbrew.verbalize.neutralize import neutralize, neutralize_row
@@ -87,10 +88,7 @@ class RankService:
             self.view, self.end, self.ids = CorpusView(corpus), time_range(corpus)[1], corpus.ids
             # The rating models of tasks that declare stats.collab (`recbrew.verbalize.collab.load_models`).
             self.view.collab.update(collab or {})
-            missing = sorted(n for n, t in self.catalog.items() if t.stats.collab and n not in self.view.collab)
-            if missing:
-                raise UserError(f"task(s) {', '.join(missing)} declare stats.collab: serve them with --examples DIR "
-                                "(the folder `recbrew data build` fitted their rating model into)")
+            require_models(self.catalog, self.view.collab)
         self._renderers: dict[tuple[str, str | None], Renderer] = {}
 
     # Prompt ---------------------------------------------------------------------------------------

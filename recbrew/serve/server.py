@@ -13,7 +13,7 @@ from recbrew.models.loading import DEFAULT_MODEL, resolve
 from recbrew.scoring.registry import family_of, load_scorer
 from recbrew.serve.engine import VLLMServer, bind_port
 from recbrew.tasks import load_catalog
-from recbrew.verbalize.collab import load_models
+from recbrew.verbalize.collab import load_models, require_models
 
 
 def engine_command_args(tensor_parallel: int = 1, engine_args: list[str] | None = None) -> list[str]:
@@ -48,10 +48,7 @@ def serve(model: str, *, lora: Path | None = None, host: str = "127.0.0.1", port
     if corpus is not None and not Path(corpus).is_dir():
         raise UserError(f"{corpus}: no such Corpus folder")
     if corpus is not None and examples is None:  # refused here, before the engine loads, not by RankService after
-        fitted = sorted(n for n, t in load_catalog(tasks_dir).items() if t.stats.collab)
-        if fitted:
-            raise UserError(f"task(s) {', '.join(fitted)} declare stats.collab: serve them with --examples DIR (the "
-                            "folder `recbrew data build` fitted their rating model into)")
+        require_models(load_catalog(tasks_dir), {})
     if family_of(model).name == "baseline":
         if corpus is None:
             raise UserError(f"{model}: a classic ranker scores Corpus ids: give --corpus DIR (or --examples)")

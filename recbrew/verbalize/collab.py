@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recbrew.errors import IntegrityError
+from recbrew.errors import IntegrityError, UserError
 
 #: Training requests are split into this many folds; a fold's prompts read the model fitted without its targets.
 FOLDS = 5
@@ -195,3 +195,11 @@ def load_models(root: str | Path, catalog) -> dict[str, CollabModel]:
                                      "again with `recbrew data build`")
             out[name] = CollabModel.load(path)
     return out
+
+
+def require_models(catalog, models) -> None:
+    """UserError naming the tasks of ``catalog`` that declare ``stats.collab`` but have no model in ``models``."""
+    missing = sorted(n for n, t in catalog.items() if t.stats.collab and n not in models)
+    if missing:
+        raise UserError(f"task(s) {', '.join(missing)} declare stats.collab: serve them with --examples DIR (the "
+                        "folder `recbrew data build` fitted their rating model into)")
