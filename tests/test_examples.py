@@ -56,13 +56,34 @@ def test_manifest_counts_history_depth(built):
     kept = sum(test[i]["history_kept"] >= HISTORY_LINES for i in t1)
     available = sum(test[i]["history_length"] >= HISTORY_LINES for i in t1)
     h = history_summary(manifest)
-    assert h == {"lines": HISTORY_LINES, "requests": len(t1), "kept": kept, "available": available}
+    whole = {"requests": len(t1), "kept": kept, "available": available}
+    # Every task here shows a history, so the count over those tasks is the whole count.
+    assert h == {"lines": HISTORY_LINES, **whole, "shown": whole}
     assert 0 < kept <= available <= len(t1)
     assert f"{kept:,} of {len(t1):,} T1 test requests" in history_line(manifest)
     old = json.loads(json.dumps(manifest))
     for row in old["tasks"].values():  # a folder built before the counts existed
         del row["history_kept"], row["history_available"]
     assert history_summary(old) is None and history_line(old) is None
+
+
+def test_history_depth_counts_tasks_without_history_apart():
+    """A task that shows no history by design (the ``*_social`` tasks) is counted in the whole, and apart."""
+    def task(groups, n, kept, available):
+        return {"split_tag": "T1", "test": n, "history_groups": groups,
+                "history_kept": {"test": kept}, "history_available": {"test": available}}
+
+    manifest = {"tasks": {"a": task(2, 50, 40, 45), "b": task(1, 50, 44, 46), "social": task(0, 50, 0, 0),
+                          "t2": {**task(1, 50, 1, 1), "split_tag": "T2"}}}
+    h = history_summary(manifest)
+    assert h == {"lines": HISTORY_LINES, "requests": 150, "kept": 84, "available": 91,
+                 "shown": {"requests": 100, "kept": 84, "available": 91}}
+    line = history_line(manifest)
+    assert "of the 100 T1 test requests whose task shows a history, 84 (84%) keep 5 or more" in line
+    assert "of all 150" in line and "84 (56%) keep 5 or more" in line
+    del manifest["tasks"]["a"]["history_groups"]  # built before the group count was recorded: whole only
+    assert "shown" not in history_summary(manifest)
+    assert history_line(manifest).startswith("history: 84 of 150 T1 test requests (56%)")
 
 
 def test_split_respects_cutoff_and_gap(built):

@@ -117,7 +117,7 @@ def quickstart(
     max_test: Annotated[int | None, typer.Option("--max-test", help="Test requests per task, every model scores "
                                                  "them (default: 50 on the world, 2,000 on movielens).")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Prompt token budget of the world's prompts (history "
-                                            "is cut to fit; movielens prompts get 768).")] = 320,
+                                            "is cut to fit; movielens prompts get 768).")] = 384,
     burn_in_days: Annotated[float, typer.Option("--burn-in-days", help="Days that only feed histories.")] = 7.0,
     train_config: Annotated[str, typer.Option("--train-config", help="Fine-tuning config (name or path).")
                             ] = "smollm2-cpu",

@@ -289,14 +289,23 @@ HISTORY_LINES = 5
 def history_summary(manifest: dict, split: str = "test", tag: str = "T1") -> dict | None:
     """How many of ``split``'s requests of ``tag`` tasks keep at least HISTORY_LINES history lines in their prompt,
     and how many have that many history entries before the request to keep (the token budget cuts the rest).
+
+    ``shown`` restricts the counts to the tasks that show a history at all: a task without history groups (the
+    catalog's ``*_social`` tasks judge from the profile and the social context alone) keeps none by design.
     None for a folder built before the counts were recorded, or without such requests."""
     rows = [t for t in manifest["tasks"].values() if t["split_tag"] == tag and "history_kept" in t]
     requests = sum(t.get(split, 0) for t in rows)
     if not requests:
         return None
-    return {"lines": HISTORY_LINES, "requests": requests,
-            "kept": sum(t["history_kept"].get(split, 0) for t in rows),
-            "available": sum(t["history_available"].get(split, 0) for t in rows)}
+    out = {"lines": HISTORY_LINES, "requests": requests,
+           "kept": sum(t["history_kept"].get(split, 0) for t in rows),
+           "available": sum(t["history_available"].get(split, 0) for t in rows)}
+    if all("history_groups" in t for t in rows):  # folders built before it was recorded have no such count
+        shown = [t for t in rows if t["history_groups"]]
+        out["shown"] = {"requests": sum(t.get(split, 0) for t in shown),
+                        "kept": sum(t["history_kept"].get(split, 0) for t in shown),
+                        "available": sum(t["history_available"].get(split, 0) for t in shown)}
+    return out
 
 
 def history_line(manifest: dict) -> str | None:
@@ -304,9 +313,17 @@ def history_line(manifest: dict) -> str | None:
     h = history_summary(manifest)
     if h is None:
         return None
-    n = h["requests"]
-    return (f"history: {h['kept']:,} of {n:,} T1 test requests ({h['kept'] / n:.0%}) keep {h['lines']} or more history "
-            f"lines in the prompt; {h['available']:,} ({h['available'] / n:.0%}) have {h['lines']} or more to keep")
+    n, lines = h["requests"], h["lines"]
+    whole = (f"{h['kept']:,} of {n:,} T1 test requests ({h['kept'] / n:.0%}) keep {lines} or more history lines in "
+             f"the prompt; {h['available']:,} ({h['available'] / n:.0%}) have {lines} or more to keep")
+    shown = h.get("shown")
+    if shown is None or shown["requests"] in (0, n):
+        return f"history: {whole}"
+    s = shown["requests"]
+    return (f"history: of the {s:,} T1 test requests whose task shows a history, {shown['kept']:,} "
+            f"({shown['kept'] / s:.0%}) keep {lines} or more lines in the prompt and {shown['available']:,} "
+            f"({shown['available'] / s:.0%}) have {lines} or more to keep; of all {n:,} (the other tasks show "
+            f"none by design), {h['kept']:,} ({h['kept'] / n:.0%}) keep {lines} or more")
 
 
 def split_rule(corpus: Corpus, cfg: BuildConfig) -> SplitRule:
@@ -391,7 +408,8 @@ def build_examples(corpus_dir: str | Path, out: str | Path, cfg: BuildConfig, *,
     splits = rule.splits
     text, structured = _Columns(splits), _Columns(splits)
     summary = {task.name: {"version": task.version, "split_tag": task.split.value, "kind": task.kind.value,
-                           "surface": task.surface, **collect(rows, text, structured, bool(cfg.inject_share))}
+                           "surface": task.surface, "history_groups": len(task.history.groups),
+                           **collect(rows, text, structured, bool(cfg.inject_share))}
                for (task, _, _), rows in zip(plans, rendered, strict=True)}
     seconds = time.perf_counter() - began
     manifest = {
