@@ -32,6 +32,7 @@ from recbrew.eval.scorers import (
 )
 from recbrew.eval.table import RequestTable
 from recbrew.examples.folder import Examples
+from recbrew.scoring.registry import LM_ENGINES
 
 if TYPE_CHECKING:
     from recbrew.tasks.spec import TaskSpec
@@ -168,6 +169,15 @@ def _ray_options(engine: str, ray: RayOptions | None) -> RayOptions | None:
     return None
 
 
+def _check_lm_engine(lm_engine: str, ray: RayOptions | None) -> None:
+    """One line for an engine that is not one, or for vLLM asked inside Ray actors (they run the hf engine)."""
+    if lm_engine not in LM_ENGINES:
+        raise UserError(f"--llm-engine {lm_engine!r}: choose {' or '.join(LM_ENGINES)}")
+    if lm_engine != "hf" and ray is not None:
+        raise UserError(f"--llm-engine {lm_engine} scores in this process; with --engine ray the actors score "
+                        "through hf: drop one of the two")
+
+
 def _out_folder(out_dir: str | Path) -> Path:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -250,29 +260,34 @@ def _same_requests(name: str, path: Path, requests: Sequence[dict], tasks: Seque
 
 
 def _score_model(m: Model, source: _Source, key_parts: dict, out: Path, table: RequestTable, *, use_cache: bool,
-                 max_new_tokens: int, progress: bool, device: str | None, ray: RayOptions | None) -> Scores:
+                 max_new_tokens: int, progress: bool, device: str | None, ray: RayOptions | None,
+                 lm_engine: str) -> Scores:
     """One model's scores on ``table``: from the cache under ``out`` when it holds them, else run and cached."""
+    if m.kind == "lm" and lm_engine != "hf":  # its own cache entry; the hf engine's keys stay as they were
+        key_parts = {**key_parts, "lm_engine": lm_engine}
     path = cache_path(out, m, key_parts) if use_cache else None
     got = load_cached(path, table)
     if got is None:
         got = run_model(m, source.requests, table, examples=source.examples, max_new_tokens=max_new_tokens,
-                        progress=progress, device=device, catalog=source.catalog, ray=ray)
+                        progress=progress, device=device, catalog=source.catalog, ray=ray, lm_engine=lm_engine)
         save_cached(path, table, got)
         m.release()
     return got
 
 
-def _run_row(m: Model, got: Scores, ray: RayOptions | None, own: _Source | None) -> dict:
+def _run_row(m: Model, got: Scores, ray: RayOptions | None, own: _Source | None, lm_engine: str) -> dict:
     """What the report's Run table says of one model's scoring."""
+    engine = "ray" if ray is not None else lm_engine
     return {"name": m.name, "spec": m.spec or type(m.scorer).__name__, "kind": m.kind,
             "fingerprint": (m.fingerprint or "-")[:12], "cached": got.cached,
             "seconds": round(got.seconds, 3),
-            **({"engine": "ray"} if ray is not None and m.kind == "lm" and not got.cached else {}),
+            **({"engine": engine} if engine != "hf" and m.kind == "lm" and not got.cached else {}),
             **({"examples": str(own.examples)} if own is not None else {})}
 
 
 def _score_all(lineup: _Lineup, test: _TestSet, out: Path, *, tasks: Sequence[str] | None, use_cache: bool,
-               max_new_tokens: int, progress: bool, device: str | None, ray: RayOptions | None) -> _Scored:
+               max_new_tokens: int, progress: bool, device: str | None, ray: RayOptions | None,
+               lm_engine: str) -> _Scored:
     """Every model of the lineup on the same test table, each on its own examples where it has them."""
     key_parts = {"examples": examples_fingerprint(test.examples), "tasks": sorted(tasks) if tasks else None,
                  "max_new_tokens": max_new_tokens}
@@ -284,10 +299,10 @@ def _score_all(lineup: _Lineup, test: _TestSet, out: Path, *, tasks: Sequence[st
         if own is not None:
             source, m_key = own, {**key_parts, "examples": examples_fingerprint(own.examples)}
         got = _score_model(m, source, m_key, out, test.table, use_cache=use_cache, max_new_tokens=max_new_tokens,
-                           progress=progress, device=device, ray=ray)
+                           progress=progress, device=device, ray=ray, lm_engine=lm_engine)
         scored.scores[m.name] = got.scores
         scored.generations[m.name] = got.generations if (m.can_generate or got.generations) else None
-        scored.run_info.append(_run_row(m, got, ray, own))
+        scored.run_info.append(_run_row(m, got, ray, own, lm_engine))
     return scored
 
 
@@ -335,7 +350,7 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
              reference: str | None = None, tasks_dir: str | Path | None = None,
              max_per_task: int | None = None, fusions: Mapping[str, Sequence[str]] | None = None,
              model_examples: Mapping[str, str | Path] | None = None, engine: str = "local",
-             ray: RayOptions | None = None) -> EvalResult:
+             ray: RayOptions | None = None, lm_engine: str = "hf") -> EvalResult:
     """Score ``models`` ({name: spec or Scorer}, or a list of specs) on the test split and write the reports.
 
     With ``include_oracle`` the oracle joins as a reference when every request carries true probabilities.
@@ -351,9 +366,12 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
     and labels, checked, with other prompt contents); the comparison stays paired.
     ``engine="ray"`` scores the language models on Ray actors (``ray``: the cluster's address, the actors and
     their CPUs; a local Ray by default); the other models score here, as they take seconds.
+    ``lm_engine`` is what the language models score through here: ``hf`` (the multi-item path, the faster one on
+    a CPU) or ``vllm`` (vLLM's offline engine with prefix caching; the same scores within 1e-3).
     """
     fusions, model_examples = fusions or {}, model_examples or {}
     ray = _ray_options(engine, ray)
+    _check_lm_engine(lm_engine, ray)
     cfg = CompareConfig(k=k, bootstrap=bootstrap, seed=seed, unit=unit, min_positives=min_positives)
     cfg.check()
     out = _out_folder(out_dir)
@@ -365,7 +383,7 @@ def run_eval(examples_dir: str | Path, models: Mapping[str, object] | Sequence[s
     _check_reference(reference, lineup.names, fusions)
 
     scored = _score_all(lineup, test, out, tasks=tasks, use_cache=use_cache, max_new_tokens=max_new_tokens,
-                        progress=progress, device=device, ray=ray)
+                        progress=progress, device=device, ray=ray, lm_engine=lm_engine)
     _add_fusions(scored, fusions)
     baselines = [m.name for m in lineup.entries if m.kind in ("popularity", "baseline")] or None
     boot = bootstrap_aucs(test.table, scored.scores, cfg)

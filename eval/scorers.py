@@ -72,16 +72,18 @@ class Model:
     def can_generate(self) -> bool:
         return isinstance(self.scorer, Generator)
 
-    def load(self, examples: Path, device: str | None = None, catalog=None) -> None:
+    def load(self, examples: Path, device: str | None = None, catalog=None, lm_engine: str = "hf") -> None:
         """Build the Scorer behind ``spec`` (no-op for objects handed in directly), through
         `recbrew.scoring.registry.load_scorer`.
 
         Language models read the answer words from ``catalog`` (default: the task specs recorded in ``examples``)
-        and score in bf16 where the hardware has bf16 arithmetic (CUDA, AVX-512 BF16 / AMX CPUs), fp32 elsewhere.
+        and score in bf16 where the hardware has bf16 arithmetic (CUDA, AVX-512 BF16 / AMX CPUs), fp32 elsewhere,
+        through ``lm_engine`` (``hf`` or ``vllm``).
         """
         if self.scorer is not None:
             return
-        self.scorer = load_scorer(self.spec, examples=examples, catalog=catalog, name=self.name, device=device)
+        self.scorer = load_scorer(self.spec, examples=examples, catalog=catalog, name=self.name, device=device,
+                                  lm_engine=lm_engine)
 
     def release(self) -> None:
         """Drop a loaded language model (the next one needs the memory)."""
@@ -151,16 +153,17 @@ def save_cached(path: Path | None, table: RequestTable, scores: Scores) -> None:
 
 def run_model(model: Model, requests: Sequence[dict], table: RequestTable, *, examples: Path, chunk: int = 64,
               max_new_tokens: int = 16, progress: bool = True, device: str | None = None, catalog=None,
-              ray: RayOptions | None = None) -> Scores:
+              ray: RayOptions | None = None, lm_engine: str = "hf") -> Scores:
     """Score every rankable request (in chunks, with a progress bar) and generate answers where the model can.
 
     ``catalog``: the task specs (answer words) of the requests; default: those recorded in ``examples``.
     ``ray``: language models score on Ray actors (`recbrew.cluster.score_on_ray`); the others here.
+    ``lm_engine``: what language models score through here, ``hf`` or ``vllm``.
     """
     if ray is not None and model.kind == "lm":
         return _run_on_ray(model, requests, table, examples=examples, max_new_tokens=max_new_tokens,
                            progress=progress, device=device, catalog=catalog, ray=ray, chunk=chunk)
-    model.load(examples, device=device, catalog=catalog)
+    model.load(examples, device=device, catalog=catalog, lm_engine=lm_engine)
     start = time.perf_counter()
     rank_idx = np.flatnonzero(table.rankable)
     per_request: list[np.ndarray | None] = [None] * len(table)

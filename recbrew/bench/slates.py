@@ -4,6 +4,10 @@ Where the grid benchmark builds one synthetic request per cell, this one times t
 as they are: their prefixes, slates of 3-20 candidates and listwise questions, in the precision and
 depth the eval scores them with (``dtype="auto"``: bf16 where the hardware has it; ``layers``).
 Steady state: every mode is warmed up on the same requests, then timed ``rounds`` times (median).
+
+Mode ``vllm`` times the same requests through vLLM's offline engine (`recbrew eval --llm-engine vllm`): one
+prompt per candidate, the prefix computed once per request by prefix caching. Its cache is emptied before
+every timed round, so a round pays for the prefixes as eval does; the engine's start is reported apart.
 """
 
 from __future__ import annotations
@@ -33,6 +37,13 @@ def bench_slates(model_name: str, examples: str, requests: int = 40, modes: tupl
            "threads": torch.get_num_threads(), "rounds": rounds, "modes": {}}
     reference = None
     for mode in modes:
+        if mode == "vllm":
+            probs, row = _vllm(model_name, examples, rows, rounds, layers)
+            flat = np.concatenate([np.atleast_1d(p) for p in probs])
+            reference = flat if reference is None else reference
+            out["modes"][mode] = {**row, "candidates_per_s": round(candidates / row["seconds"], 1),
+                                  "max_abs_diff_vs_first_mode": float(np.abs(flat - reference).max())}
+            continue
         scorer = HFScorer(model, tokenizer, mode=mode, batch_size=16)
         encoded = [scorer.encode(r) for r in rows]
         sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
@@ -46,5 +57,29 @@ def bench_slates(model_name: str, examples: str, requests: int = 40, modes: tupl
     first = out["modes"][modes[0]]
     for row in out["modes"].values():
         row["speedup_vs_" + modes[0]] = round(first["seconds"] / row["seconds"], 2)
-        row["token_ratio_vs_" + modes[0]] = round(first["tokens_processed"] / row["tokens_processed"], 2)
+        if "tokens_processed" in row and "tokens_processed" in first:
+            row["token_ratio_vs_" + modes[0]] = round(first["tokens_processed"] / row["tokens_processed"], 2)
     return out
+
+
+def _vllm(model_name: str, examples: str, rows: list[dict], rounds: int, layers: int | None) -> tuple[list, dict]:
+    """(probabilities, timing row) of the ``vllm`` mode, in eval's precision (``auto``)."""
+    import time
+
+    from recbrew.examples.folder import Examples
+    from recbrew.serve.vllm_scorer import load_vllm_scorer  # lazy: loads vllm
+
+    start = time.perf_counter()
+    scorer = load_vllm_scorer(model_name, catalog=Examples.open(examples).catalog(), layers=layers)
+    started = time.perf_counter() - start
+    start = time.perf_counter()
+    scorer.score(rows)  # warm-up at the same shapes
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(max(3, rounds)):
+        scorer.reset_cache()
+        start = time.perf_counter()
+        probs = scorer.score(rows)
+        times.append(time.perf_counter() - start)
+    return probs, {"seconds": round(float(np.median(times)), 3), "first_call_seconds": round(first, 3),
+                   "engine_start_seconds": round(started, 3)}

@@ -73,7 +73,9 @@ def score(
     examples: Annotated[Path, typer.Option("--examples", help="Where real prompts come from (random token ids "
                                            "when missing).")] = Path("runs/quickstart/examples"),
     grid: Annotated[str, typer.Option(help="PREFIX_TOKENSxCANDIDATES cells.")] = "250x10,250x50,1000x10,1000x50",
-    modes: Annotated[str, typer.Option(help="Modes to time (the first is the reference).")] = "naive,prefix,multi",
+    modes: Annotated[str, typer.Option(help="Modes to time (the first is the reference); with --slates also vllm "
+                                       "(vLLM's offline engine, as `eval --llm-engine vllm`).")
+                     ] = "naive,prefix,multi",
     requests: Annotated[int, typer.Option(min=1, help="Requests per cell, scored together.")] = 4,
     rounds: Annotated[int, typer.Option(min=3, help="Timed rounds after the warm-up (median).")] = 3,
     dtype: Annotated[str | None, typer.Option(help="fp32, bf16 or auto (default: bf16 on CUDA, fp32 on "

@@ -81,6 +81,10 @@ def evaluate(
     address: Address = None,
     workers: Workers = None,
     worker_cpus: WorkerCpus = None,
+    llm_engine: Annotated[str, typer.Option("--llm-engine", help="What the language models score through: hf "
+                                            "(the multi-item path; the faster one on a CPU) or vllm (vLLM's "
+                                            "offline engine with prefix caching; the same scores within 1e-3).")
+                          ] = "hf",
 ) -> None:
     """Run every model on the same test requests: per-task metrics with intervals, slices, report. With --engine
     ray the language models score on Ray actors (one model copy each); the other models score here."""
@@ -98,7 +102,7 @@ def evaluate(
     result = run_eval(examples, parse_models(models), out, tasks=comma_items(tasks), k=k,
                       bootstrap=resamples, seed=seed, use_cache=cache, progress=progress, include_oracle=oracle,
                       tasks_dir=tasks_dir, unit=unit, reference=reference, model_examples=own, fusions=fusions,
-                      engine=engine, ray=ray)
+                      engine=engine, ray=ray, lm_engine=llm_engine)
     typer.echo(result.table())
     typer.echo(f"wrote {result.paths['html']}, {result.paths['md'].name}, {result.paths['json'].name}, "
                f"{result.paths['scores'].name}")

@@ -8,7 +8,7 @@ A spec is one of the families in `FAMILIES`, tried in order:
 | ``oracle`` | ``oracle`` | the synthetic world's true probabilities |
 | ``popularity`` | ``popularity`` (no such folder) | popularity fitted on the examples' T1 training requests |
 | ``baseline`` | a folder written by `recbrew baselines train` | LiRank, LiGR, DCNv2 or a saved popularity |
-| ``lm`` | ``smollm2``, a recbrew-tiny, HF or LoRA folder | `HFScorer` (multi-item), answer words from the catalog |
+| ``lm`` | ``smollm2``, a recbrew-tiny, HF or LoRA folder | `HFScorer` (multi-item), answer words from the catalog; `VLLMScorer` with ``lm_engine="vllm"`` |
 
 A new model family (a cross-encoder, a GBDT) is one `register(Family(...))`: a name, a test that recognizes
 its specs, a loader, and a fingerprint that changes when the model does (eval's score cache is keyed by it).
@@ -41,6 +41,9 @@ class ScorerOptions:
     dtype: str = "auto"
     layers: int | None = None
     mode: str = "multi"
+    #: Language models: ``hf`` (`HFScorer`, the multi-item path) or ``vllm`` (`VLLMScorer`: vLLM's offline
+    #: engine with prefix caching; the same scores within 1e-3).
+    lm_engine: str = "hf"
     #: Classic rankers: score with b-bit embedding tables.
     quantize_bits: int | None = None
 
@@ -103,7 +106,18 @@ def _baseline(spec: str, options: ScorerOptions):
     return load_baseline(spec, options.quantize_bits)
 
 
+#: The engines a language model can score through (`ScorerOptions.lm_engine`).
+LM_ENGINES = ("hf", "vllm")
+
+
 def _lm(spec: str, options: ScorerOptions):
+    if options.lm_engine not in LM_ENGINES:
+        raise UserError(f"language-model engine {options.lm_engine!r}: choose {' or '.join(LM_ENGINES)}")
+    if options.lm_engine == "vllm":
+        from recbrew.serve.vllm_scorer import load_vllm_scorer  # lazy: loads vllm
+
+        return load_vllm_scorer(spec, catalog=options.task_catalog(), name=options.name, dtype=options.dtype,
+                                layers=options.layers, device=options.device)
     from recbrew.scoring.hf import load_hf_scorer  # lazy: loads torch
 
     return load_hf_scorer(spec, catalog=options.task_catalog(), mode=options.mode, name=options.name,
