@@ -2,8 +2,9 @@
 
 `recbrew eval --llm-engine vllm` scores its language models with it (`load_vllm_scorer`). Each candidate is
 one prompt, prefix + segment; with prefix caching the engine computes a request's shared prefix once. The
-scores equal the HF scorer's within 1e-3 (a test), but on a CPU the HF multi-item path is the faster one:
-on 2 Zen 4 class cores in fp32, 60 quickstart test slates took 14.4 s there and 25.1 s here (docs/eval.md).
+scores equal the HF scorer's within 1e-3 in fp32 (a test), but on a CPU the HF multi-item path is the faster
+one: on 2 Zen 4 class cores, 100 quickstart test slates took 25.6 s there and 36.2 s here in fp32 limited to
+AVX2, 14.1 s and 18.0 s in bf16 (`recbrew bench score --slates 100 --modes multi,vllm`, docs/eval.md).
 
 Scripts that build a `vllm.LLM` need an ``if __name__ == "__main__":`` guard: the engine starts
 worker processes that re-import the main module.
@@ -100,8 +101,8 @@ def load_vllm_scorer(spec: str, *, catalog, name: str | None = None, dtype: str 
     from recbrew.models.precision import fast_dtype  # lazy: loads torch
 
     if layers is not None:
-        raise UserError(f"model {spec!r}: vLLM scores the decoder layers its folder has; keeping the first {layers} "
-                        "is for the hf engine (or export such a model with `recbrew train export`)")
+        raise UserError(f"model {spec!r}: vLLM scores every decoder layer its folder has; keeping the first "
+                        f"{layers} is for the hf engine")
     if dtype not in ("auto", "bf16", "fp32"):
         raise UserError(f"dtype {dtype!r}: choose auto, bf16 or fp32")
     if dtype == "auto":
