@@ -12,9 +12,12 @@ every timed round, so a round pays for the prefixes as eval does; the engine's s
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from recbrew.bench.score import timed
+from recbrew.examples.folder import Examples
 from recbrew.models.loading import load_model
 from recbrew.models.precision import describe
 from recbrew.scoring import load_requests
@@ -64,9 +67,6 @@ def bench_slates(model_name: str, examples: str, requests: int = 40, modes: tupl
 
 def _vllm(model_name: str, examples: str, rows: list[dict], rounds: int, layers: int | None) -> tuple[list, dict]:
     """(probabilities, timing row) of the ``vllm`` mode, in eval's precision (``auto``)."""
-    import time
-
-    from recbrew.examples.folder import Examples
     from recbrew.serve.vllm_scorer import load_vllm_scorer  # lazy: loads vllm
 
     start = time.perf_counter()
