@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -235,6 +237,30 @@ def test_bench_slates_times_real_requests_and_modes_agree(tmp_path, shared_world
     assert multi["tokens_processed"] < naive["tokens_processed"]
     assert multi["token_ratio_vs_naive"] == round(naive["tokens_processed"] / multi["tokens_processed"], 2)
     assert multi["max_abs_diff_vs_first_mode"] < (2e-2 if out["dtype"] == "bf16" else 1e-4)
+
+
+def test_bench_slates_times_vllm_beside_the_multi_item_path(tmp_path, shared_world):
+    """`bench score --slates N --modes multi,vllm --json`: a vllm row on the same slates, its engine start apart,
+    scores close to the multi-item path's, and stdout one JSON document (vLLM's logs go to stderr)."""
+    import subprocess
+    import sys
+
+    from recbrew.examples.build import BuildConfig, build_examples
+    from recbrew.models.tiny import build_tiny
+
+    world = shared_world(150, 8, 5)
+    build_examples(world, tmp_path / "ex", BuildConfig(tasks=["feed_like", "jobs_apply_listwise"], test_days=3,
+                                                       gap_days=1, max_train=3, max_test=6, tokenizer="none"),
+                   progress=False)
+    build_tiny(world, tmp_path / "tiny", "tiny", seed=0)
+    done = subprocess.run([sys.executable, "-m", "recbrew.cli", "bench", "score", "--model", str(tmp_path / "tiny"),
+                           "--examples", str(tmp_path / "ex"), "--slates", "6", "--modes", "multi,vllm", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    vllm = out["modes"]["vllm"]
+    assert vllm["seconds"] > 0 and vllm["engine_start_seconds"] > 0 and "speedup_vs_multi" in vllm
+    assert vllm["max_abs_diff_vs_first_mode"] < (0.1 if out["dtype"] == "bf16" else 1e-3)
 
 
 @pytest.mark.parametrize("docs", [1, 3])

@@ -2,4 +2,6 @@
 
 from recbrew.cli import main
 
-main()
+# Guarded: vLLM's engine (`eval --llm-engine vllm`) starts processes that re-import the main module.
+if __name__ == "__main__":
+    main()
