@@ -498,6 +498,47 @@ def test_export_merged_model_scores_like_the_adapter(workspace):
     assert max(float(np.abs(x - y).max()) for x, y in zip(a, c, strict=True)) > 1e-4
 
 
+_VLLM_LORA_SCRIPT = """
+import json, sys
+
+import recbrew.models.precision as precision
+
+precision.cpu_has_bf16 = lambda: False  # fp32, as the HF reference
+from recbrew.scoring import load_requests
+from recbrew.scoring.registry import load_scorer
+
+if __name__ == "__main__":
+    run, examples = sys.argv[1:3]
+    rows = load_requests(examples, "test", ["feed_like"])[:6]
+    scorer = load_scorer(run, examples=examples, lm_engine="vllm")
+    merged = scorer.merged.name
+    print("RESULT " + json.dumps({"scores": [p.tolist() for p in scorer.score(rows)], "merged": merged}))
+"""
+
+
+@pytest.mark.slow
+def test_vllm_engine_scores_a_lora_run_merged_like_the_adapter(workspace, tmp_path):
+    """`--llm-engine vllm` on a LoRA run: merged into a temporary folder for the engine, scored like the adapter."""
+    from recbrew.models.loading import load_model
+    from recbrew.scoring import load_requests
+    from recbrew.scoring.hf import HFScorer
+
+    run = workspace / "whole"
+    if not (run / "final").is_dir():
+        pytest.skip("needs the run of test_sigkill_and_resume_reaches_the_same_result")
+    script = tmp_path / "vllm_lora.py"
+    script.write_text(_VLLM_LORA_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(run / "final"), str(workspace / "ex")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(next(ln for ln in done.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    rows = load_requests(workspace / "ex", "test", ["feed_like"])[:6]
+    want = HFScorer(*load_model(str(run / "final")), mode="multi").score(rows)
+    for x, y in zip(got["scores"], want, strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-3)
+    assert not os.path.exists(got["merged"])  # the merged copy went with the scorer
+
+
 @pytest.mark.slow
 def test_deepspeed_zero3_trains_like_zero2(workspace):
     """`recbrew train --deepspeed` on 2 gloo ranks: ZeRO-3 (weights partitioned, loaded through zero.Init)
