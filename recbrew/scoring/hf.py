@@ -275,8 +275,7 @@ class HFScorer:
         pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
         out = []
         for row in requests:
-            text = row["prefix"] + (row["segments"][0] if row.get("segments") else "")
-            ids = tok(text, add_special_tokens=False)["input_ids"]
+            ids = tok(generation_prompt(row), add_special_tokens=False)["input_ids"]
             prompt = torch.tensor([ids], device=device)
             gen = self.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                                       max_new_tokens=max_new_tokens, pad_token_id=pad,
@@ -295,6 +294,11 @@ class _LineDone:
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
         text = self.decode(input_ids[0, self.start:].tolist(), skip_special_tokens=True).lstrip()
         return torch.full((input_ids.shape[0],), "\n" in text, dtype=torch.bool, device=input_ids.device)
+
+
+def generation_prompt(row: dict) -> str:
+    """What a generative request is continued from: its prefix and its (single) segment."""
+    return row["prefix"] + (row["segments"][0] if row.get("segments") else "")
 
 
 def first_line(text: str) -> str:

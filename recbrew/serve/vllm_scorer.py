@@ -82,12 +82,10 @@ class VLLMScorer:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        from recbrew.scoring.hf import first_line  # lazy: loads torch
+        from recbrew.scoring.hf import first_line, generation_prompt  # lazy: loads torch
 
-        prompts = []
-        for row in requests:
-            text = row["prefix"] + (row["segments"][0] if row.get("segments") else "")
-            prompts.append(TokensPrompt(prompt_token_ids=self.tokenizer(text, add_special_tokens=False)["input_ids"]))
+        prompts = [TokensPrompt(prompt_token_ids=self.tokenizer(generation_prompt(row), add_special_tokens=False)
+                                ["input_ids"]) for row in requests]
         params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, skip_special_tokens=True)
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return [first_line(out.outputs[0].text) for out in outputs]
@@ -98,19 +96,15 @@ def load_vllm_scorer(spec: str, *, catalog, name: str | None = None, dtype: str 
     """The VLLMScorer of a language-model spec (``smollm2``, an HF folder, or a LoRA run: merged into a temporary
     folder first, as vLLM reads plain folders), computing in ``dtype`` (``auto``: bf16 where the hardware has bf16
     arithmetic, else fp32)."""
-    from recbrew.models.precision import fast_dtype  # lazy: loads torch
+    import torch
+
+    from recbrew.models.loading import resolve_dtype  # lazy: loads torch
 
     if layers is not None:
         raise UserError(f"model {spec!r}: vLLM scores every decoder layer its folder has; keeping the first "
                         f"{layers} is for the hf engine")
-    if dtype not in ("auto", "bf16", "fp32"):
-        raise UserError(f"dtype {dtype!r}: choose auto, bf16 or fp32")
-    if dtype == "auto":
-        import torch
-
-        on = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = "bf16" if fast_dtype(on) == torch.bfloat16 else "fp32"
-    engine_dtype = {"bf16": "bfloat16", "fp32": "float32"}[dtype]
+    on = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    engine_dtype = str(resolve_dtype(dtype, on)).removeprefix("torch.")  # float32 or bfloat16, as vLLM names them
     path = resolve(spec)
     merged = None
     if (path / "adapter_config.json").is_file():
