@@ -35,7 +35,7 @@ from recbrew.scoring.registry import ScorerOptions, family_of, folder_fingerprin
 KINDS = ("oracle", "popularity", "baseline", "lm")
 
 #: Bumped when a change to scoring would make cached scores wrong.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: a bf16 model's answer logits in fp32 (no bf16 rounding, no ties)
 
 
 def parse_models(text: str | Sequence[str]) -> dict[str, str]:

@@ -120,6 +120,25 @@ def test_bf16_scoring_is_within_tolerance_of_fp32():
     assert np.abs(probs[torch.float32] - probs[torch.bfloat16]).max() < 0.02
 
 
+def test_bf16_scores_are_not_rounded_to_bf16_logits():
+    """A bf16 model's answer logits are the fp32 product of its hidden states and head rows: no bf16 rounding
+    of the logits, so candidates with different hidden states never tie by rounding."""
+    from recbrew.scoring.hf import Encoded, HFScorer
+
+    rng = np.random.default_rng(1)
+    encoded = [Encoded(rng.integers(3, VOCAB, size=30).tolist(),
+                       [rng.integers(3, VOCAB, size=int(k)).tolist() for k in rng.integers(3, 9, size=16)],
+                       [5, 6], False) for _ in range(4)]
+    model = _llama(2).to(torch.bfloat16)
+    scorer = HFScorer(model, None, mode="multi")
+    probs = np.concatenate(scorer.score_encoded(encoded))
+    assert np.unique(probs).size == probs.size == 64
+    hidden = torch.randn(5, model.config.hidden_size).to(torch.bfloat16)
+    with torch.no_grad():
+        expected = hidden.float() @ scorer.head.weight[[5, 6]].float().T
+        np.testing.assert_array_equal(scorer._answer_logits(hidden, [5, 6]), expected.numpy())
+
+
 def test_precision_is_detected_from_the_cpu_flags(monkeypatch):
     precision.cpu_has_bf16.cache_clear()
     assert precision.fast_dtype("cpu", wanted=False) == torch.float32

@@ -473,7 +473,7 @@ def test_cache_frozen_training_reaches_the_same_result(workspace):
 
 
 @pytest.mark.slow
-def test_export_merged_model_scores_like_the_adapter(workspace):
+def test_export_merged_model_scores_like_the_adapter(workspace, capsys):
     from recbrew.models.loading import load_model
     from recbrew.scoring import load_requests
     from recbrew.scoring.hf import HFScorer
@@ -483,6 +483,7 @@ def test_export_merged_model_scores_like_the_adapter(workspace):
     if not (run / "final").is_dir():
         pytest.skip("needs the run of test_sigkill_and_resume_reaches_the_same_result")
     merged = export(run, workspace / "merged")
+    assert capsys.readouterr().out == ""  # library logs go to stderr: stdout is the caller's
     assert (merged / "config.json").is_file() and not (merged / "adapter_config.json").exists()
     meta = json.loads((merged / "recbrew_train.json").read_text())
     assert meta["exported"]["merged"] and meta["data_seed"] is not None

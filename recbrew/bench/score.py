@@ -17,6 +17,7 @@ segments of ``segment_tokens``.
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -56,19 +57,24 @@ def _requests(tokenizer, examples: str | None, prefix_tokens: int, k: int, count
     return out
 
 
-def timed(scorer, encoded, rounds: int, sync) -> tuple[float, float, list]:
-    """(first call seconds, median seconds of ``rounds`` calls after it, probabilities)."""
+def timed(run, rounds: int, sync=lambda: None, before=lambda: None) -> tuple[float, float, object]:
+    """(first call seconds, median seconds of ``rounds`` (at least 3) calls after it, the last result) of ``run()``.
+
+    The first call is the warm-up at the same shapes (it compiles what needs compiling) and is timed apart;
+    ``sync`` runs inside each timing (a device's queue drained), ``before`` outside it (e.g. a cache emptied).
+    """
     start = time.perf_counter()
-    scorer.score_encoded(encoded)  # warm-up at the same shapes (compiles what needs compiling)
+    run()
     sync()
     first = time.perf_counter() - start
     times = []
     for _ in range(max(3, rounds)):
+        before()
         start = time.perf_counter()
-        probs = scorer.score_encoded(encoded)
+        result = run()
         sync()
         times.append(time.perf_counter() - start)
-    return first, float(np.median(times)), probs
+    return first, float(np.median(times)), result
 
 
 def bench_score(model_name: str = "smollm2", examples: str | None = "runs/quickstart/examples",
@@ -98,7 +104,7 @@ def bench_score(model_name: str = "smollm2", examples: str | None = "runs/quicks
         reference = None
         for mode in modes:
             scorer = HFScorer(model, tokenizer, mode=mode, batch_size=batch_size)
-            first, seconds, probs = timed(scorer, encoded, rounds, sync)
+            first, seconds, probs = timed(partial(scorer.score_encoded, encoded), rounds, sync)
             flat = np.concatenate(probs)
             reference = flat if reference is None else reference
             row = {"seconds": round(seconds, 4), "first_call_seconds": round(first, 3),

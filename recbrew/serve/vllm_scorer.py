@@ -12,9 +12,7 @@ worker processes that re-import the main module.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,10 +109,7 @@ def load_vllm_scorer(spec: str, *, catalog, name: str | None = None, dtype: str 
         from recbrew.train.export import export  # lazy: loads torch and peft
 
         merged = tempfile.TemporaryDirectory(prefix="recbrew-vllm-")
-        # Loading the adapter imports DeepSpeed (through accelerate), whose logger writes to stdout: keep that
-        # on stderr, where a `--json` caller's stdout is not.
-        with contextlib.redirect_stdout(sys.stderr):
-            path = export(path, Path(merged.name) / "model")
+        path = export(path, Path(merged.name) / "model")
     scorer = VLLMScorer(str(path), catalog=catalog, name=name, dtype=engine_dtype, max_model_len=max_model_len)
     scorer.merged = merged
     return scorer

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from recbrew.data.io import staged_directory
@@ -31,7 +33,9 @@ def export(run: str | Path, out: str | Path, *, merge: bool = True, force: bool 
     if out.exists() and not force:
         raise UserError(f"{out} exists; pass --force to replace it")
     is_adapter = (src / "adapter_config.json").is_file()
-    with staged_directory(out) as tmp:
+    # Loading an adapter imports DeepSpeed (through accelerate), whose logger writes to stdout: keep that on
+    # stderr, where a caller's result lines (and a `--json` caller's JSON) are not.
+    with staged_directory(out) as tmp, contextlib.redirect_stdout(sys.stderr):
         if is_adapter and merge:
             from peft import PeftModel
 
