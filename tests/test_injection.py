@@ -292,6 +292,52 @@ def test_training_with_injected_strings_touches_only_training_candidates_text(bu
         [r["segments"] for r in after]
 
 
+def test_training_with_injected_member_text_replaces_only_training_members_title(built, tmp_path, cli_code, capsys):
+    """`data build --inject-member-share`: in a seeded share of the training requests the member's title is one
+    training string, neutralized, the rest of the prompt and the labels unchanged; validation and test prompts are
+    byte-identical, and the candidates' draws of `--inject-share` stay as they are."""
+    from recbrew.examples.build import BuildConfig, build_examples
+    from recbrew.verbalize.injections import TRAINING_INJECTIONS, inject_member
+
+    bare = {"name": "«Ann»", "title": None, "headline": None}
+    assert inject_member(bare, WORDS, np.random.default_rng(0)) is bare  # nothing of the member's own to replace
+    base = dict(tasks=["feed_like"], test_days=4, gap_days=1, val_days=1, max_train=60, max_test=10, tokenizer="none")
+    made = {}
+    for name, extra in (("plain", {}), ("member", {"inject_member_share": 0.5}),
+                        ("cand", {"inject_share": 0.5}), ("both", {"inject_share": 0.5, "inject_member_share": 0.5})):
+        made[name] = build_examples(built / "world", tmp_path / name, BuildConfig(**base, **extra), progress=False)
+    ex = {name: Examples.open(tmp_path / name) for name in made}
+    for split in ("validation", "test"):
+        assert [r["prefix"] for r in ex["plain"].requests(split)] == [r["prefix"] for r in ex["member"].requests(split)]
+    before, after = ex["plain"].requests("train"), ex["member"].requests("train")
+    assert [(r["labels"], r["segments"]) for r in before] == [(r["labels"], r["segments"]) for r in after]
+    changed = [(a, b) for a, b in zip(before, after, strict=True) if a["prefix"] != b["prefix"]]
+    assert made["member"]["tasks"]["feed_like"]["injected_member"] == len(changed)
+    assert "injected_member" not in made["plain"]["tasks"]["feed_like"]
+    assert 0.3 * len(before) <= len(changed) <= 0.7 * len(before)
+    texts = {quote(i.fill(WORDS)) for i in TRAINING_INJECTIONS}
+    for a, b in changed:
+        old = a["prefix"].splitlines()
+        new = b["prefix"].splitlines()
+        edited = [j for j, (x, y) in enumerate(zip(old, new, strict=True)) if x != y]
+        assert len(old) == len(new) and len(edited) == 1  # the title line only, still one line
+        line = new[edited[0]]
+        assert any(line.startswith(t) for t in texts), line  # the title replaced, not appended to
+        assert not line.startswith(("###", "Answer:"))
+    # The two shares draw apart: with both on, the candidates' edits are those of --inject-share alone.
+    assert [r["segments"] for r in ex["both"].requests("train")] == [r["segments"] for r in ex["cand"].requests("train")]
+    assert [r["prefix"] for r in ex["both"].requests("train")] == [r["prefix"] for r in after]
+    # The option from the command line, with its count printed.
+    assert cli_code("data", "build", "--corpus", built / "world", "--out", tmp_path / "cli", "--tasks", "feed_like",
+                    "--test-days", "4", "--val-days", "1", "--max-train", "60", "--max-test", "10", "--tokenizer",
+                    "none", "--inject-member-share", "0.5", "--no-progress") == 0
+    out = capsys.readouterr().out
+    assert f"{len(changed)} of " in out and "the member's title and headline" in out
+    assert [r["prefix"] for r in Examples.open(tmp_path / "cli").requests("train")] == [r["prefix"] for r in after]
+    assert cli_code("data", "build", "--corpus", built / "world", "--out", tmp_path / "bad",
+                    "--inject-member-share", "1.5") == 2
+
+
 def test_the_ratio_interval_resamples_requests():
     from recbrew.scoring.injection import _Section
 

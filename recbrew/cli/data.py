@@ -197,6 +197,10 @@ def build(
                                                 "requests in which one candidate's text ends with an instruction-"
                                                 "like string, the label unchanged, so the fine-tune learns to "
                                                 "ignore such text (`recbrew bench injection` measures it).")] = 0.0,
+    inject_member_share: Annotated[float, typer.Option("--inject-member-share", min=0.0, max=1.0, help="Share of the "
+                                                       "training requests in which the member's own title and headline "
+                                                       "are replaced by an instruction-like string, the label "
+                                                       "unchanged.")] = 0.0,
     tasks_dir: Annotated[Path | None, typer.Option("--tasks-dir", help="Your task folder.")] = None,
     prompts_dir: Annotated[Path | None, typer.Option("--prompts-dir", help="Your templates folder.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
@@ -212,19 +216,22 @@ def build(
                         seed=seed, style=style, tokenizer=tokenizer, max_tokens=max_tokens, max_candidates=max_candidates,
                         burn_in_days=burn_in_days, split=split, split_scope=split_scope, test_fraction=test_fraction,
                         val_days=val_days, val_fraction=val_fraction, val_in_order=val_in_order, min_position=min_position,
-                        last=last, max_val=max_val, one_target=one_target, history=history, inject_share=inject_share)
+                        last=last, max_val=max_val, one_target=one_target, history=history, inject_share=inject_share,
+                        inject_member_share=inject_member_share)
     _write_examples(corpus, out, cfg, tasks_dir=tasks_dir, prompts_dir=prompts_dir, force=force, progress=progress,
                     engine=engine, address=address, workers=workers)
 
 
-def _selection(*, val_in_order: bool, min_position: int, last: int | None, inject_share: float) -> dict:
+def _selection(*, val_in_order: bool, min_position: int, last: int | None, inject_share: float,
+               inject_member_share: float) -> dict:
     """BuildConfig fields of the target selection, in-order validation and injection options that were asked for."""
     from dataclasses import fields
 
     # Target selection and in-order validation are passed only when asked for: every other protocol builds
     # with a BuildConfig that lacks their fields.
     flags = {"val_in_order": ("--val-in-order", val_in_order), "min_position": ("--min-position", min_position),
-             "last_records": ("--last", last), "inject_share": ("--inject-share", inject_share)}
+             "last_records": ("--last", last), "inject_share": ("--inject-share", inject_share),
+             "inject_member_share": ("--inject-member-share", inject_member_share)}
     selection = {name: value for name, (_, value) in flags.items() if value}
     missing = sorted(selection.keys() - {f.name for f in fields(BuildConfig)})
     if missing:
@@ -237,11 +244,13 @@ def _build_config(*, tasks: list[str] | None, test_days: float | None, gap_days:
                   seed: int, style: str | None, tokenizer: str, max_tokens: int | None, max_candidates: int,
                   burn_in_days: float, split: str, split_scope: str, test_fraction: float | None,
                   val_days: float | None, val_fraction: float | None, val_in_order: bool, min_position: int,
-                  last: int | None, max_val: int, one_target: bool, history: str, inject_share: float) -> BuildConfig:
+                  last: int | None, max_val: int, one_target: bool, history: str, inject_share: float,
+                  inject_member_share: float = 0.0) -> BuildConfig:
     """The BuildConfig of `data build`'s options (leave-last always splits per member)."""
     if test_days is not None and test_fraction is not None and split == "time":
         raise UserError("--test-days and --test-fraction are two ways to size the test part of --split time: pick one")
-    selection = _selection(val_in_order=val_in_order, min_position=min_position, last=last, inject_share=inject_share)
+    selection = _selection(val_in_order=val_in_order, min_position=min_position, last=last, inject_share=inject_share,
+                           inject_member_share=inject_member_share)
     return BuildConfig(
         tasks=comma_items(tasks),
         test_days=7.0 if test_days is None else test_days,
@@ -275,4 +284,9 @@ def _print_built(out: Path, manifest: dict) -> None:
     rows = " / ".join(f"{manifest['rows'][s]} {s}" for s in splits)
     if (line := history_line(manifest)) is not None:
         typer.echo(line)
+    for key, what in (("injected", "a candidate's text"), ("injected_member", "the member's title and headline")):
+        if any(key in row for row in manifest["tasks"].values()):
+            count = sum(row.get(key, 0) for row in manifest["tasks"].values())
+            typer.echo(f"{count:,} of {manifest['rows']['train']:,} training requests carry an instruction-like "
+                       f"string in {what}")
     typer.echo(f"wrote {out} ({rows} requests) in {manifest['seconds']:.1f} s")

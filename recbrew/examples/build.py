@@ -38,7 +38,7 @@ from recbrew.verbalize.collab import fit_for_build
 from recbrew.verbalize.collab import model_path as collab_path
 from recbrew.verbalize.context import CorpusView
 from recbrew.verbalize.environment import make_environment
-from recbrew.verbalize.injections import inject_one
+from recbrew.verbalize.injections import inject_member, inject_one
 from recbrew.verbalize.render import Renderer
 from recbrew.verbalize.stats import STATS_DIM, dense_vector
 
@@ -88,6 +88,9 @@ class BuildConfig:
     #: Share of the training requests in which one candidate's free text ends with an instruction-like string
     #: (recbrew.verbalize.injections), the label unchanged: the fine-tune learns to ignore such text.
     inject_share: float = 0.0
+    #: Share of the training requests in which the member's own title and headline are replaced by an
+    #: instruction-like string (`recbrew.verbalize.injections.inject_member`), the label unchanged.
+    inject_member_share: float = 0.0
 
 
 def _sample(req: Requests, cfg: BuildConfig, rng: np.random.Generator, by_order: bool) -> Requests:
@@ -146,6 +149,8 @@ class _Context:
     last: int | None  # the history window (``last:N``), None for everything before the request
     #: Share of training requests with an instruction-like string in one candidate's text (`inject_one`).
     inject_share: float = 0.0
+    #: Share of training requests whose member's title and headline are an instruction-like string (`inject_member`).
+    inject_member_share: float = 0.0
     seed: int = 0
     #: The rating models of the tasks that declare ``stats.collab`` (`recbrew.verbalize.collab.CollabSet`).
     collab: dict = field(default_factory=dict)
@@ -193,12 +198,14 @@ class Rendered:
     text: dict
     structured: dict
     injected: bool = False
+    member_injected: bool = False
 
 
-def inject_rng(seed: int, task: TaskSpec, index: int) -> np.random.Generator:
+def inject_rng(seed: int, task: TaskSpec, index: int, stream: int = 0) -> np.random.Generator:
     """The injection draws of request ``index`` of ``task``: a stream of its own, so a request renders the same
-    whichever worker renders it and in whatever order."""
-    return np.random.default_rng([seed + 3, zlib.crc32(task.name.encode()), index])
+    whichever worker renders it and in whatever order. ``stream`` 1 draws the member's injection, apart from the
+    candidates' (stream 0), so either share leaves the other's draws as they are."""
+    return np.random.default_rng([seed + 3, zlib.crc32(task.name.encode()), index, *([stream] if stream else [])])
 
 
 def render_requests(ctx: _Context, task: TaskSpec, renderer: Renderer, req: Requests, index: np.ndarray,
@@ -234,7 +241,12 @@ def render_requests(ctx: _Context, task: TaskSpec, renderer: Renderer, req: Requ
             rng = inject_rng(ctx.seed, task, i)
             if rng.random() < ctx.inject_share:
                 shown = inject_one(candidates, fields, task.answer.words, rng)
-        prompt = renderer.render(view.member(member, hidden), shown, history, network=network)
+        profile = original = view.member(member, hidden)
+        if ctx.inject_member_share and split == "train":
+            rng = inject_rng(ctx.seed, task, i, stream=1)
+            if rng.random() < ctx.inject_member_share:
+                profile = inject_member(profile, task.answer.words, rng)
+        prompt = renderer.render(profile, shown, history, network=network)
         request_id = f"{task.name}/{split}/{i}"
         text = {
             "request_id": request_id, "task": task.name, "task_version": task.version, "kind": task.kind.value,
@@ -255,20 +267,24 @@ def render_requests(ctx: _Context, task: TaskSpec, renderer: Renderer, req: Requ
             **structured_fields(view, member, t, cand_ids, fields, (h.item, h.action, h.surface, h.ts), h_first, h_hi,
                                 ctx.last or STRUCTURED_HISTORY, task, candidates),
         }
-        out.append(Rendered(i, split, text, structured, shown is not candidates))
+        out.append(Rendered(i, split, text, structured, shown is not candidates, profile is not original))
         if progress is not None:
             progress.update(1)
     return out
 
 
-def collect(rows: list[Rendered], text: _Columns, structured: _Columns, inject: bool) -> dict:
-    """Add one task's rendered requests to the columns, in request order; returns per-split counts."""
+def collect(rows: list[Rendered], text: _Columns, structured: _Columns, inject: bool,
+            inject_member: bool = False) -> dict:
+    """Add one task's rendered requests to the columns, in request order; returns per-split counts (``injected``,
+    ``injected_member``: the training requests whose candidate / member text was injected, when asked for)."""
     counts = {split: 0 for split in text.data} | {"candidates": 0, "positives": 0}
     # Requests per split whose prompt keeps / could keep HISTORY_LINES or more history lines.
     kept, available = {split: 0 for split in text.data}, {split: 0 for split in text.data}
     counts |= {"history_kept": kept, "history_available": available}
     if inject:
         counts["injected"] = 0
+    if inject_member:
+        counts["injected_member"] = 0
     for row in sorted(rows, key=lambda r: r.index):
         text.add(row.split, row.text)
         structured.add(row.split, row.structured)
@@ -279,6 +295,8 @@ def collect(rows: list[Rendered], text: _Columns, structured: _Columns, inject: 
         available[row.split] += row.text["history_length"] >= HISTORY_LINES
         if inject:
             counts["injected"] += row.injected
+        if inject_member:
+            counts["injected_member"] += row.member_injected
     return counts
 
 
@@ -368,7 +386,7 @@ def render_shard(corpus: Corpus, rule: SplitRule, cfg: BuildConfig, plans: list[
     worker of a distributed build does with its members' requests (`recbrew.cluster.build_on_ray`). ``collab``:
     the rating models (`fit_collab`) of the tasks that declare ``stats.collab``."""
     ctx = _Context(CorpusView(corpus), HistoryIndex(corpus, rule.by_order), rule, parse_history(cfg.history),
-                   cfg.inject_share, cfg.seed, dict(collab or {}))
+                   cfg.inject_share, cfg.inject_member_share, cfg.seed, dict(collab or {}))
     env, tokenizer = make_environment(prompts_dir), load_build_tokenizer(cfg.tokenizer)
     return [render_requests(ctx, task, make_renderer(task, env, tokenizer, cfg, ctx.last), req, index, progress)
             for task, req, index in plans]
@@ -409,7 +427,7 @@ def build_examples(corpus_dir: str | Path, out: str | Path, cfg: BuildConfig, *,
     text, structured = _Columns(splits), _Columns(splits)
     summary = {task.name: {"version": task.version, "split_tag": task.split.value, "kind": task.kind.value,
                            "surface": task.surface, "history_groups": len(task.history.groups),
-                           **collect(rows, text, structured, bool(cfg.inject_share))}
+                           **collect(rows, text, structured, bool(cfg.inject_share), bool(cfg.inject_member_share))}
                for (task, _, _), rows in zip(plans, rendered, strict=True)}
     seconds = time.perf_counter() - began
     manifest = {
@@ -437,8 +455,9 @@ def _check_build(catalog: dict, names: list[str], cfg: BuildConfig, engine: str)
     unknown = [n for n in names if n not in catalog]
     if unknown:
         raise ConfigError(f"unknown task(s): {', '.join(unknown)}; `recbrew tasks list` shows the catalog")
-    if not 0.0 <= cfg.inject_share <= 1.0:
-        raise ConfigError(f"inject_share {cfg.inject_share:g}: a share of the training requests, from 0 to 1")
+    for name in ("inject_share", "inject_member_share"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ConfigError(f"{name} {getattr(cfg, name):g}: a share of the training requests, from 0 to 1")
     check_engine(engine)
     parse_history(cfg.history)
     fitted = [n for n in names if catalog[n].stats.collab]
