@@ -146,6 +146,16 @@ def _render(directory: Path, summary: dict) -> str:
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
 
 
+#: `data build`'s training-injection options (docs/injection.md).
+InjectShare = Annotated[float, typer.Option("--inject-share", min=0.0, max=1.0, help="Share of the training requests "
+                                            "in which one candidate's text ends with an instruction-like string, the "
+                                            "label unchanged, so the fine-tune learns to ignore such text (`recbrew "
+                                            "bench injection` measures it).")]
+InjectMemberShare = Annotated[float, typer.Option("--inject-member-share", min=0.0, max=1.0, help="Share of the "
+                                                  "training requests in which the member's own title and headline are "
+                                                  "replaced by an instruction-like string, the label unchanged.")]
+
+
 @app.command("build")
 def build(
     corpus: Annotated[Path, typer.Option("--corpus", help="Corpus folder (a generated world or `data import` output).")],
@@ -193,14 +203,8 @@ def build(
                                              "impression its own request, with the history before it.")] = False,
     history: Annotated[str, typer.Option("--history", help="all (everything before the request) or last:N (the "
                                          "last N interactions before it, not bounded by the day).")] = "all",
-    inject_share: Annotated[float, typer.Option("--inject-share", min=0.0, max=1.0, help="Share of the training "
-                                                "requests in which one candidate's text ends with an instruction-"
-                                                "like string, the label unchanged, so the fine-tune learns to "
-                                                "ignore such text (`recbrew bench injection` measures it).")] = 0.0,
-    inject_member_share: Annotated[float, typer.Option("--inject-member-share", min=0.0, max=1.0, help="Share of the "
-                                                       "training requests in which the member's own title and headline "
-                                                       "are replaced by an instruction-like string, the label "
-                                                       "unchanged.")] = 0.0,
+    inject_share: InjectShare = 0.0,
+    inject_member_share: InjectMemberShare = 0.0,
     tasks_dir: Annotated[Path | None, typer.Option("--tasks-dir", help="Your task folder.")] = None,
     prompts_dir: Annotated[Path | None, typer.Option("--prompts-dir", help="Your templates folder.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
