@@ -249,7 +249,7 @@ def _build_config(*, tasks: list[str] | None, test_days: float | None, gap_days:
                   burn_in_days: float, split: str, split_scope: str, test_fraction: float | None,
                   val_days: float | None, val_fraction: float | None, val_in_order: bool, min_position: int,
                   last: int | None, max_val: int, one_target: bool, history: str, inject_share: float,
-                  inject_member_share: float = 0.0) -> BuildConfig:
+                  inject_member_share: float) -> BuildConfig:
     """The BuildConfig of `data build`'s options (leave-last always splits per member)."""
     if test_days is not None and test_fraction is not None and split == "time":
         raise UserError("--test-days and --test-fraction are two ways to size the test part of --split time: pick one")

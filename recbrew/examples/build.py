@@ -273,8 +273,7 @@ def render_requests(ctx: _Context, task: TaskSpec, renderer: Renderer, req: Requ
     return out
 
 
-def collect(rows: list[Rendered], text: _Columns, structured: _Columns, inject: bool,
-            inject_member: bool = False) -> dict:
+def collect(rows: list[Rendered], text: _Columns, structured: _Columns, inject: bool, inject_member: bool) -> dict:
     """Add one task's rendered requests to the columns, in request order; returns per-split counts (``injected``,
     ``injected_member``: the training requests whose candidate / member text was injected, when asked for)."""
     counts = {split: 0 for split in text.data} | {"candidates": 0, "positives": 0}

@@ -78,6 +78,11 @@ TRAINING_INJECTIONS = (
 CANDIDATE_TEXT_FIELDS = ("title", "headline", "name")
 
 
+def draw_training(rng: np.random.Generator) -> Injection:
+    """One of the :data:`TRAINING_INJECTIONS`, drawn with ``rng`` (one draw)."""
+    return TRAINING_INJECTIONS[int(rng.integers(len(TRAINING_INJECTIONS)))]
+
+
 def inject_one(candidates: list[dict], shown: Sequence[str], words: Sequence[str],
                rng: np.random.Generator) -> list[dict]:
     """``candidates`` with one of them (drawn with ``rng``) carrying a :data:`TRAINING_INJECTIONS` string at the
@@ -86,7 +91,7 @@ def inject_one(candidates: list[dict], shown: Sequence[str], words: Sequence[str
     if not candidates:  # a generative request: nothing to write into
         return candidates
     j = int(rng.integers(len(candidates)))
-    injection = TRAINING_INJECTIONS[int(rng.integers(len(TRAINING_INJECTIONS)))]
+    injection = draw_training(rng)
     field = next((f for f in fields if candidates[j].get(f)), None)
     if field is None:
         return candidates
@@ -111,5 +116,5 @@ def inject_member(profile: dict, words: Sequence[str], rng: np.random.Generator)
     fields = [f for f in MEMBER_TEXT_FIELDS if profile.get(f)]
     if not fields:
         return profile
-    text = TRAINING_INJECTIONS[int(rng.integers(len(TRAINING_INJECTIONS)))].fill(words)
+    text = draw_training(rng).fill(words)
     return {**profile, **{f: neutralize(f, text) for f in fields}}
