@@ -308,7 +308,7 @@ def history_summary(manifest: dict, split: str = "test", tag: str = "T1") -> dic
     and how many have that many history entries before the request to keep (the token budget cuts the rest).
 
     ``shown`` restricts the counts to the tasks that show a history at all: a task without history groups (the
-    catalog's ``*_social`` tasks judge from the profile and the social context alone) keeps none by design.
+    catalog's ``pymk_connect_social`` judges from the two profiles and the ties between them alone) keeps none by design.
     None for a folder built before the counts were recorded, or without such requests."""
     rows = [t for t in manifest["tasks"].values() if t["split_tag"] == tag and "history_kept" in t]
     requests = sum(t.get(split, 0) for t in rows)
@@ -339,8 +339,8 @@ def history_line(manifest: dict) -> str | None:
     s = shown["requests"]
     return (f"history: of the {s:,} T1 test requests whose task shows a history, {shown['kept']:,} "
             f"({shown['kept'] / s:.0%}) keep {lines} or more lines in the prompt and {shown['available']:,} "
-            f"({shown['available'] / s:.0%}) have {lines} or more to keep; of all {n:,} (the other tasks show "
-            f"none by design), {h['kept']:,} ({h['kept'] / n:.0%}) keep {lines} or more")
+            f"({shown['available'] / s:.0%}) have {lines} or more to keep; of all {n:,} (the other {n - s:,} are of "
+            f"tasks that show none by design), {h['kept']:,} ({h['kept'] / n:.0%}) keep {lines} or more")
 
 
 def split_rule(corpus: Corpus, cfg: BuildConfig) -> SplitRule:
