@@ -149,6 +149,26 @@ def test_precision_is_detected_from_the_cpu_flags(monkeypatch):
     assert precision.describe(torch.bfloat16) == "bf16" and precision.describe(torch.float32) == "fp32"
 
 
+def test_recbrew_bf16_0_makes_the_automatic_choice_fp32(monkeypatch):
+    from recbrew.train.config import load_config
+    from recbrew.train.run import frozen_dtype
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr("recbrew.train.run.cpu_has_bf16", lambda: True)
+    cfg = load_config("smollm2-cpu")
+    assert cfg.bf16 is None and frozen_dtype(cfg, cuda=False) == torch.bfloat16
+    monkeypatch.setenv("RECBREW_BF16", "0")
+    assert precision.fast_dtype("cpu") == torch.float32 and frozen_dtype(cfg, cuda=False) is None
+    # An explicit choice still wins.
+    assert precision.fast_dtype("cpu", wanted=True) == torch.bfloat16
+    assert frozen_dtype(load_config("smollm2-cpu", ["bf16=true"]), cuda=False) == torch.bfloat16
+    monkeypatch.setenv("RECBREW_BF16", "1")
+    assert precision.fast_dtype("cpu") == torch.bfloat16
+    monkeypatch.setenv("RECBREW_BF16", "fp32")
+    with pytest.raises(UserError, match="RECBREW_BF16='fp32': set 0"):
+        precision.fast_dtype("cpu")
+
+
 def test_train_config_takes_layers_and_refuses_nonsense():
     from recbrew.train.config import load_config
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from recbrew.errors import ConfigError, UserError
 from recbrew.examples.folder import Examples, spec_record
 from recbrew.models.loading import resolve
-from recbrew.models.precision import cpu_has_bf16, describe
+from recbrew.models.precision import bf16_wanted, cpu_has_bf16, describe
 from recbrew.scoring.answers import AnswerWords
 from recbrew.train.config import TrainConfig
 
@@ -71,7 +71,7 @@ def _training_args(cfg: TrainConfig, out: Path, progress: bool, cuda: bool, ds_c
 
     # On CPU the Trainer's bf16 autocast is never used (it silently breaks CPU runs): bf16 there applies to the
     # frozen layers only (see `frozen_dtype`).
-    bf16 = cuda and cfg.bf16 is not False and __import__("torch").cuda.is_bf16_supported()
+    bf16 = cuda and bf16_wanted(cfg.bf16) is not False and __import__("torch").cuda.is_bf16_supported()
     common = dict(
         output_dir=str(out), per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio,
@@ -95,9 +95,10 @@ def frozen_dtype(cfg: TrainConfig, cuda: bool):
     """The dtype of the frozen layers on CPU: bf16 where the processor has bf16 arithmetic (or bf16=true)."""
     import torch
 
-    if cuda or cfg.bf16 is False:
+    wanted = bf16_wanted(cfg.bf16)
+    if cuda or wanted is False:
         return None
-    return torch.bfloat16 if cfg.bf16 or cpu_has_bf16() else None
+    return torch.bfloat16 if wanted or cpu_has_bf16() else None
 
 
 def _load(cfg: TrainConfig, cuda: bool, pack: bool, out: Path):
@@ -115,7 +116,9 @@ def _load(cfg: TrainConfig, cuda: bool, pack: bool, out: Path):
 
         # The adapter's base is this folder: scoring, export and serving load the N-layer model unchanged.
         path = truncated_copy(path, cfg.layers, (out / f"base-L{cfg.layers}").resolve())
-    dtype = torch.bfloat16 if cuda and cfg.bf16 is not False and torch.cuda.is_bf16_supported() else torch.float32
+    dtype = torch.float32
+    if cuda and bf16_wanted(cfg.bf16) is not False and torch.cuda.is_bf16_supported():
+        dtype = torch.bfloat16
     # The multi-item attention behaves exactly like SDPA unless a forward carries a layout.
     attn = register() if pack else "sdpa"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
