@@ -92,7 +92,8 @@ def _training_args(cfg: TrainConfig, out: Path, progress: bool, cuda: bool, ds_c
 
 
 def frozen_dtype(cfg: TrainConfig, cuda: bool):
-    """The dtype of the frozen layers on CPU: bf16 where the processor has bf16 arithmetic (or bf16=true)."""
+    """The dtype of the frozen layers on CPU: bf16 where the processor has bf16 arithmetic (or bf16=true), unless
+    bf16=false or RECBREW_BF16=0 (None: the model's own fp32)."""
     import torch
 
     wanted = bf16_wanted(cfg.bf16)
