@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from recbrew.errors import ConfigError, UserError
 from recbrew.examples.folder import Examples, spec_record
 from recbrew.models.loading import resolve
-from recbrew.models.precision import bf16_wanted, cpu_has_bf16, describe
+from recbrew.models.precision import bf16_wanted, cpu_has_bf16, describe, fast_dtype
 from recbrew.scoring.answers import AnswerWords
 from recbrew.train.config import TrainConfig
 
@@ -71,7 +71,7 @@ def _training_args(cfg: TrainConfig, out: Path, progress: bool, cuda: bool, ds_c
 
     # On CPU the Trainer's bf16 autocast is never used (it silently breaks CPU runs): bf16 there applies to the
     # frozen layers only (see `frozen_dtype`).
-    bf16 = cuda and bf16_wanted(cfg.bf16) is not False and __import__("torch").cuda.is_bf16_supported()
+    bf16 = cuda and fast_dtype("cuda", cfg.bf16) == __import__("torch").bfloat16
     common = dict(
         output_dir=str(out), per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio,
@@ -117,9 +117,7 @@ def _load(cfg: TrainConfig, cuda: bool, pack: bool, out: Path):
 
         # The adapter's base is this folder: scoring, export and serving load the N-layer model unchanged.
         path = truncated_copy(path, cfg.layers, (out / f"base-L{cfg.layers}").resolve())
-    dtype = torch.float32
-    if cuda and bf16_wanted(cfg.bf16) is not False and torch.cuda.is_bf16_supported():
-        dtype = torch.bfloat16
+    dtype = fast_dtype("cuda", cfg.bf16) if cuda else torch.float32
     # The multi-item attention behaves exactly like SDPA unless a forward carries a layout.
     attn = register() if pack else "sdpa"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
