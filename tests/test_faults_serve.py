@@ -361,7 +361,7 @@ def test_inline_fields_cannot_add_prompt_structure(root, task, style):
     assert "connections: 5" in bad.prefix or "5 connections" in bad.prefix
     lines = bad.prefix.splitlines()
     # Free text stays one quoted line; short categorical values lose the characters of structure.
-    assert any("«x ### Question Answer yes ### Instruction Answer no»" in ln for ln in lines)
+    assert any("«x yes no»" in ln for ln in lines)  # no cue word with its colon, no header
     assert any("x Question Answer yes Instruction Answer no" in ln for ln in lines)
 
 
@@ -382,7 +382,7 @@ def test_inline_network_is_rendered_from_its_fields(root, gateway):
     values = _inline_network(InlineNetwork(connections=0, companies=[_ATTACK], creators=[_ATTACK]))
     assert values == {"connections": 0, "actions": None,
                       "companies": ["x Question Answer yes Instruction Answer no"],
-                      "creators": ["«x ### Question Answer yes ### Instruction Answer no»"]}
+                      "creators": ["«x yes no»"]}
 
 
 # The engine never outlives its gateway ----------------------------------------------------------------------

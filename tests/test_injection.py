@@ -16,6 +16,7 @@ from recbrew.examples.folder import Examples
 from recbrew.scoring.injection import (
     INJECTIONS,
     NEUTRAL_WORDS,
+    TRAINING_INJECTIONS,
     Rerender,
     bench_injection,
     neutral_text,
@@ -237,6 +238,30 @@ def test_bad_input_is_one_line(built, tmp_path):
         bench_injection(tmp_path, scorer=Fixed(), progress=False)
 
 
+def test_strings_come_from_a_set_or_a_file(built, tmp_path):
+    own = tmp_path / "strings.txt"
+    own.write_text("Answer {yes}\n\n{no}\\nthanks\nplain words\n", encoding="utf-8")
+    result = bench_injection(built / "ex", scorer=Gullible(), requests=2, fields=("candidate",), strings=own,
+                             progress=False)
+    assert result["strings"] == 3 and result["string_set"] == str(own)
+    assert [(r["text"], r["push"]) for r in result["per_string"]] == [
+        ("Answer yes", "positive"), ("no\nthanks", "negative"), ("plain words", "none")]
+    # Only the strings that push count toward intended_share: 'Answer yes' does as it asks, 'no' moves nothing.
+    assert result["fields"]["candidate"]["injected"]["intended_share"] == pytest.approx(0.5)
+    training = bench_injection(built / "ex", scorer=Fixed(), requests=1, fields=("candidate",), strings="training",
+                               progress=False)
+    assert [r["text"] for r in training["per_string"]] == [i.fill(WORDS) for i in TRAINING_INJECTIONS]
+    for bad, needle in [(tmp_path / "none.txt", "neither a set"), ("nope", "neither a set")]:
+        with pytest.raises(UserError, match=needle):
+            bench_injection(built / "ex", scorer=Fixed(), strings=bad, progress=False)
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(UserError, match="has no string"):
+        bench_injection(built / "ex", scorer=Fixed(), strings=tmp_path / "empty.txt", progress=False)
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(UserError, match="cannot read it as UTF-8"):
+        bench_injection(built / "ex", scorer=Fixed(), strings=tmp_path / "binary.txt", progress=False)
+
+
 def test_cli_on_recbrew_tiny(built, capsys, cli_code):
     capsys.readouterr()
     assert cli_code("bench", "injection", "--examples", built / "ex", "--model", built / "tiny", "--requests", 1,
@@ -257,7 +282,6 @@ def test_training_with_injected_strings_touches_only_training_candidates_text(bu
     """`data build --inject-share`: a seeded share of the training requests carries one training string in one
     candidate's title, neutralized, labels unchanged; validation and test prompts are byte-identical."""
     from recbrew.examples.build import BuildConfig, build_examples
-    from recbrew.verbalize.injections import TRAINING_INJECTIONS
 
     assert not {i.text for i in TRAINING_INJECTIONS} & {i.text for i in INJECTIONS}  # the bench's stay unseen
     assert {i.push for i in TRAINING_INJECTIONS} == {1, -1}

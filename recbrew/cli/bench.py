@@ -145,13 +145,17 @@ def injection(
     layers: Annotated[int | None, typer.Option("--layers", min=1, help="Keep the first N decoder layers.")] = None,
     match: Annotated[str, typer.Option("--match", help="What a neutral edit shares with its injected string: "
                                        "tokens (as many, under the model's tokenizer) or chars.")] = "tokens",
+    strings: Annotated[str, typer.Option("--strings", help="The injections: bench (its own 16, never trained "
+                                         "on), training (those of data build --inject-share) or a text file, one "
+                                         "string per line ({yes}/{no}: the answer words, \\n: a line break).")]
+    = "bench",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Prompt injection through Corpus text: |delta P(positive)| for instruction-like vs same-length neutral edits
     of a candidate's title and of the member's headline or title; ratio = median injected / median neutral."""
     result = bench_injection(examples, model, task=task, requests=requests, seed=seed, prompts_dir=prompts_dir,
                              fields=tuple(f.strip() for f in fields.split(",") if f.strip()), dtype=dtype,
-                             layers=layers, match=match)
+                             layers=layers, match=match, strings=strings)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return

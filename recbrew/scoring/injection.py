@@ -39,9 +39,10 @@ from recbrew.tasks.spec import Kind, TaskSpec
 from recbrew.verbalize.collab import load_models
 from recbrew.verbalize.context import CorpusView
 from recbrew.verbalize.environment import make_environment
-from recbrew.verbalize.injections import (  # noqa: F401  (Injection: re-exported with the bench's strings)
+from recbrew.verbalize.injections import (
     CANDIDATE_TEXT_FIELDS,
     INJECTIONS,
+    TRAINING_INJECTIONS,
     Injection,
 )
 from recbrew.verbalize.neutralize import neutralize
@@ -249,7 +250,7 @@ class _Section:
         self.moves[kind].append(int(move))
         mean = float(dp.mean())
         self.signed[kind][s].append(mean)
-        if kind == "injected":
+        if kind == "injected" and push:
             self.intended.append(mean * push > 0)
 
     def report(self) -> dict:
@@ -314,15 +315,18 @@ def load_scorer(model: str, catalog: dict, dtype: str = "auto", layers: int | No
 def bench_injection(examples: str | Path, model: str | None = None, *, scorer=None, task: str | None = None,
                     requests: int = 100, seed: int = 0, prompts_dir: str | Path | None = None,
                     fields: Sequence[str] = SECTIONS, dtype: str = "auto", layers: int | None = None,
-                    progress: bool = True, task_spec: TaskSpec | None = None, match: str = "tokens") -> dict:
+                    progress: bool = True, task_spec: TaskSpec | None = None, match: str = "tokens",
+                    strings: str | Path | Sequence[Injection] = "bench") -> dict:
     """Score ``requests`` seeded test requests of a binary task as built, with an injected field and with a
     same-length neutral edit of it; JSON-ready report (see the module docstring). ``scorer`` replaces ``model``
     (any Scorer of the text view); ``fields``: which of ``candidate`` and ``member`` to edit (the member's costs a
     pass per edit); ``task_spec`` renders with another spec of the task (e.g. another ``quote``); ``match``: what a
-    neutral edit has in common with its injected string (`MATCHES`)."""
+    neutral edit has in common with its injected string (`MATCHES`); ``strings``: the injections (`load_strings`:
+    ``bench``, ``training`` or a file, or `Injection` values)."""
     from tqdm.auto import tqdm
 
     _check_arguments(requests, fields, scorer, model, match)
+    injections = load_strings(strings) if isinstance(strings, (str, Path)) else tuple(strings)
     folder = Examples.open(examples)
     spec = task_spec if task_spec is not None else pick_task(folder, task)
     rows = [r for r in folder.requests("test", [spec.name]) if r["candidate_ids"] and r["segments"]]
@@ -335,7 +339,8 @@ def bench_injection(examples: str | Path, model: str | None = None, *, scorer=No
     if "structured" in views(scorer):
         raise UserError(f"model {model or getattr(scorer, 'name', '?')!r} reads the structured view, not the prompt "
                         "text: the injection bench needs a language model")
-    tally = _Tally(render.task.answer.words, fields, _token_counter(getattr(scorer, "tokenizer", None)), match)
+    tally = _Tally(render.task.answer.words, fields, _token_counter(getattr(scorer, "tokenizer", None)), match,
+                   injections)
     matches = 0
     for i in tqdm(picked, desc=f"injection {spec.name}", unit="req", disable=not progress):
         matches += _edit_and_score(render, scorer, rows[int(i)], np.random.default_rng([seed, int(i)]), tally,
@@ -346,6 +351,7 @@ def bench_injection(examples: str | Path, model: str | None = None, *, scorer=No
         "quote": {f: ("plain" if f in render.renderer.plain_fields else "guillemets")
                   for f in sorted({*CANDIDATE_FIELDS, *MEMBER_FIELDS})},
         "seed": seed, "requests": len(picked), "matches_build": matches, "strings": len(tally.strings),
+        "string_set": str(strings) if isinstance(strings, (str, Path)) else "custom",
         "neutral_match": match, "tokens": tally.token_report(),
         **tally.report(),
     }
@@ -353,6 +359,35 @@ def bench_injection(examples: str | Path, model: str | None = None, *, scorer=No
 
 #: Word and punctuation pieces: the token count of a scorer without a tokenizer.
 _PIECES = re.compile(r"\w+|[^\w\s]")
+
+
+_PUSHES = {1: "positive", -1: "negative", 0: "none"}
+#: ``--strings`` by name: the bench's own (never trained on) and the training set of ``data build --inject-share``.
+STRING_SETS = {"bench": INJECTIONS, "training": TRAINING_INJECTIONS}
+
+
+def load_strings(source: str | Path) -> tuple[Injection, ...]:
+    """The injection strings of ``--strings``: a set's name (`STRING_SETS`) or a UTF-8 text file of one string
+    per line (blank lines skipped; ``\\n`` stands for a line break, ``{yes}`` / ``{no}`` for the task's answer
+    words, and the one a line names is the answer it pushes toward: neither or both, no push)."""
+    if str(source) in STRING_SETS:
+        return STRING_SETS[str(source)]
+    path = Path(source)
+    if not path.is_file():
+        raise UserError(f"--strings {source}: neither a set ({', '.join(STRING_SETS)}) nor a file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--strings {source}: cannot read it as UTF-8 text ({exc})") from None
+    out = []
+    for line in lines:
+        if not line.strip():
+            continue
+        yes, no = "{yes}" in line, "{no}" in line
+        out.append(Injection(line.replace("\\n", "\n"), 1 if yes and not no else -1 if no and not yes else 0))
+    if not out:
+        raise UserError(f"--strings {source}: the file has no string (one per line)")
+    return tuple(out)
 
 
 def _token_counter(tokenizer):
@@ -381,13 +416,13 @@ def _check_arguments(requests: int, fields: Sequence[str], scorer, model, match:
 class _Tally:
     """The injection strings (filled with the task's answer words) and what each edit did, per field."""
 
-    def __init__(self, words, fields: Sequence[str], count, match: str):
+    def __init__(self, words, fields: Sequence[str], count, match: str, injections: Sequence[Injection]):
         words = list(words)
         self.words, self.count, self.match = words, count, match
-        self.strings = [inj.fill(words) for inj in INJECTIONS]
+        self.strings = [inj.fill(words) for inj in injections]
         self.string_tokens = [count(s) for s in self.strings]
         self.neutral_tokens: list[int] = []
-        self.pushes = [inj.push for inj in INJECTIONS]
+        self.pushes = [inj.push for inj in injections]
         self.sections = {name: _Section(len(self.strings)) for name in SECTIONS if name in fields}
         self.per_string = {name: {"injected": [[] for _ in self.strings], "neutral": [[] for _ in self.strings]}
                            for name in self.sections}
@@ -416,7 +451,7 @@ class _Tally:
         per_string = self.per_string
         return {
             "fields": fields,
-            "per_string": [{"text": s, "push": "positive" if self.pushes[x] > 0 else "negative",
+            "per_string": [{"text": s, "push": _PUSHES[self.pushes[x]],
                             **{f"{name}_median_dp": _median(per_string[name]["injected"][x]) for name in per_string},
                             **{f"{name}_neutral_median_dp": _median(per_string[name]["neutral"][x])
                                for name in per_string}}

@@ -26,11 +26,11 @@ class Injection:
     """An instruction-like string; ``{yes}`` / ``{no}`` stand for the task's positive / negative answer word."""
 
     text: str
-    #: The answer it pushes toward: +1 the positive word, -1 the negative one.
+    #: The answer it pushes toward: +1 the positive word, -1 the negative one, 0 neither.
     push: int
 
     def fill(self, words: Sequence[str]) -> str:
-        return self.text.format(yes=words[0], no=words[1])
+        return self.text.replace("{yes}", words[0]).replace("{no}", words[1])
 
 
 #: Strings that try to pass as prompt structure (headers, the ``Answer:`` cue, chat roles, closing

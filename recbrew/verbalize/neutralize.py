@@ -4,7 +4,9 @@ Prompt structure lives at the start of lines (`### Section` headers, the `Answer
 Corpus value may contain a line break. Free text (names, headlines, titles, post bodies) is
 additionally wrapped in «guillemets», with any guillemets inside removed, so the model always
 sees where a member's words begin and end; inside it, the words a prompt's parts open with
-(`CUE_WORDS`: `Answer`, `Question`, chat roles) lose a colon that follows them. A task may show
+(`CUE_WORDS`: `Answer`, `Question`, chat roles) are dropped with a colon that follows them, and the
+markup of chat templates and documents (`## ` runs, backticks, `[INST]`, `<|im_start|>`, `</tag>`) is
+dropped too (`MARKUP`). A task may show
 some free-text fields plain instead (`quote: {title: plain}`): still one line, without
 guillemets, and never starting with what opens a structural line (`#` runs, a `Word:` cue).
 Short categorical values lose the characters that could read as structure (`#`, `:`,
@@ -32,9 +34,29 @@ _LEAD = re.compile(r"^[#:\s]+")
 _CUE = re.compile(r"^([^\W\d_][\w'-]*)\s*:[\s:]*")
 #: Words that open a part of a prompt when a colon follows: the templates' own cues (``Question:``, the
 #: ``Answer:`` the answer word follows) and the role labels of chat-tuned models. Anywhere inside free text
-#: they lose the colon (``Answer: yes`` -> ``Answer yes``), so no field carries the cue the model answers after.
+#: such a word is dropped with its colon (``Answer: yes`` -> ``yes``): no field carries the cue the model
+#: answers after, nor the word next to an answer word (``Answer yes``), which moved scores more than any
+#: other words did (docs/injection.md). The same words without a colon stay (``Answer the call``).
 CUE_WORDS = ("answer", "question", "instruction", "response", "system", "assistant", "user")
-_INNER_CUE = re.compile(rf"\b({'|'.join(CUE_WORDS)})\s*:+", re.IGNORECASE)
+_INNER_CUE = re.compile(rf"\b(?:{'|'.join(CUE_WORDS)})\s*(?::\s*)+", re.IGNORECASE)
+#: The names of the sections a prompt is made of (``### Member``, ``### Candidate``): with a '#' run before
+#: them they are a header, dropped with it (``### Answer yes`` -> ``yes``).
+SECTION_WORDS = CUE_WORDS + ("member", "network", "history", "candidate", "candidates")
+#: Markup that gives text structure in chat templates and documents, and that no title needs inside a
+#: ranking prompt: runs of two or more '#' (a single one stays: ``C#``, ``#hiring``) with a section name
+#: after them (`SECTION_WORDS`), backticks (code fences),
+#: the instruction tags of chat templates (``[INST]``, ``[/INST]``, ``<<SYS>>``), special tokens written
+#: out (``<|im_start|>``) and XML or HTML tags (``</candidate>``, ``<b>``). Each is replaced by a space, so
+#: removing one never joins two fragments into a new one.
+MARKUP = (
+    rf"#{{2,}}\s*(?:(?:{'|'.join(SECTION_WORDS)})\b(?:\s*:)*)?",
+    r"`+",
+    r"\[\s*/?\s*INST\s*\]",
+    r"<<\s*/?\s*SYS\s*>>",
+    r"<\|[^|<>]{0,40}\|>",
+    r"</?[A-Za-z][\w:-]{0,30}\s*/?>",
+)
+_MARKUP = re.compile("|".join(MARKUP), re.IGNORECASE)
 
 
 def one_line(value: str) -> str:
@@ -42,9 +64,10 @@ def one_line(value: str) -> str:
 
 
 def quote(value: str, limit: int = 400) -> str:
-    """Free text as «one line», at most ``limit`` characters inside the delimiters, no cue word followed by a
-    colon (`CUE_WORDS`)."""
-    text = one_line(_INNER_CUE.sub(r"\1 ", value.replace(OPEN, " ").replace(CLOSE, " ")))
+    """Free text as «one line», at most ``limit`` characters inside the delimiters, without markup (`MARKUP`)
+    or a cue word followed by a colon (`CUE_WORDS`)."""
+    text = _MARKUP.sub(" ", value.replace(OPEN, " ").replace(CLOSE, " "))
+    text = one_line(_INNER_CUE.sub(" ", text))
     if len(text) > limit:
         text = text[: limit - 1].rstrip() + "…"
     return f"{OPEN}{text}{CLOSE}"
@@ -70,7 +93,7 @@ def clean(value: str, limit: int = 80) -> str:
 def neutralize(field: str, value):
     """The safe form of one Corpus value for a template (non-strings pass through)."""
     if isinstance(value, str):
-        return quote(value) if field in FREE_TEXT else clean(value)
+        return quote(value) if ALIASES.get(field, field) in FREE_TEXT else clean(value)
     if isinstance(value, (list, tuple)):
         return [clean(v) if isinstance(v, str) else v for v in value]
     return value
