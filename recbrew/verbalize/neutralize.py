@@ -4,11 +4,11 @@ Prompt structure lives at the start of lines (`### Section` headers, the `Answer
 Corpus value may contain a line break. Free text (names, headlines, titles, post bodies) is
 additionally wrapped in «guillemets», with any guillemets inside removed, so the model always
 sees where a member's words begin and end; inside it, the words a prompt's parts open with
-(`CUE_WORDS`: `Answer`, `Question`, chat roles) are dropped with a colon that follows them, and the
-markup of chat templates and documents (`## ` runs, backticks, `[INST]`, `<|im_start|>`, `</tag>`) is
-dropped too (`MARKUP`). A task may show
-some free-text fields plain instead (`quote: {title: plain}`): still one line, without
-guillemets, and never starting with what opens a structural line (`#` runs, a `Word:` cue).
+(`CUE_WORDS`: `Answer`, `Question`, chat roles) are dropped with a colon that follows them, and so is
+the markup of chat templates and documents (`MARKUP`: `###` headers, backticks, `[INST]`,
+`<|im_start|>`, `</tag>`). A task may show some free-text fields plain instead (`quote: {title:
+plain}`): still one line, without guillemets, and never starting with what opens a structural line
+(`#` runs, a `Word:` cue).
 Short categorical values lose the characters that could read as structure (`#`, `:`,
 guillemets) instead of being wrapped, to keep prompts light.
 """
